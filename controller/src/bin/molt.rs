@@ -1,0 +1,2 @@
+//! The operator CLI `molt`.
+fn main() {}

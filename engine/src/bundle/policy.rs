@@ -1,0 +1,297 @@
+//! The entry policy: which paths, links, kinds and modes a bundle may contain, checked in bounded memory.
+//!
+//! Entries arrive strictly sorted component by component (`a` < `a/b` < `a-b`),
+//! so everything the policy needs to remember fits in two path buffers: the
+//! previous entry (catches duplicates, disorder and entries written beneath a
+//! symlink or file) and the innermost open directory (catches missing parents
+//! in full bundles). The agent still extracts beneath a directory handle: this
+//! policy is the first line, not the only one.
+
+use core::cmp::Ordering;
+
+use crate::bundle::format::{EntryHeader, EntryKind, Specials};
+use crate::error::{Error, LimitKind, Rule};
+use crate::limits::{Limits, PATH_CAPACITY};
+
+/// Why a path is not acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadPath {
+    /// It breaks a rule.
+    Rule(Rule),
+    /// It exceeds a limit.
+    Limit(LimitKind),
+}
+
+/// Checks that `path` is relative and normalized: no empty, `.` or `..`
+/// components, no NUL, within the length and depth limits.
+pub fn check_path(path: &str, limits: &Limits) -> Result<(), BadPath> {
+    if path.is_empty() {
+        return Err(BadPath::Rule(Rule::EmptyPath));
+    }
+    if path.len() > limits.max_path_len as usize || path.len() > PATH_CAPACITY {
+        return Err(BadPath::Limit(LimitKind::PathLen));
+    }
+    if path.contains('\0') {
+        return Err(BadPath::Rule(Rule::NulByte));
+    }
+    if path.starts_with('/') {
+        return Err(BadPath::Rule(Rule::AbsolutePath));
+    }
+    let mut depth = 0u32;
+    for c in path.split('/') {
+        match c {
+            "" => return Err(BadPath::Rule(Rule::EmptyComponent)),
+            "." | ".." => return Err(BadPath::Rule(Rule::DotComponent)),
+            _ => depth += 1,
+        }
+    }
+    if depth > limits.max_path_depth {
+        return Err(BadPath::Limit(LimitKind::PathDepth));
+    }
+    Ok(())
+}
+
+/// Orders paths component by component: as bytes, with `/` below every other byte.
+pub fn compare_paths(a: &str, b: &str) -> Ordering {
+    let key = |c: u8| if c == b'/' { 0u16 } else { u16::from(c) + 1 };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
+/// Whether `ancestor` is a proper ancestor directory of `path`.
+fn is_ancestor(ancestor: &str, path: &str) -> bool {
+    path.len() > ancestor.len()
+        && path.starts_with(ancestor)
+        && path.as_bytes().get(ancestor.len()) == Some(&b'/')
+}
+
+fn parent(path: &str) -> &str {
+    path.rfind('/').and_then(|i| path.get(..i)).unwrap_or("")
+}
+
+/// Whether a symlink at `link` pointing to `target` stays inside the snapshot when read
+/// lexically; an absolute target counts from the snapshot root, as it does in the chroot.
+pub fn symlink_stays_inside(link: &str, target: &str) -> bool {
+    let mut depth: usize = if target.starts_with('/') {
+        0
+    } else {
+        let p = parent(link);
+        if p.is_empty() {
+            0
+        } else {
+            p.split('/').count()
+        }
+    };
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// A path copied into a fixed buffer.
+struct PathBuf {
+    buf: [u8; PATH_CAPACITY],
+    len: usize,
+}
+
+impl PathBuf {
+    const fn new() -> Self {
+        PathBuf {
+            buf: [0; PATH_CAPACITY],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| core::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    fn set(&mut self, s: &str) {
+        let n = s.len().min(PATH_CAPACITY);
+        if let (Some(dst), Some(src)) = (self.buf.get_mut(..n), s.as_bytes().get(..n)) {
+            dst.copy_from_slice(src);
+            self.len = n;
+        }
+    }
+
+    fn truncate_to_parent(&mut self) {
+        let p = parent(self.as_str()).len();
+        self.len = p;
+    }
+}
+
+/// The policy checker's state across the entries of one bundle.
+pub struct Policy {
+    limits: Limits,
+    specials: Specials,
+    full: bool,
+    index: u32,
+    prev: PathBuf,
+    prev_is_dir: bool,
+    has_prev: bool,
+    open_dir: PathBuf,
+}
+
+impl Policy {
+    /// A checker for one bundle.
+    pub fn new(limits: Limits, specials: Specials, full: bool) -> Self {
+        Policy {
+            limits,
+            specials,
+            full,
+            index: 0,
+            prev: PathBuf::new(),
+            prev_is_dir: false,
+            has_prev: false,
+            open_dir: PathBuf::new(),
+        }
+    }
+
+    /// The path of the last entry checked (the offending one after an error).
+    pub fn last_path(&self) -> &str {
+        self.prev.as_str()
+    }
+
+    /// Checks the next entry, in stream order.
+    pub fn check(&mut self, e: &EntryHeader<'_>) -> Result<(), Error> {
+        let entry = self.index;
+        let fail = |rule| Error::Policy { rule, entry };
+        let limit = |limit| Error::Limit { limit, at: 0 };
+        let result = self.check_inner(e);
+        // Remember the path even when it fails, so the error can name it.
+        self.prev.set(e.path);
+        self.has_prev = true;
+        self.prev_is_dir = matches!(e.kind, EntryKind::Dir);
+        self.index = self.index.saturating_add(1);
+        result.map_err(|b| match b {
+            BadPath::Rule(r) => fail(r),
+            BadPath::Limit(l) => limit(l),
+        })
+    }
+
+    fn check_inner(&mut self, e: &EntryHeader<'_>) -> Result<(), BadPath> {
+        let path = e.path;
+        check_path(path, &self.limits)?;
+        if self.has_prev {
+            let prev = self.prev.as_str();
+            if compare_paths(prev, path) != Ordering::Less {
+                return Err(BadPath::Rule(Rule::NotSorted));
+            }
+            // Sorted order puts a path's descendants right after it, so an entry
+            // beneath a bundle symlink, file or deletion always follows it directly.
+            if !self.prev_is_dir && is_ancestor(prev, path) {
+                return Err(BadPath::Rule(Rule::BeneathNonDirectory));
+            }
+        }
+        if self.full {
+            let want = parent(path);
+            while !(self.open_dir.as_str() == want || is_ancestor(self.open_dir.as_str(), want))
+                && self.open_dir.len > 0
+            {
+                self.open_dir.truncate_to_parent();
+            }
+            if self.open_dir.as_str() != want {
+                return Err(BadPath::Rule(Rule::MissingParent));
+            }
+        }
+        if e.mode & !0o7777 != 0 {
+            return Err(BadPath::Rule(Rule::BadMode));
+        }
+        let setuid = e.mode & 0o4000 != 0;
+        let setgid = e.mode & 0o2000 != 0;
+        // A setgid directory only makes new files inherit its group: common and harmless.
+        let setid = setuid || (setgid && !matches!(e.kind, EntryKind::Dir));
+        if setid && !self.specials.setid {
+            return Err(BadPath::Rule(Rule::UndeclaredSetid));
+        }
+        if e.is_internal() && !matches!(e.kind, EntryKind::File { .. } | EntryKind::Dir) {
+            return Err(BadPath::Rule(Rule::ReservedPath));
+        }
+        match e.kind {
+            EntryKind::File { size, .. } => {
+                if size > self.limits.max_file_size {
+                    return Err(BadPath::Limit(LimitKind::FileSize));
+                }
+            }
+            EntryKind::Dir => {
+                if self.full {
+                    self.open_dir.set(path);
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if target.is_empty() || target.contains('\0') {
+                    return Err(BadPath::Rule(Rule::SymlinkEscapes));
+                }
+                if target.len() > self.limits.max_path_len as usize {
+                    return Err(BadPath::Limit(LimitKind::PathLen));
+                }
+                if !symlink_stays_inside(path, target) {
+                    return Err(BadPath::Rule(Rule::SymlinkEscapes));
+                }
+            }
+            EntryKind::Hardlink { target } => {
+                if !self.specials.hardlinks {
+                    return Err(BadPath::Rule(Rule::UndeclaredHardlink));
+                }
+                if check_path(target, &self.limits).is_err()
+                    || compare_paths(target, path) != Ordering::Less
+                {
+                    return Err(BadPath::Rule(Rule::BadHardlink));
+                }
+            }
+            EntryKind::Delete => {
+                if self.full {
+                    return Err(BadPath::Rule(Rule::DeleteInFullBundle));
+                }
+            }
+            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => {
+                if !self.specials.devices {
+                    return Err(BadPath::Rule(Rule::UndeclaredDevice));
+                }
+            }
+            EntryKind::Fifo => {
+                if !self.specials.fifos {
+                    return Err(BadPath::Rule(Rule::UndeclaredFifo));
+                }
+            }
+            EntryKind::Socket => {
+                if !self.specials.sockets {
+                    return Err(BadPath::Rule(Rule::UndeclaredSocket));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_order_puts_children_right_after_parent() {
+        assert_eq!(compare_paths("a", "a/b"), Ordering::Less);
+        assert_eq!(compare_paths("a/b", "a-b"), Ordering::Less);
+        assert_eq!(compare_paths("a/z", "a0"), Ordering::Less);
+        assert_eq!(compare_paths("a", "a"), Ordering::Equal);
+    }
+
+    #[test]
+    fn symlink_lexical_resolution() {
+        assert!(symlink_stays_inside("a/b", "../c"));
+        assert!(!symlink_stays_inside("a/b", "../../c"));
+        assert!(symlink_stays_inside("a", "/etc/passwd"));
+        assert!(!symlink_stays_inside("a", "/../etc"));
+        assert!(symlink_stays_inside("a/b/c", "../../x/../y"));
+        assert!(!symlink_stays_inside("x", ".."));
+    }
+}

@@ -1,0 +1,570 @@
+//! Bundle format v1 end to end: round trips, any input split, truncation, bit flips, signatures, policy rules, limits and bombs.
+
+mod common;
+
+use common::*;
+use molt_engine::bundle::format::{EntryTable, Payload};
+use molt_engine::bundle::zstd::{LibZstd, RuZstd};
+use molt_engine::bundle::{Specials, Trust};
+use molt_engine::error::{LimitKind, Rule};
+use molt_engine::{Error, Limits};
+use proptest::prelude::*;
+
+fn sample() -> Vec<u8> {
+    build(&Spec { entries: sample_tree(), ..Spec::default() })
+}
+
+#[test]
+fn round_trip_reproduces_every_entry() {
+    let tree = sample_tree();
+    let bytes = sample();
+    let (evs, r) = decode(&bytes);
+    r.unwrap();
+    assert_eq!(evs.first(), Some(&Ev::Manifest(Some(molt_engine::bundle::format::key_id(key(1).verifying_key().as_bytes())))));
+    assert_eq!(evs.last(), Some(&Ev::Done));
+    let got = files(&evs);
+    assert_eq!(got.len(), tree.len());
+    for (e, (path, content)) in tree.iter().zip(&got) {
+        assert_eq!(&e.path, path);
+        if let K::File(c) = &e.kind {
+            assert_eq!(c, content, "{path}");
+        }
+    }
+    // Every entry is bracketed by a start and an end.
+    let starts = evs.iter().filter(|e| matches!(e, Ev::Start(..))).count();
+    let ends = evs.iter().filter(|e| matches!(e, Ev::End)).count();
+    assert_eq!((starts, ends), (tree.len(), tree.len()));
+}
+
+#[test]
+fn both_zstd_backends_give_the_same_events() {
+    let bytes = sample();
+    let (a, ra) = decode(&bytes);
+    let (b, rb) = decode_ruzstd(&bytes, &[]);
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn manifest_is_readable_after_verification() {
+    let spec = Spec { entries: sample_tree(), ..Spec::default() };
+    let bytes = build(&spec);
+    let k = [trusted(&key(1))];
+    let limits = Limits::DEFAULT;
+    let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
+    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
+    let mut d = molt_engine::bundle::Decoder::new(
+        Trust::Pinned { keys: &k, revoked: &[] },
+        limits,
+        LibZstd::new().unwrap(),
+        molt_engine::bundle::Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb },
+    );
+    let f = d.feed(&bytes).unwrap();
+    assert!(matches!(f.event, Some(molt_engine::bundle::Event::ManifestVerified { .. })));
+    let m = d.manifest().unwrap();
+    assert_eq!(m.version, "1.0.0");
+    assert_eq!(m.compatible, "test-board");
+    assert_eq!(m.entries.count as usize, sample_tree().len());
+    assert_eq!(m.check_compatible("other-board"), Err(Error::Incompatible));
+    assert_eq!(m.check_floor(6), Err(Error::Downgrade { release: 5, floor: 6 }));
+    assert_eq!(m.check_floor(5), Ok(()));
+}
+
+#[test]
+fn empty_bundle_round_trips() {
+    let bytes = build(&Spec::default());
+    let (evs, r) = decode(&bytes);
+    r.unwrap();
+    assert_eq!(evs.len(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// Any split of the input yields exactly the same events.
+    #[test]
+    fn every_split_gives_the_same_events(mut cuts in proptest::collection::vec(0usize..70_000, 0..40)) {
+        let bytes = sample();
+        cuts.sort_unstable();
+        let (whole, rw) = decode(&bytes);
+        let (split, rs) = decode_ruzstd(&bytes, &cuts);
+        prop_assert!(rw.is_ok() && rs.is_ok());
+        prop_assert_eq!(whole, split);
+    }
+
+    /// Generated trees of random files round-trip.
+    #[test]
+    fn generated_trees_round_trip(sizes in proptest::collection::vec(0usize..40_000, 1..12), seed in any::<u64>()) {
+        let mut entries = vec![dir("d")];
+        for (i, s) in sizes.iter().enumerate() {
+            entries.push(file(&format!("d/f{i:03}"), &noise(seed ^ i as u64, *s)));
+        }
+        let bytes = build(&Spec { entries: entries.clone(), ..Spec::default() });
+        let (evs, r) = decode(&bytes);
+        prop_assert!(r.is_ok());
+        let got = files(&evs);
+        for (e, (p, c)) in entries.iter().zip(&got) {
+            prop_assert_eq!(&e.path, p);
+            if let K::File(want) = &e.kind { prop_assert_eq!(want, c); }
+        }
+    }
+}
+
+/// A small bundle (two chunks) so that every truncation length can be tried.
+fn small() -> Vec<u8> {
+    let big: Vec<u8> = noise(3, 20_000);
+    build(&Spec {
+        entries: vec![dir("a"), file("a/b", b"bee"), file("a/c", &big), symlink("a/d", "b")],
+        ..Spec::default()
+    })
+}
+
+#[test]
+fn truncation_at_every_length_is_a_specific_error() {
+    let bytes = small();
+    for len in 0..bytes.len() {
+        let (_, r) = decode_ruzstd(&bytes[..len], &[]);
+        assert_eq!(r, Err(Error::Truncated { at: len as u64 }), "length {len}");
+    }
+    decode_ruzstd(&bytes, &[]).1.unwrap();
+}
+
+#[test]
+fn bit_flips_anywhere_are_refused_without_panic() {
+    let bytes = small();
+    let mut x: u64 = 0x1234_5678;
+    for _ in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let pos = (x as usize) % bytes.len();
+        let bit = (x >> 40) as u8 % 8;
+        let mut b = bytes.clone();
+        b[pos] ^= 1 << bit;
+        let (_, r) = decode_ruzstd(&b, &[]);
+        assert!(r.is_err(), "flip of bit {bit} at byte {pos} went unnoticed");
+    }
+}
+
+#[test]
+fn payload_change_is_caught_at_the_chunk_where_it_diverges() {
+    let bytes = small();
+    // Flip a byte in the last chunk's frame: the earlier chunks decode, that one fails.
+    let mut b = bytes.clone();
+    let last = b.len() - 5;
+    b[last] ^= 0xff;
+    let (evs, r) = decode(&b);
+    match r {
+        Err(Error::ChunkDigest { chunk, .. }) => assert!(chunk >= 1, "chunk {chunk}"),
+        other => panic!("expected a chunk digest error, got {other:?}"),
+    }
+    // Events from the earlier, verified chunk were delivered; none from the bad one.
+    assert!(evs.iter().any(|e| matches!(e, Ev::Start(..))));
+    assert!(!evs.contains(&Ev::Done));
+}
+
+#[test]
+fn trailing_data_is_refused() {
+    let mut b = small();
+    let n = b.len() as u64;
+    b.push(0);
+    assert_eq!(decode(&b).1, Err(Error::TrailingData { at: n }));
+}
+
+#[test]
+fn unknown_revoked_and_wrong_keys_are_refused() {
+    let bytes = small();
+    let other = [trusted(&key(9))];
+    let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &other, revoked: &[] }, limits(), RuZstd::new());
+    assert!(matches!(r, Err(Error::UnknownKey { .. })), "{r:?}");
+    let mine = [trusted(&key(1))];
+    let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &mine, revoked: &[mine[0].id] }, limits(), RuZstd::new());
+    assert_eq!(r, Err(Error::RevokedKey { key_id: mine[0].id }));
+    // A manifest byte changed after signing.
+    let mut b = bytes.clone();
+    let manifest_byte = 16 + 4 + 72 + 3;
+    b[manifest_byte] ^= 1;
+    let (_, r) = decode(&b);
+    assert_eq!(r, Err(Error::BadSignature { key_id: mine[0].id }));
+    // No signatures at all.
+    let mut b = bytes.clone();
+    b[16] = 0;
+    assert_eq!(decode(&b).1, Err(Error::BadSignatureCount { count: 0 }));
+}
+
+#[test]
+fn rotation_accepts_either_of_two_signatures() {
+    let spec = Spec { entries: sample_tree(), keys: vec![key(1), key(2)], ..Spec::default() };
+    let bytes = build(&spec);
+    for k in [key(1), key(2)] {
+        let t = [trusted(&k)];
+        let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &t, revoked: &[] }, limits(), RuZstd::new());
+        r.unwrap();
+    }
+}
+
+#[test]
+fn inspect_only_skips_signatures_but_not_the_chain() {
+    let bytes = small();
+    let (evs, r) = decode_with(&bytes, &[], Trust::InspectOnly, limits(), RuZstd::new());
+    r.unwrap();
+    assert_eq!(evs[0], Ev::Manifest(None));
+    let mut b = bytes.clone();
+    let last = b.len() - 3;
+    b[last] ^= 1;
+    let (_, r) = decode_with(&b, &[], Trust::InspectOnly, limits(), RuZstd::new());
+    assert!(matches!(r, Err(Error::ChunkDigest { .. })));
+}
+
+#[test]
+fn not_a_bundle_and_future_versions_are_named() {
+    assert_eq!(decode(b"PK\x03\x04 this is a zip file, not a bundle").1, Err(Error::BadMagic));
+    let mut b = small();
+    b[8] = 2;
+    assert_eq!(decode(&b).1, Err(Error::UnsupportedVersion { major: 2, minor: 0 }));
+}
+
+/// Builds with the policy off in the encoder, then expects the decoder to refuse with `rule`.
+fn refused(entries: Vec<E>, full: bool, specials: Specials) -> Result<(), Error> {
+    let spec = Spec { entries, full, specials, check_policy: false, ..Spec::default() };
+    // The encoder with its policy on refuses the same input.
+    assert!(try_build(&Spec { check_policy: true, ..spec.clone() }).is_err());
+    decode(&build(&spec)).1
+}
+
+fn rule(r: Result<(), Error>) -> Rule {
+    match r {
+        Err(Error::Policy { rule, .. }) => rule,
+        other => panic!("expected a policy error, got {other:?}"),
+    }
+}
+
+#[test]
+fn policy_dotdot() {
+    assert_eq!(rule(refused(vec![file("../etc/passwd", b"x")], false, Specials::default())), Rule::DotComponent);
+    assert_eq!(rule(refused(vec![dir("a"), file("a/../../x", b"x")], true, Specials::default())), Rule::DotComponent);
+}
+
+#[test]
+fn policy_absolute() {
+    assert_eq!(rule(refused(vec![file("/etc/passwd", b"x")], false, Specials::default())), Rule::AbsolutePath);
+}
+
+#[test]
+fn policy_empty_component_and_empty_path() {
+    assert_eq!(rule(refused(vec![file("a//b", b"x")], false, Specials::default())), Rule::EmptyComponent);
+    assert_eq!(rule(refused(vec![file("a/", b"x")], false, Specials::default())), Rule::EmptyComponent);
+    assert_eq!(rule(refused(vec![file("", b"x")], false, Specials::default())), Rule::EmptyPath);
+}
+
+#[test]
+fn policy_nul() {
+    assert_eq!(rule(refused(vec![file("a\0b", b"x")], false, Specials::default())), Rule::NulByte);
+}
+
+#[test]
+fn policy_duplicates_and_order() {
+    assert_eq!(rule(refused(vec![file("a", b"x"), file("a", b"y")], false, Specials::default())), Rule::NotSorted);
+    assert_eq!(rule(refused(vec![file("b", b"x"), file("a", b"y")], false, Specials::default())), Rule::NotSorted);
+}
+
+#[test]
+fn policy_symlink_escape() {
+    assert_eq!(rule(refused(vec![symlink("l", "../outside")], false, Specials::default())), Rule::SymlinkEscapes);
+    assert_eq!(rule(refused(vec![dir("a"), symlink("a/l", "../../x")], true, Specials::default())), Rule::SymlinkEscapes);
+    assert_eq!(rule(refused(vec![symlink("l", "/../etc")], false, Specials::default())), Rule::SymlinkEscapes);
+}
+
+#[test]
+fn absolute_symlink_inside_the_snapshot_is_allowed() {
+    let bytes = build(&Spec { entries: vec![symlink("l", "/etc/app.conf")], full: false, ..Spec::default() });
+    decode(&bytes).1.unwrap();
+}
+
+#[test]
+fn policy_write_through_symlink() {
+    assert_eq!(
+        rule(refused(vec![symlink("a", "b"), file("a/passwd", b"x")], false, Specials::default())),
+        Rule::BeneathNonDirectory
+    );
+    assert_eq!(rule(refused(vec![file("a", b"x"), file("a/b", b"y")], false, Specials::default())), Rule::BeneathNonDirectory);
+    assert_eq!(rule(refused(vec![delete("a"), file("a/b", b"y")], false, Specials::default())), Rule::BeneathNonDirectory);
+}
+
+#[test]
+fn policy_missing_parent_in_full_bundle() {
+    assert_eq!(rule(refused(vec![file("a/b", b"x")], true, Specials::default())), Rule::MissingParent);
+    // In a patch bundle the parent may already exist in the active snapshot.
+    decode(&build(&Spec { entries: vec![file("a/b", b"x")], full: false, ..Spec::default() })).1.unwrap();
+}
+
+#[test]
+fn policy_delete_only_in_patch() {
+    assert_eq!(rule(refused(vec![delete("a")], true, Specials::default())), Rule::DeleteInFullBundle);
+    decode(&build(&Spec { entries: vec![delete("a")], full: false, ..Spec::default() })).1.unwrap();
+}
+
+#[test]
+fn policy_specials_need_declaration() {
+    let hl = E { path: "b".into(), kind: K::Hardlink("a".into()), mode: 0o644 };
+    assert_eq!(rule(refused(vec![file("a", b"x"), hl.clone()], false, Specials::default())), Rule::UndeclaredHardlink);
+    let dev = E { path: "null".into(), kind: K::CharDev, mode: 0o666 };
+    assert_eq!(rule(refused(vec![dev.clone()], false, Specials::default())), Rule::UndeclaredDevice);
+    let fifo = E { path: "p".into(), kind: K::Fifo, mode: 0o644 };
+    assert_eq!(rule(refused(vec![fifo.clone()], false, Specials::default())), Rule::UndeclaredFifo);
+    let sock = E { path: "s".into(), kind: K::Socket, mode: 0o644 };
+    assert_eq!(rule(refused(vec![sock.clone()], false, Specials::default())), Rule::UndeclaredSocket);
+    let suid = E { path: "su".into(), kind: K::File(b"x".to_vec()), mode: 0o4755 };
+    assert_eq!(rule(refused(vec![suid.clone()], false, Specials::default())), Rule::UndeclaredSetid);
+    let sgid = E { path: "sg".into(), kind: K::File(b"x".to_vec()), mode: 0o2755 };
+    assert_eq!(rule(refused(vec![sgid], false, Specials::default())), Rule::UndeclaredSetid);
+    // Declared, they pass.
+    let all = Specials { setid: true, hardlinks: true, devices: true, fifos: true, sockets: true };
+    let spec = Spec { entries: vec![file("a", b"x"), hl, dev, fifo, sock, suid], full: false, specials: all, ..Spec::default() };
+    decode(&build(&spec)).1.unwrap();
+}
+
+#[test]
+fn policy_hardlink_target_must_come_earlier() {
+    let all = Specials { hardlinks: true, ..Specials::default() };
+    let hl = E { path: "a".into(), kind: K::Hardlink("z".into()), mode: 0o644 };
+    assert_eq!(rule(refused(vec![hl], false, all)), Rule::BadHardlink);
+}
+
+#[test]
+fn policy_bad_mode_and_reserved_dir() {
+    let m = E { path: "a".into(), kind: K::File(b"x".to_vec()), mode: 0o100644 };
+    assert_eq!(rule(refused(vec![m], false, Specials::default())), Rule::BadMode);
+    assert_eq!(rule(refused(vec![symlink(".molt/x", "y")], false, Specials::default())), Rule::ReservedPath);
+}
+
+#[test]
+fn failed_path_names_the_offender() {
+    let spec = Spec { entries: vec![file("ok", b"1"), file("../evil", b"x")], full: false, check_policy: false, ..Spec::default() };
+    let bytes = build(&spec);
+    let k = [trusted(&key(1))];
+    let limits = Limits::DEFAULT;
+    let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
+    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
+    let mut d = molt_engine::bundle::Decoder::new(
+        Trust::Pinned { keys: &k, revoked: &[] },
+        limits,
+        RuZstd::new(),
+        molt_engine::bundle::Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb },
+    );
+    let mut rest = &bytes[..];
+    let err = loop {
+        match d.feed(rest) {
+            Ok(f) => {
+                rest = &rest[f.consumed..];
+                if f.event.is_none() { panic!("decoded a bad bundle") }
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, Error::Policy { rule: Rule::DotComponent, entry: 1 });
+    assert_eq!(d.failed_path(), "../evil");
+    // A failed decoder accepts nothing more.
+    assert_eq!(d.feed(b"more").unwrap_err(), Error::Finished);
+}
+
+fn decode_limited(bytes: &[u8], l: Limits) -> Result<(), Error> {
+    let k = [trusted(&key(1))];
+    decode_with(bytes, &[], Trust::Pinned { keys: &k, revoked: &[] }, l, RuZstd::new()).1
+}
+
+fn limit(r: Result<(), Error>) -> LimitKind {
+    match r {
+        Err(Error::Limit { limit, .. }) => limit,
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_limit_is_enforced() {
+    let bytes = sample();
+    let d = Limits::DEFAULT;
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_manifest_len: 40, ..d })), LimitKind::ManifestLen);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_entries: 3, ..d })), LimitKind::Entries);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_path_len: 8, ..d })), LimitKind::PathLen);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_path_depth: 1, ..d })), LimitKind::PathDepth);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_file_size: 1000, ..d })), LimitKind::FileSize);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_total_size: 1000, ..d })), LimitKind::TotalSize);
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_payload_len: 1000, ..d })), LimitKind::PayloadLen);
+    let big = build(&Spec { entries: sample_tree(), chunk_size: 64 * 1024, ..Spec::default() });
+    assert_eq!(limit(decode_limited(&big, Limits { max_chunk_size: 32 * 1024, ..d })), LimitKind::ChunkSize);
+}
+
+#[test]
+fn many_empty_files_hit_the_entry_limit() {
+    let mut entries = vec![dir("d")];
+    for i in 0..2001 {
+        entries.push(file(&format!("d/{i:06}"), b""));
+    }
+    let bytes = build(&Spec { entries, ..Spec::default() });
+    assert_eq!(limit(decode_limited(&bytes, Limits { max_entries: 2000, ..Limits::DEFAULT })), LimitKind::Entries);
+    decode_limited(&bytes, Limits::DEFAULT).unwrap();
+}
+
+fn crafted_manifest<'a>(spec: &'a Spec, count: u32) -> molt_engine::bundle::Manifest<'a> {
+    let mut m = manifest(spec);
+    m.payload = Payload { chunk_count: 0, chunk_size: 16 * 1024, wire_len: 0, raw_len: 0, first_chunk: [0; 32] };
+    m.entries = EntryTable { count, digest: [0; 32], file_bytes: 0, specials: Specials::default() };
+    m
+}
+
+#[test]
+fn a_huge_zstd_window_is_refused_before_decompression() {
+    let spec = Spec::default();
+    // Magic, descriptor (2-byte content size, not single segment), window 8 MiB, content size 300.
+    let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x40, 13 << 3];
+    frame.extend_from_slice(&(300u16 - 256).to_le_bytes());
+    frame.extend_from_slice(&[1, 0, 0]);
+    let b = assemble(crafted_manifest(&spec, 1), &[(frame, 300)], &spec.keys);
+    let r = decode_limited(&b, Limits { max_chunk_size: 1024 * 1024, ..Limits::DEFAULT });
+    assert!(matches!(r, Err(Error::BadFrame { chunk: 0, why }) if why.contains("window")), "{r:?}");
+}
+
+#[test]
+fn a_frame_that_inflates_past_its_signed_size_is_refused() {
+    let spec = Spec::default();
+    // 10 MiB of zeros compress to a few hundred bytes; the chunk claims 1000.
+    let zeros = vec![0u8; 10 * 1024 * 1024];
+    let frame = zstd::bulk::compress(&zeros, 19).unwrap();
+    let b = assemble(crafted_manifest(&spec, 1), &[(frame.clone(), 1000)], &spec.keys);
+    assert!(matches!(decode_limited(&b, Limits::DEFAULT), Err(Error::BadFrame { .. })));
+    // A frame with no declared content size is refused too, whatever it would inflate to.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.include_contentsize(false).unwrap();
+    std::io::Write::write_all(&mut enc, &zeros[..100_000]).unwrap();
+    let frame = enc.finish().unwrap();
+    let b = assemble(crafted_manifest(&spec, 1), &[(frame, 1000)], &spec.keys);
+    assert!(matches!(decode_limited(&b, Limits::DEFAULT), Err(Error::BadFrame { .. })));
+}
+
+#[test]
+fn entries_missing_or_unlisted_are_refused() {
+    // The manifest lists two entries but the payload carries one.
+    let spec = Spec { entries: vec![file("a", b"x")], full: false, ..Spec::default() };
+    let good = build(&spec);
+    let (evs, r) = decode(&good);
+    r.unwrap();
+    assert!(evs.len() > 2);
+    let one = {
+        let mut enc_spec = spec.clone();
+        enc_spec.entries.push(file("b", b"y"));
+        enc_spec
+    };
+    // Sign a manifest claiming entries the payload lacks: take the two-entry manifest's counts
+    // with the one-entry payload by re-assembling the frames.
+    let frame = zstd::bulk::compress(&raw_entries(&spec.entries), 3).unwrap();
+    let raw_len = raw_entries(&spec.entries).len() as u32;
+    let mut m = manifest(&one);
+    m.payload.chunk_size = 16 * 1024;
+    m.entries = EntryTable { count: 2, digest: [0; 32], file_bytes: 2, specials: Specials::default() };
+    m.payload.raw_len = raw_len as u64;
+    let b = assemble(m, &[(frame.clone(), raw_len)], &spec.keys);
+    assert!(matches!(decode(&b).1, Err(Error::EntryTable { .. })), "{:?}", decode(&b).1);
+    // A manifest listing zero entries with a payload that carries one.
+    let mut m = manifest(&spec);
+    m.payload.chunk_size = 16 * 1024;
+    m.entries = EntryTable { count: 0, digest: [0; 32], file_bytes: 0, specials: Specials::default() };
+    let b = assemble(m, &[(frame, raw_len)], &spec.keys);
+    assert!(matches!(decode(&b).1, Err(Error::EntryTable { .. }) | Err(Error::Field { .. })), "{:?}", decode(&b).1);
+}
+
+/// The raw entry stream for `entries`, as the encoder lays it out in one chunk.
+fn raw_entries(entries: &[E]) -> Vec<u8> {
+    use molt_engine::bundle::{EntryHeader, EntryKind};
+    let mut out = Vec::new();
+    for e in entries {
+        let K::File(c) = &e.kind else { panic!("files only") };
+        let h = EntryHeader {
+            path: &e.path,
+            kind: EntryKind::File { size: c.len() as u64, digest: *blake3::hash(c).as_bytes() },
+            mode: e.mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+        };
+        let enc = postcard::to_allocvec(&h).unwrap();
+        out.extend_from_slice(&(enc.len() as u16).to_le_bytes());
+        out.extend_from_slice(&enc);
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+#[test]
+fn malicious_manifest_fields_are_refused() {
+    use molt_engine::bundle::{Command, Package, PackageManager};
+    let spec = Spec::default();
+    let check = |f: &dyn Fn(&mut molt_engine::bundle::Manifest<'_>)| {
+        let mut m = manifest(&spec);
+        f(&mut m);
+        let b = build_with(&Spec { check_policy: false, ..spec.clone() }, m).unwrap();
+        decode(&b).1
+    };
+    let field = |r: Result<(), Error>| match r {
+        Err(Error::Field { field, .. }) => field,
+        other => panic!("expected a field error, got {other:?}"),
+    };
+    assert_eq!(field(check(&|m| m.version = "../../etc")), "version");
+    assert_eq!(field(check(&|m| m.version = "")), "version");
+    assert_eq!(field(check(&|m| m.compatible = "")), "compatible");
+    let evil = Package { manager: PackageManager::Apt, name: "../evil", version: None, file: None };
+    assert_eq!(field(check(&|m| { m.recipe.packages.push(evil).unwrap(); })), "recipe.packages.name");
+    let opt = Package { manager: PackageManager::Pip, name: "--index-url=http://x", version: None, file: None };
+    assert_eq!(field(check(&|m| { m.recipe.packages.push(opt).unwrap(); })), "recipe.packages.name");
+    let path = Package { manager: PackageManager::Apt, name: "app", version: None, file: Some("/tmp/x.deb") };
+    assert_eq!(field(check(&|m| { m.recipe.packages.push(path).unwrap(); })), "recipe.packages.file");
+    let slash = Package { manager: PackageManager::Npm, name: "a/b", version: None, file: None };
+    assert_eq!(field(check(&|m| { m.recipe.packages.push(slash).unwrap(); })), "recipe.packages.name");
+    let cmd = Command { script: "echo hi", chroot: false, timeout_secs: 0 };
+    assert_eq!(field(check(&|m| m.recipe.before = Some(cmd))), "recipe.before");
+    let nul = Command { script: "echo\0hi", chroot: false, timeout_secs: 5 };
+    assert_eq!(field(check(&|m| m.recipe.after = Some(nul))), "recipe.after");
+    // Huge numbers in the payload binding.
+    let mut m = manifest(&spec);
+    m.payload = Payload { chunk_count: u32::MAX, chunk_size: u32::MAX, wire_len: u64::MAX, raw_len: u64::MAX, first_chunk: [0; 32] };
+    let b = assemble(m, &[], &spec.keys);
+    assert!(decode(&b).1.is_err());
+}
+
+#[test]
+fn invalid_utf8_in_the_manifest_is_malformed() {
+    let spec = Spec::default();
+    let mut m = manifest(&spec);
+    m.comment = "\u{e9}\u{e9}\u{e9}";
+    let b = assemble(m, &[], &spec.keys);
+    // Corrupt the UTF-8 of the comment and re-sign: still refused, as malformed.
+    let mb_start = 16 + 4 + 72;
+    let pos = b[mb_start..].windows(2).position(|w| w == [0xc3, 0xa9]).unwrap() + mb_start;
+    let mut raw = b[mb_start..].to_vec();
+    raw[pos - mb_start] = 0xff;
+    let resigned = resign(&b[..16], &raw);
+    assert!(matches!(decode(&resigned).1, Err(Error::Malformed { what: "manifest", .. })), "{:?}", decode(&resigned).1);
+}
+
+/// Signs `manifest` (arbitrary bytes) with the test key under the given header.
+fn resign(header: &[u8], manifest: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let mut hdr = [0u8; 16];
+    hdr.copy_from_slice(header);
+    hdr[12..16].copy_from_slice(&(manifest.len() as u32).to_le_bytes());
+    let msg = molt_engine::bundle::verify::signed_message(&hdr, manifest);
+    let k = key(1);
+    let mut out = hdr.to_vec();
+    out.extend_from_slice(&[1, 0, 0, 0]);
+    out.extend_from_slice(&molt_engine::bundle::format::key_id(k.verifying_key().as_bytes()));
+    out.extend_from_slice(&k.sign(&msg).to_bytes());
+    out.extend_from_slice(manifest);
+    out
+}
+
+#[test]
+fn fuzz_entry_point_survives_garbage() {
+    molt_engine::bundle::fuzz_decode(&[]);
+    molt_engine::bundle::fuzz_decode(b"MOLTBNDL\x01\x00\x00\x00\xff\xff\xff\xff\x01\x00\x00\x00");
+    molt_engine::bundle::fuzz_decode(&small());
+}

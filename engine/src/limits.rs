@@ -38,7 +38,7 @@ impl Limits {
         max_file_size: 16 * 1024 * 1024 * 1024,
         max_total_size: 64 * 1024 * 1024 * 1024,
         max_payload_len: 64 * 1024 * 1024 * 1024,
-        max_chunk_size: 1024 * 1024,
+        max_chunk_size: 4 * 1024 * 1024,
     };
 }
 

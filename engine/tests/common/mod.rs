@@ -166,7 +166,7 @@ pub fn decode_with<Z: Decompressor>(
     limits: Limits,
     z: Z,
 ) -> (Vec<Ev>, Result<(), Error>) {
-    let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
+    let (m, w, r) = Buffers::required(&limits, 64 * 1024);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
     let mut d = Decoder::new(trust, limits, z, Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb });
     let mut evs = Vec::new();

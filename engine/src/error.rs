@@ -95,7 +95,9 @@ impl Rule {
             Rule::DotComponent => "path has a `.` or `..` component",
             Rule::NulByte => "path contains a NUL byte",
             Rule::NotSorted => "path is a duplicate or out of order",
-            Rule::BeneathNonDirectory => "path lies beneath a symlink, file or deletion of the bundle",
+            Rule::BeneathNonDirectory => {
+                "path lies beneath a symlink, file or deletion of the bundle"
+            }
             Rule::MissingParent => "parent directory is not in the full bundle",
             Rule::SymlinkEscapes => "symlink target leaves the snapshot",
             Rule::BadHardlink => "hardlink target is invalid or not an earlier entry",

@@ -11,7 +11,10 @@ use molt_engine::{Error, Limits};
 use proptest::prelude::*;
 
 fn sample() -> Vec<u8> {
-    build(&Spec { entries: sample_tree(), ..Spec::default() })
+    build(&Spec {
+        entries: sample_tree(),
+        ..Spec::default()
+    })
 }
 
 #[test]
@@ -20,7 +23,12 @@ fn round_trip_reproduces_every_entry() {
     let bytes = sample();
     let (evs, r) = decode(&bytes);
     r.unwrap();
-    assert_eq!(evs.first(), Some(&Ev::Manifest(Some(molt_engine::bundle::format::key_id(key(1).verifying_key().as_bytes())))));
+    assert_eq!(
+        evs.first(),
+        Some(&Ev::Manifest(Some(molt_engine::bundle::format::key_id(
+            key(1).verifying_key().as_bytes()
+        ))))
+    );
     assert_eq!(evs.last(), Some(&Ev::Done));
     let got = files(&evs);
     assert_eq!(got.len(), tree.len());
@@ -48,26 +56,45 @@ fn both_zstd_backends_give_the_same_events() {
 
 #[test]
 fn manifest_is_readable_after_verification() {
-    let spec = Spec { entries: sample_tree(), ..Spec::default() };
+    let spec = Spec {
+        entries: sample_tree(),
+        ..Spec::default()
+    };
     let bytes = build(&spec);
     let k = [trusted(&key(1))];
     let limits = Limits::DEFAULT;
     let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
     let mut d = molt_engine::bundle::Decoder::new(
-        Trust::Pinned { keys: &k, revoked: &[] },
+        Trust::Pinned {
+            keys: &k,
+            revoked: &[],
+        },
         limits,
         LibZstd::new().unwrap(),
-        molt_engine::bundle::Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb },
+        molt_engine::bundle::Buffers {
+            manifest: &mut mb,
+            wire: &mut wb,
+            raw: &mut rb,
+        },
     );
     let f = d.feed(&bytes).unwrap();
-    assert!(matches!(f.event, Some(molt_engine::bundle::Event::ManifestVerified { .. })));
+    assert!(matches!(
+        f.event,
+        Some(molt_engine::bundle::Event::ManifestVerified { .. })
+    ));
     let m = d.manifest().unwrap();
     assert_eq!(m.version, "1.0.0");
     assert_eq!(m.compatible, "test-board");
     assert_eq!(m.entries.count as usize, sample_tree().len());
     assert_eq!(m.check_compatible("other-board"), Err(Error::Incompatible));
-    assert_eq!(m.check_floor(6), Err(Error::Downgrade { release: 5, floor: 6 }));
+    assert_eq!(
+        m.check_floor(6),
+        Err(Error::Downgrade {
+            release: 5,
+            floor: 6
+        })
+    );
     assert_eq!(m.check_floor(5), Ok(()));
 }
 
@@ -114,7 +141,12 @@ proptest! {
 fn small() -> Vec<u8> {
     let big: Vec<u8> = noise(3, 20_000);
     build(&Spec {
-        entries: vec![dir("a"), file("a/b", b"bee"), file("a/c", &big), symlink("a/d", "b")],
+        entries: vec![
+            dir("a"),
+            file("a/b", b"bee"),
+            file("a/c", &big),
+            symlink("a/d", "b"),
+        ],
         ..Spec::default()
     })
 }
@@ -175,10 +207,28 @@ fn trailing_data_is_refused() {
 fn unknown_revoked_and_wrong_keys_are_refused() {
     let bytes = small();
     let other = [trusted(&key(9))];
-    let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &other, revoked: &[] }, limits(), RuZstd::new());
+    let (_, r) = decode_with(
+        &bytes,
+        &[],
+        Trust::Pinned {
+            keys: &other,
+            revoked: &[],
+        },
+        limits(),
+        RuZstd::new(),
+    );
     assert!(matches!(r, Err(Error::UnknownKey { .. })), "{r:?}");
     let mine = [trusted(&key(1))];
-    let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &mine, revoked: &[mine[0].id] }, limits(), RuZstd::new());
+    let (_, r) = decode_with(
+        &bytes,
+        &[],
+        Trust::Pinned {
+            keys: &mine,
+            revoked: &[mine[0].id],
+        },
+        limits(),
+        RuZstd::new(),
+    );
     assert_eq!(r, Err(Error::RevokedKey { key_id: mine[0].id }));
     // A manifest byte changed after signing.
     let mut b = bytes.clone();
@@ -194,11 +244,24 @@ fn unknown_revoked_and_wrong_keys_are_refused() {
 
 #[test]
 fn rotation_accepts_either_of_two_signatures() {
-    let spec = Spec { entries: sample_tree(), keys: vec![key(1), key(2)], ..Spec::default() };
+    let spec = Spec {
+        entries: sample_tree(),
+        keys: vec![key(1), key(2)],
+        ..Spec::default()
+    };
     let bytes = build(&spec);
     for k in [key(1), key(2)] {
         let t = [trusted(&k)];
-        let (_, r) = decode_with(&bytes, &[], Trust::Pinned { keys: &t, revoked: &[] }, limits(), RuZstd::new());
+        let (_, r) = decode_with(
+            &bytes,
+            &[],
+            Trust::Pinned {
+                keys: &t,
+                revoked: &[],
+            },
+            limits(),
+            RuZstd::new(),
+        );
         r.unwrap();
     }
 }
@@ -218,17 +281,33 @@ fn inspect_only_skips_signatures_but_not_the_chain() {
 
 #[test]
 fn not_a_bundle_and_future_versions_are_named() {
-    assert_eq!(decode(b"PK\x03\x04 this is a zip file, not a bundle").1, Err(Error::BadMagic));
+    assert_eq!(
+        decode(b"PK\x03\x04 this is a zip file, not a bundle").1,
+        Err(Error::BadMagic)
+    );
     let mut b = small();
     b[8] = 2;
-    assert_eq!(decode(&b).1, Err(Error::UnsupportedVersion { major: 2, minor: 0 }));
+    assert_eq!(
+        decode(&b).1,
+        Err(Error::UnsupportedVersion { major: 2, minor: 0 })
+    );
 }
 
 /// Builds with the policy off in the encoder, then expects the decoder to refuse with `rule`.
 fn refused(entries: Vec<E>, full: bool, specials: Specials) -> Result<(), Error> {
-    let spec = Spec { entries, full, specials, check_policy: false, ..Spec::default() };
+    let spec = Spec {
+        entries,
+        full,
+        specials,
+        check_policy: false,
+        ..Spec::default()
+    };
     // The encoder with its policy on refuses the same input.
-    assert!(try_build(&Spec { check_policy: true, ..spec.clone() }).is_err());
+    assert!(try_build(&Spec {
+        check_policy: true,
+        ..spec.clone()
+    })
+    .is_err());
     decode(&build(&spec)).1
 }
 
@@ -241,128 +320,342 @@ fn rule(r: Result<(), Error>) -> Rule {
 
 #[test]
 fn policy_dotdot() {
-    assert_eq!(rule(refused(vec![file("../etc/passwd", b"x")], false, Specials::default())), Rule::DotComponent);
-    assert_eq!(rule(refused(vec![dir("a"), file("a/../../x", b"x")], true, Specials::default())), Rule::DotComponent);
+    assert_eq!(
+        rule(refused(
+            vec![file("../etc/passwd", b"x")],
+            false,
+            Specials::default()
+        )),
+        Rule::DotComponent
+    );
+    assert_eq!(
+        rule(refused(
+            vec![dir("a"), file("a/../../x", b"x")],
+            true,
+            Specials::default()
+        )),
+        Rule::DotComponent
+    );
 }
 
 #[test]
 fn policy_absolute() {
-    assert_eq!(rule(refused(vec![file("/etc/passwd", b"x")], false, Specials::default())), Rule::AbsolutePath);
+    assert_eq!(
+        rule(refused(
+            vec![file("/etc/passwd", b"x")],
+            false,
+            Specials::default()
+        )),
+        Rule::AbsolutePath
+    );
 }
 
 #[test]
 fn policy_empty_component_and_empty_path() {
-    assert_eq!(rule(refused(vec![file("a//b", b"x")], false, Specials::default())), Rule::EmptyComponent);
-    assert_eq!(rule(refused(vec![file("a/", b"x")], false, Specials::default())), Rule::EmptyComponent);
-    assert_eq!(rule(refused(vec![file("", b"x")], false, Specials::default())), Rule::EmptyPath);
+    assert_eq!(
+        rule(refused(
+            vec![file("a//b", b"x")],
+            false,
+            Specials::default()
+        )),
+        Rule::EmptyComponent
+    );
+    assert_eq!(
+        rule(refused(vec![file("a/", b"x")], false, Specials::default())),
+        Rule::EmptyComponent
+    );
+    assert_eq!(
+        rule(refused(vec![file("", b"x")], false, Specials::default())),
+        Rule::EmptyPath
+    );
 }
 
 #[test]
 fn policy_nul() {
-    assert_eq!(rule(refused(vec![file("a\0b", b"x")], false, Specials::default())), Rule::NulByte);
+    assert_eq!(
+        rule(refused(
+            vec![file("a\0b", b"x")],
+            false,
+            Specials::default()
+        )),
+        Rule::NulByte
+    );
 }
 
 #[test]
 fn policy_duplicates_and_order() {
-    assert_eq!(rule(refused(vec![file("a", b"x"), file("a", b"y")], false, Specials::default())), Rule::NotSorted);
-    assert_eq!(rule(refused(vec![file("b", b"x"), file("a", b"y")], false, Specials::default())), Rule::NotSorted);
+    assert_eq!(
+        rule(refused(
+            vec![file("a", b"x"), file("a", b"y")],
+            false,
+            Specials::default()
+        )),
+        Rule::NotSorted
+    );
+    assert_eq!(
+        rule(refused(
+            vec![file("b", b"x"), file("a", b"y")],
+            false,
+            Specials::default()
+        )),
+        Rule::NotSorted
+    );
 }
 
 #[test]
 fn policy_symlink_escape() {
-    assert_eq!(rule(refused(vec![symlink("l", "../outside")], false, Specials::default())), Rule::SymlinkEscapes);
-    assert_eq!(rule(refused(vec![dir("a"), symlink("a/l", "../../x")], true, Specials::default())), Rule::SymlinkEscapes);
-    assert_eq!(rule(refused(vec![symlink("l", "/../etc")], false, Specials::default())), Rule::SymlinkEscapes);
+    assert_eq!(
+        rule(refused(
+            vec![symlink("l", "../outside")],
+            false,
+            Specials::default()
+        )),
+        Rule::SymlinkEscapes
+    );
+    assert_eq!(
+        rule(refused(
+            vec![dir("a"), symlink("a/l", "../../x")],
+            true,
+            Specials::default()
+        )),
+        Rule::SymlinkEscapes
+    );
+    assert_eq!(
+        rule(refused(
+            vec![symlink("l", "/../etc")],
+            false,
+            Specials::default()
+        )),
+        Rule::SymlinkEscapes
+    );
 }
 
 #[test]
 fn absolute_symlink_inside_the_snapshot_is_allowed() {
-    let bytes = build(&Spec { entries: vec![symlink("l", "/etc/app.conf")], full: false, ..Spec::default() });
+    let bytes = build(&Spec {
+        entries: vec![symlink("l", "/etc/app.conf")],
+        full: false,
+        ..Spec::default()
+    });
     decode(&bytes).1.unwrap();
 }
 
 #[test]
 fn policy_write_through_symlink() {
     assert_eq!(
-        rule(refused(vec![symlink("a", "b"), file("a/passwd", b"x")], false, Specials::default())),
+        rule(refused(
+            vec![symlink("a", "b"), file("a/passwd", b"x")],
+            false,
+            Specials::default()
+        )),
         Rule::BeneathNonDirectory
     );
-    assert_eq!(rule(refused(vec![file("a", b"x"), file("a/b", b"y")], false, Specials::default())), Rule::BeneathNonDirectory);
-    assert_eq!(rule(refused(vec![delete("a"), file("a/b", b"y")], false, Specials::default())), Rule::BeneathNonDirectory);
+    assert_eq!(
+        rule(refused(
+            vec![file("a", b"x"), file("a/b", b"y")],
+            false,
+            Specials::default()
+        )),
+        Rule::BeneathNonDirectory
+    );
+    assert_eq!(
+        rule(refused(
+            vec![delete("a"), file("a/b", b"y")],
+            false,
+            Specials::default()
+        )),
+        Rule::BeneathNonDirectory
+    );
 }
 
 #[test]
 fn policy_missing_parent_in_full_bundle() {
-    assert_eq!(rule(refused(vec![file("a/b", b"x")], true, Specials::default())), Rule::MissingParent);
+    assert_eq!(
+        rule(refused(vec![file("a/b", b"x")], true, Specials::default())),
+        Rule::MissingParent
+    );
     // In a patch bundle the parent may already exist in the active snapshot.
-    decode(&build(&Spec { entries: vec![file("a/b", b"x")], full: false, ..Spec::default() })).1.unwrap();
+    decode(&build(&Spec {
+        entries: vec![file("a/b", b"x")],
+        full: false,
+        ..Spec::default()
+    }))
+    .1
+    .unwrap();
 }
 
 #[test]
 fn policy_delete_only_in_patch() {
-    assert_eq!(rule(refused(vec![delete("a")], true, Specials::default())), Rule::DeleteInFullBundle);
-    decode(&build(&Spec { entries: vec![delete("a")], full: false, ..Spec::default() })).1.unwrap();
+    assert_eq!(
+        rule(refused(vec![delete("a")], true, Specials::default())),
+        Rule::DeleteInFullBundle
+    );
+    decode(&build(&Spec {
+        entries: vec![delete("a")],
+        full: false,
+        ..Spec::default()
+    }))
+    .1
+    .unwrap();
 }
 
 #[test]
 fn policy_specials_need_declaration() {
-    let hl = E { path: "b".into(), kind: K::Hardlink("a".into()), mode: 0o644 };
-    assert_eq!(rule(refused(vec![file("a", b"x"), hl.clone()], false, Specials::default())), Rule::UndeclaredHardlink);
-    let dev = E { path: "null".into(), kind: K::CharDev, mode: 0o666 };
-    assert_eq!(rule(refused(vec![dev.clone()], false, Specials::default())), Rule::UndeclaredDevice);
-    let fifo = E { path: "p".into(), kind: K::Fifo, mode: 0o644 };
-    assert_eq!(rule(refused(vec![fifo.clone()], false, Specials::default())), Rule::UndeclaredFifo);
-    let sock = E { path: "s".into(), kind: K::Socket, mode: 0o644 };
-    assert_eq!(rule(refused(vec![sock.clone()], false, Specials::default())), Rule::UndeclaredSocket);
-    let suid = E { path: "su".into(), kind: K::File(b"x".to_vec()), mode: 0o4755 };
-    assert_eq!(rule(refused(vec![suid.clone()], false, Specials::default())), Rule::UndeclaredSetid);
-    let sgid = E { path: "sg".into(), kind: K::File(b"x".to_vec()), mode: 0o2755 };
-    assert_eq!(rule(refused(vec![sgid], false, Specials::default())), Rule::UndeclaredSetid);
+    let hl = E {
+        path: "b".into(),
+        kind: K::Hardlink("a".into()),
+        mode: 0o644,
+    };
+    assert_eq!(
+        rule(refused(
+            vec![file("a", b"x"), hl.clone()],
+            false,
+            Specials::default()
+        )),
+        Rule::UndeclaredHardlink
+    );
+    let dev = E {
+        path: "null".into(),
+        kind: K::CharDev,
+        mode: 0o666,
+    };
+    assert_eq!(
+        rule(refused(vec![dev.clone()], false, Specials::default())),
+        Rule::UndeclaredDevice
+    );
+    let fifo = E {
+        path: "p".into(),
+        kind: K::Fifo,
+        mode: 0o644,
+    };
+    assert_eq!(
+        rule(refused(vec![fifo.clone()], false, Specials::default())),
+        Rule::UndeclaredFifo
+    );
+    let sock = E {
+        path: "s".into(),
+        kind: K::Socket,
+        mode: 0o644,
+    };
+    assert_eq!(
+        rule(refused(vec![sock.clone()], false, Specials::default())),
+        Rule::UndeclaredSocket
+    );
+    let suid = E {
+        path: "su".into(),
+        kind: K::File(b"x".to_vec()),
+        mode: 0o4755,
+    };
+    assert_eq!(
+        rule(refused(vec![suid.clone()], false, Specials::default())),
+        Rule::UndeclaredSetid
+    );
+    let sgid = E {
+        path: "sg".into(),
+        kind: K::File(b"x".to_vec()),
+        mode: 0o2755,
+    };
+    assert_eq!(
+        rule(refused(vec![sgid], false, Specials::default())),
+        Rule::UndeclaredSetid
+    );
     // Declared, they pass.
-    let all = Specials { setid: true, hardlinks: true, devices: true, fifos: true, sockets: true };
-    let spec = Spec { entries: vec![file("a", b"x"), hl, dev, fifo, sock, suid], full: false, specials: all, ..Spec::default() };
+    let all = Specials {
+        setid: true,
+        hardlinks: true,
+        devices: true,
+        fifos: true,
+        sockets: true,
+    };
+    let spec = Spec {
+        entries: vec![file("a", b"x"), hl, dev, fifo, sock, suid],
+        full: false,
+        specials: all,
+        ..Spec::default()
+    };
     decode(&build(&spec)).1.unwrap();
 }
 
 #[test]
 fn policy_hardlink_target_must_come_earlier() {
-    let all = Specials { hardlinks: true, ..Specials::default() };
-    let hl = E { path: "a".into(), kind: K::Hardlink("z".into()), mode: 0o644 };
+    let all = Specials {
+        hardlinks: true,
+        ..Specials::default()
+    };
+    let hl = E {
+        path: "a".into(),
+        kind: K::Hardlink("z".into()),
+        mode: 0o644,
+    };
     assert_eq!(rule(refused(vec![hl], false, all)), Rule::BadHardlink);
 }
 
 #[test]
 fn policy_bad_mode_and_reserved_dir() {
-    let m = E { path: "a".into(), kind: K::File(b"x".to_vec()), mode: 0o100644 };
-    assert_eq!(rule(refused(vec![m], false, Specials::default())), Rule::BadMode);
-    assert_eq!(rule(refused(vec![symlink(".molt/x", "y")], false, Specials::default())), Rule::ReservedPath);
+    let m = E {
+        path: "a".into(),
+        kind: K::File(b"x".to_vec()),
+        mode: 0o100644,
+    };
+    assert_eq!(
+        rule(refused(vec![m], false, Specials::default())),
+        Rule::BadMode
+    );
+    assert_eq!(
+        rule(refused(
+            vec![symlink(".molt/x", "y")],
+            false,
+            Specials::default()
+        )),
+        Rule::ReservedPath
+    );
 }
 
 #[test]
 fn failed_path_names_the_offender() {
-    let spec = Spec { entries: vec![file("ok", b"1"), file("../evil", b"x")], full: false, check_policy: false, ..Spec::default() };
+    let spec = Spec {
+        entries: vec![file("ok", b"1"), file("../evil", b"x")],
+        full: false,
+        check_policy: false,
+        ..Spec::default()
+    };
     let bytes = build(&spec);
     let k = [trusted(&key(1))];
     let limits = Limits::DEFAULT;
     let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
     let mut d = molt_engine::bundle::Decoder::new(
-        Trust::Pinned { keys: &k, revoked: &[] },
+        Trust::Pinned {
+            keys: &k,
+            revoked: &[],
+        },
         limits,
         RuZstd::new(),
-        molt_engine::bundle::Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb },
+        molt_engine::bundle::Buffers {
+            manifest: &mut mb,
+            wire: &mut wb,
+            raw: &mut rb,
+        },
     );
     let mut rest = &bytes[..];
     let err = loop {
         match d.feed(rest) {
             Ok(f) => {
                 rest = &rest[f.consumed..];
-                if f.event.is_none() { panic!("decoded a bad bundle") }
+                if f.event.is_none() {
+                    panic!("decoded a bad bundle")
+                }
             }
             Err(e) => break e,
         }
     };
-    assert_eq!(err, Error::Policy { rule: Rule::DotComponent, entry: 1 });
+    assert_eq!(
+        err,
+        Error::Policy {
+            rule: Rule::DotComponent,
+            entry: 1
+        }
+    );
     assert_eq!(d.failed_path(), "../evil");
     // A failed decoder accepts nothing more.
     assert_eq!(d.feed(b"more").unwrap_err(), Error::Finished);
@@ -370,7 +663,17 @@ fn failed_path_names_the_offender() {
 
 fn decode_limited(bytes: &[u8], l: Limits) -> Result<(), Error> {
     let k = [trusted(&key(1))];
-    decode_with(bytes, &[], Trust::Pinned { keys: &k, revoked: &[] }, l, RuZstd::new()).1
+    decode_with(
+        bytes,
+        &[],
+        Trust::Pinned {
+            keys: &k,
+            revoked: &[],
+        },
+        l,
+        RuZstd::new(),
+    )
+    .1
 }
 
 fn limit(r: Result<(), Error>) -> LimitKind {
@@ -384,15 +687,91 @@ fn limit(r: Result<(), Error>) -> LimitKind {
 fn each_limit_is_enforced() {
     let bytes = sample();
     let d = Limits::DEFAULT;
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_manifest_len: 40, ..d })), LimitKind::ManifestLen);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_entries: 3, ..d })), LimitKind::Entries);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_path_len: 8, ..d })), LimitKind::PathLen);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_path_depth: 1, ..d })), LimitKind::PathDepth);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_file_size: 1000, ..d })), LimitKind::FileSize);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_total_size: 1000, ..d })), LimitKind::TotalSize);
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_payload_len: 1000, ..d })), LimitKind::PayloadLen);
-    let big = build(&Spec { entries: sample_tree(), chunk_size: 64 * 1024, ..Spec::default() });
-    assert_eq!(limit(decode_limited(&big, Limits { max_chunk_size: 32 * 1024, ..d })), LimitKind::ChunkSize);
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_manifest_len: 40,
+                ..d
+            }
+        )),
+        LimitKind::ManifestLen
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_entries: 3,
+                ..d
+            }
+        )),
+        LimitKind::Entries
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_path_len: 8,
+                ..d
+            }
+        )),
+        LimitKind::PathLen
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_path_depth: 1,
+                ..d
+            }
+        )),
+        LimitKind::PathDepth
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_file_size: 1000,
+                ..d
+            }
+        )),
+        LimitKind::FileSize
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_total_size: 1000,
+                ..d
+            }
+        )),
+        LimitKind::TotalSize
+    );
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_payload_len: 1000,
+                ..d
+            }
+        )),
+        LimitKind::PayloadLen
+    );
+    let big = build(&Spec {
+        entries: sample_tree(),
+        chunk_size: 64 * 1024,
+        ..Spec::default()
+    });
+    assert_eq!(
+        limit(decode_limited(
+            &big,
+            Limits {
+                max_chunk_size: 32 * 1024,
+                ..d
+            }
+        )),
+        LimitKind::ChunkSize
+    );
 }
 
 #[test]
@@ -401,15 +780,38 @@ fn many_empty_files_hit_the_entry_limit() {
     for i in 0..2001 {
         entries.push(file(&format!("d/{i:06}"), b""));
     }
-    let bytes = build(&Spec { entries, ..Spec::default() });
-    assert_eq!(limit(decode_limited(&bytes, Limits { max_entries: 2000, ..Limits::DEFAULT })), LimitKind::Entries);
+    let bytes = build(&Spec {
+        entries,
+        ..Spec::default()
+    });
+    assert_eq!(
+        limit(decode_limited(
+            &bytes,
+            Limits {
+                max_entries: 2000,
+                ..Limits::DEFAULT
+            }
+        )),
+        LimitKind::Entries
+    );
     decode_limited(&bytes, Limits::DEFAULT).unwrap();
 }
 
 fn crafted_manifest<'a>(spec: &'a Spec, count: u32) -> molt_engine::bundle::Manifest<'a> {
     let mut m = manifest(spec);
-    m.payload = Payload { chunk_count: 0, chunk_size: 16 * 1024, wire_len: 0, raw_len: 0, first_chunk: [0; 32] };
-    m.entries = EntryTable { count, digest: [0; 32], file_bytes: 0, specials: Specials::default() };
+    m.payload = Payload {
+        chunk_count: 0,
+        chunk_size: 16 * 1024,
+        wire_len: 0,
+        raw_len: 0,
+        first_chunk: [0; 32],
+    };
+    m.entries = EntryTable {
+        count,
+        digest: [0; 32],
+        file_bytes: 0,
+        specials: Specials::default(),
+    };
     m
 }
 
@@ -421,8 +823,17 @@ fn a_huge_zstd_window_is_refused_before_decompression() {
     frame.extend_from_slice(&(300u16 - 256).to_le_bytes());
     frame.extend_from_slice(&[1, 0, 0]);
     let b = assemble(crafted_manifest(&spec, 1), &[(frame, 300)], &spec.keys);
-    let r = decode_limited(&b, Limits { max_chunk_size: 1024 * 1024, ..Limits::DEFAULT });
-    assert!(matches!(r, Err(Error::BadFrame { chunk: 0, why }) if why.contains("window")), "{r:?}");
+    let r = decode_limited(
+        &b,
+        Limits {
+            max_chunk_size: 1024 * 1024,
+            ..Limits::DEFAULT
+        },
+    );
+    assert!(
+        matches!(r, Err(Error::BadFrame { chunk: 0, why }) if why.contains("window")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -431,21 +842,35 @@ fn a_frame_that_inflates_past_its_signed_size_is_refused() {
     // 10 MiB of zeros compress to a few hundred bytes; the chunk claims 1000.
     let zeros = vec![0u8; 10 * 1024 * 1024];
     let frame = zstd::bulk::compress(&zeros, 19).unwrap();
-    let b = assemble(crafted_manifest(&spec, 1), &[(frame.clone(), 1000)], &spec.keys);
-    assert!(matches!(decode_limited(&b, Limits::DEFAULT), Err(Error::BadFrame { .. })));
+    let b = assemble(
+        crafted_manifest(&spec, 1),
+        &[(frame.clone(), 1000)],
+        &spec.keys,
+    );
+    assert!(matches!(
+        decode_limited(&b, Limits::DEFAULT),
+        Err(Error::BadFrame { .. })
+    ));
     // A frame with no declared content size is refused too, whatever it would inflate to.
     let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
     enc.include_contentsize(false).unwrap();
     std::io::Write::write_all(&mut enc, &zeros[..100_000]).unwrap();
     let frame = enc.finish().unwrap();
     let b = assemble(crafted_manifest(&spec, 1), &[(frame, 1000)], &spec.keys);
-    assert!(matches!(decode_limited(&b, Limits::DEFAULT), Err(Error::BadFrame { .. })));
+    assert!(matches!(
+        decode_limited(&b, Limits::DEFAULT),
+        Err(Error::BadFrame { .. })
+    ));
 }
 
 #[test]
 fn entries_missing_or_unlisted_are_refused() {
     // The manifest lists two entries but the payload carries one.
-    let spec = Spec { entries: vec![file("a", b"x")], full: false, ..Spec::default() };
+    let spec = Spec {
+        entries: vec![file("a", b"x")],
+        full: false,
+        ..Spec::default()
+    };
     let good = build(&spec);
     let (evs, r) = decode(&good);
     r.unwrap();
@@ -461,16 +886,37 @@ fn entries_missing_or_unlisted_are_refused() {
     let raw_len = raw_entries(&spec.entries).len() as u32;
     let mut m = manifest(&one);
     m.payload.chunk_size = 16 * 1024;
-    m.entries = EntryTable { count: 2, digest: [0; 32], file_bytes: 2, specials: Specials::default() };
+    m.entries = EntryTable {
+        count: 2,
+        digest: [0; 32],
+        file_bytes: 2,
+        specials: Specials::default(),
+    };
     m.payload.raw_len = raw_len as u64;
     let b = assemble(m, &[(frame.clone(), raw_len)], &spec.keys);
-    assert!(matches!(decode(&b).1, Err(Error::EntryTable { .. })), "{:?}", decode(&b).1);
+    assert!(
+        matches!(decode(&b).1, Err(Error::EntryTable { .. })),
+        "{:?}",
+        decode(&b).1
+    );
     // A manifest listing zero entries with a payload that carries one.
     let mut m = manifest(&spec);
     m.payload.chunk_size = 16 * 1024;
-    m.entries = EntryTable { count: 0, digest: [0; 32], file_bytes: 0, specials: Specials::default() };
+    m.entries = EntryTable {
+        count: 0,
+        digest: [0; 32],
+        file_bytes: 0,
+        specials: Specials::default(),
+    };
     let b = assemble(m, &[(frame, raw_len)], &spec.keys);
-    assert!(matches!(decode(&b).1, Err(Error::EntryTable { .. }) | Err(Error::Field { .. })), "{:?}", decode(&b).1);
+    assert!(
+        matches!(
+            decode(&b).1,
+            Err(Error::EntryTable { .. }) | Err(Error::Field { .. })
+        ),
+        "{:?}",
+        decode(&b).1
+    );
 }
 
 /// The raw entry stream for `entries`, as the encoder lays it out in one chunk.
@@ -478,10 +924,15 @@ fn raw_entries(entries: &[E]) -> Vec<u8> {
     use molt_engine::bundle::{EntryHeader, EntryKind};
     let mut out = Vec::new();
     for e in entries {
-        let K::File(c) = &e.kind else { panic!("files only") };
+        let K::File(c) = &e.kind else {
+            panic!("files only")
+        };
         let h = EntryHeader {
             path: &e.path,
-            kind: EntryKind::File { size: c.len() as u64, digest: *blake3::hash(c).as_bytes() },
+            kind: EntryKind::File {
+                size: c.len() as u64,
+                digest: *blake3::hash(c).as_bytes(),
+            },
             mode: e.mode,
             uid: 0,
             gid: 0,
@@ -502,7 +953,14 @@ fn malicious_manifest_fields_are_refused() {
     let check = |f: &dyn Fn(&mut molt_engine::bundle::Manifest<'_>)| {
         let mut m = manifest(&spec);
         f(&mut m);
-        let b = build_with(&Spec { check_policy: false, ..spec.clone() }, m).unwrap();
+        let b = build_with(
+            &Spec {
+                check_policy: false,
+                ..spec.clone()
+            },
+            m,
+        )
+        .unwrap();
         decode(&b).1
     };
     let field = |r: Result<(), Error>| match r {
@@ -512,21 +970,81 @@ fn malicious_manifest_fields_are_refused() {
     assert_eq!(field(check(&|m| m.version = "../../etc")), "version");
     assert_eq!(field(check(&|m| m.version = "")), "version");
     assert_eq!(field(check(&|m| m.compatible = "")), "compatible");
-    let evil = Package { manager: PackageManager::Apt, name: "../evil", version: None, file: None };
-    assert_eq!(field(check(&|m| { m.recipe.packages.push(evil).unwrap(); })), "recipe.packages.name");
-    let opt = Package { manager: PackageManager::Pip, name: "--index-url=http://x", version: None, file: None };
-    assert_eq!(field(check(&|m| { m.recipe.packages.push(opt).unwrap(); })), "recipe.packages.name");
-    let path = Package { manager: PackageManager::Apt, name: "app", version: None, file: Some("/tmp/x.deb") };
-    assert_eq!(field(check(&|m| { m.recipe.packages.push(path).unwrap(); })), "recipe.packages.file");
-    let slash = Package { manager: PackageManager::Npm, name: "a/b", version: None, file: None };
-    assert_eq!(field(check(&|m| { m.recipe.packages.push(slash).unwrap(); })), "recipe.packages.name");
-    let cmd = Command { script: "echo hi", chroot: false, timeout_secs: 0 };
-    assert_eq!(field(check(&|m| m.recipe.before = Some(cmd))), "recipe.before");
-    let nul = Command { script: "echo\0hi", chroot: false, timeout_secs: 5 };
-    assert_eq!(field(check(&|m| m.recipe.after = Some(nul))), "recipe.after");
+    let evil = Package {
+        manager: PackageManager::Apt,
+        name: "../evil",
+        version: None,
+        file: None,
+    };
+    assert_eq!(
+        field(check(&|m| {
+            m.recipe.packages.push(evil).unwrap();
+        })),
+        "recipe.packages.name"
+    );
+    let opt = Package {
+        manager: PackageManager::Pip,
+        name: "--index-url=http://x",
+        version: None,
+        file: None,
+    };
+    assert_eq!(
+        field(check(&|m| {
+            m.recipe.packages.push(opt).unwrap();
+        })),
+        "recipe.packages.name"
+    );
+    let path = Package {
+        manager: PackageManager::Apt,
+        name: "app",
+        version: None,
+        file: Some("/tmp/x.deb"),
+    };
+    assert_eq!(
+        field(check(&|m| {
+            m.recipe.packages.push(path).unwrap();
+        })),
+        "recipe.packages.file"
+    );
+    let slash = Package {
+        manager: PackageManager::Npm,
+        name: "a/b",
+        version: None,
+        file: None,
+    };
+    assert_eq!(
+        field(check(&|m| {
+            m.recipe.packages.push(slash).unwrap();
+        })),
+        "recipe.packages.name"
+    );
+    let cmd = Command {
+        script: "echo hi",
+        chroot: false,
+        timeout_secs: 0,
+    };
+    assert_eq!(
+        field(check(&|m| m.recipe.before = Some(cmd))),
+        "recipe.before"
+    );
+    let nul = Command {
+        script: "echo\0hi",
+        chroot: false,
+        timeout_secs: 5,
+    };
+    assert_eq!(
+        field(check(&|m| m.recipe.after = Some(nul))),
+        "recipe.after"
+    );
     // Huge numbers in the payload binding.
     let mut m = manifest(&spec);
-    m.payload = Payload { chunk_count: u32::MAX, chunk_size: u32::MAX, wire_len: u64::MAX, raw_len: u64::MAX, first_chunk: [0; 32] };
+    m.payload = Payload {
+        chunk_count: u32::MAX,
+        chunk_size: u32::MAX,
+        wire_len: u64::MAX,
+        raw_len: u64::MAX,
+        first_chunk: [0; 32],
+    };
     let b = assemble(m, &[], &spec.keys);
     assert!(decode(&b).1.is_err());
 }
@@ -539,11 +1057,25 @@ fn invalid_utf8_in_the_manifest_is_malformed() {
     let b = assemble(m, &[], &spec.keys);
     // Corrupt the UTF-8 of the comment and re-sign: still refused, as malformed.
     let mb_start = 16 + 4 + 72;
-    let pos = b[mb_start..].windows(2).position(|w| w == [0xc3, 0xa9]).unwrap() + mb_start;
+    let pos = b[mb_start..]
+        .windows(2)
+        .position(|w| w == [0xc3, 0xa9])
+        .unwrap()
+        + mb_start;
     let mut raw = b[mb_start..].to_vec();
     raw[pos - mb_start] = 0xff;
     let resigned = resign(&b[..16], &raw);
-    assert!(matches!(decode(&resigned).1, Err(Error::Malformed { what: "manifest", .. })), "{:?}", decode(&resigned).1);
+    assert!(
+        matches!(
+            decode(&resigned).1,
+            Err(Error::Malformed {
+                what: "manifest",
+                ..
+            })
+        ),
+        "{:?}",
+        decode(&resigned).1
+    );
 }
 
 /// Signs `manifest` (arbitrary bytes) with the test key under the given header.
@@ -556,7 +1088,9 @@ fn resign(header: &[u8], manifest: &[u8]) -> Vec<u8> {
     let k = key(1);
     let mut out = hdr.to_vec();
     out.extend_from_slice(&[1, 0, 0, 0]);
-    out.extend_from_slice(&molt_engine::bundle::format::key_id(k.verifying_key().as_bytes()));
+    out.extend_from_slice(&molt_engine::bundle::format::key_id(
+        k.verifying_key().as_bytes(),
+    ));
     out.extend_from_slice(&k.sign(&msg).to_bytes());
     out.extend_from_slice(manifest);
     out

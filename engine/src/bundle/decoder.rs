@@ -399,11 +399,17 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
         let count = usize::from(self.head.get(HEADER_LEN).copied().unwrap_or(0));
         let sigs = self
             .head
-            .get(HEADER_LEN + SIG_BLOCK_PREFIX..HEADER_LEN + SIG_BLOCK_PREFIX + count * SIG_RECORD_LEN)
+            .get(
+                HEADER_LEN + SIG_BLOCK_PREFIX
+                    ..HEADER_LEN + SIG_BLOCK_PREFIX + count * SIG_RECORD_LEN,
+            )
             .unwrap_or(&[]);
         let records = sigs.chunks_exact(SIG_RECORD_LEN).filter_map(|r| {
             let (id, sig) = r.split_at(8);
-            Some((<&KeyId>::try_from(id).ok()?, <&[u8; 64]>::try_from(sig).ok()?))
+            Some((
+                <&KeyId>::try_from(id).ok()?,
+                <&[u8; 64]>::try_from(sig).ok()?,
+            ))
         });
         self.key_id = check_signatures(&self.trust, records, &msg)?;
         let m = Manifest::decode(manifest_bytes).map_err(|_| Error::Malformed {
@@ -480,7 +486,11 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
         if let Some(n) = self.bufs.wire.get(8..40) {
             next.copy_from_slice(n);
         }
-        let frame = self.bufs.wire.get(CHUNK_HEADER_LEN..self.chunk_need).unwrap_or(&[]);
+        let frame = self
+            .bufs
+            .wire
+            .get(CHUNK_HEADER_LEN..self.chunk_need)
+            .unwrap_or(&[]);
         let info = check_frame_header(frame, u64::from(self.limits.max_chunk_size))
             .map_err(|why| Error::BadFrame { chunk, why })?;
         if info.content_size != r as u64 {
@@ -536,7 +546,10 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 self.entry = EntryPhase::Header;
                 return Ok(Some(Emit::EntryEnd));
             }
-            EntryPhase::File { remaining: 0, digest } => {
+            EntryPhase::File {
+                remaining: 0,
+                digest,
+            } => {
                 let actual = self.hasher.finalize();
                 if actual.as_bytes() != &digest {
                     return Err(Error::EntryDigest {
@@ -587,11 +600,12 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             what: "entry header (crosses a chunk boundary)",
             at,
         })?;
-        let (h, rest) =
-            postcard::take_from_bytes::<EntryHeader<'_>>(encoded).map_err(|_| Error::Malformed {
+        let (h, rest) = postcard::take_from_bytes::<EntryHeader<'_>>(encoded).map_err(|_| {
+            Error::Malformed {
                 what: "entry header",
                 at,
-            })?;
+            }
+        })?;
         if !rest.is_empty() {
             return Err(Error::Malformed {
                 what: "entry header (trailing bytes)",

@@ -16,9 +16,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::bundle::format::{
-    chain_entry, key_id, Digest, EntryHeader, EntryKind, EntryTable, Manifest,
-    Payload, Specials, CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR,
-    HEADER_LEN, MAGIC, MAX_SIGNATURES, MIN_CHUNK_SIZE,
+    chain_entry, key_id, Digest, EntryHeader, EntryKind, EntryTable, Manifest, Payload, Specials,
+    CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
+    MAX_SIGNATURES, MIN_CHUNK_SIZE,
 };
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::signed_message;
@@ -138,7 +138,11 @@ impl<S: Read + Write + Seek> Encoder<S> {
 
     /// Adds an entry. For a file, `content` must yield exactly `size` bytes whose digest is
     /// the header's (see [`digest_reader`]); other kinds take no content.
-    pub fn add(&mut self, header: &EntryHeader<'_>, content: Option<&mut dyn Read>) -> io::Result<()> {
+    pub fn add(
+        &mut self,
+        header: &EntryHeader<'_>,
+        content: Option<&mut dyn Read>,
+    ) -> io::Result<()> {
         if let Some(p) = self.policy.as_mut() {
             p.check(header)
                 .map_err(|e| invalid(format!("{}: {e}", header.path)))?;
@@ -149,7 +153,8 @@ impl<S: Read + Write + Seek> Encoder<S> {
             .map_err(|e| invalid(format!("{}: cannot encode header: {e}", header.path)))?;
         self.header_buf = encoded;
         let len = self.header_buf.len() - 2;
-        let len16 = u16::try_from(len).map_err(|_| invalid(format!("{}: header too long", header.path)))?;
+        let len16 =
+            u16::try_from(len).map_err(|_| invalid(format!("{}: header too long", header.path)))?;
         if let Some(l) = self.header_buf.get_mut(..2) {
             l.copy_from_slice(&len16.to_le_bytes());
         }
@@ -163,7 +168,8 @@ impl<S: Read + Write + Seek> Encoder<S> {
         self.header_buf = hb;
         self.count += 1;
         if let EntryKind::File { size, .. } = header.kind {
-            let r = content.ok_or_else(|| invalid(format!("{}: file without content", header.path)))?;
+            let r =
+                content.ok_or_else(|| invalid(format!("{}: file without content", header.path)))?;
             let mut left = size;
             let mut buf = vec![0u8; 256 * 1024];
             while left > 0 {
@@ -171,7 +177,10 @@ impl<S: Read + Write + Seek> Encoder<S> {
                 let dst = buf.get_mut(..want).unwrap_or(&mut []);
                 let k = r.read(dst)?;
                 if k == 0 {
-                    return Err(invalid(format!("{}: content shorter than its size", header.path)));
+                    return Err(invalid(format!(
+                        "{}: content shorter than its size",
+                        header.path
+                    )));
                 }
                 let piece = buf.get(..k).unwrap_or(&[]).to_vec();
                 self.push_raw(&piece)?;
@@ -225,7 +234,9 @@ impl<S: Read + Write + Seek> Encoder<S> {
         out: &mut impl Write,
     ) -> io::Result<Summary> {
         if keys.is_empty() || keys.len() > MAX_SIGNATURES {
-            return Err(invalid(format!("1 to {MAX_SIGNATURES} signing keys needed")));
+            return Err(invalid(format!(
+                "1 to {MAX_SIGNATURES} signing keys needed"
+            )));
         }
         self.flush_chunk()?;
         self.spool.flush()?;

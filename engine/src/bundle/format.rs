@@ -458,7 +458,19 @@ fn check_package_word(w: &str, field: &'static str) -> Result<(), Error> {
             b.is_ascii_alphanumeric()
                 || matches!(
                     b,
-                    b'.' | b'_' | b'+' | b'~' | b'-' | b':' | b'=' | b'<' | b'>' | b'!' | b'@' | b'^' | b'*' | b','
+                    b'.' | b'_'
+                        | b'+'
+                        | b'~'
+                        | b'-'
+                        | b':'
+                        | b'='
+                        | b'<'
+                        | b'>'
+                        | b'!'
+                        | b'@'
+                        | b'^'
+                        | b'*'
+                        | b','
                 )
         });
     if ok {

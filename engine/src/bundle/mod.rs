@@ -13,7 +13,7 @@ pub use format::{
     BundleKind, Command, EntryHeader, EntryKind, HealthCheck, Manifest, Package, PackageManager,
     Recipe, Rollback, Specials,
 };
-pub use verify::{TrustedKey, Trust};
+pub use verify::{Trust, TrustedKey};
 pub use zstd::Decompressor;
 
 /// The secret seed of the key `fuzz_decode` trusts, so seed corpora can be signed validly.

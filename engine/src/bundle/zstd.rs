@@ -141,6 +141,8 @@ impl LibZstd {
 #[cfg(feature = "libzstd")]
 impl Decompressor for LibZstd {
     fn decompress_frame(&mut self, src: &[u8], dst: &mut [u8]) -> Result<usize, DecompressError> {
-        self.inner.decompress_to_buffer(src, dst).map_err(|_| DecompressError)
+        self.inner
+            .decompress_to_buffer(src, dst)
+            .map_err(|_| DecompressError)
     }
 }

@@ -43,16 +43,32 @@ pub enum K {
 }
 
 pub fn file(path: &str, content: &[u8]) -> E {
-    E { path: path.into(), kind: K::File(content.to_vec()), mode: 0o644 }
+    E {
+        path: path.into(),
+        kind: K::File(content.to_vec()),
+        mode: 0o644,
+    }
 }
 pub fn dir(path: &str) -> E {
-    E { path: path.into(), kind: K::Dir, mode: 0o755 }
+    E {
+        path: path.into(),
+        kind: K::Dir,
+        mode: 0o755,
+    }
 }
 pub fn symlink(path: &str, target: &str) -> E {
-    E { path: path.into(), kind: K::Symlink(target.into()), mode: 0o777 }
+    E {
+        path: path.into(),
+        kind: K::Symlink(target.into()),
+        mode: 0o777,
+    }
 }
 pub fn delete(path: &str) -> E {
-    E { path: path.into(), kind: K::Delete, mode: 0 }
+    E {
+        path: path.into(),
+        kind: K::Delete,
+        mode: 0,
+    }
 }
 
 /// How to build a test bundle.
@@ -89,7 +105,11 @@ pub fn manifest<'a>(spec: &'a Spec) -> Manifest<'a> {
         compatible: &spec.compatible,
         release: spec.release,
         allow_downgrade: false,
-        kind: if spec.full { BundleKind::Full } else { BundleKind::Patch { base_version: "" } },
+        kind: if spec.full {
+            BundleKind::Full
+        } else {
+            BundleKind::Patch { base_version: "" }
+        },
         created: 0,
         comment: "test",
         recipe: Recipe {
@@ -98,10 +118,25 @@ pub fn manifest<'a>(spec: &'a Spec) -> Manifest<'a> {
             npm_prefix: None,
             after: None,
             health_check: None,
-            rollback: Rollback { revert: true, command: None, reboot: false },
+            rollback: Rollback {
+                revert: true,
+                command: None,
+                reboot: false,
+            },
         },
-        payload: Payload { chunk_count: 0, chunk_size: 0, wire_len: 0, raw_len: 0, first_chunk: [0; 32] },
-        entries: EntryTable { count: 0, digest: [0; 32], file_bytes: 0, specials: spec.specials },
+        payload: Payload {
+            chunk_count: 0,
+            chunk_size: 0,
+            wire_len: 0,
+            raw_len: 0,
+            first_chunk: [0; 32],
+        },
+        entries: EntryTable {
+            count: 0,
+            digest: [0; 32],
+            file_bytes: 0,
+            specials: spec.specials,
+        },
     }
 }
 
@@ -124,7 +159,10 @@ pub fn build_with(spec: &Spec, m: Manifest<'_>) -> std::io::Result<Vec<u8>> {
     for e in &spec.entries {
         let (kind, content) = match &e.kind {
             K::File(c) => (
-                EntryKind::File { size: c.len() as u64, digest: *blake3::hash(c).as_bytes() },
+                EntryKind::File {
+                    size: c.len() as u64,
+                    digest: *blake3::hash(c).as_bytes(),
+                },
                 Some(c.as_slice()),
             ),
             K::Dir => (EntryKind::Dir, None),
@@ -135,7 +173,14 @@ pub fn build_with(spec: &Spec, m: Manifest<'_>) -> std::io::Result<Vec<u8>> {
             K::Socket => (EntryKind::Socket, None),
             K::CharDev => (EntryKind::CharDevice { major: 1, minor: 3 }, None),
         };
-        let h = EntryHeader { path: &e.path, kind, mode: e.mode, uid: 0, gid: 0, mtime: 1_700_000_000 };
+        let h = EntryHeader {
+            path: &e.path,
+            kind,
+            mode: e.mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+        };
         let mut c = content.map(Cursor::new);
         enc.add(&h, c.as_mut().map(|c| c as &mut dyn std::io::Read))?;
     }
@@ -168,7 +213,16 @@ pub fn decode_with<Z: Decompressor>(
 ) -> (Vec<Ev>, Result<(), Error>) {
     let (m, w, r) = Buffers::required(&limits, 64 * 1024);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let mut d = Decoder::new(trust, limits, z, Buffers { manifest: &mut mb, wire: &mut wb, raw: &mut rb });
+    let mut d = Decoder::new(
+        trust,
+        limits,
+        z,
+        Buffers {
+            manifest: &mut mb,
+            wire: &mut wb,
+            raw: &mut rb,
+        },
+    );
     let mut evs = Vec::new();
     let mut start = 0;
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= bytes.len()).collect();
@@ -184,7 +238,9 @@ pub fn decode_with<Z: Decompressor>(
                     match f.event {
                         None => break,
                         Some(Event::ManifestVerified { key_id }) => evs.push(Ev::Manifest(key_id)),
-                        Some(Event::EntryStart(h)) => evs.push(Ev::Start(h.path.to_string(), format!("{:?}", h.kind))),
+                        Some(Event::EntryStart(h)) => {
+                            evs.push(Ev::Start(h.path.to_string(), format!("{:?}", h.kind)))
+                        }
                         Some(Event::Data(d)) => evs.push(Ev::Data(d.to_vec())),
                         Some(Event::EntryEnd) => evs.push(Ev::End),
                         Some(Event::Done) => evs.push(Ev::Done),
@@ -200,12 +256,30 @@ pub fn decode_with<Z: Decompressor>(
 /// Decodes with the pinned test key and libzstd, in one piece.
 pub fn decode(bytes: &[u8]) -> (Vec<Ev>, Result<(), Error>) {
     let k = [trusted(&key(1))];
-    decode_with(bytes, &[], Trust::Pinned { keys: &k, revoked: &[] }, limits(), LibZstd::new().unwrap())
+    decode_with(
+        bytes,
+        &[],
+        Trust::Pinned {
+            keys: &k,
+            revoked: &[],
+        },
+        limits(),
+        LibZstd::new().unwrap(),
+    )
 }
 
 pub fn decode_ruzstd(bytes: &[u8], cuts: &[usize]) -> (Vec<Ev>, Result<(), Error>) {
     let k = [trusted(&key(1))];
-    decode_with(bytes, cuts, Trust::Pinned { keys: &k, revoked: &[] }, limits(), RuZstd::new())
+    decode_with(
+        bytes,
+        cuts,
+        Trust::Pinned {
+            keys: &k,
+            revoked: &[],
+        },
+        limits(),
+        RuZstd::new(),
+    )
 }
 
 /// Joins the Data events of each file, for comparing trees.
@@ -236,7 +310,12 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 /// A small tree: directories, text, random data, a symlink, a file spanning several chunks.
 pub fn sample_tree() -> Vec<E> {
-    let text: Vec<u8> = b"hello molt\n".iter().copied().cycle().take(40_000).collect();
+    let text: Vec<u8> = b"hello molt\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(40_000)
+        .collect();
     vec![
         dir("app"),
         file("app/big.bin", &noise(1, 50_000)),

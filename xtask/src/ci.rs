@@ -1,0 +1,404 @@
+//! `cargo xtask ci`: runs exactly what CI runs, step by step, stopping at the first failure.
+//!
+//! Cheap checks come first so a formatting slip fails in seconds. The test suite runs
+//! last and its summary is the last thing printed, as a plain
+//! `tests: N passed, N failed, N skipped` line, so whoever reads the end of the log
+//! sees how many tests ran.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, display, fuzz, run_cmd, tidy};
+
+/// The embedded target the engine must build for without `std`.
+const NOSTD_TARGET: &str = "thumbv7em-none-eabihf";
+
+/// Set (by `.ci/run`) when the no_std target could not be installed on this machine: the
+/// no_std steps are then reported as skipped instead of failing the run.
+const ALLOW_MISSING_TARGET: &str = "MOLT_ALLOW_MISSING_TARGET";
+
+/// What a step reports when it succeeds.
+enum Outcome {
+    Passed,
+    Skipped(String),
+    Tests(TestCounts),
+}
+
+/// A CI step: its name and what it runs from the workspace root.
+type Step = (&'static str, fn(&Path) -> Result<Outcome>);
+
+const STEPS: &[Step] = &[
+    ("fmt", fmt),
+    ("tidy", tidy_step),
+    ("clippy", clippy),
+    ("nostd", nostd_step),
+    ("doc", doc),
+    ("fuzz-build", fuzz_build),
+    ("size-example", size_examples),
+    ("test", test),
+];
+
+pub fn run(root: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut done: Vec<(&str, Duration, String)> = Vec::new();
+    let mut tests = None;
+    for &(name, step) in STEPS {
+        println!("\n==> ci: step `{name}`");
+        let t = Instant::now();
+        let result = step(root);
+        let took = t.elapsed();
+        match result {
+            Ok(outcome) => {
+                let note = match outcome {
+                    Outcome::Passed => "ok".to_string(),
+                    Outcome::Skipped(why) => format!("skipped: {why}"),
+                    Outcome::Tests(counts) => {
+                        tests = Some(counts);
+                        "ok".to_string()
+                    }
+                };
+                println!("==> ci: step `{}` {note} ({})", name, secs(took));
+                done.push((name, took, note));
+            }
+            Err(e) => {
+                print_timings(&done, start.elapsed());
+                bail!("ci: step `{}` FAILED after {}:\n{e:#}", name, secs(took));
+            }
+        }
+    }
+    print_timings(&done, start.elapsed());
+    if let Some(t) = tests {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            t.passed, t.failed, t.ignored
+        );
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn print_timings(done: &[(&str, Duration, String)], total: Duration) {
+    println!("\nci: step timings");
+    for (name, took, note) in done {
+        println!("  {name:<13} {:>8}  {note}", secs(*took));
+    }
+    println!("  {:<13} {:>8}", "total", secs(total));
+}
+
+fn fmt(root: &Path) -> Result<Outcome> {
+    run_cmd(cargo(root).args(["fmt", "--all", "--check"]))?;
+    // The fuzz crate is its own workspace, so `--all` above does not reach it.
+    run_cmd(cargo(root).args([
+        "fmt",
+        "--all",
+        "--check",
+        "--manifest-path",
+        "engine/fuzz/Cargo.toml",
+    ]))?;
+    Ok(Outcome::Passed)
+}
+
+fn tidy_step(root: &Path) -> Result<Outcome> {
+    tidy::check(root)?;
+    Ok(Outcome::Passed)
+}
+
+fn clippy(root: &Path) -> Result<Outcome> {
+    run_cmd(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(Outcome::Passed)
+}
+
+fn nostd_step(root: &Path) -> Result<Outcome> {
+    if let Some(why) = missing_target_allowed()? {
+        return Ok(Outcome::Skipped(why));
+    }
+    nostd(root)?;
+    Ok(Outcome::Passed)
+}
+
+/// `cargo xtask nostd`: the engine without `std` (and so without `alloc`) for a Cortex-M4F.
+pub fn nostd(root: &Path) -> Result<()> {
+    require_target()?;
+    run_cmd(cargo(root).args([
+        "build",
+        "-p",
+        "molt-engine",
+        "--no-default-features",
+        "--target",
+        NOSTD_TARGET,
+    ]))
+}
+
+fn doc(root: &Path) -> Result<Outcome> {
+    run_cmd(cargo(root).env("RUSTDOCFLAGS", "-D warnings").args([
+        "doc",
+        "--workspace",
+        "--no-deps",
+    ]))?;
+    Ok(Outcome::Passed)
+}
+
+fn fuzz_build(root: &Path) -> Result<Outcome> {
+    fuzz::build(root)?;
+    Ok(Outcome::Passed)
+}
+
+/// Builds each engine example written for the embedded target (one whose source names
+/// `thumbv7em`) with the `min-size` profile and prints the size of the binary.
+fn size_examples(root: &Path) -> Result<Outcome> {
+    let examples = embedded_examples(root)?;
+    if examples.is_empty() {
+        println!("no engine example targets {NOSTD_TARGET} yet (engine/examples/)");
+        return Ok(Outcome::Skipped("no embedded example yet".into()));
+    }
+    if let Some(why) = missing_target_allowed()? {
+        return Ok(Outcome::Skipped(why));
+    }
+    require_target()?;
+    let features = example_features(&root.join("engine/Cargo.toml"))?;
+    for name in &examples {
+        let mut cmd = cargo(root);
+        cmd.args(["build", "-p", "molt-engine", "--example", name])
+            .args(["--target", NOSTD_TARGET, "--profile", "min-size"])
+            .arg("--no-default-features");
+        if let Some((_, f)) = features.iter().find(|(n, _)| n == name) {
+            cmd.args(["--features", f]);
+        }
+        run_cmd(&mut cmd)?;
+        let binary = root
+            .join("target")
+            .join(NOSTD_TARGET)
+            .join("min-size/examples")
+            .join(name);
+        let len = fs::metadata(&binary)
+            .with_context(|| format!("cannot find {}", binary.display()))?
+            .len();
+        println!("size: example `{name}` is {len} bytes (stripped ELF, {NOSTD_TARGET}, min-size)");
+    }
+    Ok(Outcome::Passed)
+}
+
+/// Names of `engine/examples/NAME.rs` or `engine/examples/NAME/main.rs` that mention the embedded target.
+fn embedded_examples(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("engine/examples");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let (name, source): (String, PathBuf) = if path.is_dir() {
+            (file_name(&path), path.join("main.rs"))
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            (stem.unwrap_or_default(), path.clone())
+        } else {
+            continue;
+        };
+        if fs::read_to_string(&source).is_ok_and(|s| s.contains("thumbv7em")) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `(name, "feature,feature")` for each `[[example]]` in a manifest with one-line
+/// `required-features`; enough for our own Cargo.toml without a TOML parser.
+fn example_features(manifest: &Path) -> Result<Vec<(String, String)>> {
+    let text = fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let mut found = Vec::new();
+    let mut in_example = false;
+    let (mut name, mut features) = (None::<String>, None::<String>);
+    let mut flush = |name: &mut Option<String>, features: &mut Option<String>| {
+        if let (Some(n), Some(f)) = (name.take(), features.take()) {
+            found.push((n, f));
+        }
+    };
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            flush(&mut name, &mut features);
+            in_example = line == "[[example]]";
+        } else if in_example {
+            if let Some((key, value)) = line.split_once('=') {
+                let value = value.trim();
+                match key.trim() {
+                    "name" => name = Some(value.trim_matches('"').to_string()),
+                    "required-features" => {
+                        let list: Vec<&str> = value
+                            .trim_matches(|c| c == '[' || c == ']')
+                            .split(',')
+                            .map(|f| f.trim().trim_matches('"'))
+                            .filter(|f| !f.is_empty())
+                            .collect();
+                        features = Some(list.join(","));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    flush(&mut name, &mut features);
+    Ok(found)
+}
+
+/// `Some(reason)` when the embedded target is missing and `.ci/run` said that is expected here.
+fn missing_target_allowed() -> Result<Option<String>> {
+    if target_installed()? || std::env::var_os(ALLOW_MISSING_TARGET).is_none() {
+        return Ok(None);
+    }
+    let why =
+        format!("{NOSTD_TARGET} is not installed and could not be ({ALLOW_MISSING_TARGET} is set)");
+    println!("WARNING: {why}");
+    Ok(Some(why))
+}
+
+fn require_target() -> Result<()> {
+    if !target_installed()? {
+        bail!("the {NOSTD_TARGET} standard library is not installed: run `rustup target add {NOSTD_TARGET}`");
+    }
+    Ok(())
+}
+
+fn target_installed() -> Result<bool> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .context("cannot run `rustc --print sysroot`")?;
+    if !out.status.success() {
+        bail!("`rustc --print sysroot` failed ({})", out.status);
+    }
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(NOSTD_TARGET)
+        .join("lib")
+        .is_dir())
+}
+
+/// Totals over every `test result:` line cargo test printed.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line; other lines are ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        let rest = rest.split_once(". ").map_or(rest, |(_, r)| r);
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `cargo test --workspace`, its output passed through and counted.
+fn test(root: &Path) -> Result<Outcome> {
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--workspace"]);
+    let shown = display(&cmd);
+    println!("$ {shown}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let mut counts = TestCounts::default();
+    if let Some(stdout) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("cannot read cargo test output")?;
+            counts.add_line(&line);
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "`{shown}` failed ({status}); {} passed, {} failed",
+            counts.passed,
+            counts.failed
+        );
+    }
+    if counts.passed == 0 {
+        bail!("`{shown}` ran no test");
+    }
+    Ok(Outcome::Tests(counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_result_lines_are_summed() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 12 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        c.add_line("running 3 tests");
+        c.add_line("test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 13,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
+
+    #[test]
+    fn example_features_are_read_from_the_manifest() {
+        let dir = std::env::temp_dir().join(format!("xtask-ci-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let manifest = dir.join("Cargo.toml");
+        fs::write(
+            &manifest,
+            "[package]\nname = \"x\"\n\n[[example]]\nname = \"size\"\nrequired-features = [\"ruzstd\", \"testing\"]\n\n[[example]]\nname = \"plain\"\n\n[dependencies]\n",
+        )
+        .unwrap();
+        let found = example_features(&manifest).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found,
+            vec![("size".to_string(), "ruzstd,testing".to_string())]
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! `cargo xtask`: molt's repository automation (CI, tidy, fuzzing, benchmarks), written in Rust so it runs wherever cargo does.
+//!
+//! `cargo xtask` is an alias (see `.cargo/config.toml`) for `cargo run --package xtask --`.
+//! Each task lives in its own module; this file only parses arguments and holds the
+//! few helpers they share for running commands.
+
+mod bench;
+mod ci;
+mod fuzz;
+mod tidy;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+const HELP: &str = "\
+cargo xtask TASK [ARGS]
+
+Tasks:
+  ci                         run exactly what CI runs (fmt, tidy, clippy, no_std build,
+                             docs, fuzz build, size example, tests), stopping at the first failure
+  tidy                       check repository rules (every .rs file starts with a //! line)
+  nostd                      build molt-engine without std for thumbv7em-none-eabihf
+  fuzz [--seconds N] [--build-only]
+                             build the `decode` fuzz target (engine/fuzz) and run it for
+                             N seconds (default 60) from a generated seed corpus
+  bench [NAME]               run a benchmark; without NAME, list them
+  demo                       an end-to-end demo (arrives with the controller issue)
+  help                       print this help
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let root = project_root();
+    let Some((task, rest)) = args.split_first() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    match task.as_str() {
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        "ci" => {
+            no_args(task, rest)?;
+            ci::run(&root)
+        }
+        "tidy" => {
+            no_args(task, rest)?;
+            tidy::check(&root)?;
+            println!("tidy: ok");
+            Ok(())
+        }
+        "nostd" => {
+            no_args(task, rest)?;
+            ci::nostd(&root)
+        }
+        "fuzz" => fuzz::run(&root, &fuzz::Options::parse(rest)?),
+        "bench" => match rest {
+            [] => {
+                bench::list();
+                Ok(())
+            }
+            [name, bench_args @ ..] => bench::run(&root, name, bench_args),
+        },
+        "demo" => {
+            bail!(
+                "`cargo xtask demo` is not implemented yet: it arrives with the controller issue \
+                 (start a controller and agents on loopback and walk one update end to end)"
+            )
+        }
+        other => bail!("unknown task `{other}`\n\n{HELP}"),
+    }
+}
+
+fn no_args(task: &str, rest: &[String]) -> Result<()> {
+    if let Some(extra) = rest.first() {
+        bail!("`{task}` takes no arguments (got `{extra}`)");
+    }
+    Ok(())
+}
+
+/// The workspace root: xtask always lives one level below it.
+fn project_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+/// A `cargo` command run from `root`, using the same cargo that started xtask.
+fn cargo(root: &Path) -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root);
+    cmd
+}
+
+/// How a command is shown in logs: environment overrides, `cargo` by its short name, then the arguments.
+fn display(cmd: &Command) -> String {
+    let mut parts: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    let program = Path::new(cmd.get_program());
+    parts.push(
+        program
+            .file_name()
+            .unwrap_or(OsStr::new("?"))
+            .to_string_lossy()
+            .into_owned(),
+    );
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Echoes and runs `cmd`, failing unless it exits successfully.
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    println!("$ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}

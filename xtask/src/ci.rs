@@ -5,9 +5,8 @@
 //! `tests: N passed, N failed, N skipped` line, so whoever reads the end of the log
 //! sees how many tests ran.
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ const STEPS: &[Step] = &[
     ("nostd", nostd_step),
     ("doc", doc),
     ("fuzz-build", fuzz_build),
-    ("size-example", size_examples),
+    ("engine-size", engine_size),
     ("test", test),
 ];
 
@@ -158,110 +157,14 @@ fn fuzz_build(root: &Path) -> Result<Outcome> {
     Ok(Outcome::Passed)
 }
 
-/// Builds each engine example written for the embedded target (one whose source names
-/// `thumbv7em`) with the `min-size` profile and prints the size of the binary.
-fn size_examples(root: &Path) -> Result<Outcome> {
-    let examples = embedded_examples(root)?;
-    if examples.is_empty() {
-        println!("no engine example targets {NOSTD_TARGET} yet (engine/examples/)");
-        return Ok(Outcome::Skipped("no embedded example yet".into()));
-    }
+/// Builds the thumbv7em size probe: the engine must keep fitting a Cortex-M4F.
+fn engine_size(root: &Path) -> Result<Outcome> {
     if let Some(why) = missing_target_allowed()? {
         return Ok(Outcome::Skipped(why));
     }
     require_target()?;
-    let features = example_features(&root.join("engine/Cargo.toml"))?;
-    for name in &examples {
-        let mut cmd = cargo(root);
-        cmd.args(["build", "-p", "molt-engine", "--example", name])
-            .args(["--target", NOSTD_TARGET, "--profile", "min-size"])
-            .arg("--no-default-features");
-        if let Some((_, f)) = features.iter().find(|(n, _)| n == name) {
-            cmd.args(["--features", f]);
-        }
-        run_cmd(&mut cmd)?;
-        let binary = root
-            .join("target")
-            .join(NOSTD_TARGET)
-            .join("min-size/examples")
-            .join(name);
-        let len = fs::metadata(&binary)
-            .with_context(|| format!("cannot find {}", binary.display()))?
-            .len();
-        println!("size: example `{name}` is {len} bytes (stripped ELF, {NOSTD_TARGET}, min-size)");
-    }
+    crate::size::run(root)?;
     Ok(Outcome::Passed)
-}
-
-/// Names of `engine/examples/NAME.rs` or `engine/examples/NAME/main.rs` that mention the embedded target.
-fn embedded_examples(root: &Path) -> Result<Vec<String>> {
-    let dir = root.join("engine/examples");
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut names = Vec::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        let (name, source): (String, PathBuf) = if path.is_dir() {
-            (file_name(&path), path.join("main.rs"))
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            (stem.unwrap_or_default(), path.clone())
-        } else {
-            continue;
-        };
-        if fs::read_to_string(&source).is_ok_and(|s| s.contains("thumbv7em")) {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// `(name, "feature,feature")` for each `[[example]]` in a manifest with one-line
-/// `required-features`; enough for our own Cargo.toml without a TOML parser.
-fn example_features(manifest: &Path) -> Result<Vec<(String, String)>> {
-    let text = fs::read_to_string(manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
-    let mut found = Vec::new();
-    let mut in_example = false;
-    let (mut name, mut features) = (None::<String>, None::<String>);
-    let mut flush = |name: &mut Option<String>, features: &mut Option<String>| {
-        if let (Some(n), Some(f)) = (name.take(), features.take()) {
-            found.push((n, f));
-        }
-    };
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            flush(&mut name, &mut features);
-            in_example = line == "[[example]]";
-        } else if in_example {
-            if let Some((key, value)) = line.split_once('=') {
-                let value = value.trim();
-                match key.trim() {
-                    "name" => name = Some(value.trim_matches('"').to_string()),
-                    "required-features" => {
-                        let list: Vec<&str> = value
-                            .trim_matches(|c| c == '[' || c == ']')
-                            .split(',')
-                            .map(|f| f.trim().trim_matches('"'))
-                            .filter(|f| !f.is_empty())
-                            .collect();
-                        features = Some(list.join(","));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    flush(&mut name, &mut features);
-    Ok(found)
 }
 
 /// `Some(reason)` when the embedded target is missing and `.ci/run` said that is expected here.

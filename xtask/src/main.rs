@@ -7,6 +7,7 @@
 mod bench;
 mod ci;
 mod fuzz;
+mod size;
 mod tidy;
 
 use std::ffi::OsStr;
@@ -26,6 +27,7 @@ Tasks:
   fuzz [--seconds N] [--build-only]
                              build the `decode` fuzz target (engine/fuzz) and run it for
                              N seconds (default 60) from a generated seed corpus
+  engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
   bench [NAME]               run a benchmark; without NAME, list them
   demo                       an end-to-end demo (arrives with the controller issue)
   help                       print this help
@@ -62,6 +64,10 @@ fn run(args: &[String]) -> Result<()> {
             tidy::check(&root)?;
             println!("tidy: ok");
             Ok(())
+        }
+        "engine-size" => {
+            no_args(task, rest)?;
+            size::run(&root)
         }
         "nostd" => {
             no_args(task, rest)?;

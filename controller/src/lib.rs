@@ -1,4 +1,6 @@
-//! molt-controller's library: recipes, keys and bundle building shared by the `molt` CLI and (later) the server.
+//! molt-controller's library: signing keys, recipes, and building, inspecting and verifying bundles for the `molt` CLI (and later the server).
 
+pub mod build;
+pub mod inspect;
 pub mod keys;
 pub mod recipe;

@@ -1,0 +1,778 @@
+//! Reading bundles back: `molt bundle inspect` (a readable or JSON report) and `molt bundle verify`.
+//!
+//! Both feed the file through the engine's push decoder, the same code a device
+//! runs, so "verify OK" here means a device with the same keys accepts the bundle's
+//! bytes. Inspect without a key uses `Trust::InspectOnly`: signatures are skipped
+//! but the chunk chain and every file digest are still checked, so what it prints
+//! is what the (unverified) manifest signed for.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::ProgressBar;
+use molt_engine::bundle::format::{
+    KeyId, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
+};
+use molt_engine::bundle::zstd::LibZstd;
+use molt_engine::bundle::{
+    Buffers, BundleKind, Command, Decoder, EntryHeader, EntryKind, Event, Manifest, PackageManager,
+    Trust, TrustedKey,
+};
+use molt_engine::{Error, Limits};
+use serde_json::{json, Value};
+
+/// An entry as read from a bundle, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path inside the snapshot.
+    pub path: String,
+    /// Kind, with its size, digest or target.
+    pub kind: OwnedKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: i64,
+}
+
+/// [`EntryKind`] without borrows.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedKind {
+    File { size: u64, digest: [u8; 32] },
+    Dir,
+    Symlink { target: String },
+    Hardlink { target: String },
+    Delete,
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+    Fifo,
+    Socket,
+}
+
+impl OwnedKind {
+    /// The word inspect prints in the type column.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OwnedKind::File { .. } => "file",
+            OwnedKind::Dir => "dir",
+            OwnedKind::Symlink { .. } => "symlink",
+            OwnedKind::Hardlink { .. } => "hardlink",
+            OwnedKind::Delete => "delete",
+            OwnedKind::CharDevice { .. } => "chardev",
+            OwnedKind::BlockDevice { .. } => "blockdev",
+            OwnedKind::Fifo => "fifo",
+            OwnedKind::Socket => "socket",
+        }
+    }
+}
+
+impl From<&EntryHeader<'_>> for Entry {
+    fn from(h: &EntryHeader<'_>) -> Self {
+        let kind = match h.kind {
+            EntryKind::File { size, digest } => OwnedKind::File { size, digest },
+            EntryKind::Dir => OwnedKind::Dir,
+            EntryKind::Symlink { target } => OwnedKind::Symlink {
+                target: target.to_owned(),
+            },
+            EntryKind::Hardlink { target } => OwnedKind::Hardlink {
+                target: target.to_owned(),
+            },
+            EntryKind::Delete => OwnedKind::Delete,
+            EntryKind::CharDevice { major, minor } => OwnedKind::CharDevice { major, minor },
+            EntryKind::BlockDevice { major, minor } => OwnedKind::BlockDevice { major, minor },
+            EntryKind::Fifo => OwnedKind::Fifo,
+            EntryKind::Socket => OwnedKind::Socket,
+        };
+        Entry {
+            path: h.path.to_owned(),
+            kind,
+            mode: h.mode,
+            uid: h.uid,
+            gid: h.gid,
+            mtime: h.mtime,
+        }
+    }
+}
+
+/// Why the engine refused a bundle, with the entry it was looking at.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The engine's error.
+    pub error: Error,
+    /// `Decoder::failed_path()`: the offending entry for entry errors, else the last one read.
+    pub path: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        if self.path.is_empty() {
+            return Ok(());
+        }
+        // For entry errors the policy's last path is the culprit; for chunk and
+        // table errors it is only where reading had got to.
+        match self.error {
+            Error::Policy { .. } | Error::EntryDigest { .. } | Error::Limit { .. } => {
+                write!(f, " (entry `{}`)", self.path)
+            }
+            _ => write!(f, " (last entry read: `{}`)", self.path),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Everything read from a bundle file, up to the end or the first refusal.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Size of the file.
+    pub file_len: u64,
+    /// Format version from the header, if the header was readable.
+    pub format: Option<(u16, u16)>,
+    /// Key ids of the signature block, in order.
+    pub signatures: Vec<KeyId>,
+    /// Whether signatures were checked (a key was given).
+    pub signature_checked: bool,
+    /// The key whose signature verified (only when checked).
+    pub verified_by: Option<KeyId>,
+    /// The signed manifest bytes, once they were accepted.
+    pub manifest_bytes: Option<Vec<u8>>,
+    /// The entries read (only when asked to keep them).
+    pub entries: Vec<Entry>,
+    /// How many entries were read.
+    pub entry_count: u64,
+    /// Why decoding stopped early, if it did.
+    pub refusal: Option<Refusal>,
+}
+
+impl Decoded {
+    /// The manifest, once accepted.
+    pub fn manifest(&self) -> Option<Manifest<'_>> {
+        self.manifest_bytes
+            .as_deref()
+            .and_then(|b| Manifest::decode(b).ok())
+    }
+}
+
+/// What the first bytes of the file say, read straight from it.
+///
+/// The decoder checks these bytes but does not hand the key ids out, and inspect
+/// wants to list every signature, not just the one that verified.
+struct Head {
+    /// Format version, when the magic matched.
+    format: Option<(u16, u16)>,
+    /// Key ids of the signature block.
+    signatures: Vec<KeyId>,
+    /// Whether the file starts with (a prefix of) the magic: a short file that does
+    /// not is "not a bundle" rather than "a truncated bundle".
+    magic_prefix: bool,
+}
+
+fn read_head(path: &Path) -> std::io::Result<Head> {
+    let cap = HEADER_LEN + SIG_BLOCK_PREFIX + MAX_SIGNATURES * SIG_RECORD_LEN;
+    let mut head = Vec::with_capacity(cap);
+    File::open(path)?.take(cap as u64).read_to_end(&mut head)?;
+    let magic = head.get(..MAGIC.len()).unwrap_or(&head);
+    let mut out = Head {
+        format: None,
+        signatures: Vec::new(),
+        magic_prefix: MAGIC.starts_with(magic),
+    };
+    if head.len() < HEADER_LEN + SIG_BLOCK_PREFIX || magic != MAGIC {
+        return Ok(out);
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
+    out.format = Some((u16_at(8), u16_at(10)));
+    let count = usize::from(head[HEADER_LEN]).min(MAX_SIGNATURES);
+    out.signatures = (0..count)
+        .filter_map(|i| {
+            let at = HEADER_LEN + SIG_BLOCK_PREFIX + i * SIG_RECORD_LEN;
+            head.get(at..at + 8)?.try_into().ok()
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Feeds the bundle at `path` through the engine's decoder with libzstd.
+///
+/// I/O failures are errors; a bundle the engine refuses is an `Ok` with
+/// [`Decoded::refusal`] set, so inspect can still show what it read before.
+pub fn decode(
+    path: &Path,
+    keys: &[TrustedKey],
+    keep_entries: bool,
+    progress: Option<&ProgressBar>,
+) -> Result<Decoded> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let head = read_head(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Decoded {
+        file_len,
+        format: head.format,
+        signatures: head.signatures,
+        signature_checked: !keys.is_empty(),
+        ..Decoded::default()
+    };
+    let trust = if keys.is_empty() {
+        Trust::InspectOnly
+    } else {
+        Trust::Pinned { keys, revoked: &[] }
+    };
+    // Buffers for the largest chunk size the limits allow: the chunk size is only known
+    // once the manifest is read, and a few MiB is nothing on the operator's machine.
+    let limits = Limits::DEFAULT;
+    let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
+    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
+    let z = LibZstd::new().context("cannot create a zstd decoder")?;
+    let bufs = Buffers {
+        manifest: &mut mb,
+        wire: &mut wb,
+        raw: &mut rb,
+    };
+    let mut d = Decoder::new(trust, limits, z, bufs);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(p) = progress {
+            p.inc(n as u64);
+        }
+        let mut rest = buf.get(..n).unwrap_or(&[]);
+        loop {
+            let feed = match d.feed(rest) {
+                Ok(f) => f,
+                Err(error) => {
+                    out.refusal = Some(Refusal {
+                        error,
+                        path: d.failed_path().to_owned(),
+                    });
+                    return Ok(out);
+                }
+            };
+            rest = rest.get(feed.consumed..).unwrap_or(&[]);
+            match feed.event {
+                None => break,
+                Some(Event::ManifestVerified { key_id }) => {
+                    out.verified_by = key_id;
+                    out.manifest_bytes = Some(d.manifest_bytes().to_vec());
+                }
+                Some(Event::EntryStart(h)) => {
+                    out.entry_count += 1;
+                    if keep_entries {
+                        out.entries.push(Entry::from(&h));
+                    }
+                }
+                Some(Event::Data(_) | Event::EntryEnd | Event::Done) => {}
+            }
+        }
+    }
+    if let Err(mut error) = d.finish() {
+        // The engine looks at the magic only once the whole fixed header has arrived, so
+        // a short file of anything else would read as a truncated bundle.
+        if !head.magic_prefix {
+            error = Error::BadMagic;
+        }
+        out.refusal = Some(Refusal {
+            error,
+            path: d.failed_path().to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// What `verify` found in a bundle that passed.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The update version.
+    pub version: String,
+    /// The compatible string.
+    pub compatible: String,
+    /// The release counter.
+    pub release: u64,
+    /// Number of entries.
+    pub entries: u64,
+    /// Sum of file sizes.
+    pub file_bytes: u64,
+    /// Size of the bundle file.
+    pub file_len: u64,
+    /// The key whose signature verified.
+    pub key_id: KeyId,
+}
+
+/// Fully verifies the bundle at `path` against `keys` (at least one): signature,
+/// manifest, every chunk, entry and digest. A refusal is an error wrapping [`Refusal`].
+pub fn verify(
+    path: &Path,
+    keys: &[TrustedKey],
+    progress: Option<&ProgressBar>,
+) -> Result<Verified> {
+    if keys.is_empty() {
+        return Err(anyhow!("verify needs at least one public key"));
+    }
+    let d = decode(path, keys, false, progress)?;
+    if let Some(r) = d.refusal {
+        return Err(anyhow::Error::new(r));
+    }
+    let m = d
+        .manifest()
+        .ok_or_else(|| anyhow!("{}: no manifest was read", path.display()))?;
+    Ok(Verified {
+        version: m.version.to_owned(),
+        compatible: m.compatible.to_owned(),
+        release: m.release,
+        entries: d.entry_count,
+        file_bytes: m.entries.file_bytes,
+        file_len: d.file_len,
+        key_id: d.verified_by.unwrap_or_default(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Rendering.
+
+/// `1536` → `1.5 KiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (days-to-civil from Howard Hinnant's
+/// `chrono`-compatible algorithms; a date crate would be the only reason to add one).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A package as the manager's own syntax writes it.
+fn package_spec(manager: PackageManager, name: &str, version: Option<&str>) -> String {
+    match version {
+        None => name.to_owned(),
+        Some(v) => match manager {
+            PackageManager::Apt => format!("{name}={v}"),
+            PackageManager::Pip | PackageManager::Pip3 => format!("{name}=={v}"),
+            PackageManager::Npm => format!("{name}@{v}"),
+        },
+    }
+}
+
+fn where_runs(c: &Command<'_>) -> String {
+    format!(
+        "{}, timeout {}s",
+        if c.chroot {
+            "in a chroot of the new snapshot"
+        } else {
+            "on the host"
+        },
+        c.timeout_secs
+    )
+}
+
+fn script_lines(out: &mut String, script: &str) {
+    for line in script.lines() {
+        let _ = writeln!(out, "                 | {line}");
+    }
+}
+
+/// The readable report of `molt bundle inspect`.
+pub fn render_text(path: &Path, d: &Decoded) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let _ = writeln!(w, "bundle {}", path.display());
+    let format = d
+        .format
+        .map(|(a, b)| format!("format {a}.{b}, "))
+        .unwrap_or_default();
+    let _ = writeln!(
+        w,
+        "  file           {format}{} ({} bytes)",
+        human(d.file_len),
+        d.file_len
+    );
+    let ids: Vec<String> = d
+        .signatures
+        .iter()
+        .map(|id| {
+            if d.verified_by == Some(*id) {
+                format!("{} (verified)", hex::encode(id))
+            } else {
+                hex::encode(id)
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        w,
+        "  signed by      {}",
+        if ids.is_empty() {
+            "-".into()
+        } else {
+            ids.join(", ")
+        }
+    );
+    if d.signature_checked {
+        match d.verified_by {
+            Some(id) => {
+                let _ = writeln!(w, "  signature      verified with key {}", hex::encode(id));
+            }
+            None => {
+                let _ = writeln!(w, "  signature      NOT verified (see the error below)");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            w,
+            "  signature      NOT checked (no --key given); chunk chain and file digests are checked"
+        );
+    }
+    if let Some(m) = d.manifest() {
+        render_manifest(w, &m);
+    }
+    if d.manifest_bytes.is_some() {
+        render_entries(w, &d.entries);
+    }
+    if let Some(r) = &d.refusal {
+        let _ = writeln!(w, "\nREFUSED: {r}");
+    }
+    o
+}
+
+fn render_manifest(w: &mut String, m: &Manifest<'_>) {
+    let _ = writeln!(w, "  version        {}", m.version);
+    let _ = writeln!(w, "  compatible     {}", m.compatible);
+    let _ = writeln!(w, "  release        {}", m.release);
+    let kind = match m.kind {
+        BundleKind::Full => "full (the new snapshot is exactly this tree)".to_owned(),
+        BundleKind::Patch { base_version: "" } => "patch (on any installed version)".to_owned(),
+        BundleKind::Patch { base_version } => format!("patch (on version {base_version} only)"),
+    };
+    let _ = writeln!(w, "  kind           {kind}");
+    let _ = writeln!(
+        w,
+        "  downgrade      {}",
+        if m.allow_downgrade {
+            "allowed"
+        } else {
+            "refused below the device's release floor"
+        }
+    );
+    let _ = writeln!(w, "  created        {} ({})", utc(m.created), m.created);
+    if !m.comment.is_empty() {
+        let _ = writeln!(
+            w,
+            "  comment        {}",
+            m.comment.replace('\n', "\n                 ")
+        );
+    }
+    let p = &m.payload;
+    let _ = writeln!(
+        w,
+        "  payload        {} chunk(s) of at most {}, {} compressed, {} uncompressed",
+        p.chunk_count,
+        human(u64::from(p.chunk_size)),
+        human(p.wire_len),
+        human(p.raw_len)
+    );
+    let e = &m.entries;
+    let _ = writeln!(
+        w,
+        "  entries        {} ({} of file content), digest {}",
+        e.count,
+        human(e.file_bytes),
+        &hex::encode(e.digest)[..16]
+    );
+    let s = &e.specials;
+    let declared: Vec<&str> = [
+        (s.setid, "setuid/setgid"),
+        (s.hardlinks, "hardlinks"),
+        (s.devices, "devices"),
+        (s.fifos, "FIFOs"),
+        (s.sockets, "sockets"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    if !declared.is_empty() {
+        let _ = writeln!(w, "  specials       {}", declared.join(", "));
+    }
+
+    let r = &m.recipe;
+    let _ = writeln!(w, "\nrecipe");
+    match &r.before {
+        None => {
+            let _ = writeln!(w, "  before         -");
+        }
+        Some(c) => {
+            let _ = writeln!(w, "  before         {}", where_runs(c));
+            script_lines(w, c.script);
+        }
+    }
+    if r.packages.is_empty() {
+        let _ = writeln!(w, "  packages       -");
+    }
+    for (i, p) in r.packages.iter().enumerate() {
+        let head = if i == 0 {
+            "  packages       "
+        } else {
+            "                 "
+        };
+        let shipped = p
+            .file
+            .map(|f| format!("  (shipped: {f})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "{head}{:<5}{}{shipped}",
+            p.manager.name(),
+            package_spec(p.manager, p.name, p.version)
+        );
+    }
+    if let Some(prefix) = r.npm_prefix {
+        let _ = writeln!(w, "  npm prefix     {prefix}");
+    }
+    match &r.after {
+        None => {
+            let _ = writeln!(w, "  after          -");
+        }
+        Some(c) => {
+            let _ = writeln!(w, "  after          {}", where_runs(c));
+            script_lines(w, c.script);
+        }
+    }
+    match &r.health_check {
+        None => {
+            let _ = writeln!(w, "  health check   -");
+        }
+        Some(h) => {
+            let _ = writeln!(
+                w,
+                "  health check   {}; {} attempt(s), {}s apart",
+                where_runs(&h.command),
+                h.attempts,
+                h.interval_secs
+            );
+            script_lines(w, h.command.script);
+        }
+    }
+    let rb = &r.rollback;
+    let _ = writeln!(
+        w,
+        "  rollback       {}",
+        if rb.revert {
+            "revert to the previous snapshot"
+        } else {
+            "keep the new files (no revert)"
+        }
+    );
+    if let Some(c) = &rb.command {
+        let _ = writeln!(w, "                 then run, {}", where_runs(c));
+        script_lines(w, c.script);
+    }
+    if rb.reboot {
+        let _ = writeln!(w, "                 then reboot the device");
+    }
+}
+
+fn render_entries(w: &mut String, entries: &[Entry]) {
+    let _ = writeln!(w, "\nentries");
+    let _ = writeln!(
+        w,
+        "  {:<8} {:>4} {:>9} {:>12}  {:<12}  path",
+        "type", "mode", "owner", "size", "digest"
+    );
+    for e in entries {
+        let (size, digest) = match &e.kind {
+            OwnedKind::File { size, digest } => (size.to_string(), hex::encode(&digest[..6])),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        let (mode, owner) = if e.kind == OwnedKind::Delete {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            (format!("{:04o}", e.mode), format!("{}:{}", e.uid, e.gid))
+        };
+        let suffix = match &e.kind {
+            OwnedKind::Symlink { target } => format!(" -> {target}"),
+            OwnedKind::Hardlink { target } => format!(" => {target}"),
+            OwnedKind::CharDevice { major, minor } | OwnedKind::BlockDevice { major, minor } => {
+                format!(" ({major}:{minor})")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            w,
+            "  {:<8} {:>4} {:>9} {:>12}  {:<12}  {}{suffix}",
+            e.kind.name(),
+            mode,
+            owner,
+            size,
+            digest,
+            e.path
+        );
+    }
+}
+
+fn command_json(c: &Command<'_>) -> Value {
+    json!({ "script": c.script, "chroot": c.chroot, "timeout": c.timeout_secs })
+}
+
+/// The report of `molt bundle inspect --json`.
+pub fn render_json(path: &Path, d: &Decoded) -> Value {
+    let manifest = d.manifest().map(|m| {
+        let r = &m.recipe;
+        let (kind, base) = match m.kind {
+            BundleKind::Full => ("full", None),
+            BundleKind::Patch { base_version } => ("patch", Some(base_version)),
+        };
+        let s = &m.entries.specials;
+        json!({
+            "version": m.version,
+            "compatible": m.compatible,
+            "release": m.release,
+            "allow_downgrade": m.allow_downgrade,
+            "kind": kind,
+            "base_version": base,
+            "created": m.created,
+            "comment": m.comment,
+            "recipe": {
+                "before": r.before.as_ref().map(command_json),
+                "packages": r.packages.iter().map(|p| json!({
+                    "manager": p.manager.name(),
+                    "name": p.name,
+                    "version": p.version,
+                    "file": p.file,
+                })).collect::<Vec<_>>(),
+                "npm_prefix": r.npm_prefix,
+                "after": r.after.as_ref().map(command_json),
+                "health_check": r.health_check.as_ref().map(|h| json!({
+                    "script": h.command.script,
+                    "chroot": h.command.chroot,
+                    "timeout": h.command.timeout_secs,
+                    "attempts": h.attempts,
+                    "interval": h.interval_secs,
+                })),
+                "rollback": {
+                    "revert": r.rollback.revert,
+                    "command": r.rollback.command.as_ref().map(command_json),
+                    "reboot": r.rollback.reboot,
+                },
+            },
+            "payload": {
+                "chunk_count": m.payload.chunk_count,
+                "chunk_size": m.payload.chunk_size,
+                "wire_len": m.payload.wire_len,
+                "raw_len": m.payload.raw_len,
+            },
+            "entries": {
+                "count": m.entries.count,
+                "file_bytes": m.entries.file_bytes,
+                "digest": hex::encode(m.entries.digest),
+                "specials": {
+                    "setid": s.setid, "hardlinks": s.hardlinks, "devices": s.devices,
+                    "fifos": s.fifos, "sockets": s.sockets,
+                },
+            },
+        })
+    });
+    let entries: Vec<Value> = d
+        .entries
+        .iter()
+        .map(|e| {
+            let mut v = json!({
+                "path": e.path,
+                "type": e.kind.name(),
+                "mode": format!("{:04o}", e.mode),
+                "uid": e.uid,
+                "gid": e.gid,
+                "mtime": e.mtime,
+            });
+            match &e.kind {
+                OwnedKind::File { size, digest } => {
+                    v["size"] = json!(size);
+                    v["digest"] = json!(hex::encode(digest));
+                }
+                OwnedKind::Symlink { target } | OwnedKind::Hardlink { target } => {
+                    v["target"] = json!(target);
+                }
+                OwnedKind::CharDevice { major, minor }
+                | OwnedKind::BlockDevice { major, minor } => {
+                    v["major"] = json!(major);
+                    v["minor"] = json!(minor);
+                }
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    json!({
+        "file": path.display().to_string(),
+        "size": d.file_len,
+        "format": d.format.map(|(a, b)| format!("{a}.{b}")),
+        "signatures": d.signatures.iter().map(|id| json!({
+            "key_id": hex::encode(id),
+            "verified": d.verified_by == Some(*id),
+        })).collect::<Vec<_>>(),
+        "signature_checked": d.signature_checked,
+        "manifest": manifest,
+        "entries": entries,
+        "error": d.refusal.as_ref().map(|r| json!({
+            "message": r.error.to_string(),
+            "path": r.path,
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_sizes_read_naturally() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");
+    }
+}

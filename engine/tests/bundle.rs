@@ -1102,3 +1102,98 @@ fn fuzz_entry_point_survives_garbage() {
     molt_engine::bundle::fuzz_decode(b"MOLTBNDL\x01\x00\x00\x00\xff\xff\xff\xff\x01\x00\x00\x00");
     molt_engine::bundle::fuzz_decode(&small());
 }
+
+#[test]
+fn a_short_file_that_is_not_a_bundle_says_so() {
+    assert_eq!(decode(b"hello").1, Err(Error::BadMagic));
+    assert_eq!(decode(b"MOLT").1, Err(Error::Truncated { at: 4 }));
+}
+
+#[test]
+fn npm_scoped_packages_are_accepted_and_other_slashes_refused() {
+    use molt_engine::bundle::{Package, PackageManager};
+    let spec = Spec::default();
+    let with = |p: Package<'static>| {
+        let mut m = manifest(&spec);
+        m.recipe.packages.push(p).unwrap();
+        build_with(&spec, m)
+    };
+    let scoped = Package {
+        manager: PackageManager::Npm,
+        name: "@types/node",
+        version: Some("20.1.0"),
+        file: None,
+    };
+    decode(&with(scoped).unwrap()).1.unwrap();
+    for bad in ["@/node", "@types/../x", "@types/a/b"] {
+        let p = Package {
+            manager: PackageManager::Npm,
+            name: bad,
+            version: None,
+            file: None,
+        };
+        assert!(with(p).is_err(), "{bad}");
+    }
+    let apt = Package {
+        manager: PackageManager::Apt,
+        name: "@types/node",
+        version: None,
+        file: None,
+    };
+    assert!(with(apt).is_err());
+}
+
+#[test]
+fn the_encoder_refuses_what_devices_would() {
+    use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
+    use molt_engine::bundle::{EntryHeader, EntryKind};
+    // Content that does not match the digest given in the header.
+    let mut enc = Encoder::new(
+        std::io::Cursor::new(Vec::new()),
+        EncoderOptions::default(),
+        false,
+        Specials::default(),
+    )
+    .unwrap();
+    let h = EntryHeader {
+        path: "a",
+        kind: EntryKind::File {
+            size: 3,
+            digest: [0; 32],
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    };
+    let err = enc.add(&h, Some(&mut &b"abc"[..])).unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its digest"),
+        "{err}"
+    );
+    // A manifest over the device limit.
+    let spec = Spec::default();
+    let long = "x".repeat(30_000);
+    let mut m = manifest(&spec);
+    m.recipe.before = Some(molt_engine::bundle::Command {
+        script: &long,
+        chroot: false,
+        timeout_secs: 5,
+    });
+    m.recipe.after = Some(molt_engine::bundle::Command {
+        script: &long,
+        chroot: false,
+        timeout_secs: 5,
+    });
+    m.recipe.health_check = Some(molt_engine::bundle::HealthCheck {
+        command: molt_engine::bundle::Command {
+            script: &long,
+            chroot: false,
+            timeout_secs: 5,
+        },
+        attempts: 1,
+        interval_secs: 1,
+    });
+    let err = build_with(&spec, m).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+}

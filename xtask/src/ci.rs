@@ -286,22 +286,4 @@ mod tests {
             }
         );
     }
-
-    #[test]
-    fn example_features_are_read_from_the_manifest() {
-        let dir = std::env::temp_dir().join(format!("xtask-ci-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let manifest = dir.join("Cargo.toml");
-        fs::write(
-            &manifest,
-            "[package]\nname = \"x\"\n\n[[example]]\nname = \"size\"\nrequired-features = [\"ruzstd\", \"testing\"]\n\n[[example]]\nname = \"plain\"\n\n[dependencies]\n",
-        )
-        .unwrap();
-        let found = example_features(&manifest).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            found,
-            vec![("size".to_string(), "ruzstd,testing".to_string())]
-        );
-    }
 }

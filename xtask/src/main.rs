@@ -5,6 +5,7 @@
 //! few helpers they share for running commands.
 
 mod bench;
+mod bench_decode;
 mod ci;
 mod fuzz;
 mod size;

@@ -301,6 +301,11 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                     let n = take(&mut self.head, &mut self.head_have, self.head_need, rest);
                     used += n;
                     self.offset += n as u64;
+                    // Say "not a bundle" as soon as the magic differs, not "truncated" at EOF.
+                    let seen = self.head_have.min(MAGIC.len());
+                    if self.head.get(..seen) != MAGIC.get(..seen) {
+                        return Err(Error::BadMagic);
+                    }
                     if self.head_have < self.head_need {
                         return Ok((used, None));
                     }

@@ -172,6 +172,9 @@ impl<S: Read + Write + Seek> Encoder<S> {
                 content.ok_or_else(|| invalid(format!("{}: file without content", header.path)))?;
             let mut left = size;
             let mut buf = vec![0u8; 256 * 1024];
+            // Hash while streaming: a source that changes between digesting and adding
+            // must fail here, not produce a signed bundle that no device accepts.
+            let mut hasher = blake3::Hasher::new();
             while left > 0 {
                 let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 let dst = buf.get_mut(..want).unwrap_or(&mut []);
@@ -183,8 +186,17 @@ impl<S: Read + Write + Seek> Encoder<S> {
                     )));
                 }
                 let piece = buf.get(..k).unwrap_or(&[]).to_vec();
+                hasher.update(&piece);
                 self.push_raw(&piece)?;
                 left -= k as u64;
+            }
+            if let EntryKind::File { digest, .. } = header.kind {
+                if hasher.finalize().as_bytes() != &digest {
+                    return Err(invalid(format!(
+                        "{}: content does not match its digest (did the file change while it was read?)",
+                        header.path
+                    )));
+                }
             }
             self.file_bytes += size;
         }
@@ -279,6 +291,13 @@ impl<S: Read + Write + Seek> Encoder<S> {
         }
         let manifest_bytes = postcard::to_allocvec(&manifest)
             .map_err(|e| invalid(format!("cannot encode manifest: {e}")))?;
+        if manifest_bytes.len() > self.opts.limits.max_manifest_len as usize {
+            return Err(invalid(format!(
+                "manifest is {} bytes, over the {}-byte limit devices enforce (shorten scripts or comment)",
+                manifest_bytes.len(),
+                self.opts.limits.max_manifest_len
+            )));
+        }
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(&MAGIC);
         header[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());

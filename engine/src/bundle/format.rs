@@ -302,7 +302,18 @@ impl<'a> Manifest<'a> {
             }
         }
         for p in &r.packages {
-            check_package_word(p.name, "recipe.packages.name")?;
+            // npm scoped packages (`@scope/name`) are the one place a `/` is meaningful.
+            let name = match (p.manager, p.name.strip_prefix('@')) {
+                (PackageManager::Npm, Some(scoped)) => match scoped.split_once('/') {
+                    Some((scope, name)) if !scope.is_empty() => {
+                        check_package_word(scope, "recipe.packages.name")?;
+                        name
+                    }
+                    _ => p.name,
+                },
+                _ => p.name,
+            };
+            check_package_word(name, "recipe.packages.name")?;
             if let Some(v) = p.version {
                 check_package_word(v, "recipe.packages.version")?;
             }

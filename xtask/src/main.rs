@@ -7,6 +7,7 @@
 mod bench;
 mod bench_decode;
 mod ci;
+mod demo;
 mod fuzz;
 mod size;
 mod tidy;
@@ -30,7 +31,7 @@ Tasks:
                              N seconds (default 60) from a generated seed corpus
   engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
   bench [NAME]               run a benchmark; without NAME, list them
-  demo                       an end-to-end demo (arrives with the controller issue)
+  demo                       keys, a signed bundle from the example recipe, verify, inspect, a tampered copy refused
   help                       print this help
 ";
 
@@ -83,10 +84,8 @@ fn run(args: &[String]) -> Result<()> {
             [name, bench_args @ ..] => bench::run(&root, name, bench_args),
         },
         "demo" => {
-            bail!(
-                "`cargo xtask demo` is not implemented yet: it arrives with the controller issue \
-                 (start a controller and agents on loopback and walk one update end to end)"
-            )
+            no_args(task, rest)?;
+            demo::run(&root)
         }
         other => bail!("unknown task `{other}`\n\n{HELP}"),
     }

@@ -1053,3 +1053,19 @@ mod logic {
         assert_eq!(Status::Trial.to_string(), "trial");
     }
 }
+
+#[test]
+fn switch_back_needs_two_good_slots_and_keeps_the_floor() {
+    use molt_engine::slot::{Error, Slot, SlotRecord, Status};
+    let mut r = SlotRecord::new(Slot::A, "1.0.0", 10, [0; 32]).unwrap();
+    assert_eq!(r.switch_back(), Err(Error::NoFallback));
+    r.begin_staging("1.1.0", 11, [1; 32], false).unwrap();
+    r.mark_trial(2).unwrap();
+    assert_eq!(r.switch_back(), Err(Error::TrialInProgress));
+    r.confirm().unwrap();
+    assert_eq!(r.switch_back(), Ok(Slot::A));
+    assert_eq!(r.active(), Slot::A);
+    assert_eq!(r.slot(Slot::B).status, Status::Good);
+    assert_eq!(r.floor(), 11);
+    assert_eq!(r.switch_back(), Ok(Slot::B));
+}

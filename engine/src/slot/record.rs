@@ -514,6 +514,27 @@ impl SlotRecord {
         Ok(self.fall_back())
     }
 
+    /// Switches back to the other slot by an operator's decision (`molt-agent rollback`):
+    /// both slots must be Good and no trial may be running; returns the slot now active.
+    ///
+    /// The floor does not change: it guards what may be *installed*, and the other
+    /// slot already ran on this device. The slot left behind stays Good, so the
+    /// operator can switch forward again.
+    pub fn switch_back(&mut self) -> Result<Slot, Error> {
+        match (
+            self.slot(self.active).status,
+            self.slot(self.inactive()).status,
+        ) {
+            (Status::Good, Status::Good) => {
+                self.active = self.inactive();
+                self.trials_left = 0;
+                Ok(self.active)
+            }
+            (Status::Trial, _) => Err(Error::TrialInProgress),
+            _ => Err(Error::NoFallback),
+        }
+    }
+
     /// Marks a failed trial Bad and makes the other slot active.
     fn fall_back(&mut self) -> Slot {
         let failed = self.active;

@@ -1,0 +1,11 @@
+//! molt-agent's library: everything the device does, behind the thin CLI in main.rs.
+//!
+//! The engine decides (bundle verification, slot record, update state machine);
+//! this crate carries out: files beneath a directory handle, scripts, fsyncs,
+//! the `current` link swap.
+
+pub mod config;
+pub mod exec;
+pub mod fsops;
+pub mod journal;
+pub mod slotfile;

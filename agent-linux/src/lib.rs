@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod exec;
+pub mod fetch;
 pub mod fsops;
+pub mod install;
 pub mod journal;
 pub mod slotfile;

@@ -1,0 +1,796 @@
+//! The install pipeline: drives the engine's update state machine and carries out each action it returns on this device.
+//!
+//! The contract (docs/state-machine.md): feed an event to `step`, journal the
+//! next state durably, then carry out its actions; each action's result is the
+//! next event. Because the state is journaled before anything happens, a crash
+//! at any instant leaves every decision recorded and only effects possibly
+//! missing, and `Event::Restarted` on the next start decides what to redo.
+//!
+//! # Data directory
+//!
+//! ```text
+//! <data_dir>/
+//!   current -> slots/a     the active snapshot (a symlink swapped by rename)
+//!   slots/a/  slots/b/     the two snapshots
+//!   slot.rec               the engine's A/B record (two CRC copies)
+//!   journal                the update state (two CRC copies)
+//!   staging/               the in-flight bundle's manifest, source and `.molt/` files
+//!   install.log            what every phase and command did (bounded)
+//!   status                 the last report, one line
+//!   boot_id                the boot this agent last ran in (trial counting)
+//!   lock                   one agent at a time
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use molt_engine::bundle::zstd::LibZstd;
+use molt_engine::bundle::{Buffers, BundleKind, Decoder, Event as BundleEvent, Manifest, Trust};
+use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
+use molt_engine::update::{
+    step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Plan, Report,
+    State,
+};
+use molt_engine::Error as BundleError;
+
+use crate::config::Config;
+use crate::exec::{self, CommandSpec, Status as ExitStatus};
+use crate::fetch;
+use crate::fsops::{self, SlotDir};
+use crate::journal::Journal;
+use crate::slotfile::FileStore;
+
+/// Names inside the data directory.
+pub mod layout {
+    /// The active-snapshot link.
+    pub const CURRENT: &str = "current";
+    /// The slots' parent directory.
+    pub const SLOTS: &str = "slots";
+    /// The slot record file.
+    pub const RECORD: &str = "slot.rec";
+    /// The update-state journal.
+    pub const JOURNAL: &str = "journal";
+    /// Staging for the in-flight bundle.
+    pub const STAGING: &str = "staging";
+    /// The signed manifest of the in-flight bundle, kept for the phases after a restart.
+    pub const MANIFEST: &str = "staging/manifest.bin";
+    /// Where the in-flight bundle comes from (a path or URL), for resuming.
+    pub const SOURCE: &str = "staging/source";
+    /// Bundle-internal files (`.molt/`).
+    pub const BUNDLE_FILES: &str = "staging/bundle";
+    /// The install log.
+    pub const LOG: &str = "install.log";
+    /// The last report.
+    pub const STATUS: &str = "status";
+    /// The boot id the agent last ran in.
+    pub const BOOT_ID: &str = "boot_id";
+    /// The lock file.
+    pub const LOCK: &str = "lock";
+}
+
+/// The slot directory's name (`a` or `b`).
+pub fn slot_name(s: Slot) -> &'static str {
+    match s {
+        Slot::A => "a",
+        Slot::B => "b",
+    }
+}
+
+/// Largest install log before it is cut to its second half.
+const LOG_LIMIT: u64 = 1024 * 1024;
+
+/// The device: configuration, record, journal and the state machine's state.
+pub struct Device {
+    cfg: Config,
+    data: PathBuf,
+    store: FileStore,
+    record: SlotRecord,
+    journal: Journal,
+    state: State,
+    /// The human-readable reason of the last failure, for the log and the final report.
+    last_error: Option<String>,
+    /// Test hook: SIGKILL ourselves right after journaling entry into this phase.
+    crash_at: Option<String>,
+    _lock: File,
+}
+
+fn urandom16() -> Result<[u8; 16]> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b)
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Device {
+    /// Opens the data directory: takes the lock, loads (or provisions) the slot record,
+    /// repairs a missing `current` link from it, and settles any install a crash interrupted.
+    pub fn open(cfg: Config) -> Result<Device> {
+        let data = cfg.data_dir();
+        for d in [
+            data.clone(),
+            data.join(layout::SLOTS).join("a"),
+            data.join(layout::SLOTS).join("b"),
+            data.join(layout::STAGING),
+        ] {
+            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data.join(layout::LOCK))
+            .context("cannot open the lock file")?;
+        rustix::fs::flock(
+            lock.as_fd(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(|_| anyhow!("another molt-agent is using {}", data.display()))?;
+        let mut store = FileStore::open(&data.join(layout::RECORD))
+            .with_context(|| format!("cannot open {}", data.join(layout::RECORD).display()))?;
+        let record = match SlotRecord::load(&mut store)
+            .map_err(|e| anyhow!("slot record {}: {e}", store.path().display()))?
+        {
+            Loaded::Found(r) => r,
+            Loaded::Fresh => {
+                // A new device: whatever slot A holds is the factory snapshot.
+                let r = SlotRecord::new(Slot::A, "factory", 0, [0; 32])
+                    .map_err(|e| anyhow!("cannot provision the slot record: {e}"))?;
+                r.save(&mut store)
+                    .map_err(|e| anyhow!("cannot save the slot record: {e}"))?;
+                r
+            }
+        };
+        let (journal, state) = Journal::open(&data.join(layout::JOURNAL))
+            .with_context(|| format!("cannot open the journal in {}", data.display()))?;
+        let mut dev = Device {
+            data,
+            store,
+            record,
+            journal,
+            state,
+            last_error: None,
+            crash_at: std::env::var("MOLT_TEST_CRASH_AT").ok(),
+            cfg,
+            _lock: lock,
+        };
+        dev.repair_current()?;
+        let rebooted = dev.note_boot()?;
+        if !matches!(dev.state.phase(), Phase::Idle | Phase::Done) {
+            dev.log(&format!(
+                "restart: settling deployment {} interrupted in phase {} (rebooted: {rebooted})",
+                dev.state
+                    .deployment()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                dev.state.phase().name()
+            ));
+            dev.drive(Event::Restarted { rebooted })?;
+        }
+        if dev.state.phase() == Phase::Done {
+            if let Some(d) = dev.state.deployment() {
+                // Local installs have no controller: the log is the report's receiver.
+                dev.drive(Event::Reported(d))?;
+            }
+        }
+        Ok(dev)
+    }
+
+    /// `current` must always name a slot: a device whose link is missing (first start,
+    /// or a manual deletion) gets it back from the record.
+    fn repair_current(&mut self) -> Result<()> {
+        if fsops::read_current(&self.data)?.is_none() {
+            let target = self.slot_rel(self.record.active());
+            fsops::swap_current(&self.data, &target)?;
+            self.log(&format!(
+                "current was missing: pointed it at {}",
+                target.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a boot for a trial outside an install (an install in flight counts its own).
+    fn note_boot(&mut self) -> Result<bool> {
+        let now = boot_id();
+        let path = self.data.join(layout::BOOT_ID);
+        let last = fs::read_to_string(&path).unwrap_or_default();
+        let rebooted = !last.trim().is_empty() && last.trim() != now;
+        if last.trim() != now {
+            write_durable(&path, now.as_bytes())?;
+        }
+        Ok(rebooted)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The slot record as loaded.
+    pub fn record(&self) -> &SlotRecord {
+        &self.record
+    }
+
+    /// The state machine's state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    fn slot_rel(&self, s: Slot) -> PathBuf {
+        Path::new(layout::SLOTS).join(slot_name(s))
+    }
+
+    fn slot_path(&self, s: Slot) -> PathBuf {
+        self.data.join(self.slot_rel(s))
+    }
+
+    fn save_record(&mut self) -> Result<()> {
+        self.record
+            .save(&mut self.store)
+            .map_err(|e| anyhow!("cannot save the slot record: {e}"))
+    }
+
+    /// Appends a line to the install log and to tracing.
+    pub fn log(&self, line: &str) {
+        tracing::info!("{line}");
+        let path = self.data.join(layout::LOG);
+        if fs::metadata(&path)
+            .map(|m| m.len() > LOG_LIMIT)
+            .unwrap_or(false)
+        {
+            if let Ok(old) = fs::read(&path) {
+                let keep = old.len() / 2;
+                let _ = fs::write(&path, &old[keep..]);
+            }
+        }
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Installs the bundle at `source` (a path or an http(s) URL) and returns how it ended.
+    pub fn install(&mut self, source: &str) -> Result<Outcome> {
+        if !matches!(self.state.phase(), Phase::Idle | Phase::Done) {
+            bail!(
+                "an install is in progress (phase {}); it is settled on the next start",
+                self.state.phase().name()
+            );
+        }
+        fs::create_dir_all(self.data.join(layout::STAGING))?;
+        write_durable(&self.data.join(layout::SOURCE), source.as_bytes())?;
+        let deployment = DeploymentId(urandom16()?);
+        self.log(&format!("install {source} as deployment {deployment}"));
+        self.drive(Event::Start {
+            deployment,
+            target: self.record.inactive(),
+            budget: Budget {
+                fetch_resumes: 3,
+                trials: self.cfg.trial_boots,
+            },
+        })?;
+        let outcome = self
+            .state
+            .outcome()
+            .ok_or_else(|| anyhow!("install stopped in phase {}", self.state.phase().name()))?;
+        self.drive(Event::Reported(deployment))?;
+        Ok(outcome)
+    }
+
+    /// Feeds one event and every event its actions produce, until the machine waits.
+    pub fn drive(&mut self, first: Event) -> Result<()> {
+        let mut next = Some(first);
+        while let Some(ev) = next.take() {
+            let t = match step(&self.state, ev) {
+                Ok(t) => t,
+                Err(rejected) => {
+                    self.log(&format!(
+                        "event {ev:?} rejected in phase {}: {rejected:?}",
+                        self.state.phase().name()
+                    ));
+                    return Ok(());
+                }
+            };
+            self.journal
+                .write(&t.next)
+                .context("cannot write the journal (the install stops here)")?;
+            self.state = t.next;
+            if self.crash_at.as_deref() == Some(self.state.phase().name()) {
+                // Test hook: die as a power cut would, right after the journal write.
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            for action in t.actions {
+                if let Some(ev) = self.perform(action)? {
+                    next = Some(ev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, phase: Phase, kind: CauseKind, why: String) -> Option<Event> {
+        self.log(&format!("{} failed: {why}", phase.name()));
+        self.last_error = Some(why);
+        Some(Event::Failed(Cause::new(phase, kind)))
+    }
+
+    fn perform(&mut self, action: Action) -> Result<Option<Event>> {
+        Ok(match action {
+            Action::Report(r) => {
+                self.report(&r);
+                None
+            }
+            Action::AbortRefused { deployment, why } => {
+                self.log(&format!("abort of {deployment} refused: {why}"));
+                None
+            }
+            Action::Cancel => None,
+            Action::Fetch { slot, resume, .. } => match self.fetch(slot, resume) {
+                Ok(plan) => Some(Event::Fetched(plan)),
+                Err((kind, why)) => self.fail(Phase::Fetching, kind, why),
+            },
+            Action::RunBefore { slot } => self.run_stage(Phase::Before, slot),
+            Action::InstallPackages { .. } => self.fail(
+                Phase::Packages,
+                CauseKind::Io,
+                "the recipe lists packages, and this agent cannot install packages yet".into(),
+            ),
+            Action::Seal { slot } => {
+                match SlotDir::open(self.slot_path(slot)).and_then(|d| fsops::sync_tree(&d)) {
+                    Ok(()) => Some(Event::Completed(Phase::Sealing)),
+                    Err(e) => self.fail(Phase::Sealing, CauseKind::Io, e.to_string()),
+                }
+            }
+            Action::Swap { slot } => match self.swap_to(slot) {
+                Ok(()) => Some(Event::Completed(Phase::Swapping)),
+                Err(e) => self.fail(Phase::Swapping, CauseKind::Io, format!("{e:#}")),
+            },
+            Action::Reconcile => Some(Event::Current(self.reconcile()?)),
+            Action::RunAfter { slot } => self.run_stage(Phase::After, slot),
+            Action::CheckHealth { slot } => self.run_stage(Phase::HealthCheck, slot),
+            Action::Commit { .. } => match self
+                .record
+                .confirm()
+                .map_err(|e| anyhow!("{e}"))
+                .and_then(|()| self.save_record())
+            {
+                Ok(()) => Some(Event::Completed(Phase::Committing)),
+                Err(e) => self.fail(Phase::Committing, CauseKind::Io, format!("{e:#}")),
+            },
+            Action::SwapBack { slot } => match self.swap_back(slot) {
+                Ok(()) => Some(Event::Completed(Phase::SwappingBack)),
+                Err(e) => self.fail(Phase::SwappingBack, CauseKind::Io, format!("{e:#}")),
+            },
+            Action::Revert { slot } => {
+                // The failed snapshot is never activated again; its files stay for
+                // inspection until the next install empties the slot.
+                if self.record.slot(slot).status == Status::Staging {
+                    let _ = self.record.cancel_staging();
+                    self.save_record()?;
+                }
+                self.log(&format!(
+                    "reverted: slot {} is not used; its files are kept for inspection until the next update",
+                    slot_name(slot)
+                ));
+                Some(Event::Completed(Phase::Reverting))
+            }
+            Action::RunRollbackCommand => {
+                self.run_stage(Phase::RollbackCommand, self.record.active())
+            }
+            Action::Reboot => {
+                let spec = CommandSpec::new("reboot", self.cfg.reboot_command.clone())
+                    .with_timeout(self.cfg.timeouts.command)
+                    .with_capture_limit(self.cfg.log_capture_bytes);
+                self.log(&format!("rebooting: {}", self.cfg.reboot_command));
+                match exec::run(&spec) {
+                    // Still alive: the command returned (a test double, or a delayed reboot).
+                    Ok(o) if o.success() => Some(Event::Completed(Phase::Rebooting)),
+                    Ok(o) => self.fail(Phase::Rebooting, CauseKind::Io, o.to_string()),
+                    Err(e) => self.fail(Phase::Rebooting, CauseKind::Io, format!("{e:#}")),
+                }
+            }
+            _ => {
+                self.log(&format!("unknown action {action:?}"));
+                None
+            }
+        })
+    }
+
+    fn report(&mut self, r: &Report) {
+        let line = match r {
+            Report::Progress { deployment, phase } => {
+                format!("deployment {deployment}: {}", phase.name())
+            }
+            Report::Final {
+                deployment,
+                outcome,
+                cause,
+                rollback_error,
+            } => {
+                let mut s = format!("deployment {deployment}: {outcome}");
+                if let Some(c) = cause {
+                    s.push_str(&format!(" ({c})"));
+                }
+                if let (Some(why), false) = (&self.last_error, *outcome == Outcome::Succeeded) {
+                    s.push_str(&format!(": {why}"));
+                }
+                if let Some(rb) = rollback_error {
+                    s.push_str(&format!("; rollback step failed: {rb}"));
+                }
+                s
+            }
+            other => format!("{other:?}"),
+        };
+        self.log(&line);
+        let _ = write_durable(&self.data.join(layout::STATUS), line.as_bytes());
+    }
+
+    /// Streams the bundle into `slot` with full verification; returns the signed recipe's plan.
+    fn fetch(
+        &mut self,
+        slot: Slot,
+        resume: bool,
+    ) -> std::result::Result<Plan, (CauseKind, String)> {
+        let io = |e: fsops::FsError| {
+            let kind = if e.is_no_space() {
+                CauseKind::NoSpace
+            } else {
+                CauseKind::Io
+            };
+            (kind, e.to_string())
+        };
+        if slot == self.record.active() {
+            return Err((
+                CauseKind::Io,
+                "refusing to write into the active slot".into(),
+            ));
+        }
+        let source = fs::read_to_string(self.data.join(layout::SOURCE))
+            .map_err(|e| (CauseKind::Io, format!("no bundle source recorded: {e}")))?;
+        if resume {
+            self.log("resuming the download from the start of the bundle");
+        }
+        let slot_dir = SlotDir::create(self.slot_path(slot))
+            .map_err(io)?
+            .with_label(format!("slot {}", slot_name(slot)));
+        slot_dir.clear().map_err(io)?;
+        let staging = SlotDir::create(self.data.join(layout::BUNDLE_FILES))
+            .map_err(io)?
+            .with_label("staging");
+        staging.clear().map_err(io)?;
+        let mut reader =
+            fetch::open(&source, &self.cfg).map_err(|e| (CauseKind::Network, format!("{e:#}")))?;
+
+        let limits = self.cfg.limits;
+        let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
+        let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
+        let z = LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}")))?;
+        let (keys, revoked) = (self.cfg.trusted_keys.clone(), self.cfg.revoked_keys.clone());
+        let trust = Trust::Pinned {
+            keys: &keys,
+            revoked: &revoked,
+        };
+        let mut dec = Decoder::new(
+            trust,
+            limits,
+            z,
+            Buffers {
+                manifest: &mut mb,
+                wire: &mut wb,
+                raw: &mut rb,
+            },
+        );
+        let mut extractor = fsops::Extractor::new(&slot_dir, &staging).map_err(io)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut plan = None;
+        let bundle_err = |e: BundleError, dec_path: &str| {
+            let kind = match e {
+                BundleError::Incompatible => CauseKind::Incompatible,
+                BundleError::Downgrade { .. } => CauseKind::Downgrade,
+                _ => CauseKind::BadBundle,
+            };
+            let mut why = format!("bundle refused: {e}");
+            if matches!(e, BundleError::Policy { .. }) && !dec_path.is_empty() {
+                why.push_str(&format!(" (`{dec_path}`)"));
+            }
+            (kind, why)
+        };
+        'read: loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break 'read,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((CauseKind::Network, format!("reading {source}: {e}"))),
+            };
+            let mut rest = &buf[..n];
+            loop {
+                let f = match dec.feed(rest) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let p = dec.failed_path().to_string();
+                        return Err(bundle_err(e, &p));
+                    }
+                };
+                rest = &rest[f.consumed..];
+                let Some(ev) = f.event else { break };
+                if let BundleEvent::ManifestVerified { .. } = ev {
+                    let bytes = dec.manifest_bytes().to_vec();
+                    let m = Manifest::decode(&bytes).map_err(|e| bundle_err(e, ""))?;
+                    m.check_compatible(&self.cfg.compatible)
+                        .map_err(|e| bundle_err(e, ""))?;
+                    m.check_floor(self.record.floor())
+                        .map_err(|e| bundle_err(e, ""))?;
+                    let active = self.record.active();
+                    if let BundleKind::Patch { base_version } = m.kind {
+                        let have = self.record.slot(active).version.as_str();
+                        if !base_version.is_empty() && base_version != have {
+                            return Err((
+                                CauseKind::Incompatible,
+                                format!("patch for version {base_version}, but the active snapshot is {have}"),
+                            ));
+                        }
+                        let report =
+                            fsops::clone_tree(&self.slot_path(active), &slot_dir).map_err(io)?;
+                        self.log(&format!(
+                            "patch: slot {} starts as a copy of slot {} ({report:?})",
+                            slot_name(slot),
+                            slot_name(active)
+                        ));
+                    }
+                    self.record
+                        .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
+                        .map_err(|e| (CauseKind::Downgrade, format!("slot record: {e}")))?;
+                    self.save_record()
+                        .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
+                    write_durable(&self.data.join(layout::MANIFEST), &bytes)
+                        .map_err(|e| (CauseKind::Io, format!("cannot keep the manifest: {e}")))?;
+                    self.log(&format!(
+                        "bundle {} (release {}, {}) verified; writing slot {}",
+                        m.version,
+                        m.release,
+                        if matches!(m.kind, BundleKind::Full) {
+                            "full"
+                        } else {
+                            "patch"
+                        },
+                        slot_name(slot)
+                    ));
+                    plan = Some(Plan::from_recipe(&m.recipe));
+                    continue;
+                }
+                if let BundleEvent::Done = ev {
+                    continue;
+                }
+                extractor.apply(&ev).map_err(io)?;
+            }
+        }
+        if let Err(e) = dec.finish() {
+            return Err(bundle_err(e, ""));
+        }
+        let stats = extractor.finish().map_err(io)?;
+        self.log(&format!("extracted {stats:?}"));
+        plan.ok_or((CauseKind::BadBundle, "bundle has no manifest".into()))
+    }
+
+    fn manifest_bytes(&self) -> Result<Vec<u8>> {
+        fs::read(self.data.join(layout::MANIFEST)).context("the in-flight manifest is missing")
+    }
+
+    /// Runs the recipe's command for `phase` (before, after, health check, rollback).
+    fn run_stage(&mut self, phase: Phase, slot: Slot) -> Option<Event> {
+        let bytes = match self.manifest_bytes() {
+            Ok(b) => b,
+            Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
+        };
+        let m = match Manifest::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => return self.fail(phase, CauseKind::Io, format!("stored manifest: {e}")),
+        };
+        let (cmd, attempts, interval) = match phase {
+            Phase::Before => (m.recipe.before, 1, 0),
+            Phase::After => (m.recipe.after, 1, 0),
+            Phase::HealthCheck => match m.recipe.health_check {
+                Some(h) => (Some(h.command), h.attempts, h.interval_secs),
+                None => (None, 1, 0),
+            },
+            Phase::RollbackCommand => (m.recipe.rollback.command, 1, 0),
+            _ => (None, 1, 0),
+        };
+        let Some(cmd) = cmd else {
+            return Some(Event::Completed(phase));
+        };
+        let target = self.state.target().unwrap_or(slot);
+        let old_slot = target.other();
+        let mut spec = CommandSpec::new(phase.name(), cmd.script)
+            .with_timeout(Duration::from_secs(u64::from(cmd.timeout_secs)))
+            .with_capture_limit(self.cfg.log_capture_bytes)
+            .with_env("MOLT_PHASE", phase.name())
+            .with_env("MOLT_DATA_DIR", self.data.as_os_str())
+            .with_env("MOLT_OLD_SLOT", self.slot_path(old_slot).as_os_str())
+            .with_env("MOLT_NEW_SLOT", self.slot_path(target).as_os_str())
+            .with_env(
+                "MOLT_OLD_VERSION",
+                self.record.slot(old_slot).version.as_str(),
+            )
+            .with_env("MOLT_NEW_VERSION", m.version)
+            .with_env("MOLT_CURRENT", self.data.join(layout::CURRENT).as_os_str());
+        if cmd.chroot {
+            spec = spec.with_chroot(self.slot_path(slot));
+        }
+        let mut last = None;
+        for attempt in 1..=attempts.max(1) {
+            if attempt > 1 {
+                std::thread::sleep(Duration::from_secs(u64::from(interval)));
+            }
+            match exec::run(&spec) {
+                Ok(o) => {
+                    self.log(&format!("{o}"));
+                    for line in o.output.lines() {
+                        self.log(&format!("  | {line}"));
+                    }
+                    if o.success() {
+                        return Some(Event::Completed(phase));
+                    }
+                    last = Some(o);
+                }
+                Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
+            }
+        }
+        let o = last?;
+        let kind = match (phase, o.status) {
+            (_, ExitStatus::TimedOut { .. }) => CauseKind::Timeout,
+            (Phase::HealthCheck, _) => CauseKind::Unhealthy,
+            (_, ExitStatus::Exited(code)) => CauseKind::Exit(code),
+            (_, ExitStatus::Signaled(_)) => CauseKind::Exit(-1),
+        };
+        self.fail(phase, kind, o.to_string())
+    }
+
+    fn swap_to(&mut self, slot: Slot) -> Result<()> {
+        // The record first: after a crash between the two, Reconcile reads the link
+        // and makes the record agree with it.
+        if self.record.active() != slot {
+            self.record
+                .mark_trial(self.cfg.trial_boots.max(1))
+                .map_err(|e| anyhow!("slot record: {e}"))?;
+            self.save_record()?;
+        }
+        fsops::swap_current(&self.data, &self.slot_rel(slot))?;
+        self.log(&format!(
+            "swapped: current -> {}",
+            self.slot_rel(slot).display()
+        ));
+        Ok(())
+    }
+
+    fn swap_back(&mut self, slot: Slot) -> Result<()> {
+        fsops::swap_current(&self.data, &self.slot_rel(slot))?;
+        if self.record.active() != slot {
+            self.record
+                .reject()
+                .map_err(|e| anyhow!("slot record: {e}"))?;
+            self.save_record()?;
+        }
+        self.log(&format!(
+            "swapped back: current -> {}",
+            self.slot_rel(slot).display()
+        ));
+        Ok(())
+    }
+
+    /// Reads which slot `current` names and makes the record agree with it.
+    fn reconcile(&mut self) -> Result<Slot> {
+        let link = fsops::read_current(&self.data)?.ok_or_else(|| anyhow!("current is missing"))?;
+        let slot = if link.ends_with("b") {
+            Slot::B
+        } else {
+            Slot::A
+        };
+        if self.record.active() != slot {
+            if self.record.slot(slot).status == Status::Staging {
+                self.record
+                    .mark_trial(self.cfg.trial_boots.max(1))
+                    .map_err(|e| anyhow!("{e}"))?;
+            } else {
+                self.record.reject().map_err(|e| anyhow!("{e}"))?;
+            }
+            self.save_record()?;
+        }
+        self.log(&format!(
+            "reconciled: current names slot {}",
+            slot_name(slot)
+        ));
+        Ok(slot)
+    }
+
+    /// Switches back to the previous snapshot by hand (`molt-agent rollback`).
+    pub fn rollback(&mut self) -> Result<Slot> {
+        if !matches!(self.state.phase(), Phase::Idle | Phase::Done) {
+            bail!(
+                "an install is in progress (phase {})",
+                self.state.phase().name()
+            );
+        }
+        let to = self
+            .record
+            .switch_back()
+            .map_err(|e| anyhow!("cannot roll back: {e}"))?;
+        self.save_record()?;
+        fsops::swap_current(&self.data, &self.slot_rel(to))?;
+        self.log(&format!(
+            "manual rollback: current -> {}",
+            self.slot_rel(to).display()
+        ));
+        Ok(to)
+    }
+
+    /// A human-readable status: slots, versions, the last result and the log's tail.
+    pub fn status(&self) -> String {
+        let r = &self.record;
+        let mut s = String::new();
+        let current = fsops::read_current(&self.data).ok().flatten();
+        s.push_str(&format!(
+            "data dir      {}\ncurrent       {}\nfloor         release {}\n",
+            self.data.display(),
+            current
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(missing)".into()),
+            r.floor()
+        ));
+        for slot in [Slot::A, Slot::B] {
+            let i = r.slot(slot);
+            s.push_str(&format!(
+                "slot {}        {:<8} version {:<16} release {}{}\n",
+                slot_name(slot),
+                format!("{:?}", i.status),
+                i.version.as_str(),
+                i.release,
+                if slot == r.active() { "  (active)" } else { "" }
+            ));
+        }
+        s.push_str(&format!("install       {}\n", self.state.phase().name()));
+        let last =
+            fs::read_to_string(self.data.join(layout::STATUS)).unwrap_or_else(|_| "none".into());
+        s.push_str(&format!("last result   {}\n", last.trim()));
+        if let Ok(log) = fs::read_to_string(self.data.join(layout::LOG)) {
+            let lines: Vec<&str> = log.lines().collect();
+            s.push_str("log (last 15 lines)\n");
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                s.push_str(&format!("  {l}\n"));
+            }
+        }
+        s
+    }
+}

@@ -31,6 +31,8 @@ enum Cmd {
     Status,
     /// Switch back to the previous snapshot by hand.
     Rollback,
+    /// Settle an install a crash or reboot interrupted, then print the status (run at boot).
+    Recover,
 }
 
 fn main() -> ExitCode {
@@ -66,7 +68,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Status => {
+        // Opening the device already settled the journal; saying so is all that is left.
+        Cmd::Status | Cmd::Recover => {
             print!("{}", dev.status());
             Ok(ExitCode::SUCCESS)
         }

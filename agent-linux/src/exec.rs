@@ -36,8 +36,12 @@
 //! command that fills one pipe while the runner waits on the other cannot
 //! deadlock. Both go into one log, **interleaved line by line in arrival order**
 //! (a partial line waits for its newline, up to [`LINE_MAX`] bytes, so a line of
-//! stdout is never cut in two by a line of stderr). Each line can also be handed
-//! to a callback as it arrives ([`run_with`]), for live logs.
+//! stdout is never cut in two by a line of stderr). Arrival order is what the
+//! runner can observe: lines written to both pipes within one wake-up (the same
+//! instant, in practice) may come out in either order. Only a single pipe for
+//! both would give the exact order, and it would lose which stream a line came
+//! from. Each line can also be handed to a callback as it arrives ([`run_with`]),
+//! for live logs, with its [`Stream`].
 //!
 //! The log is bounded by [`CommandSpec::capture_limit`] (the agent's
 //! `log_capture_bytes`): it keeps the **first half and the last half** and

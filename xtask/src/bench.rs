@@ -18,11 +18,18 @@ pub struct Bench {
 }
 
 /// Every benchmark, in the order `cargo xtask bench` lists them.
-pub const BENCHMARKS: &[Bench] = &[Bench {
-    name: "decode",
-    about: "decoder throughput (verify + decompress) on a ~100 MiB tree vs `zstd -dc`",
-    run: crate::bench_decode::run,
-}];
+pub const BENCHMARKS: &[Bench] = &[
+    Bench {
+        name: "decode",
+        about: "decoder throughput (verify + decompress) on a ~100 MiB tree vs `zstd -dc`",
+        run: crate::bench_decode::run,
+    },
+    Bench {
+        name: "install",
+        about: "`molt-agent install` of a ~200 MiB tree onto loop-mounted ext4 vs `zstd -dc | tar -x && sync`; agent peak RSS (root)",
+        run: crate::bench_install::run,
+    },
+];
 
 /// Prints the benchmark names.
 pub fn list() {

@@ -9,56 +9,15 @@
 //! The figure is the ratio of medians (molt / zstd; below 1 is faster).
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::path::Path;
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
+use crate::bench_util::{fill, median, min_max, require_tools, time, write_report};
 use crate::{cargo, run_cmd};
 
 const ROUNDS: usize = 11;
-
-/// Deterministic bytes: xorshift noise, or text from a small vocabulary.
-fn fill(seed: u64, len: usize, text: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    if !text {
-        return (0..len).map(|_| next() as u8).collect();
-    }
-    const WORDS: &[&str] = &[
-        "update",
-        "device",
-        "snapshot",
-        "bundle",
-        "verify",
-        "chunk",
-        "rollback",
-        "agent",
-        "controller",
-        "group",
-        "deploy",
-        "signal",
-        "status",
-        "error",
-        "sensor",
-        "value",
-    ];
-    let mut out = Vec::with_capacity(len + 16);
-    while out.len() < len {
-        let w = WORDS[(next() % WORDS.len() as u64) as usize];
-        out.extend_from_slice(w.as_bytes());
-        out.push(if next() % 12 == 0 { b'\n' } else { b' ' });
-    }
-    out.truncate(len);
-    out
-}
 
 /// Writes the tree once; reuses it when the marker says it is complete.
 fn make_tree(dir: &Path) -> Result<u64> {
@@ -93,33 +52,8 @@ fn make_tree(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time(cmd: &mut Command) -> Result<f64> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(t.elapsed().as_secs_f64())
-}
-
 pub fn run(root: &Path, _args: &[String]) -> Result<()> {
-    for tool in ["zstd", "tar"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            bail!("`{tool}` is missing: `apt-get install {tool}` (or run .ci/run once)");
-        }
-    }
+    require_tools(&["zstd", "tar"])?;
     run_cmd(cargo(root).args([
         "build",
         "--release",
@@ -195,62 +129,4 @@ pub fn run(root: &Path, _args: &[String]) -> Result<()> {
     println!("\n{table}");
     write_report(root, "decode", &table)?;
     Ok(())
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-/// Replaces the `## NAME` section of docs/benchmarks.md with `body`, keeping the others.
-pub fn write_report(root: &Path, name: &str, body: &str) -> Result<()> {
-    let path: PathBuf = root.join("docs/benchmarks.md");
-    let old = fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nWritten by `cargo xtask bench NAME`; every figure is a ratio against a baseline run in the same invocation.\n".into()
-    });
-    let machine = machine();
-    let section =
-        format!("## {name}\n\nCommand: `cargo xtask bench {name}`. Machine: {machine}.\n\n{body}");
-    let header = format!("## {name}\n");
-    let mut out = String::new();
-    let mut skipping = false;
-    let mut replaced = false;
-    for line in old.lines() {
-        if line.starts_with("## ") {
-            skipping = format!("{line}\n") == header;
-            if skipping && !replaced {
-                out.push_str(&section);
-                out.push('\n');
-                replaced = true;
-            }
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    if !replaced {
-        out.push('\n');
-        out.push_str(&section);
-    }
-    let mut f = fs::File::create(&path)?;
-    f.write_all(out.as_bytes())?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cpu}, {cores} cores")
 }

@@ -6,6 +6,8 @@
 
 mod bench;
 mod bench_decode;
+mod bench_install;
+mod bench_util;
 mod ci;
 mod demo;
 mod fuzz;

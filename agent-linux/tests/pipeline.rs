@@ -1,0 +1,467 @@
+//! The install pipeline through the real `molt-agent` binary: success, rollback policies, a crash in every phase, a tampered bundle.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ed25519_dalek::SigningKey;
+use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
+use molt_engine::bundle::format::{EntryTable, Payload};
+use molt_engine::bundle::{
+    BundleKind, Command as Cmd, EntryHeader, EntryKind, Manifest, Recipe, Rollback, Specials,
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_molt-agent");
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+struct Stages<'a> {
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+    rollback: Option<&'a str>,
+    reboot: bool,
+}
+
+const PLAIN: Stages<'static> = Stages {
+    before: None,
+    after: None,
+    rollback: None,
+    reboot: false,
+};
+
+fn cmd(script: &str) -> Cmd<'_> {
+    Cmd {
+        script,
+        chroot: false,
+        timeout_secs: 10,
+    }
+}
+
+/// A bundle of `files` (path → content, parents created) for `version`.
+fn bundle(
+    version: &str,
+    release: u64,
+    full: bool,
+    files: &[(&str, &str)],
+    deletes: &[&str],
+    s: &Stages<'_>,
+) -> Vec<u8> {
+    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    for (p, c) in files {
+        let mut parent = Path::new(p).parent();
+        while let Some(d) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            entries.insert(d.to_string_lossy().into_owned(), None);
+            parent = d.parent();
+        }
+        entries.insert(p.to_string(), Some(c.as_bytes().to_vec()));
+    }
+    let mut sorted: Vec<(String, Option<Vec<u8>>, bool)> =
+        entries.into_iter().map(|(p, c)| (p, c, false)).collect();
+    sorted.extend(deletes.iter().map(|d| (d.to_string(), None, true)));
+    sorted.sort_by(|a, b| molt_engine::bundle::policy::compare_paths(&a.0, &b.0));
+    let mut enc = Encoder::new(
+        Cursor::new(Vec::new()),
+        EncoderOptions::default(),
+        full,
+        Specials::default(),
+    )
+    .unwrap();
+    for (path, content, delete) in &sorted {
+        let kind = match (content, delete) {
+            (_, true) => EntryKind::Delete,
+            (Some(c), _) => EntryKind::File {
+                size: c.len() as u64,
+                digest: *blake3::hash(c).as_bytes(),
+            },
+            (None, _) => EntryKind::Dir,
+        };
+        let h = EntryHeader {
+            path,
+            kind,
+            mode: if content.is_some() { 0o644 } else { 0o755 },
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+        };
+        let mut r = content.as_deref().map(Cursor::new);
+        enc.add(&h, r.as_mut().map(|c| c as &mut dyn std::io::Read))
+            .unwrap();
+    }
+    let m = Manifest {
+        version,
+        compatible: "test-board",
+        release,
+        allow_downgrade: false,
+        kind: if full {
+            BundleKind::Full
+        } else {
+            BundleKind::Patch { base_version: "" }
+        },
+        created: 0,
+        comment: "",
+        recipe: Recipe {
+            before: s.before.map(cmd),
+            packages: Default::default(),
+            npm_prefix: None,
+            after: s.after.map(cmd),
+            health_check: None,
+            rollback: Rollback {
+                revert: true,
+                command: s.rollback.map(cmd),
+                reboot: s.reboot,
+            },
+        },
+        payload: Payload {
+            chunk_count: 0,
+            chunk_size: 0,
+            wire_len: 0,
+            raw_len: 0,
+            first_chunk: [0; 32],
+        },
+        entries: EntryTable {
+            count: 0,
+            digest: [0; 32],
+            file_bytes: 0,
+            specials: Specials::default(),
+        },
+    };
+    let mut out = Vec::new();
+    enc.finish(m, &[key()], &mut out).unwrap();
+    out
+}
+
+struct Device {
+    dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "root = \"{root}\"\ncompatible = \"test-board\"\ntrusted_keys = [\"{key}\"]\nreboot_command = \"touch {root}/rebooted\"\n",
+            root = dir.path().display(),
+            key = hex::encode(key().verifying_key().as_bytes())
+        );
+        fs::write(dir.path().join("agent.toml"), cfg).unwrap();
+        Device { dir }
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn data(&self) -> PathBuf {
+        self.root().join("var/lib/molt")
+    }
+    fn agent(&self, args: &[&str], crash_at: Option<&str>) -> (i32, String) {
+        let mut c = Command::new(AGENT);
+        c.arg("-c")
+            .arg(self.root().join("agent.toml"))
+            .args(args)
+            .env("MOLT_LOG", "warn");
+        if let Some(p) = crash_at {
+            c.env("MOLT_TEST_CRASH_AT", p);
+        }
+        let o = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code().unwrap_or(-9), text)
+    }
+    fn install(&self, name: &str, bytes: &[u8], crash_at: Option<&str>) -> (i32, String) {
+        let p = self.root().join(name);
+        fs::write(&p, bytes).unwrap();
+        self.agent(&["install", p.to_str().unwrap()], crash_at)
+    }
+    fn current(&self) -> PathBuf {
+        fs::read_link(self.data().join("current")).unwrap()
+    }
+    fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.data().join("current").join(rel)).ok()
+    }
+    fn status(&self) -> String {
+        self.agent(&["status"], None).1
+    }
+}
+
+fn needs_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        println!("skipped: needs root (openat2 beneath slot handles, chown)");
+        false
+    }
+}
+
+#[test]
+fn full_then_patch_install() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    let (code, out) = d.install(
+        "v1.molt",
+        &bundle(
+            "1.0.0",
+            1,
+            true,
+            &[("app/a", "A1"), ("app/b", "B1"), ("app/old", "x")],
+            &[],
+            &PLAIN,
+        ),
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    let first = d.current();
+    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    let (code, out) = d.install(
+        "v2.molt",
+        &bundle(
+            "2.0.0",
+            2,
+            false,
+            &[("app/a", "A2"), ("app/c", "C2")],
+            &["app/old"],
+            &PLAIN,
+        ),
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_ne!(d.current(), first);
+    assert_eq!(d.read("app/a").as_deref(), Some("A2"));
+    assert_eq!(
+        d.read("app/b").as_deref(),
+        Some("B1"),
+        "carried over from the active snapshot"
+    );
+    assert_eq!(d.read("app/c").as_deref(), Some("C2"));
+    assert_eq!(d.read("app/old"), None, "deleted");
+    // The previous snapshot is untouched by the patch.
+    assert_eq!(
+        fs::read_to_string(d.data().join(&first).join("app/a")).unwrap(),
+        "A1"
+    );
+    let st = d.status();
+    assert!(
+        st.contains("2.0.0") && st.contains("1.0.0") && st.contains("succeeded"),
+        "{st}"
+    );
+    // A manual rollback goes back, and current follows.
+    let (code, out) = d.agent(&["rollback"], None);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(d.current(), first);
+}
+
+#[test]
+fn failing_after_rolls_back_and_runs_the_policy() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    assert_eq!(
+        d.install(
+            "v1.molt",
+            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
+            None
+        )
+        .0,
+        0
+    );
+    let old = d.current();
+    let marker = d.root().join("rollback-ran");
+    let rb = format!("echo rolling back; touch {}", marker.display());
+    let stages = Stages {
+        before: Some("echo before"),
+        after: Some("echo broken >&2; exit 3"),
+        rollback: Some(&rb),
+        reboot: true,
+    };
+    let (code, out) = d.install(
+        "v2.molt",
+        &bundle("2.0.0", 2, true, &[("app/a", "A2")], &[], &stages),
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(d.current(), old);
+    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    assert!(marker.exists(), "rollback command ran");
+    assert!(d.root().join("rebooted").exists(), "reboot command ran");
+    let log = fs::read_to_string(d.data().join("install.log")).unwrap();
+    assert!(
+        log.contains("broken") && log.contains("rolling back"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_failing_before_never_swaps() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    assert_eq!(
+        d.install(
+            "v1.molt",
+            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
+            None
+        )
+        .0,
+        0
+    );
+    let old = d.current();
+    let stages = Stages {
+        before: Some("exit 7"),
+        ..PLAIN
+    };
+    let (code, out) = d.install(
+        "v2.molt",
+        &bundle("2.0.0", 2, true, &[("app/a", "A2")], &[], &stages),
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(d.current(), old);
+    assert!(d.status().contains("status 7"), "{}", d.status());
+}
+
+#[test]
+fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    assert_eq!(
+        d.install(
+            "v1.molt",
+            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
+            None
+        )
+        .0,
+        0
+    );
+    let old = d.current();
+    let marker = d.root().join("before-ran");
+    let before = format!("touch {}", marker.display());
+    let mut b = bundle(
+        "2.0.0",
+        2,
+        true,
+        &[("app/a", &"A2".repeat(1000))],
+        &[],
+        &Stages {
+            before: Some(&before),
+            ..PLAIN
+        },
+    );
+    let n = b.len();
+    b[n - 20] ^= 0x40;
+    let (code, out) = d.install("bad.molt", &b, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(!marker.exists(), "no script may run for a bad bundle");
+    assert_eq!(d.current(), old);
+    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    assert!(
+        d.status().contains("does not match its signed digest"),
+        "{}",
+        d.status()
+    );
+}
+
+/// Kill the agent right after it journals entry into each phase, restart it, and check the
+/// device is on a whole old or new snapshot with the journal settled.
+#[test]
+fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
+    if !needs_root() {
+        return;
+    }
+    let ok = Stages {
+        before: Some("true"),
+        after: Some("true"),
+        ..PLAIN
+    };
+    let failing = Stages {
+        before: Some("true"),
+        after: Some("exit 1"),
+        rollback: Some("true"),
+        reboot: true,
+    };
+    let phases_ok = [
+        "fetching",
+        "before",
+        "sealing",
+        "swapping",
+        "after",
+        "committing",
+        "done",
+    ];
+    let phases_fail = [
+        "swapping-back",
+        "reverting",
+        "rollback-command",
+        "rebooting",
+    ];
+    for (stages, phases) in [(&ok, &phases_ok[..]), (&failing, &phases_fail[..])] {
+        for phase in phases {
+            let d = Device::new();
+            assert_eq!(
+                d.install(
+                    "v1.molt",
+                    &bundle(
+                        "1.0.0",
+                        1,
+                        true,
+                        &[("app/a", "A1"), ("app/b", "B1")],
+                        &[],
+                        &PLAIN
+                    ),
+                    None
+                )
+                .0,
+                0
+            );
+            let (code, out) = d.install(
+                "v2.molt",
+                &bundle(
+                    "2.0.0",
+                    2,
+                    true,
+                    &[("app/a", "A2"), ("app/b", "B2")],
+                    &[],
+                    stages,
+                ),
+                Some(phase),
+            );
+            assert_eq!(
+                code, -9,
+                "phase {phase}: the test hook should have killed the agent: {out}"
+            );
+            // The restart settles the journal.
+            let st = d.status();
+            assert!(st.contains("install       idle"), "phase {phase}: {st}");
+            let (a, b) = (d.read("app/a").unwrap(), d.read("app/b").unwrap());
+            assert!(
+                (a == "A1" && b == "B1") || (a == "A2" && b == "B2"),
+                "phase {phase}: mixed snapshot {a} {b}"
+            );
+            // And the device takes the next update.
+            let (code, out) = d.install(
+                "v3.molt",
+                &bundle(
+                    "3.0.0",
+                    3,
+                    true,
+                    &[("app/a", "A3"), ("app/b", "B3")],
+                    &[],
+                    &PLAIN,
+                ),
+                None,
+            );
+            assert_eq!(code, 0, "phase {phase}: {out}");
+            assert_eq!(d.read("app/a").as_deref(), Some("A3"));
+        }
+    }
+}

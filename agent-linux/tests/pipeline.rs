@@ -465,3 +465,103 @@ fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
         }
     }
 }
+
+/// A one-file HTTP/1.1 server on 127.0.0.1 for `requests` connections. `drop_first_after`
+/// cuts the first response after that many body bytes; `honour_range` false answers
+/// every request with the whole file (a server that ignores `Range`).
+fn serve(
+    body: Vec<u8>,
+    requests: usize,
+    drop_first_after: Option<usize>,
+    honour_range: bool,
+) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/bundle.molt", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().take(requests).enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut start = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+                }
+            }
+            let start = if honour_range { start } else { 0 };
+            let part = &body[start..];
+            let head = if start > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
+                    part.len(), start, body.len() - 1, body.len()
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n", part.len())
+            };
+            let _ = conn.write_all(head.as_bytes());
+            let n = match (i, drop_first_after) {
+                (0, Some(k)) => k.min(part.len()),
+                _ => part.len(),
+            };
+            let _ = conn.write_all(&part[..n]);
+            // Dropping the connection here is the "network drop" of the first request.
+        }
+    });
+    url
+}
+
+#[test]
+fn http_download_resumes_after_a_drop() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    let big: String = (0..60_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let b = bundle("1.0.0", 1, true, &[("app/a", &big)], &[], &PLAIN);
+    let url = serve(b.clone(), 2, Some(b.len() / 2), true);
+    let (code, out) = d.agent(&["install", &url], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("dropped") || out.contains("retrying"),
+        "the first connection should have dropped: {out}"
+    );
+    assert_eq!(d.read("app/a").as_deref(), Some(big.as_str()));
+}
+
+#[test]
+fn http_server_that_ignores_range_is_refused() {
+    if !needs_root() {
+        return;
+    }
+    let d = Device::new();
+    assert_eq!(
+        d.install(
+            "v1.molt",
+            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
+            None
+        )
+        .0,
+        0
+    );
+    let old = d.current();
+    let big: String = (0..60_000)
+        .map(|i| char::from(b'a' + (i % 7) as u8))
+        .collect();
+    let b = bundle("2.0.0", 2, true, &[("app/a", &big)], &[], &PLAIN);
+    let url = serve(b.clone(), 2, Some(b.len() / 3), false);
+    let (code, out) = d.agent(&["install", &url], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        d.status().contains("ignored the Range request"),
+        "{}",
+        d.status()
+    );
+    assert_eq!(d.current(), old);
+    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+}

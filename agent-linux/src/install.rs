@@ -180,7 +180,9 @@ impl Device {
         };
         dev.repair_current()?;
         let rebooted = dev.note_boot()?;
-        if !matches!(dev.state.phase(), Phase::Idle | Phase::Done) {
+        // Done too: a crash right after journaling Done may have lost the final report,
+        // and Restarted sends it again (reports are idempotent).
+        if dev.state.phase() != Phase::Idle {
             dev.log(&format!(
                 "restart: settling deployment {} interrupted in phase {} (rebooted: {rebooted})",
                 dev.state
@@ -197,7 +199,34 @@ impl Device {
                 dev.drive(Event::Reported(d))?;
             }
         }
+        dev.settle_orphaned_trial()?;
         Ok(dev)
+    }
+
+    /// With no install in flight nothing can confirm a trial (a lost or torn journal,
+    /// reliability item 5): an unconfirmed snapshot is never kept, so fall back to the
+    /// Good slot and point `current` at it.
+    fn settle_orphaned_trial(&mut self) -> Result<()> {
+        let active = self.record.active();
+        if self.state.phase() != Phase::Idle || self.record.slot(active).status != Status::Trial {
+            return Ok(());
+        }
+        match self.record.reject() {
+            Ok(to) => {
+                self.save_record()?;
+                fsops::swap_current(&self.data, &self.slot_rel(to))?;
+                self.log(&format!(
+                    "slot {} was on trial with no install in flight (journal lost?): back on slot {}",
+                    slot_name(active),
+                    slot_name(to)
+                ));
+            }
+            Err(e) => self.log(&format!(
+                "slot {} is on trial with no fallback: {e}",
+                slot_name(active)
+            )),
+        }
+        Ok(())
     }
 
     /// `current` must always name a slot: a device whose link is missing (first start,
@@ -485,7 +514,6 @@ impl Device {
         let slot_dir = SlotDir::create(self.slot_path(slot))
             .map_err(io)?
             .with_label(format!("slot {}", slot_name(slot)));
-        slot_dir.clear().map_err(io)?;
         let staging = SlotDir::create(self.data.join(layout::BUNDLE_FILES))
             .map_err(io)?
             .with_label("staging");
@@ -561,6 +589,22 @@ impl Device {
                                 format!("patch for version {base_version}, but the active snapshot is {have}"),
                             ));
                         }
+                    }
+                    self.record
+                        .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
+                        .map_err(|e| {
+                            let kind = match e {
+                                molt_engine::slot::Error::Downgrade { .. } => CauseKind::Downgrade,
+                                _ => CauseKind::Io,
+                            };
+                            (kind, format!("slot record: {e}"))
+                        })?;
+                    self.save_record()
+                        .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
+                    // The slot is emptied only now that the manifest verified and the record
+                    // says it is being staged: a refused bundle must not wipe the snapshot
+                    // a manual rollback needs.
+                    if let BundleKind::Patch { .. } = m.kind {
                         let report =
                             fsops::clone_tree(&self.slot_path(active), &slot_dir).map_err(io)?;
                         self.log(&format!(
@@ -568,12 +612,9 @@ impl Device {
                             slot_name(slot),
                             slot_name(active)
                         ));
+                    } else {
+                        slot_dir.clear().map_err(io)?;
                     }
-                    self.record
-                        .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
-                        .map_err(|e| (CauseKind::Downgrade, format!("slot record: {e}")))?;
-                    self.save_record()
-                        .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
                     write_durable(&self.data.join(layout::MANIFEST), &bytes)
                         .map_err(|e| (CauseKind::Io, format!("cannot keep the manifest: {e}")))?;
                     self.log(&format!(

@@ -1,0 +1,1901 @@
+//! End-to-end tests of `molt-agent install`, `status` and `rollback` through the real binary: full and patch installs, a failure in every stage under every rollback policy, `kill -9` in every phase, every bad-bundle class of reliability.md items 9–16, HTTP resume, manual rollback.
+//!
+//! Each test gets its own temporary root and configuration (see `common`), builds
+//! its bundles in-process with the engine's encoder, signs them with a key the
+//! device trusts, and drives the agent as an operator would. Scripts prove they ran
+//! (or did not) through marker files, and the active snapshot is compared digest by
+//! digest with what the bundle carried, or fingerprinted before and after.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use molt_engine::bundle::{Manifest, PackageManager, Specials};
+use molt_engine::Limits;
+
+// ---------------------------------------------------------------------------------------
+// Shared bundles and checks
+// ---------------------------------------------------------------------------------------
+
+/// Version 1: files in nested directories, a multi-chunk binary, a symlink.
+fn v1() -> Spec {
+    Spec::full(
+        "1.0.0",
+        1,
+        &[
+            ("app/a", b"A1\n"),
+            ("app/b", b"B1\n"),
+            ("app/old", b"to be deleted\n"),
+            ("app/sub/deep.bin", &noise(1, 40_000)),
+            ("etc/app.conf", b"port=80\n"),
+        ],
+    )
+    .with("app/link", Node::Symlink("b".into()))
+    .with(
+        "app/run.sh",
+        Node::File(b"#!/bin/sh\necho hi\n".to_vec(), 0o755),
+    )
+}
+
+/// Version 2 as a full bundle: one file changed, one gone, one new.
+fn v2_full() -> Spec {
+    Spec::full(
+        "2.0.0",
+        2,
+        &[
+            ("app/a", b"A2\n"),
+            ("app/b", b"B1\n"),
+            ("app/c", b"C2\n"),
+            ("app/sub/deep.bin", &noise(2, 40_000)),
+            ("etc/app.conf", b"port=8080\n"),
+        ],
+    )
+}
+
+fn v3_full() -> Spec {
+    Spec::full("3.0.0", 3, &[("app/a", b"A3\n"), ("app/three", b"3\n")])
+}
+
+/// Arms `spec` so that any script of its recipe leaves a marker: a bad bundle must run none.
+fn armed(mut spec: Spec, d: &Device) -> Spec {
+    spec.before = Some(sh(format!("touch {}", d.marker("before").display())));
+    spec.after = Some(sh(format!("touch {}", d.marker("after").display())));
+    spec.health = Some((sh(format!("touch {}", d.marker("health").display())), 1, 0));
+    spec.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
+    spec.reboot = true;
+    spec
+}
+
+const SCRIPT_MARKERS: [&str; 5] = ["before", "after", "health", "rollback", "rebooted"];
+
+/// Asserts the active snapshot is exactly `want`.
+fn assert_tree(d: &Device, want: &Tree, what: &str) {
+    let got = d.tree();
+    assert!(
+        &got == want,
+        "{what}: the active snapshot ({}) differs from the bundle:\n{}\n{}",
+        d.current_link().display(),
+        diff(want, &got),
+        d.status()
+    );
+}
+
+/// `current` and the record agree on the active slot, and the journal is settled.
+fn assert_settled(d: &Device, what: &str) -> String {
+    let st = d.status();
+    assert_eq!(
+        install_phase(&st),
+        "idle",
+        "{what}: journal not settled:\n{st}"
+    );
+    let link = d.current_link();
+    let slot = link.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        active_slot(&st).as_deref(),
+        Some(slot.as_str()),
+        "{what}: `current` ({}) and the slot record disagree:\n{st}",
+        link.display()
+    );
+    st
+}
+
+/// Whether process `pid` is still running (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Successful installs
+// ---------------------------------------------------------------------------------------
+
+/// A full install fills an empty slot; a patch on top replaces, adds and deletes, carries
+/// every untouched file over from the active snapshot and never modifies that snapshot.
+#[test]
+fn a_full_install_then_a_patch_on_top() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let st = d.status();
+    assert!(
+        st.contains("factory"),
+        "a new device runs its factory slot:\n{st}"
+    );
+    assert_eq!(install_phase(&st), "idle");
+
+    let mut s1 = v1();
+    let env = d.marker("env");
+    s1.before = Some(sh(format!(
+        "echo \"before $MOLT_PHASE $MOLT_OLD_VERSION $MOLT_NEW_VERSION\" >> {}",
+        env.display()
+    )));
+    s1.after = Some(sh(format!(
+        "echo \"after $MOLT_PHASE $(readlink $MOLT_CURRENT) $(cat $MOLT_NEW_SLOT/app/a)\" >> {}",
+        env.display()
+    )));
+    s1.health = Some((sh("test -e \"$MOLT_NEW_SLOT/app/b\""), 1, 0));
+    d.install_ok(&s1);
+    assert_tree(&d, &s1.tree(), "after the full install");
+    let first = d.current_link();
+    let st = assert_settled(&d, "full install");
+    assert!(st.contains("1.0.0"), "{st}");
+    assert!(d.last_result().contains("succeeded"), "{}", d.last_result());
+    assert_eq!(
+        fs::read_to_string(&env).unwrap(),
+        format!(
+            "before before factory 1.0.0\nafter after {} A1\n",
+            first.display()
+        ),
+        "scripts see the phase, both versions, and `current` naming the new slot after the swap"
+    );
+
+    // The patch: app/a replaced, app/c and app/sub/new added, app/old deleted.
+    let old_dir = d.current_dir();
+    let old_fp = fingerprint(&old_dir);
+    let mut s2 = Spec::patch(
+        "2.0.0",
+        2,
+        &[
+            ("app/a", b"A2\n"),
+            ("app/c", b"C2\n"),
+            ("app/sub/new.txt", b"new\n"),
+        ],
+        &["app/old"],
+    );
+    s2.base_version = "1.0.0".into();
+    d.install_ok(&s2);
+    assert_ne!(d.current_link(), first, "the patch went to the other slot");
+    let want = s2.applied_to(&s1.tree());
+    assert!(!want.contains_key("app/old") && want.contains_key("app/b"));
+    assert_tree(&d, &want, "after the patch");
+    assert_eq!(
+        fingerprint(&old_dir),
+        old_fp,
+        "the patch modified the snapshot it started from"
+    );
+    let st = assert_settled(&d, "patch install");
+    assert!(st.contains("2.0.0") && st.contains("1.0.0"), "{st}");
+    assert!(d.last_result().contains("succeeded"), "{}", d.last_result());
+    let out = d.agent(&["status"], None).out;
+    assert!(out.contains("version 2.0.0"), "{out}");
+
+    // A patch made for another base version is refused and changes nothing.
+    let fp = d.fingerprint();
+    let mut wrong = armed(Spec::patch("3.0.0", 3, &[("app/a", b"A3\n")], &[]), &d);
+    wrong.base_version = "1.0.0".into();
+    let r = d.install_bytes("wrong-base.molt", &build(&wrong), None);
+    assert_eq!(r.code, Some(1), "{}", r.out);
+    assert!(
+        d.last_result().contains("patch for version 1.0.0"),
+        "{}",
+        d.last_result()
+    );
+    assert_eq!(d.fingerprint(), fp);
+    for m in SCRIPT_MARKERS {
+        assert!(!d.marker(m).exists(), "{m} ran for a refused bundle");
+    }
+}
+
+/// Copies the host's bash and the libraries it needs into bundle entries, so a chroot of
+/// the slot can run scripts.
+fn bash_entries() -> Vec<(String, Vec<u8>)> {
+    let bash = ["/usr/bin/bash", "/bin/bash"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("bash on the host");
+    let ldd = std::process::Command::new("ldd")
+        .arg(bash)
+        .output()
+        .expect("ldd");
+    let mut files: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    files.push(bash.to_path_buf());
+    let mut out: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|f| {
+            (
+                f.strip_prefix("/").unwrap().to_string_lossy().into_owned(),
+                fs::read(f).unwrap(),
+            )
+        })
+        .collect();
+    out.push(("bin/bash".into(), fs::read(bash).unwrap()));
+    out
+}
+
+/// The patch's new slot starts as a clone of the active one; a chroot script that appends
+/// to a carried-over file changes only the new slot's copy.
+#[test]
+fn a_chroot_script_appending_to_a_carried_over_file_leaves_the_active_slot_alone() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let mut s1 = Spec::full("1.0.0", 1, &[("app/data.txt", b"line 1\n")]);
+    s1.chunk_size = 1024 * 1024;
+    for (p, c) in bash_entries() {
+        s1 = s1.with(&p, Node::File(c, 0o755));
+    }
+    d.install_ok(&s1);
+    let old_dir = d.current_dir();
+    let old_fp = fingerprint(&old_dir);
+
+    let mut s2 = Spec::patch("2.0.0", 2, &[("app/other", b"x\n")], &[]);
+    s2.before = Some(Script {
+        // Builtins only: the slot has bash and nothing else.
+        text: "echo 'line 2' >> /app/data.txt; echo inside /app/*".into(),
+        chroot: true,
+        timeout_secs: 10,
+    });
+    s2.after = Some(Script {
+        text: "echo 'line 3' >> /app/data.txt".into(),
+        chroot: true,
+        timeout_secs: 10,
+    });
+    d.install_ok(&s2);
+    assert_eq!(
+        fs::read_to_string(d.current_dir().join("app/data.txt")).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
+    assert_eq!(
+        fs::read_to_string(old_dir.join("app/data.txt")).unwrap(),
+        "line 1\n",
+        "a write in the new slot reached the active slot's file"
+    );
+    assert_eq!(fingerprint(&old_dir), old_fp);
+    assert!(
+        d.log().contains("inside /app/data.txt"),
+        "the before script ran in a chroot of the new slot:\n{}",
+        d.log()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. A failure in each stage, with each rollback policy
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stage {
+    Before,
+    After,
+    HealthCheck,
+    Timeout,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Policy {
+    RevertOnly,
+    RollbackCommand,
+    Reboot,
+}
+
+/// Installs v1, then a v2 that fails in `stage`, under every rollback policy; the device
+/// must end on v1, whole, with a final status naming the cause, and take the next update.
+fn fails_in(stage: Stage) {
+    if !root_or_skip() {
+        return;
+    }
+    for policy in [Policy::RevertOnly, Policy::RollbackCommand, Policy::Reboot] {
+        let what = format!("{stage:?} fails, policy {policy:?}");
+        let d = Device::new();
+        let s1 = v1();
+        d.install_ok(&s1);
+        let (link, fp) = (d.current_link(), d.fingerprint());
+
+        let mut s2 = v2_full();
+        s2.before = Some(sh("echo before-ok"));
+        s2.after = Some(sh("echo after-ok"));
+        s2.health = Some((sh("true"), 1, 0));
+        let pidfile = d.marker("sleeper.pid");
+        let health_log = d.marker("health.log");
+        match stage {
+            Stage::Before => s2.before = Some(sh("echo before-broke >&2; exit 1")),
+            Stage::After => s2.after = Some(sh("echo after-broke >&2; exit 1")),
+            Stage::HealthCheck => {
+                s2.health = Some((
+                    sh(format!(
+                        "echo attempt >> {}; echo unhealthy; exit 3",
+                        health_log.display()
+                    )),
+                    2,
+                    0,
+                ))
+            }
+            Stage::Timeout => {
+                s2.after = Some(Script {
+                    text: format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+                    chroot: false,
+                    timeout_secs: 1,
+                })
+            }
+        }
+        match policy {
+            Policy::RevertOnly => {}
+            Policy::RollbackCommand => {
+                s2.rollback_command = Some(sh(format!(
+                    "echo rollback-output-for-$MOLT_NEW_VERSION; touch {}",
+                    d.marker("rollback").display()
+                )))
+            }
+            Policy::Reboot => s2.reboot = true,
+        }
+        let started = Instant::now();
+        let r = d.install_bytes("v2.molt", &build(&s2), None);
+        let took = started.elapsed();
+        assert_eq!(r.code, Some(1), "{what}: exit code: {}", r.out);
+
+        // On the old snapshot, whole and untouched.
+        assert_eq!(d.current_link(), link, "{what}: current moved");
+        assert_tree(&d, &s1.tree(), &what);
+        assert_eq!(d.fingerprint(), fp, "{what}: the old snapshot changed");
+        assert_settled(&d, &what);
+
+        // The final status names the outcome and the cause.
+        let (outcome, cause) = match stage {
+            Stage::Before => ("failed", "before: exited with status 1"),
+            Stage::After => ("rolled back", "after: exited with status 1"),
+            Stage::HealthCheck => ("rolled back", "health-check: health check failed"),
+            Stage::Timeout => ("rolled back", "after: timed out"),
+        };
+        let last = d.last_result();
+        assert!(
+            last.contains(&format!("{outcome} ({cause})")),
+            "{what}: final status `{last}`"
+        );
+        assert!(r.out.contains(outcome), "{what}: printed `{}`", r.out);
+        let log = d.log();
+        match stage {
+            Stage::Before => assert!(log.contains("before-broke"), "{what}: {log}"),
+            Stage::After => assert!(log.contains("after-broke"), "{what}: {log}"),
+            Stage::HealthCheck => {
+                assert_eq!(
+                    fs::read_to_string(&health_log).unwrap().lines().count(),
+                    2,
+                    "{what}: the health check gets its two attempts"
+                );
+                assert!(log.contains("unhealthy"), "{what}: {log}");
+            }
+            Stage::Timeout => {
+                assert!(took < Duration::from_secs(8), "{what}: took {took:?}");
+                let pid: u32 = fs::read_to_string(&pidfile)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                assert!(
+                    !alive(pid),
+                    "{what}: the timed-out command's child {pid} survived"
+                );
+            }
+        }
+
+        // The rollback policy ran as the recipe said, and only that.
+        let ran_command = d.marker("rollback").exists();
+        let rebooted = d.marker("rebooted").exists();
+        assert_eq!(
+            ran_command,
+            policy == Policy::RollbackCommand,
+            "{what}: rollback command"
+        );
+        assert_eq!(
+            log.contains("rollback-output-for-2.0.0"),
+            policy == Policy::RollbackCommand,
+            "{what}: the rollback command's output belongs in install.log:\n{log}"
+        );
+        assert_eq!(rebooted, policy == Policy::Reboot, "{what}: reboot command");
+        if policy == Policy::Reboot {
+            assert!(log.contains("rebooting-now"), "{what}: {log}");
+        }
+
+        // The device takes the next update (into the slot the failure left behind).
+        let s3 = v3_full();
+        d.install_ok(&s3);
+        assert_tree(&d, &s3.tree(), &format!("{what}, then v3"));
+    }
+}
+
+#[test]
+fn a_failing_before_command_never_swaps_and_applies_each_policy() {
+    fails_in(Stage::Before);
+}
+
+#[test]
+fn a_failing_after_command_swaps_back_and_applies_each_policy() {
+    fails_in(Stage::After);
+}
+
+#[test]
+fn a_failing_health_check_swaps_back_and_applies_each_policy() {
+    fails_in(Stage::HealthCheck);
+}
+
+#[test]
+fn a_command_timeout_kills_the_group_swaps_back_and_applies_each_policy() {
+    fails_in(Stage::Timeout);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. kill -9 in every phase
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ends {
+    Old,
+    New,
+}
+
+/// For each `(phase, expected end)`: install v1, install v2 with the agent killed right
+/// after it journals entry into `phase`, restart (`status` settles the journal), and check
+/// the device is on exactly v1 or v2, whole, with `current`, the record and the journal
+/// agreeing; then install v3.
+fn crash_sweep(scenario: &str, make_v2: impl Fn(&Device) -> Spec, cases: &[(&str, Ends)]) {
+    if !root_or_skip() {
+        return;
+    }
+    for &(phase, expect) in cases {
+        let what = format!("{scenario}, killed in {phase}");
+        let d = Device::new();
+        let s1 = v1();
+        d.install_ok(&s1);
+        let s2 = make_v2(&d);
+        let r = d.install_bytes("v2.molt", &build(&s2), Some(phase));
+        assert!(
+            r.killed(),
+            "{what}: the agent never reached the phase (exit {:?}): {}\n{}",
+            r.code,
+            r.out,
+            d.log()
+        );
+
+        let st = assert_settled(&d, &what);
+        let got = d.tree();
+        let ended = if got == s1.tree() {
+            Ends::Old
+        } else if got == s2.tree() {
+            Ends::New
+        } else {
+            panic!(
+                "{what}: a mixed snapshot; against v1:\n{}against v2:\n{}{st}",
+                diff(&s1.tree(), &got),
+                diff(&s2.tree(), &got)
+            );
+        };
+        assert_eq!(ended, expect, "{what}:\n{st}\n{}", d.log());
+        // The final report after a crash in `done` is the subject of its own test below.
+        if phase != "done" {
+            let last = d.last_result();
+            match ended {
+                Ends::New => assert!(last.contains("succeeded"), "{what}: `{last}`"),
+                Ends::Old => assert!(
+                    last.contains("failed") || last.contains("rolled back"),
+                    "{what}: `{last}`"
+                ),
+            }
+        }
+
+        let s3 = v3_full();
+        d.install_ok(&s3);
+        assert_tree(&d, &s3.tree(), &format!("{what}, then v3"));
+        assert_settled(&d, &format!("{what}, then v3"));
+    }
+}
+
+/// Every phase of a successful install. A crash before the swap fails the install
+/// (half-run commands are not resumed), except the download, which is resumed; after the
+/// swap the new snapshot is on trial and its phase runs again.
+#[test]
+fn kill_9_in_every_phase_of_a_successful_install() {
+    crash_sweep(
+        "successful install",
+        |_| {
+            let mut s = v2_full();
+            s.before = Some(sh("true"));
+            s.after = Some(sh("true"));
+            s.health = Some((sh("true"), 1, 0));
+            s
+        },
+        &[
+            ("fetching", Ends::New),
+            ("before", Ends::Old),
+            ("sealing", Ends::Old),
+            ("swapping", Ends::Old),
+            ("after", Ends::New),
+            ("health-check", Ends::New),
+            ("committing", Ends::New),
+            ("done", Ends::New),
+        ],
+    );
+}
+
+/// Every phase of an install whose after command fails, with a rollback command and a
+/// reboot: the rollback phases are crash-safe too.
+#[test]
+fn kill_9_in_every_phase_of_a_failing_install_with_full_rollback() {
+    crash_sweep(
+        "after fails",
+        |d| {
+            let mut s = v2_full();
+            s.before = Some(sh("true"));
+            s.after = Some(sh("exit 1"));
+            s.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
+            s.reboot = true;
+            s
+        },
+        &[
+            ("fetching", Ends::Old),
+            ("before", Ends::Old),
+            ("sealing", Ends::Old),
+            ("swapping", Ends::Old),
+            ("after", Ends::Old),
+            ("swapping-back", Ends::Old),
+            ("reverting", Ends::Old),
+            ("rollback-command", Ends::Old),
+            ("rebooting", Ends::Old),
+            ("done", Ends::Old),
+        ],
+    );
+}
+
+/// A failing health check (revert only), and a recipe with packages (which this agent
+/// refuses: the packages phase fails) so the packages phase is crossed too.
+#[test]
+fn kill_9_in_the_health_check_and_packages_phases() {
+    crash_sweep(
+        "health check fails",
+        |_| {
+            let mut s = v2_full();
+            s.health = Some((sh("exit 1"), 1, 0));
+            s
+        },
+        &[
+            ("health-check", Ends::Old),
+            ("swapping-back", Ends::Old),
+            ("reverting", Ends::Old),
+        ],
+    );
+    crash_sweep(
+        "packages",
+        |d| {
+            let mut s = v2_full();
+            s.packages = vec![(PackageManager::Apt, "hello".into())];
+            s.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
+            s.reboot = true;
+            s
+        },
+        &[
+            ("packages", Ends::Old),
+            ("reverting", Ends::Old),
+            ("rollback-command", Ends::Old),
+            ("rebooting", Ends::Old),
+        ],
+    );
+}
+
+/// A crash right after `done` is journaled, before the final report is written: the
+/// restart must send the same final report again (docs/state-machine.md, restart in `Done`).
+#[test]
+
+fn kill_9_right_after_done_is_journaled_still_leaves_the_final_report() {
+    if !root_or_skip() {
+        return;
+    }
+    for (after, want) in [
+        ("true", "succeeded"),
+        ("exit 1", "rolled back (after: exited with status 1)"),
+    ] {
+        let d = Device::new();
+        d.install_ok(&v1());
+        let mut s2 = v2_full();
+        s2.after = Some(sh(after));
+        assert!(d
+            .install_bytes("v2.molt", &build(&s2), Some("done"))
+            .killed());
+        assert_settled(&d, "killed in done");
+        let last = d.last_result();
+        assert!(
+            last.contains(want),
+            "after `{after}`: the final report was lost; the last report is `{last}`"
+        );
+    }
+}
+
+/// A new snapshot whose after phase kills the agent on every start runs out of its trial
+/// budget and the device falls back to the old snapshot.
+#[test]
+fn a_snapshot_that_keeps_dying_in_its_trial_runs_out_of_trials() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::with(Opts {
+        trial_boots: Some(2),
+        ..Opts::default()
+    });
+    let s1 = v1();
+    d.install_ok(&s1);
+    let mut s2 = v2_full();
+    s2.after = Some(sh("true"));
+    assert!(d
+        .install_bytes("v2.molt", &build(&s2), Some("after"))
+        .killed());
+    let mut restarts = 0;
+    loop {
+        let r = d.agent(&["status"], Some("after"));
+        if !r.killed() {
+            assert_eq!(r.code, Some(0), "{}", r.out);
+            break;
+        }
+        restarts += 1;
+        assert!(
+            restarts <= 5,
+            "the trial counter does not bound the retries"
+        );
+    }
+    assert!(
+        restarts <= 2,
+        "{restarts} restarts with a budget of 2 trials"
+    );
+    assert_settled(&d, "trials exhausted");
+    assert_tree(&d, &s1.tree(), "trials exhausted");
+    assert!(
+        d.last_result().contains("restarted too often"),
+        "{}",
+        d.last_result()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Bad bundles: refused before any script runs, the active slot byte-identical
+// ---------------------------------------------------------------------------------------
+
+/// A device on v1, ready to be offered bad bundles.
+fn victim(o: Opts) -> Device {
+    let d = Device::with(o);
+    d.install_ok(&v1());
+    d
+}
+
+/// Offers each `(name, bundle, expected words in the final status)` to the device and
+/// checks it is refused in the download phase, runs no script, leaves the active slot
+/// byte-identical and nothing named `evil` anywhere; collects every failure.
+fn refuse_all(d: &Device, cases: Vec<(String, Vec<u8>, &str)>) {
+    let link = d.current_link();
+    let fp = d.fingerprint();
+    let mut failures = Vec::new();
+    let mut previous = d.last_result();
+    let n = cases.len();
+    for (name, bytes, want) in cases {
+        let r = d.install_bytes("bad.molt", &bytes, None);
+        let last = d.last_result();
+        println!("{name}: {}", last.trim());
+        let mut problems = Vec::new();
+        if r.code != Some(1) {
+            problems.push(format!("exit {:?} signal {:?}", r.code, r.signal));
+        }
+        if last == previous {
+            problems.push("no final status was written".into());
+        }
+        if !last.contains("failed (fetching: ") {
+            problems.push("not refused while fetching".into());
+        }
+        if !last.contains(want) {
+            problems.push(format!("the final status does not say `{want}`"));
+        }
+        for m in SCRIPT_MARKERS {
+            if d.marker(m).exists() {
+                problems.push(format!("the {m} script ran"));
+                let _ = fs::remove_file(d.marker(m));
+            }
+        }
+        if d.current_link() != link {
+            problems.push(format!("current moved to {}", d.current_link().display()));
+        }
+        if d.fingerprint() != fp {
+            problems.push("the active slot changed".into());
+        }
+        let evil = find_evil(d.root());
+        if !evil.is_empty() {
+            problems.push(format!("entries landed: {evil:?}"));
+        }
+        let st = d.status();
+        if install_phase(&st) != "idle" {
+            problems.push(format!("journal not settled: {}", install_phase(&st)));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{name}: {}\n    final status: {}\n    output: {}",
+                problems.join("; "),
+                last.trim(),
+                r.out.trim()
+            ));
+        }
+        previous = last;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} bad bundles were not handled:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Still healthy: a good bundle installs.
+    let good = Spec::full("9.0.0", 900, &[("app/ok", b"ok\n")]);
+    d.install_ok(&good);
+    assert_tree(d, &good.tree(), "a good bundle after the bad ones");
+}
+
+/// Paths below `root` whose name mentions `evil`, plus the host-side escape targets.
+fn find_evil(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains("evil") {
+                out.push(p.clone());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out.extend(
+        [escape_target()]
+            .into_iter()
+            .filter(|p| fs::symlink_metadata(p).is_ok()),
+    );
+    out
+}
+
+/// Where an escaping entry would land on the host.
+fn escape_target() -> PathBuf {
+    PathBuf::from(format!(
+        "/tmp/molt-install-test-evil-{}",
+        std::process::id()
+    ))
+}
+
+fn good_v2(d: &Device) -> Spec {
+    let mut s = armed(v2_full(), d);
+    s.comment = "a comment to flip".into();
+    s
+}
+
+#[test]
+fn truncated_bundles_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let b = build(&good_v2(&d));
+    let p = parse(&b);
+    let c = &p.chunk_offsets;
+    let mut cuts = vec![
+        0,
+        1,
+        7,
+        8,
+        15,
+        16,
+        19,
+        20,
+        60,
+        91,
+        92,
+        p.payload_start - p.manifest.len() / 2,
+        p.payload_start - 1,
+        p.payload_start,
+        p.payload_start + 20,
+        p.payload_start + 40,
+        p.payload_start + 41,
+        c[1] - 1,
+        c[1] + 100,
+        b.len() / 2,
+        c[c.len() - 1],
+        b.len() - 1,
+    ];
+    cuts.sort_unstable();
+    cuts.dedup();
+    let cases = cuts
+        .into_iter()
+        .map(|n| (format!("cut at {n}"), b[..n].to_vec(), "truncated"))
+        .collect();
+    refuse_all(&d, cases);
+}
+
+#[test]
+fn bit_flips_anywhere_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let b = build(&good_v2(&d));
+    let p = parse(&b);
+    let comment = b
+        .windows(17)
+        .position(|w| w == b"a comment to flip")
+        .unwrap();
+    let last = p.chunk_offsets.len() - 1;
+    let mut positions = vec![
+        0,
+        7,
+        8,
+        10,
+        12,
+        13,
+        16,
+        20,
+        27,
+        28,
+        60,
+        91,
+        92,
+        comment + 3,
+        p.payload_start - 1,
+        p.payload_start,
+        p.payload_start + 4,
+        p.payload_start + 8,
+        p.payload_start + 39,
+        p.payload_start + 40,
+        p.payload_start + 45,
+        p.chunk_offsets[1] - 1,
+        p.chunk_offsets[1] + 10,
+        p.chunk_offsets[last] + 41,
+        b.len() - 1,
+    ];
+    // And a few pseudo-random positions.
+    positions.extend(
+        noise(7, 16)
+            .chunks(2)
+            .map(|w| (usize::from(w[0]) << 8 | usize::from(w[1])) * 7919 % b.len()),
+    );
+    let cases = positions
+        .into_iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let mut x = b.clone();
+            x[at] ^= 1 << (i % 8);
+            (
+                format!("bit {} of byte {at} flipped", i % 8),
+                x,
+                "bundle refused",
+            )
+        })
+        .collect();
+    refuse_all(&d, cases);
+}
+
+/// The payload of one signed bundle spliced onto another's signed head: refused at the first
+/// chunk that differs, by its digest; a manifest changed after signing: refused by the signature.
+#[test]
+fn payload_or_manifest_changed_after_signing_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    // Two bundles identical up to the fourth chunk: x1 spans chunks 0-3, x2 differs.
+    let make = |tail: &[u8]| {
+        let mut s = armed(
+            Spec::full(
+                "2.0.0",
+                2,
+                &[("app/x1", &noise(11, 60_000)), ("app/x2", tail)],
+            ),
+            &d,
+        );
+        s.comment = "a comment to flip".into();
+        build(&s)
+    };
+    let a = make(&noise(12, 30_000));
+    let b = make(&noise(13, 30_000));
+    let (pa, pb) = (parse(&a), parse(&b));
+    let k = (0..pa.chunks.len())
+        .find(|&i| pa.chunks[i] != pb.chunks[i])
+        .unwrap();
+    assert!(
+        k >= 3,
+        "the bundles should share their first chunks (k = {k})"
+    );
+    let mut spliced = a[..pa.chunk_offsets[k]].to_vec();
+    spliced.extend_from_slice(&b[pb.chunk_offsets[k]..]);
+    let mut whole_payload = a[..pa.payload_start].to_vec();
+    whole_payload.extend_from_slice(&b[pb.payload_start..]);
+    let mut manifest_changed = a.clone();
+    let at = a
+        .windows(17)
+        .position(|w| w == b"a comment to flip")
+        .unwrap();
+    manifest_changed[at] = b'A';
+    let chunk_k = format!("payload chunk {k} at byte {}", pa.chunk_offsets[k]);
+    refuse_all(
+        &d,
+        vec![
+            (
+                format!("payload from chunk {k} on replaced"),
+                spliced,
+                chunk_k.as_str(),
+            ),
+            (
+                "whole payload replaced".into(),
+                whole_payload,
+                "payload chunk 0 at byte",
+            ),
+            (
+                "manifest comment changed".into(),
+                manifest_changed,
+                "manifest altered after signing",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unknown_revoked_and_malformed_signatures_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts {
+        extra_keys: vec![key2()],
+        revoked: vec![key2()],
+        ..Opts::default()
+    });
+    let spec = good_v2(&d);
+    let with_keys = |keys: Vec<_>| {
+        let mut s = spec.clone();
+        s.keys = keys;
+        build(&s)
+    };
+    let good = build(&spec);
+    let sig_count = |n: u8| {
+        let mut x = good.clone();
+        x[16] = n;
+        x
+    };
+    refuse_all(
+        &d,
+        vec![
+            (
+                "unknown key".into(),
+                with_keys(vec![stranger()]),
+                "signed by unknown key",
+            ),
+            (
+                "revoked key".into(),
+                with_keys(vec![key2()]),
+                "signed by revoked key",
+            ),
+            (
+                "trusted and revoked key".into(),
+                with_keys(vec![key(), key2()]),
+                "signed by revoked key",
+            ),
+            ("no signature".into(), sig_count(0), "0 signatures"),
+            ("five signatures".into(), sig_count(5), "5 signatures"),
+            (
+                "two signatures claimed, one present".into(),
+                sig_count(2),
+                "does not verify",
+            ),
+        ],
+    );
+}
+
+/// Entries that break the path, link and special-file rules, written with the encoder's
+/// own checks switched off.
+#[test]
+fn path_link_and_special_file_attacks_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let escape = escape_target();
+    let escape = escape.to_str().unwrap();
+    let deep = format!("{}evil", "d/".repeat(70));
+    let long = format!("app/{}evil", "x".repeat(5000));
+    let up = format!("{}{}", "../".repeat(12), escape.trim_start_matches('/'));
+    let file = |c: &str| Node::File(c.as_bytes().to_vec(), 0o644);
+    let dir = Node::Dir(0o755);
+    type Entries = Vec<(String, Node)>;
+    let e = |v: Vec<(&str, Node)>| -> Entries {
+        v.into_iter().map(|(p, n)| (p.to_string(), n)).collect()
+    };
+    let cases: Vec<(&str, Entries, Specials, &str)> = vec![
+        (
+            "`..` inside a path",
+            e(vec![("app", dir.clone()), ("app/../evil", file("x"))]),
+            Specials::default(),
+            "`.` or `..` component",
+        ),
+        (
+            "leading `..` to the host",
+            e(vec![(&up, file("x"))]),
+            Specials::default(),
+            "`.` or `..` component",
+        ),
+        (
+            "absolute path",
+            e(vec![(escape, file("x"))]),
+            Specials::default(),
+            "absolute path",
+        ),
+        (
+            "empty component",
+            e(vec![("app", dir.clone()), ("app//evil", file("x"))]),
+            Specials::default(),
+            "empty component",
+        ),
+        (
+            "NUL in a path",
+            e(vec![("app", dir.clone()), ("app/evil\0x", file("x"))]),
+            Specials::default(),
+            "NUL byte",
+        ),
+        (
+            "over-long path",
+            e(vec![("app", dir.clone()), (&long, file("x"))]),
+            Specials::default(),
+            "max_path_len",
+        ),
+        (
+            "over-deep path",
+            e(vec![(&deep, file("x"))]),
+            Specials::default(),
+            "max_path_depth",
+        ),
+        (
+            "duplicate path",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/dup", file("x")),
+                ("app/dup", file("y")),
+            ]),
+            Specials::default(),
+            "duplicate or out of order",
+        ),
+        (
+            "parent missing from a full bundle",
+            e(vec![("app/evil", file("x"))]),
+            Specials::default(),
+            "parent directory is not in the full bundle",
+        ),
+        (
+            "symlink out of the snapshot",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::Symlink("../../../..".into())),
+            ]),
+            Specials::default(),
+            "symlink target leaves the snapshot",
+        ),
+        (
+            "symlink out through an absolute `..`",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::Symlink("/../etc".into())),
+            ]),
+            Specials::default(),
+            "symlink target leaves the snapshot",
+        ),
+        (
+            "entry written through a symlink of the bundle",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/l", Node::Symlink("/".into())),
+                ("app/l/evil", file("x")),
+            ]),
+            Specials::default(),
+            "beneath a symlink, file or deletion",
+        ),
+        (
+            "undeclared hardlink",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/a", file("x")),
+                ("app/evil", Node::Hardlink("app/a".into())),
+            ]),
+            Specials::default(),
+            "hardlink not declared",
+        ),
+        (
+            "hardlink to the host",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::Hardlink("../etc/passwd".into())),
+            ]),
+            Specials {
+                hardlinks: true,
+                ..Specials::default()
+            },
+            "hardlink target is invalid",
+        ),
+        (
+            "device node",
+            e(vec![("app", dir.clone()), ("app/evil", Node::CharDev)]),
+            Specials::default(),
+            "device node not declared",
+        ),
+        (
+            "FIFO",
+            e(vec![("app", dir.clone()), ("app/evil", Node::Fifo)]),
+            Specials::default(),
+            "FIFO not declared",
+        ),
+        (
+            "socket",
+            e(vec![("app", dir.clone()), ("app/evil", Node::Socket)]),
+            Specials::default(),
+            "socket not declared",
+        ),
+        (
+            "setuid file",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::File(b"x".to_vec(), 0o4755)),
+            ]),
+            Specials::default(),
+            "setuid/setgid bit not declared",
+        ),
+        (
+            "setgid file",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::File(b"x".to_vec(), 0o2755)),
+            ]),
+            Specials::default(),
+            "setuid/setgid bit not declared",
+        ),
+        (
+            "mode bits outside 0o7777",
+            e(vec![
+                ("app", dir.clone()),
+                ("app/evil", Node::File(b"x".to_vec(), 0o100644)),
+            ]),
+            Specials::default(),
+            "mode has bits outside",
+        ),
+        (
+            "deletion in a full bundle",
+            e(vec![("app", dir.clone()), ("app/evil", Node::Delete)]),
+            Specials::default(),
+            "deletion in a full bundle",
+        ),
+        (
+            "symlink under .molt/",
+            e(vec![
+                (".molt", dir.clone()),
+                (".molt/evil", Node::Symlink("x".into())),
+            ]),
+            Specials::default(),
+            "only files and directories may live under `.molt/`",
+        ),
+    ];
+    let bundles = cases
+        .into_iter()
+        .map(|(name, entries, specials, want)| {
+            let mut s = armed(Spec::full("2.0.0", 2, &[]), &d);
+            s.entries = entries;
+            s.raw_order = true;
+            s.check_policy = false;
+            s.specials = specials;
+            (name.to_string(), build(&s), want)
+        })
+        .collect();
+    refuse_all(&d, bundles);
+}
+
+/// A patch starts from the active snapshot, which may hold symlinks the bundle's policy
+/// never saw (the running application made them). No entry and no deletion may go through
+/// them: extraction happens beneath the slot's directory handle.
+#[test]
+fn a_patch_cannot_write_or_delete_through_a_symlink_of_the_active_snapshot() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let mut s1 = v1();
+    s1 = s1.with("app/root", Node::Symlink("/".into()));
+    d.install_ok(&s1);
+    // What the running application did to its own snapshot.
+    let outside = PathBuf::from(format!(
+        "/tmp/molt-install-test-outside-{}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), "host file\n").unwrap();
+    let active = d.current_dir();
+    std::os::unix::fs::symlink(&outside, active.join("app/abs")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("{}{}", "../".repeat(12), outside.display()).replace("//", "/"),
+        active.join("app/rel"),
+    )
+    .unwrap();
+    let host_before = fingerprint(&outside);
+
+    let cases: Vec<(&str, Spec)> = vec![
+        (
+            "write through an absolute symlink",
+            Spec::patch("2.0.0", 2, &[("app/abs/evil", b"x")], &[]),
+        ),
+        (
+            "write through a relative symlink",
+            Spec::patch("2.0.0", 2, &[("app/rel/evil", b"x")], &[]),
+        ),
+        (
+            "write through the bundle-made symlink to /",
+            Spec::patch("2.0.0", 2, &[("app/root/evil", b"x")], &[]),
+        ),
+        (
+            "delete through an absolute symlink",
+            Spec::patch("2.0.0", 2, &[], &["app/abs/victim"]),
+        ),
+        (
+            "delete through a relative symlink",
+            Spec::patch("2.0.0", 2, &[], &["app/rel/victim"]),
+        ),
+    ];
+    let bundles = cases
+        .into_iter()
+        .map(|(name, s)| {
+            (
+                name.to_string(),
+                build(&armed(s, &d)),
+                "passes through a symlink",
+            )
+        })
+        .collect();
+    let result = std::panic::catch_unwind(|| refuse_all(&d, bundles));
+    let host_after = fingerprint(&outside);
+    let landed = fs::read_dir(&outside).unwrap().count();
+    let _ = fs::remove_dir_all(&outside);
+    assert_eq!(host_before, host_after, "a patch changed a host directory");
+    assert_eq!(landed, 1, "a patch wrote into a host directory");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn bundles_for_other_hardware_or_below_the_floor_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let mut s10 = Spec::full("10.0.0", 10, &[("app/a", b"ten\n")]);
+    s10.before = Some(sh("true"));
+    d.install_ok(&s10);
+    let mut other = good_v2(&d);
+    other.release = 20;
+    other.compatible = "other-board".into();
+    let mut old = good_v2(&d);
+    old.release = 5;
+    let mut patch_other_base = armed(Spec::patch("11.0.0", 11, &[("app/a", b"x")], &[]), &d);
+    patch_other_base.base_version = "9.0.0".into();
+    let cases = vec![
+        (
+            "compatible differs".to_string(),
+            build(&other),
+            "bundle is for other hardware",
+        ),
+        (
+            "release 5 below the floor 10".to_string(),
+            build(&old),
+            "below the device's floor 10",
+        ),
+        (
+            "patch for another base version".to_string(),
+            build(&patch_other_base),
+            "patch for version 9.0.0",
+        ),
+    ];
+    // refuse_all ends with a good install (release 900), which raises the floor further.
+    refuse_all(&d, cases);
+    // A signed manifest that allows the downgrade installs.
+    let mut down = Spec::full("5.0.0", 5, &[("app/a", b"five\n")]);
+    down.allow_downgrade = true;
+    d.install_ok(&down);
+    assert_tree(&d, &down.tree(), "allowed downgrade");
+    // The floor stays: a plain older bundle is still refused.
+    let plain = armed(Spec::full("6.0.0", 6, &[("app/a", b"six\n")]), &d);
+    let r = d.install_bytes("six.molt", &build(&plain), None);
+    assert_eq!(r.code, Some(1), "{}", r.out);
+    assert!(
+        d.last_result().contains("below the device's floor 900"),
+        "{}",
+        d.last_result()
+    );
+    assert_tree(&d, &down.tree(), "after the refused downgrade");
+}
+
+/// Manifest fields no honest encoder writes, validly signed (a buggy or subverted build
+/// pipeline holding the key): huge strings, bad words, impossible numbers, invalid UTF-8.
+#[test]
+fn malicious_manifest_fields_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let base = || {
+        let mut s = good_v2(&d);
+        s.check_policy = false;
+        s
+    };
+    let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
+    let mut add = |name: &str, s: Spec, want: &'static str| {
+        cases.push((name.to_string(), build(&s), want));
+    };
+    let mut s = base();
+    s.version = "1".repeat(100);
+    add("100-character version", s, "manifest field `version`");
+    let mut s = base();
+    s.version = "../../evil".into();
+    add("version with `..` and `/`", s, "manifest field `version`");
+    let mut s = base();
+    s.compatible = "b".repeat(300);
+    add("300-character compatible", s, "manifest field `compatible`");
+    let mut s = base();
+    s.comment = "c".repeat(5000);
+    add("5000-character comment", s, "manifest field `comment`");
+    let mut s = base();
+    s.comment = "nul\0here".into();
+    add("NUL in the comment", s, "manifest field `comment`");
+    let mut s = base();
+    s.before = Some(sh(format!(
+        "touch {}; # {}",
+        d.marker("before").display(),
+        "x".repeat(40_000)
+    )));
+    add("40 KiB before script", s, "manifest field `recipe.before`");
+    let mut s = base();
+    s.before.as_mut().unwrap().timeout_secs = 0;
+    add("zero timeout", s, "manifest field `recipe.before`");
+    let mut s = base();
+    s.after.as_mut().unwrap().timeout_secs = u32::MAX;
+    add("timeout of 136 years", s, "manifest field `recipe.after`");
+    let mut s = base();
+    s.health.as_mut().unwrap().1 = 0;
+    add(
+        "zero health-check attempts",
+        s,
+        "manifest field `recipe.health_check.attempts`",
+    );
+    let mut s = base();
+    s.health.as_mut().unwrap().2 = u32::MAX;
+    add(
+        "huge health-check interval",
+        s,
+        "manifest field `recipe.health_check.interval_secs`",
+    );
+    for name in ["../evil", "a/b", "-rf", "two words", ""] {
+        let mut s = base();
+        s.packages = vec![(PackageManager::Apt, name.into())];
+        add(
+            &format!("package name {name:?}"),
+            s,
+            "manifest field `recipe.packages.name`",
+        );
+    }
+    let mut s = base();
+    s.comment = "c".repeat(70_000);
+    s.limits = Limits {
+        max_manifest_len: 1 << 20,
+        ..Limits::DEFAULT
+    };
+    add("70 KB manifest", s, "limit max_manifest_len exceeded");
+
+    // Numbers and bytes no encoder writes: re-sign an edited manifest.
+    let good = build(&base());
+    let p = parse(&good);
+    let resign = |edit: &dyn Fn(&mut Manifest<'_>)| {
+        let mut m = Manifest::decode(&p.manifest).unwrap();
+        edit(&mut m);
+        assemble(&m, &p.chunks, &[key()])
+    };
+    cases.push((
+        "u32::MAX entries".into(),
+        resign(&|m| m.entries.count = u32::MAX),
+        "limit max_entries exceeded",
+    ));
+    cases.push((
+        "u64::MAX file bytes".into(),
+        resign(&|m| m.entries.file_bytes = u64::MAX),
+        "limit max_total_size exceeded",
+    ));
+    cases.push((
+        "u32::MAX chunk size".into(),
+        resign(&|m| m.payload.chunk_size = u32::MAX),
+        "limit max_chunk_size exceeded",
+    ));
+    cases.push((
+        "u64::MAX wire length".into(),
+        resign(&|m| m.payload.wire_len = u64::MAX),
+        "limit max_payload_len exceeded",
+    ));
+    cases.push((
+        "u64::MAX raw length".into(),
+        resign(&|m| m.payload.raw_len = u64::MAX),
+        "manifest field `payload`",
+    ));
+    cases.push((
+        "u32::MAX chunks".into(),
+        resign(&|m| m.payload.chunk_count = u32::MAX),
+        "manifest field `payload`",
+    ));
+    // Invalid UTF-8 in the version (the manifest's first field: a length byte, then text).
+    let mut mb = p.manifest.clone();
+    assert_eq!(&mb[1..6], b"2.0.0");
+    mb[1..3].copy_from_slice(&[0xC3, 0x28]);
+    cases.push((
+        "invalid UTF-8 in the version".into(),
+        assemble_bytes(&mb, &p.chunks, &[key()]),
+        "malformed manifest",
+    ));
+    cases.push((
+        "4 MiB zstd frame in a 16 KiB chunk".into(),
+        bomb(&d),
+        "payload chunk 0: frame content size differs from the chunk header",
+    ));
+    // A manifest cut short (and signed that way).
+    cases.push((
+        "signed manifest cut short".into(),
+        assemble_bytes(&p.manifest[..p.manifest.len() / 2], &p.chunks, &[key()]),
+        "bundle refused",
+    ));
+    refuse_all(&d, cases);
+}
+
+/// A decompression bomb: a 4 MiB chunk of zeros (a few hundred bytes on the wire), validly
+/// signed, in a bundle whose manifest says 16 KiB chunks.
+fn bomb(d: &Device) -> Vec<u8> {
+    let mut spec = good_v2(d);
+    spec.chunk_size = 4 * 1024 * 1024;
+    spec.entries = vec![(
+        "zeros".into(),
+        Node::File(vec![0; 4 * 1024 * 1024 - 64], 0o644),
+    )];
+    spec.check_policy = false;
+    let p = parse(&build(&spec));
+    assert_eq!(p.chunks.len(), 1);
+    assert!(p.chunks[0].1.len() < 16 * 1024);
+    let chunks = vec![(16 * 1024, p.chunks[0].1.clone())];
+    let mut m = Manifest::decode(&p.manifest).unwrap();
+    let (first, wire) = payload_of(&chunks);
+    m.payload.chunk_size = 16 * 1024;
+    m.payload.raw_len = 16 * 1024;
+    m.payload.wire_len = wire;
+    m.payload.first_chunk = first;
+    m.entries.file_bytes = 0;
+    assemble(&m, &chunks, &[key()])
+}
+
+/// The signed manifest binds the exact length and every entry: trailing bytes, entries
+/// missing from the manifest or from the payload, a stream longer than signed, a chunk
+/// that inflates past its signed size, and the configured limits.
+#[test]
+fn the_signed_manifest_binds_length_entries_and_size() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts {
+        limits: vec![
+            "max_entries = 100".into(),
+            "max_file_size = 65536".into(),
+            "max_chunk_size = 1048576".into(),
+        ],
+        ..Opts::default()
+    });
+    let good = build(&good_v2(&d));
+    let p = parse(&good);
+    let resign = |edit: &dyn Fn(&mut Manifest<'_>)| {
+        let mut m = Manifest::decode(&p.manifest).unwrap();
+        edit(&mut m);
+        assemble(&m, &p.chunks, &[key()])
+    };
+    let mut cases: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            "trailing garbage".into(),
+            [good.as_slice(), b"garbage"].concat(),
+            "data beyond the signed end",
+        ),
+        (
+            "one trailing zero byte".into(),
+            [good.as_slice(), &[0]].concat(),
+            "data beyond the signed end",
+        ),
+        (
+            "a second copy appended".into(),
+            [good.as_slice(), good.as_slice()].concat(),
+            "data beyond the signed end",
+        ),
+        (
+            "manifest lists one entry more".into(),
+            resign(&|m| m.entries.count += 1),
+            "entries do not match the signed manifest",
+        ),
+        (
+            "manifest lists one entry fewer".into(),
+            resign(&|m| m.entries.count -= 1),
+            "data after the last entry",
+        ),
+        (
+            "entry table digest differs".into(),
+            resign(&|m| m.entries.digest[0] ^= 1),
+            "entries do not match the signed manifest",
+        ),
+        (
+            "one file byte more signed".into(),
+            resign(&|m| m.entries.file_bytes += 1),
+            "total file size differs",
+        ),
+        (
+            "raw length one byte short".into(),
+            resign(&|m| m.payload.raw_len -= 1),
+            "more data than the signed raw length",
+        ),
+        (
+            "wire length one byte short".into(),
+            resign(&|m| m.payload.wire_len -= 1),
+            "runs past the signed payload length",
+        ),
+        (
+            "one chunk fewer signed".into(),
+            resign(&|m| m.payload.chunk_count -= 1),
+            "manifest field `payload`",
+        ),
+    ];
+
+    // A stream longer than signed: a valid chunk after the last one; and a chunk more than
+    // the signed chain (re-chained, so the first chunk no longer matches the manifest).
+    let first_chunk = &good[p.chunk_offsets[0]..p.chunk_offsets[1]];
+    cases.push((
+        "a valid chunk after the signed end".into(),
+        [good.as_slice(), first_chunk].concat(),
+        "data beyond the signed end",
+    ));
+    let mut extra = p.chunks.clone();
+    extra.push(p.chunks[0].clone());
+    cases.push((
+        "a chunk more than signed".into(),
+        assemble(&Manifest::decode(&p.manifest).unwrap(), &extra, &[key()]),
+        "payload chunk 0 at byte",
+    ));
+    cases.push((
+        "4 MiB zstd frame in a 16 KiB chunk, 1 MiB window limit".into(),
+        bomb(&d),
+        "payload chunk 0: zstd window larger than the chunk size limit",
+    ));
+
+    // The device's own limits.
+    let many: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| (format!("app/f{i:03}"), Vec::new()))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    cases.push((
+        "more entries than max_entries".into(),
+        build(&armed(Spec::full("2.0.0", 2, &refs), &d)),
+        "limit max_entries exceeded",
+    ));
+    let big = noise(3, 100_000);
+    cases.push((
+        "a file over max_file_size".into(),
+        build(&armed(Spec::full("2.0.0", 2, &[("app/big", &big)]), &d)),
+        "limit max_file_size exceeded",
+    ));
+    let mut wide = armed(Spec::full("2.0.0", 2, &[("app/a", b"x")]), &d);
+    wide.chunk_size = 2 * 1024 * 1024;
+    cases.push((
+        "chunks over max_chunk_size".into(),
+        build(&wide),
+        "limit max_chunk_size exceeded",
+    ));
+    refuse_all(&d, cases);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. HTTP
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Serve {
+    /// Answers `Range: bytes=N-` with 206 and the right `Content-Range`.
+    Honest,
+    /// Answers every request with 200 and the whole file.
+    IgnoresRange,
+    /// Answers a range request with a range one byte off.
+    WrongRange,
+    /// Answers the right range, but with another ETag (the file changed).
+    ChangedFile,
+}
+
+/// A one-file HTTP/1.1 server on 127.0.0.1. Response `i` is cut after `cuts[i]` body bytes
+/// (the connection then closes, as a network drop would); `seen` records each request's
+/// `Range` header.
+struct Server {
+    url: String,
+    seen: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+fn serve(body: Vec<u8>, cuts: Vec<usize>, mode: Serve) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v2.molt", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("range:") {
+                    range = Some(v.trim().to_string());
+                }
+            }
+            log.lock().unwrap().push(range.clone());
+            let start: usize = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
+            let (status, from, etag) = match (mode, start) {
+                (_, 0) | (Serve::IgnoresRange, _) => ("200 OK", 0, "\"v1\""),
+                (Serve::Honest, s) => ("206 Partial Content", s, "\"v1\""),
+                (Serve::WrongRange, s) => ("206 Partial Content", s + 1, "\"v1\""),
+                (Serve::ChangedFile, s) => ("206 Partial Content", s, "\"v2\""),
+            };
+            let part = &body[from.min(body.len())..];
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n",
+                part.len()
+            );
+            if from > 0 || status.starts_with("206") {
+                head.push_str(&format!(
+                    "Content-Range: bytes {from}-{}/{}\r\n",
+                    body.len() - 1,
+                    body.len()
+                ));
+            }
+            head.push_str("\r\n");
+            let n = cuts.get(i).copied().unwrap_or(usize::MAX).min(part.len());
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&part[..n]);
+            let _ = conn.flush();
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    });
+    Server { url, seen }
+}
+
+/// A bundle of a few hundred KB of incompressible files.
+fn http_v2(d: &Device) -> Spec {
+    armed(
+        Spec::full(
+            "2.0.0",
+            2,
+            &[
+                ("app/a", &noise(21, 90_000)),
+                ("app/b", &noise(22, 90_000)),
+                ("app/c", &noise(23, 90_000)),
+            ],
+        ),
+        d,
+    )
+}
+
+#[test]
+fn an_http_download_that_drops_twice_resumes_with_range_and_installs() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let mut s2 = http_v2(&d);
+    s2.before = None;
+    s2.after = None;
+    s2.health = None;
+    let body = build(&s2);
+    let server = serve(body.clone(), vec![60_000, 50_000], Serve::Honest);
+    let r = d.agent(&["install", &server.url], None);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.log());
+    assert_tree(&d, &s2.tree(), "after a resumed download");
+    assert_eq!(
+        *server.seen.lock().unwrap(),
+        vec![
+            None,
+            Some("bytes=60000-".to_string()),
+            Some("bytes=110000-".to_string())
+        ],
+        "the agent should resume exactly where each connection dropped"
+    );
+    assert_settled(&d, "resumed download");
+}
+
+#[test]
+fn an_http_server_that_ignores_or_misanswers_range_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = victim(Opts::default());
+    let body = build(&http_v2(&d));
+    let link = d.current_link();
+    let fp = d.fingerprint();
+    for (mode, want) in [
+        (Serve::IgnoresRange, "ignored the Range request"),
+        (Serve::WrongRange, "the server answered"),
+        (Serve::ChangedFile, "changed between requests"),
+    ] {
+        let server = serve(body.clone(), vec![60_000], mode);
+        let r = d.agent(&["install", &server.url], None);
+        assert_eq!(r.code, Some(1), "{mode:?}: {}", r.out);
+        let last = d.last_result();
+        assert!(
+            last.contains("failed (fetching: download failed)") && last.contains(want),
+            "{mode:?}: final status `{last}`"
+        );
+        assert_eq!(d.current_link(), link, "{mode:?}");
+        assert_eq!(d.fingerprint(), fp, "{mode:?}: the active slot changed");
+        for m in SCRIPT_MARKERS {
+            assert!(!d.marker(m).exists(), "{mode:?}: the {m} script ran");
+        }
+        assert_eq!(server.seen.lock().unwrap().len(), 2, "{mode:?}");
+        assert_settled(&d, &format!("{mode:?}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Manual rollback
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn manual_rollback_after_two_installs_switches_back_and_current_follows() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let s1 = v1();
+    d.install_ok(&s1);
+    let slot1 = d.current_link();
+    let s2 = v2_full();
+    d.install_ok(&s2);
+    let slot2 = d.current_link();
+    assert_ne!(slot1, slot2);
+    let fp2 = d.fingerprint();
+
+    let r = d.agent(&["rollback"], None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    let name1 = slot1.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        r.out.contains(&format!("slot {name1} is active")),
+        "{}",
+        r.out
+    );
+    assert_eq!(d.current_link(), slot1, "current follows the rollback");
+    assert_tree(&d, &s1.tree(), "after the manual rollback");
+    let st = assert_settled(&d, "manual rollback");
+    assert_eq!(active_slot(&st).as_deref(), Some(name1.as_str()));
+    assert_eq!(
+        fingerprint(&d.data().join(&slot2)),
+        fp2,
+        "the snapshot left behind is kept as it was"
+    );
+
+    // Both snapshots are good, so the operator can switch forward again, and back.
+    assert_eq!(d.agent(&["rollback"], None).code, Some(0));
+    assert_eq!(d.current_link(), slot2);
+    assert_tree(&d, &s2.tree(), "rolled forward");
+    assert_eq!(d.agent(&["rollback"], None).code, Some(0));
+    assert_eq!(d.current_link(), slot1);
+
+    // The next install goes into the slot not in use and leaves the active one alone.
+    let fp1 = d.fingerprint();
+    let s3 = v3_full();
+    d.install_ok(&s3);
+    assert_eq!(d.current_link(), slot2);
+    assert_tree(&d, &s3.tree(), "install after a rollback");
+    assert_eq!(fingerprint(&d.data().join(&slot1)), fp1);
+    assert_settled(&d, "install after a rollback");
+}
+
+/// A bundle refused before its manifest is verified never staged anything: the slot record
+/// still calls the inactive slot the good previous snapshot, so that snapshot must still be
+/// there for `molt-agent rollback`.
+#[test]
+
+fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let s1 = v1();
+    d.install_ok(&s1);
+    let slot1 = d.current_link();
+    d.install_ok(&v2_full());
+    let mut other = good_v2(&d);
+    other.compatible = "other-board".into();
+    for (name, bytes) in [
+        ("garbage", b"garbage".to_vec()),
+        ("other hardware", build(&other)),
+    ] {
+        let r = d.install_bytes("bad.molt", &bytes, None);
+        assert_eq!(r.code, Some(1), "{name}: {}", r.out);
+    }
+    let r = d.agent(&["rollback"], None);
+    if r.code == Some(0) {
+        // The record offered the previous snapshot: it must be there, whole.
+        assert_eq!(d.current_link(), slot1);
+        assert_tree(&d, &s1.tree(), "manual rollback after refused bundles");
+    } else {
+        // Or the agent knows the slot is gone and refuses; the device stays on v2.
+        assert_tree(&d, &v2_full().tree(), "refused manual rollback");
+    }
+}
+
+/// Reliability item 5: a zero-length journal while the new snapshot is on trial. The
+/// journal reads as idle; the device must still end on a whole snapshot that is not left
+/// on trial forever, and take the next update.
+#[test]
+
+fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let s1 = v1();
+    d.install_ok(&s1);
+    let mut s2 = v2_full();
+    s2.after = Some(sh("true"));
+    assert!(d
+        .install_bytes("v2.molt", &build(&s2), Some("after"))
+        .killed());
+    fs::write(d.data().join("journal"), b"").unwrap();
+    let st = assert_settled(&d, "lost journal");
+    let got = d.tree();
+    assert!(
+        got == s1.tree() || got == s2.tree(),
+        "a mixed snapshot:\n{st}"
+    );
+    let s3 = v3_full();
+    let r = d.install_bytes("v3.molt", &build(&s3), None);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.status());
+    assert_tree(&d, &s3.tree(), "v3 after a lost journal");
+}

@@ -641,6 +641,10 @@ impl Device {
             return Err(bundle_err(e, ""));
         }
         let stats = extractor.finish().map_err(io)?;
+        // syncfs reports only write-back errors seen since *its* descriptor was opened,
+        // so the handle that wrote the slot is the one that must flush it; Seal flushes
+        // again later for whatever the before script and packages wrote.
+        fsops::sync_tree(&slot_dir).map_err(io)?;
         self.log(&format!("extracted {stats:?}"));
         plan.ok_or((CauseKind::BadBundle, "bundle has no manifest".into()))
     }

@@ -83,6 +83,7 @@ pub struct Encoder<S: Read + Write + Seek> {
     specials: Specials,
     policy: Option<Policy>,
     header_buf: Vec<u8>,
+    copy_buf: Vec<u8>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -133,6 +134,7 @@ impl<S: Read + Write + Seek> Encoder<S> {
                 .check_policy
                 .then(|| Policy::new(opts.limits, specials, full)),
             header_buf: Vec::new(),
+            copy_buf: vec![0u8; 256 * 1024],
         })
     }
 
@@ -171,7 +173,11 @@ impl<S: Read + Write + Seek> Encoder<S> {
             let r =
                 content.ok_or_else(|| invalid(format!("{}: file without content", header.path)))?;
             let mut left = size;
-            let mut buf = vec![0u8; 256 * 1024];
+            if self.copy_buf.is_empty() {
+                // An earlier add failed midway and did not give the buffer back.
+                self.copy_buf = vec![0u8; 256 * 1024];
+            }
+            let mut buf = core::mem::take(&mut self.copy_buf);
             // Hash while streaming: a source that changes between digesting and adding
             // must fail here, not produce a signed bundle that no device accepts.
             let mut hasher = blake3::Hasher::new();
@@ -185,11 +191,13 @@ impl<S: Read + Write + Seek> Encoder<S> {
                         header.path
                     )));
                 }
-                let piece = buf.get(..k).unwrap_or(&[]).to_vec();
-                hasher.update(&piece);
-                self.push_raw(&piece)?;
+                let piece = buf.get(..k).unwrap_or(&[]);
+                hasher.update(piece);
+                self.push_raw(piece)?;
                 left -= k as u64;
             }
+            // One copy buffer for the whole bundle, not an allocation per file.
+            self.copy_buf = buf;
             if let EntryKind::File { digest, .. } = header.kind {
                 if hasher.finalize().as_bytes() != &digest {
                     return Err(invalid(format!(

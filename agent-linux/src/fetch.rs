@@ -10,24 +10,54 @@
 //! stalls longer than the configured stall timeout counts as a drop.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 
+/// An open bundle source.
+pub struct Source {
+    /// The bundle's bytes from the requested offset on.
+    pub reader: Box<dyn Read>,
+    /// What identifies this version of the file on the server (`ETag` or
+    /// `Last-Modified`), kept with a resume checkpoint so a resume after a restart
+    /// refuses a file that changed; `None` for local files (the signed chunk chain
+    /// catches a changed file anyway).
+    pub validator: Option<String>,
+}
+
 /// Opens a bundle source: an `http://` URL or a file path.
 pub fn open(source: &str, cfg: &Config) -> Result<Box<dyn Read>> {
+    Ok(open_at(source, cfg, 0, None)?.reader)
+}
+
+/// Opens a bundle source at byte `offset`: a `Range` request for HTTP (with `If-Range:
+/// validator`), a seek for a file.
+pub fn open_at(
+    source: &str,
+    cfg: &Config,
+    offset: u64,
+    validator: Option<String>,
+) -> Result<Source> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        Ok(Box::new(HttpReader::new(
-            source,
-            cfg.timeouts.download_stall,
-            5,
-        )?))
+        let r = HttpReader::new_at(source, cfg.timeouts.download_stall, 5, offset, validator)?;
+        Ok(Source {
+            validator: r.validator.clone(),
+            reader: Box::new(r),
+        })
     } else {
-        let f = File::open(source).with_context(|| format!("cannot open bundle file {source}"))?;
-        Ok(Box::new(f))
+        let mut f =
+            File::open(source).with_context(|| format!("cannot open bundle file {source}"))?;
+        if offset > 0 {
+            f.seek(SeekFrom::Start(offset))
+                .with_context(|| format!("cannot seek {source} to byte {offset}"))?;
+        }
+        Ok(Source {
+            reader: Box::new(f),
+            validator: None,
+        })
     }
 }
 
@@ -47,6 +77,18 @@ pub struct HttpReader {
 impl HttpReader {
     /// Connects to `url`. `stall` bounds every single read; `max_retries` bounds reconnections in a row.
     pub fn new(url: &str, stall: Duration, max_retries: u32) -> Result<Self> {
+        Self::new_at(url, stall, max_retries, 0, None)
+    }
+
+    /// Connects to `url` and asks for the bytes from `offset` on; with a `validator` (from
+    /// an earlier download of the same URL), a file that changed since is refused.
+    pub fn new_at(
+        url: &str,
+        stall: Duration,
+        max_retries: u32,
+        offset: u64,
+        validator: Option<String>,
+    ) -> Result<Self> {
         if url.starts_with("https://") {
             bail!("https bundle URLs need TLS, which this build of molt-agent leaves out; use http on a trusted network or a file (bundles are signed either way)");
         }
@@ -57,9 +99,9 @@ impl HttpReader {
         let mut r = HttpReader {
             agent,
             url: url.to_string(),
-            offset: 0,
+            offset,
             total: None,
-            validator: None,
+            validator,
             body: None,
             retries_left: max_retries,
             max_retries,
@@ -129,6 +171,13 @@ impl HttpReader {
             let want = format!("bytes {}-", self.offset);
             let range = resp.header("Content-Range").unwrap_or("");
             let total = range.rsplit('/').next().and_then(|t| t.parse::<u64>().ok());
+            if self.total.is_none() {
+                // The first request of a resume after a restart: learn the length here.
+                self.total = total;
+                if self.validator.is_none() {
+                    self.validator = validator.clone();
+                }
+            }
             if !range.starts_with(&want) || (self.total.is_some() && total != self.total) {
                 return Err(fatal(format!(
                     "{}: asked for {want}…, the server answered `{range}`",

@@ -14,7 +14,8 @@
 //!   slots/a/  slots/b/     the two snapshots
 //!   slot.rec               the engine's A/B record (two CRC copies)
 //!   journal                the update state (two CRC copies)
-//!   staging/               the in-flight bundle's manifest, source and `.molt/` files
+//!   staging/               the in-flight bundle: manifest, head, source, download
+//!                          checkpoint and `.molt/` files
 //!   install.log            what every phase and command did (bounded)
 //!   status                 the last report, one line
 //!   boot_id                the boot this agent last ran in (trial counting)
@@ -28,21 +29,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use molt_engine::bundle::zstd::LibZstd;
-use molt_engine::bundle::{Buffers, BundleKind, Decoder, Event as BundleEvent, Manifest, Trust};
+use molt_engine::bundle::Manifest;
 use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
 use molt_engine::update::{
-    step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Plan, Report,
-    State,
+    step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Report, State,
 };
-use molt_engine::Error as BundleError;
 
 use crate::config::Config;
 use crate::exec::{self, CommandSpec, Status as ExitStatus};
-use crate::fetch;
 use crate::fsops::{self, SlotDir};
 use crate::journal::Journal;
 use crate::slotfile::FileStore;
+
+mod download;
 
 /// Names inside the data directory.
 pub mod layout {
@@ -62,6 +61,10 @@ pub mod layout {
     pub const SOURCE: &str = "staging/source";
     /// Bundle-internal files (`.molt/`).
     pub const BUNDLE_FILES: &str = "staging/bundle";
+    /// The bundle's first bytes (header, signatures, manifest), which a resume verifies again.
+    pub const HEAD: &str = "staging/head";
+    /// The last download checkpoint (decoder and extractor state at a chunk boundary).
+    pub const CHECKPOINT: &str = "staging/checkpoint";
     /// The install log.
     pub const LOG: &str = "install.log";
     /// The last report.
@@ -484,169 +487,6 @@ impl Device {
         };
         self.log(&line);
         let _ = write_durable(&self.data.join(layout::STATUS), line.as_bytes());
-    }
-
-    /// Streams the bundle into `slot` with full verification; returns the signed recipe's plan.
-    fn fetch(
-        &mut self,
-        slot: Slot,
-        resume: bool,
-    ) -> std::result::Result<Plan, (CauseKind, String)> {
-        let io = |e: fsops::FsError| {
-            let kind = if e.is_no_space() {
-                CauseKind::NoSpace
-            } else {
-                CauseKind::Io
-            };
-            (kind, e.to_string())
-        };
-        if slot == self.record.active() {
-            return Err((
-                CauseKind::Io,
-                "refusing to write into the active slot".into(),
-            ));
-        }
-        let source = fs::read_to_string(self.data.join(layout::SOURCE))
-            .map_err(|e| (CauseKind::Io, format!("no bundle source recorded: {e}")))?;
-        if resume {
-            self.log("resuming the download from the start of the bundle");
-        }
-        let slot_dir = SlotDir::create(self.slot_path(slot))
-            .map_err(io)?
-            .with_label(format!("slot {}", slot_name(slot)));
-        let staging = SlotDir::create(self.data.join(layout::BUNDLE_FILES))
-            .map_err(io)?
-            .with_label("staging");
-        staging.clear().map_err(io)?;
-        let mut reader =
-            fetch::open(&source, &self.cfg).map_err(|e| (CauseKind::Network, format!("{e:#}")))?;
-
-        let limits = self.cfg.limits;
-        let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
-        let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-        let z = LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}")))?;
-        let (keys, revoked) = (self.cfg.trusted_keys.clone(), self.cfg.revoked_keys.clone());
-        let trust = Trust::Pinned {
-            keys: &keys,
-            revoked: &revoked,
-        };
-        let mut dec = Decoder::new(
-            trust,
-            limits,
-            z,
-            Buffers {
-                manifest: &mut mb,
-                wire: &mut wb,
-                raw: &mut rb,
-            },
-        );
-        let mut extractor = fsops::Extractor::new(&slot_dir, &staging).map_err(io)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut plan = None;
-        let bundle_err = |e: BundleError, dec_path: &str| {
-            let kind = match e {
-                BundleError::Incompatible => CauseKind::Incompatible,
-                BundleError::Downgrade { .. } => CauseKind::Downgrade,
-                _ => CauseKind::BadBundle,
-            };
-            let mut why = format!("bundle refused: {e}");
-            if matches!(e, BundleError::Policy { .. }) && !dec_path.is_empty() {
-                why.push_str(&format!(" (`{dec_path}`)"));
-            }
-            (kind, why)
-        };
-        'read: loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break 'read,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err((CauseKind::Network, format!("reading {source}: {e}"))),
-            };
-            let mut rest = &buf[..n];
-            loop {
-                let f = match dec.feed(rest) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let p = dec.failed_path().to_string();
-                        return Err(bundle_err(e, &p));
-                    }
-                };
-                rest = &rest[f.consumed..];
-                let Some(ev) = f.event else { break };
-                if let BundleEvent::ManifestVerified { .. } = ev {
-                    let bytes = dec.manifest_bytes().to_vec();
-                    let m = Manifest::decode(&bytes).map_err(|e| bundle_err(e, ""))?;
-                    m.check_compatible(&self.cfg.compatible)
-                        .map_err(|e| bundle_err(e, ""))?;
-                    m.check_floor(self.record.floor())
-                        .map_err(|e| bundle_err(e, ""))?;
-                    let active = self.record.active();
-                    if let BundleKind::Patch { base_version } = m.kind {
-                        let have = self.record.slot(active).version.as_str();
-                        if !base_version.is_empty() && base_version != have {
-                            return Err((
-                                CauseKind::Incompatible,
-                                format!("patch for version {base_version}, but the active snapshot is {have}"),
-                            ));
-                        }
-                    }
-                    self.record
-                        .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
-                        .map_err(|e| {
-                            let kind = match e {
-                                molt_engine::slot::Error::Downgrade { .. } => CauseKind::Downgrade,
-                                _ => CauseKind::Io,
-                            };
-                            (kind, format!("slot record: {e}"))
-                        })?;
-                    self.save_record()
-                        .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
-                    // The slot is emptied only now that the manifest verified and the record
-                    // says it is being staged: a refused bundle must not wipe the snapshot
-                    // a manual rollback needs.
-                    if let BundleKind::Patch { .. } = m.kind {
-                        let report =
-                            fsops::clone_tree(&self.slot_path(active), &slot_dir).map_err(io)?;
-                        self.log(&format!(
-                            "patch: slot {} starts as a copy of slot {} ({report:?})",
-                            slot_name(slot),
-                            slot_name(active)
-                        ));
-                    } else {
-                        slot_dir.clear().map_err(io)?;
-                    }
-                    write_durable(&self.data.join(layout::MANIFEST), &bytes)
-                        .map_err(|e| (CauseKind::Io, format!("cannot keep the manifest: {e}")))?;
-                    self.log(&format!(
-                        "bundle {} (release {}, {}) verified; writing slot {}",
-                        m.version,
-                        m.release,
-                        if matches!(m.kind, BundleKind::Full) {
-                            "full"
-                        } else {
-                            "patch"
-                        },
-                        slot_name(slot)
-                    ));
-                    plan = Some(Plan::from_recipe(&m.recipe));
-                    continue;
-                }
-                if let BundleEvent::Done = ev {
-                    continue;
-                }
-                extractor.apply(&ev).map_err(io)?;
-            }
-        }
-        if let Err(e) = dec.finish() {
-            return Err(bundle_err(e, ""));
-        }
-        let stats = extractor.finish().map_err(io)?;
-        // syncfs reports only write-back errors seen since *its* descriptor was opened,
-        // so the handle that wrote the slot is the one that must flush it; Seal flushes
-        // again later for whatever the before script and packages wrote.
-        fsops::sync_tree(&slot_dir).map_err(io)?;
-        self.log(&format!("extracted {stats:?}"));
-        plan.ok_or((CauseKind::BadBundle, "bundle has no manifest".into()))
     }
 
     fn manifest_bytes(&self) -> Result<Vec<u8>> {

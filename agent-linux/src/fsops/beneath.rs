@@ -420,6 +420,50 @@ impl SlotDir {
         empty_dir(self.fd.as_fd()).map_err(|(e, sub)| self.resolve_err("remove", &sub, e))
     }
 
+    /// Removes every entry named `prefix*` anywhere beneath the handle except `keep` (a
+    /// relative path), without following symlinks or crossing mounts; returns how many.
+    /// A resumed extraction calls it with the extractor's temporary prefix: a power cut
+    /// leaves at most the one temporary file that was being written when it struck, and
+    /// it must not end up in the snapshot.
+    pub fn remove_named(&self, prefix: &str, keep: Option<&str>) -> Result<u64, FsError> {
+        let mut removed = 0;
+        // (directory, its path) pairs still to read; depth-first with an explicit stack.
+        let root = Dir::new(self.dup()?).map_err(|e| self.err("read", "", e))?;
+        let mut todo = vec![(root, String::new())];
+        while let Some((mut dir, path)) = todo.pop() {
+            while let Some(entry) = dir.read() {
+                let entry = entry.map_err(|e| self.err("read", &path, e))?;
+                let name = entry.file_name();
+                if is_dot(name) {
+                    continue;
+                }
+                let name = name.to_string_lossy().into_owned();
+                let rel = join(&path, &name);
+                let dfd = dir.fd().map_err(|e| self.err("read", &path, e))?;
+                if name.starts_with(prefix) && keep != Some(rel.as_str()) {
+                    remove_at(dfd, name.as_str())
+                        .map_err(|(e, sub)| self.resolve_err("remove", &join(&rel, &sub), e))?;
+                    removed += 1;
+                    continue;
+                }
+                let is_dir = match entry.file_type() {
+                    FileType::Directory => true,
+                    FileType::Unknown => lstat_at(dfd, name.as_str())
+                        .map_err(|e| self.err("stat", &rel, e))?
+                        .is_some_and(|m| m.kind == FileType::Directory),
+                    _ => false,
+                };
+                if is_dir {
+                    let child = resolve_dir(dfd, name.as_str())
+                        .and_then(Dir::new)
+                        .map_err(|e| self.resolve_err("open", &rel, e))?;
+                    todo.push((child, rel));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Makes everything written to the handle's filesystem durable: `syncfs(2)` on the handle.
     ///
     /// Since Linux 5.8 `syncfs` reports writeback errors that happened since this handle was

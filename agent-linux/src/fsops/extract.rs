@@ -16,16 +16,18 @@
 //! kept to set its mode and mtime once its children are in), and one cached parent.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::mem;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use molt_engine::bundle::{EntryHeader, EntryKind, Event};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
 
-use super::beneath::{join, mode, owner, remove_at, resolve_dir, secs, times, SlotDir};
+use super::beneath::{fstat, join, mode, owner, remove_at, resolve_dir, secs, times, SlotDir};
 use super::error::{ErrorKind, FsError};
 
 /// Prefix of the temporary names entries are created under before the rename into place.
@@ -35,7 +37,7 @@ pub const TMP_PREFIX: &str = ".molt-tmp.";
 const TMP_TRIES: u32 = 1000;
 
 /// Counts of what an extraction did (for the install log).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtractStats {
     /// Regular files written (into the slot or staging).
     pub files: u64,
@@ -56,7 +58,7 @@ pub struct ExtractStats {
 }
 
 /// Which directory handle an entry goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Target {
     Slot,
     Staging,
@@ -86,6 +88,49 @@ struct Pending {
     uid: u32,
     gid: u32,
     mtime: i64,
+}
+
+/// An extractor's state between two bundle chunks, saved with the decoder's checkpoint
+/// so that an agent restarted mid-download continues the same slot
+/// ([`Extractor::save`], [`Extractor::resume`]). Everything else an extractor holds is
+/// a cache that can be rebuilt from the slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtractState {
+    /// Directories whose mode and mtime are still to be set: target, path, mode, mtime.
+    open_dirs: Vec<(Target, String, u32, i64)>,
+    /// The file being written, if a chunk boundary fell inside it.
+    pending: Option<PendingState>,
+    stats: ExtractStats,
+    tmp_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingState {
+    target: Target,
+    path: String,
+    tmp: String,
+    size: u64,
+    written: u64,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
+impl ExtractState {
+    /// Bytes of the file in progress already written (the decoder's file prefix).
+    pub fn file_prefix(&self) -> u64 {
+        self.pending.as_ref().map_or(0, |p| p.written)
+    }
+
+    /// The temporary file in progress, relative to its root and whether that root is
+    /// staging (`true`) or the slot: the one `.molt-tmp.*` a resume keeps.
+    pub fn pending_tmp(&self) -> Option<(bool, String)> {
+        self.pending.as_ref().map(|p| {
+            let dir = p.path.rsplit_once('/').map_or("", |(d, _)| d);
+            (p.target == Target::Staging, join(dir, &p.tmp))
+        })
+    }
 }
 
 enum Entry {
@@ -159,6 +204,165 @@ impl<'a> Extractor<'a> {
             crashed: false,
             tmp_seq: 0,
         })
+    }
+
+    /// The state to save with a decoder checkpoint; `None` in the middle of a non-file
+    /// entry (which never spans a chunk boundary, so a checkpoint never needs it).
+    pub fn save(&self) -> Option<ExtractState> {
+        let pending = match &self.entry {
+            Entry::Idle => None,
+            Entry::Applied => return None,
+            Entry::File(p) => Some(PendingState {
+                target: p.target,
+                path: p.path.clone(),
+                tmp: p.tmp.clone(),
+                size: p.size,
+                written: p.written,
+                perm: p.perm,
+                uid: p.uid,
+                gid: p.gid,
+                mtime: p.mtime,
+            }),
+        };
+        Some(ExtractState {
+            open_dirs: self
+                .open_dirs
+                .iter()
+                .map(|d| (d.target, d.path.clone(), d.perm, d.mtime))
+                .collect(),
+            pending,
+            stats: self.stats,
+            tmp_seq: self.tmp_seq,
+        })
+    }
+
+    /// An extractor continuing from `state` on the same slot and staging directories:
+    /// reopens the directories still open and the file in progress, cut back to the
+    /// length the checkpoint recorded (anything written after it is written again).
+    pub fn resume(
+        slot: &'a SlotDir,
+        staging: &'a SlotDir,
+        state: &ExtractState,
+    ) -> Result<Self, FsError> {
+        let mut x = Extractor::new(slot, staging)?;
+        x.stats = state.stats;
+        x.tmp_seq = state.tmp_seq;
+        for (t, path, perm, mtime) in &state.open_dirs {
+            let fd = resolve_dir(x.roots[idx(*t)].as_fd(), path.as_str())
+                .map_err(|e| x.resolve_err(*t, "reopen", path, e))?;
+            x.open_dirs.push(OpenDir {
+                target: *t,
+                path: path.clone(),
+                fd: Arc::new(fd),
+                perm: *perm,
+                mtime: *mtime,
+            });
+        }
+        if let Some(p) = &state.pending {
+            let t = p.target;
+            let (parent, _) = x.slots[idx(t)].split("reopen", &p.path)?;
+            let dir = x
+                .parent(t, parent)
+                .map_err(|e| x.resolve_err(t, "reopen", &p.path, e))?;
+            let open = |dir: &OwnedFd| {
+                rfs::openat(
+                    dir,
+                    p.tmp.as_str(),
+                    OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            };
+            let fd = match open(&dir) {
+                Ok(fd) => fd,
+                // The file was completed and renamed into place after the checkpoint (the
+                // rename is a file's last step, and the temporary was durable at the
+                // checkpoint). It is our own inode: take it back and write it again.
+                Err(Errno::NOENT) => {
+                    let name = p.path.rsplit_once('/').map_or(p.path.as_str(), |(_, n)| n);
+                    rfs::renameat(&dir, name, &dir, p.tmp.as_str())
+                        .and_then(|()| open(&dir))
+                        .map_err(|e| x.err(t, "reopen", &p.path, e))?
+                }
+                Err(e) => return Err(x.err(t, "reopen", &p.path, e)),
+            };
+            // Only a regular file nothing else links to may be cut back (a second link
+            // would be cut too).
+            let meta = fstat(fd.as_fd()).map_err(|e| x.err(t, "reopen", &p.path, e))?;
+            if meta.kind != FileType::RegularFile || meta.nlink != 1 {
+                return Err(FsError::other(
+                    ErrorKind::Sequence,
+                    "reopen",
+                    &p.path,
+                    x.label(t),
+                    "the partial file is not a singly-linked regular file",
+                ));
+            }
+            let mut file = File::from(fd);
+            let len = file
+                .metadata()
+                .map_err(|e| FsError::io("reopen", &p.path, x.label(t), e))?
+                .len();
+            if len < p.written || p.written > p.size {
+                return Err(FsError::other(
+                    ErrorKind::Sequence,
+                    "reopen",
+                    &p.path,
+                    x.label(t),
+                    "the partial file is shorter than the checkpoint says",
+                ));
+            }
+            file.set_len(p.written)
+                .and_then(|()| file.seek(SeekFrom::End(0)))
+                .map_err(|e| FsError::io("reopen", &p.path, x.label(t), e))?;
+            x.entry = Entry::File(Box::new(Pending {
+                target: t,
+                path: p.path.clone(),
+                dir,
+                tmp: p.tmp.clone(),
+                file,
+                size: p.size,
+                written: p.written,
+                perm: p.perm,
+                uid: p.uid,
+                gid: p.gid,
+                mtime: p.mtime,
+            }));
+        }
+        Ok(x)
+    }
+
+    /// Reads back what was written of the file in progress, in pieces, for the decoder's
+    /// [`rehash_prefix`](molt_engine::bundle::Decoder::rehash_prefix).
+    pub fn read_pending(
+        &self,
+        buf: &mut [u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
+        let Entry::File(p) = &self.entry else {
+            return Ok(());
+        };
+        let mut at = 0u64;
+        while at < p.written {
+            let want = usize::try_from(p.written - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = p
+                .file
+                .read_at(&mut buf[..want], at)
+                .map_err(|e| FsError::io("read back", &p.path, self.label(p.target), e))?;
+            if n == 0 {
+                return Err(FsError::other(
+                    ErrorKind::Sequence,
+                    "read back",
+                    &p.path,
+                    self.label(p.target),
+                    "the partial file ended early",
+                ));
+            }
+            each(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Test hook for crash sweeps: lets `ops` more mutating syscalls through (each create,
@@ -265,7 +469,8 @@ impl<'a> Extractor<'a> {
                         rfs::openat(
                             d,
                             n,
-                            OFlags::WRONLY
+                            // Readable too: a resumed install reads the prefix back.
+                            OFlags::RDWR
                                 | OFlags::CREATE
                                 | OFlags::EXCL
                                 | OFlags::NOFOLLOW
@@ -312,6 +517,9 @@ impl<'a> Extractor<'a> {
                     })
                     .map_err(|e| self.resolve_err(t, "link", h.path, e))?;
                 self.place(t, h.path, &dir, &tmp, name)?;
+                // rename(2) between two names of the same inode succeeds and does nothing
+                // (a resumed install re-creating a link it already made): drop the spare.
+                let _ = rfs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
                 self.stats.hardlinks += 1;
             }
             EntryKind::Delete => {

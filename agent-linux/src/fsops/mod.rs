@@ -32,5 +32,5 @@ pub use durable::{
     RealFs, Recorder, Step, CURRENT, CURRENT_NEW,
 };
 pub use error::{ErrorKind, FsError};
-pub use extract::{ExtractStats, Extractor, TMP_PREFIX};
+pub use extract::{ExtractState, ExtractStats, Extractor, TMP_PREFIX};
 pub use snapshot::{clone_tree, CloneReport, CopyMethod};

@@ -649,15 +649,23 @@ impl Device {
 
     /// Runs the agent with `args`; `crash_at` sets the kill -9 test hook.
     pub fn agent(&self, args: &[&str], crash_at: Option<&str>) -> Run {
+        match crash_at {
+            Some(p) => self.agent_env(args, &[("MOLT_TEST_CRASH_AT", p)]),
+            None => self.agent_env(args, &[]),
+        }
+    }
+
+    /// Runs the agent with `args` and extra environment (test hooks).
+    pub fn agent_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut c = Command::new(AGENT);
         c.arg("--config")
             .arg(self.root().join("agent.toml"))
             .args(args)
             .env("MOLT_LOG", "warn")
-            .env_remove("MOLT_TEST_CRASH_AT");
-        if let Some(p) = crash_at {
-            c.env("MOLT_TEST_CRASH_AT", p);
-        }
+            .env_remove("MOLT_TEST_CRASH_AT")
+            .env_remove("MOLT_TEST_CRASH_AT_BYTE")
+            .env_remove("MOLT_TEST_CHECKPOINT_BYTES");
+        c.envs(env.iter().copied());
         let o = c.output().unwrap();
         Run {
             code: o.status.code(),

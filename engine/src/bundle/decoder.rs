@@ -35,6 +35,9 @@ use crate::bundle::zstd::{check_frame_header, Decompressor};
 use crate::error::{Error, LimitKind};
 use crate::Limits;
 
+mod checkpoint;
+pub use checkpoint::{Resume, CHECKPOINT_MAX};
+
 /// Longest header block: fixed header, signature block prefix and the most signatures.
 const HEAD_CAP: usize = HEADER_LEN + SIG_BLOCK_PREFIX + MAX_SIGNATURES * SIG_RECORD_LEN;
 
@@ -102,7 +105,11 @@ enum EntryPhase {
     /// The next bytes of the entry stream are an entry header.
     Header,
     /// Inside a file's content.
-    File { remaining: u64, digest: Digest },
+    File {
+        size: u64,
+        remaining: u64,
+        digest: Digest,
+    },
     /// A non-file entry was announced; `EntryEnd` comes next.
     End,
 }
@@ -148,6 +155,8 @@ pub struct Decoder<'b, 'k, Z: Decompressor> {
     file_bytes: u64,
     hasher: blake3::Hasher,
     policy: Option<Policy>,
+    /// After a resume inside a file: bytes of its content still to be re-hashed.
+    prefix_need: u64,
 }
 
 impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
@@ -194,6 +203,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             file_bytes: 0,
             hasher: blake3::Hasher::new(),
             policy: None,
+            prefix_need: 0,
         }
     }
 
@@ -286,6 +296,12 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
     }
 
     fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Emit>), Error> {
+        if self.prefix_need > 0 {
+            return Err(Error::Malformed {
+                what: "resume (the file prefix was not re-hashed)",
+                at: self.offset,
+            });
+        }
         let mut used = 0usize;
         loop {
             let rest = input.get(used..).unwrap_or(&[]);
@@ -554,6 +570,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             EntryPhase::File {
                 remaining: 0,
                 digest,
+                ..
             } => {
                 let actual = self.hasher.finalize();
                 if actual.as_bytes() != &digest {
@@ -564,7 +581,11 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 self.entry = EntryPhase::Header;
                 return Ok(Some(Emit::EntryEnd));
             }
-            EntryPhase::File { remaining, digest } => {
+            EntryPhase::File {
+                size,
+                remaining,
+                digest,
+            } => {
                 let avail = self.raw_len - self.raw_pos;
                 if avail == 0 {
                     return self.next_chunk_or_end();
@@ -576,6 +597,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 }
                 self.raw_pos += n;
                 self.entry = EntryPhase::File {
+                    size,
                     remaining: remaining - n as u64,
                     digest,
                 };
@@ -635,6 +657,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 }
                 self.hasher.reset();
                 EntryPhase::File {
+                    size,
                     remaining: size,
                     digest,
                 }

@@ -8,7 +8,7 @@ pub mod policy;
 pub mod verify;
 pub mod zstd;
 
-pub use decoder::{Buffers, Decoder, Event, Feed};
+pub use decoder::{Buffers, Decoder, Event, Feed, Resume, CHECKPOINT_MAX};
 pub use format::{
     BundleKind, Command, EntryHeader, EntryKind, HealthCheck, Manifest, Package, PackageManager,
     Recipe, Rollback, Specials,

@@ -156,6 +156,39 @@ impl Policy {
         }
     }
 
+    /// What a resume checkpoint must carry: entry index, previous path and kind, open directory.
+    pub(crate) fn save(&self) -> (u32, &str, bool, bool, &str) {
+        (
+            self.index,
+            self.prev.as_str(),
+            self.prev_is_dir,
+            self.has_prev,
+            self.open_dir.as_str(),
+        )
+    }
+
+    /// Restores what [`Policy::save`] returned. The paths are checked like any entry's,
+    /// so a damaged checkpoint cannot smuggle in a path the policy would refuse.
+    pub(crate) fn restore(
+        &mut self,
+        (index, prev, prev_is_dir, has_prev, open_dir): (u32, &str, bool, bool, &str),
+    ) -> Result<(), Error> {
+        for p in [prev, open_dir] {
+            if !p.is_empty() && check_path(p, &self.limits).is_err() {
+                return Err(Error::Malformed {
+                    what: "checkpoint (policy path)",
+                    at: 0,
+                });
+            }
+        }
+        self.index = index;
+        self.prev.set(prev);
+        self.prev_is_dir = prev_is_dir;
+        self.has_prev = has_prev;
+        self.open_dir.set(open_dir);
+        Ok(())
+    }
+
     /// The path of the last entry checked (the offending one after an error).
     pub fn last_path(&self) -> &str {
         self.prev.as_str()

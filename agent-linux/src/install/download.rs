@@ -1,0 +1,441 @@
+//! The fetching phase: streams a bundle through the verifying decoder into the inactive slot, saving a resume checkpoint every few MiB so a restarted agent continues where it stopped.
+//!
+//! # Resume across a restart
+//!
+//! Every [`CHECKPOINT_BYTES`] (or [`CHECKPOINT_SECS`] on a slow link) at a chunk
+//! boundary, the slot and staging filesystems are flushed with one `syncfs` each,
+//! then `staging/checkpoint` is replaced atomically with the decoder's checkpoint
+//! (engine: `Decoder::checkpoint`), the extractor's state (directories still open,
+//! the file in progress) and the server's validator. The order matters: the
+//! checkpoint never describes bytes that are not durable.
+//!
+//! After a restart the state machine asks for `Fetch { resume: true }`. The agent
+//! then feeds the bundle's first bytes (kept in `staging/head`) to a fresh decoder,
+//! which verifies the manifest again with today's keys, applies the checkpoint,
+//! re-hashes the part of the file in progress that is already on disk, sweeps the
+//! one temporary file the crash may have left, and asks the source for the rest
+//! (`Range` for HTTP, a seek for a file). Anything that does not fit (no
+//! checkpoint, another bundle, a server that ignores `Range`, a damaged partial
+//! file) falls back to downloading from the start: a resume is an optimisation,
+//! never a way around verification.
+
+use std::fs;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use molt_engine::bundle::zstd::LibZstd;
+use molt_engine::bundle::{
+    Buffers, BundleKind, Decoder, Event as BundleEvent, Manifest, Trust, CHECKPOINT_MAX,
+};
+use molt_engine::slot::{Slot, Status};
+use molt_engine::update::{CauseKind, Plan};
+use molt_engine::Error as BundleError;
+use serde::{Deserialize, Serialize};
+
+use super::{layout, slot_name, write_durable, Device};
+use crate::fetch;
+use crate::fsops::{self, ExtractState, SlotDir, TMP_PREFIX};
+
+/// Download progress between two checkpoints, at most (bytes of the bundle).
+pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Time between two checkpoints, at most, while bytes arrive (a slow link still saves progress).
+pub const CHECKPOINT_SECS: u64 = 15;
+
+/// Test hooks (environment): a smaller checkpoint interval, and a `kill -9` of the
+/// agent once the download passes a byte offset, for the restart tests.
+fn test_hook(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// Why the phase failed, as the state machine's cause plus a sentence for the log.
+type Failure = (CauseKind, String);
+
+/// What `staging/checkpoint` holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// The engine's checkpoint record (CRC-protected, bound to the bundle).
+    decoder: Vec<u8>,
+    extract: ExtractState,
+    validator: Option<String>,
+}
+
+/// One attempt's result: done, failed, or a resume that did not fit (start over).
+enum Attempt {
+    Done(Plan),
+    Failed(Failure),
+    CannotResume(String),
+}
+
+fn fs_failure(e: fsops::FsError) -> Failure {
+    let kind = if e.is_no_space() {
+        CauseKind::NoSpace
+    } else {
+        CauseKind::Io
+    };
+    (kind, e.to_string())
+}
+
+fn bundle_failure(e: BundleError, path: &str) -> Failure {
+    let kind = match e {
+        BundleError::Incompatible => CauseKind::Incompatible,
+        BundleError::Downgrade { .. } => CauseKind::Downgrade,
+        _ => CauseKind::BadBundle,
+    };
+    let mut why = format!("bundle refused: {e}");
+    if matches!(e, BundleError::Policy { .. }) && !path.is_empty() {
+        why.push_str(&format!(" (`{path}`)"));
+    }
+    (kind, why)
+}
+
+impl Device {
+    /// Streams the bundle into `slot` with full verification; returns the signed recipe's
+    /// plan. With `resume`, continues from the last checkpoint if there is a usable one.
+    pub(super) fn fetch(&mut self, slot: Slot, resume: bool) -> Result<Plan, Failure> {
+        if slot == self.record.active() {
+            return Err((
+                CauseKind::Io,
+                "refusing to write into the active slot".into(),
+            ));
+        }
+        let source = fs::read_to_string(self.data.join(layout::SOURCE))
+            .map_err(|e| (CauseKind::Io, format!("no bundle source recorded: {e}")))?;
+        let saved = if resume { self.load_checkpoint() } else { None };
+        if resume && saved.is_none() {
+            self.log("no usable download checkpoint: downloading from the start");
+        }
+        let attempt = match saved {
+            Some(s) => self.download(slot, &source, Some(s)),
+            None => self.download(slot, &source, None),
+        };
+        let result = match attempt {
+            Attempt::Done(plan) => Ok(plan),
+            Attempt::Failed(f) => Err(f),
+            Attempt::CannotResume(why) => {
+                self.log(&format!(
+                    "cannot resume the download ({why}): downloading from the start"
+                ));
+                match self.download(slot, &source, None) {
+                    Attempt::Done(plan) => Ok(plan),
+                    Attempt::Failed(f) => Err(f),
+                    Attempt::CannotResume(why) => Err((CauseKind::Io, why)),
+                }
+            }
+        };
+        if result.is_ok() {
+            // Nothing left to resume: a later restart goes on with the next phase.
+            let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
+        }
+        result
+    }
+
+    fn load_checkpoint(&self) -> Option<(Vec<u8>, Saved)> {
+        let head = fs::read(self.data.join(layout::HEAD)).ok()?;
+        let bytes = fs::read(self.data.join(layout::CHECKPOINT)).ok()?;
+        let saved: Saved = postcard::from_bytes(&bytes).ok()?;
+        Some((head, saved))
+    }
+
+    fn save_checkpoint(
+        &self,
+        slot_dir: &SlotDir,
+        staging: &SlotDir,
+        decoder: &[u8],
+        extract: ExtractState,
+        validator: &Option<String>,
+    ) -> Result<(), Failure> {
+        // Durable data first: the checkpoint must never describe bytes still in the page cache.
+        fsops::sync_tree(slot_dir).map_err(fs_failure)?;
+        fsops::sync_tree(staging).map_err(fs_failure)?;
+        let saved = Saved {
+            decoder: decoder.to_vec(),
+            extract,
+            validator: validator.clone(),
+        };
+        let bytes = postcard::to_allocvec(&saved)
+            .map_err(|e| (CauseKind::Io, format!("cannot encode the checkpoint: {e}")))?;
+        write_durable(&self.data.join(layout::CHECKPOINT), &bytes)
+            .map_err(|e| (CauseKind::Io, format!("cannot save the checkpoint: {e}")))
+    }
+
+    /// The first manifest check of a fresh download: compatibility, version floor, patch
+    /// base; then the record says the slot is being staged, and only then is the slot
+    /// emptied (or, for a patch, started from the active snapshot).
+    fn begin(&mut self, slot: Slot, slot_dir: &SlotDir, m: &Manifest<'_>) -> Result<(), Failure> {
+        let active = self.record.active();
+        if let BundleKind::Patch { base_version } = m.kind {
+            let have = self.record.slot(active).version.as_str();
+            if !base_version.is_empty() && base_version != have {
+                return Err((
+                    CauseKind::Incompatible,
+                    format!("patch for version {base_version}, but the active snapshot is {have}"),
+                ));
+            }
+        }
+        self.record
+            .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
+            .map_err(|e| {
+                let kind = match e {
+                    molt_engine::slot::Error::Downgrade { .. } => CauseKind::Downgrade,
+                    _ => CauseKind::Io,
+                };
+                (kind, format!("slot record: {e}"))
+            })?;
+        self.save_record()
+            .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
+        // The slot is emptied only now that the manifest verified and the record says it
+        // is being staged: a refused bundle must not wipe the snapshot a manual rollback
+        // needs.
+        if let BundleKind::Patch { .. } = m.kind {
+            let report =
+                fsops::clone_tree(&self.slot_path(active), slot_dir).map_err(fs_failure)?;
+            self.log(&format!(
+                "patch: slot {} starts as a copy of slot {} ({report:?})",
+                slot_name(slot),
+                slot_name(active)
+            ));
+        } else {
+            slot_dir.clear().map_err(fs_failure)?;
+        }
+        Ok(())
+    }
+
+    fn download(&mut self, slot: Slot, source: &str, saved: Option<(Vec<u8>, Saved)>) -> Attempt {
+        macro_rules! fail {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(f) => return Attempt::Failed(f),
+                }
+            };
+        }
+        let resuming = saved.is_some();
+        if !resuming {
+            let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
+        }
+        let slot_dir = fail!(SlotDir::create(self.slot_path(slot))
+            .map_err(fs_failure)
+            .map(|d| d.with_label(format!("slot {}", slot_name(slot)))));
+        let staging = fail!(SlotDir::create(self.data.join(layout::BUNDLE_FILES))
+            .map_err(fs_failure)
+            .map(|d| d.with_label("staging")));
+        if !resuming {
+            fail!(staging.clear().map_err(fs_failure));
+        }
+
+        let limits = self.cfg.limits;
+        let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
+        let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
+        let z = fail!(LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}"))));
+        let (keys, revoked) = (self.cfg.trusted_keys.clone(), self.cfg.revoked_keys.clone());
+        let trust = Trust::Pinned {
+            keys: &keys,
+            revoked: &revoked,
+        };
+        let mut dec = Decoder::new(
+            trust,
+            limits,
+            z,
+            Buffers {
+                manifest: &mut mb,
+                wire: &mut wb,
+                raw: &mut rb,
+            },
+        );
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut plan = None;
+
+        // Where the bytes come from, and the extractor continuing or starting the slot.
+        let (mut reader, validator, mut extractor) = match saved {
+            None => {
+                let src = match fetch::open_at(source, &self.cfg, 0, None) {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
+                };
+                let x = fail!(fsops::Extractor::new(&slot_dir, &staging).map_err(fs_failure));
+                (src.reader, src.validator, x)
+            }
+            Some((head, saved)) => {
+                // The stored first bytes, verified again: the manifest must be the one the
+                // record is staging, or this checkpoint is not ours.
+                let mut rest = &head[..];
+                let mut verified = false;
+                while !rest.is_empty() {
+                    match dec.feed(rest) {
+                        Ok(f) => {
+                            rest = &rest[f.consumed..];
+                            verified |=
+                                matches!(f.event, Some(BundleEvent::ManifestVerified { .. }));
+                        }
+                        Err(e) => return Attempt::CannotResume(format!("stored head: {e}")),
+                    }
+                }
+                if !verified {
+                    return Attempt::CannotResume("stored head holds no manifest".into());
+                }
+                let bytes = dec.manifest_bytes().to_vec();
+                let m = match Manifest::decode(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => return Attempt::CannotResume(format!("stored manifest: {e}")),
+                };
+                let info = self.record.slot(slot);
+                if info.status != Status::Staging || info.digest != m.entries.digest {
+                    return Attempt::CannotResume("the slot record stages another bundle".into());
+                }
+                if fs::read(self.data.join(layout::MANIFEST)).ok().as_deref() != Some(&bytes[..]) {
+                    return Attempt::CannotResume("the kept manifest differs".into());
+                }
+                plan = Some(Plan::from_recipe(&m.recipe));
+                let resume = match dec.resume(&saved.decoder) {
+                    Ok(r) => r,
+                    Err(e) => return Attempt::CannotResume(e.to_string()),
+                };
+                // A crash leaves at most the temporary file being written when it struck;
+                // it must not reach the snapshot. The checkpoint's own file in progress stays.
+                let keep = saved.extract.pending_tmp();
+                for (dir, is_staging) in [(&slot_dir, false), (&staging, true)] {
+                    let k = keep
+                        .as_ref()
+                        .filter(|(s, _)| *s == is_staging)
+                        .map(|(_, p)| p.as_str());
+                    if let Err(e) = dir.remove_named(TMP_PREFIX, k) {
+                        return Attempt::CannotResume(e.to_string());
+                    }
+                }
+                let x = match fsops::Extractor::resume(&slot_dir, &staging, &saved.extract) {
+                    Ok(x) => x,
+                    Err(e) => return Attempt::CannotResume(e.to_string()),
+                };
+                if resume.file_prefix != saved.extract.file_prefix() {
+                    return Attempt::CannotResume("decoder and extractor disagree".into());
+                }
+                let mut refused = None;
+                let read = x.read_pending(&mut buf, |bytes| {
+                    if refused.is_none() {
+                        refused = dec.rehash_prefix(bytes).err();
+                    }
+                    Ok(())
+                });
+                if let Err(e) = read {
+                    return Attempt::CannotResume(e.to_string());
+                }
+                if let Some(e) = refused {
+                    return Attempt::CannotResume(e.to_string());
+                }
+                let src = match fetch::open_at(source, &self.cfg, resume.offset, saved.validator) {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::CannotResume(format!("{e:#}")),
+                };
+                let (chunk, chunks) = dec.chunk_progress();
+                self.log(&format!(
+                    "resuming the download at byte {} (chunk {chunk} of {chunks}, {} bytes of the file in progress kept)",
+                    resume.offset, resume.file_prefix
+                ));
+                (src.reader, src.validator, x)
+            }
+        };
+        if !resuming {
+            // The checkpoint's anchor; written before any checkpoint can name it.
+            let _ = fs::remove_file(self.data.join(layout::HEAD));
+        }
+
+        let mut cp = vec![0u8; CHECKPOINT_MAX];
+        let mut last_cp = (dec.position(), Instant::now());
+        let every = test_hook("MOLT_TEST_CHECKPOINT_BYTES").unwrap_or(CHECKPOINT_BYTES);
+        let crash_at = test_hook("MOLT_TEST_CRASH_AT_BYTE");
+        'read: loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break 'read,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Attempt::Failed((CauseKind::Network, format!("reading {source}: {e}")))
+                }
+            };
+            let mut rest = &buf[..n];
+            loop {
+                let f = match dec.feed(rest) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let p = dec.failed_path().to_string();
+                        return Attempt::Failed(bundle_failure(e, &p));
+                    }
+                };
+                rest = &rest[f.consumed..];
+                let Some(ev) = f.event else { break };
+                match ev {
+                    BundleEvent::ManifestVerified { .. } => {
+                        let bytes = dec.manifest_bytes().to_vec();
+                        let m = fail!(Manifest::decode(&bytes).map_err(|e| bundle_failure(e, "")));
+                        fail!(m
+                            .check_compatible(&self.cfg.compatible)
+                            .map_err(|e| bundle_failure(e, "")));
+                        fail!(m
+                            .check_floor(self.record.floor())
+                            .map_err(|e| bundle_failure(e, "")));
+                        fail!(self.begin(slot, &slot_dir, &m));
+                        fail!(
+                            write_durable(&self.data.join(layout::MANIFEST), &bytes).map_err(|e| (
+                                CauseKind::Io,
+                                format!("cannot keep the manifest: {e}")
+                            ))
+                        );
+                        let mut head = dec.head_bytes().to_vec();
+                        head.extend_from_slice(&bytes);
+                        fail!(
+                            write_durable(&self.data.join(layout::HEAD), &head).map_err(|e| (
+                                CauseKind::Io,
+                                format!("cannot keep the bundle head: {e}")
+                            ))
+                        );
+                        self.log(&format!(
+                            "bundle {} (release {}, {}) verified; writing slot {}",
+                            m.version,
+                            m.release,
+                            if matches!(m.kind, BundleKind::Full) {
+                                "full"
+                            } else {
+                                "patch"
+                            },
+                            slot_name(slot)
+                        ));
+                        plan = Some(Plan::from_recipe(&m.recipe));
+                    }
+                    BundleEvent::Done => {}
+                    ev => fail!(extractor.apply(&ev).map_err(fs_failure)),
+                }
+            }
+            if crash_at.is_some_and(|b| dec.position() >= b) {
+                // Test hook: a power cut in the middle of the download.
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            let (pos, at) = last_cp;
+            let due = dec.position() - pos >= every
+                || (at.elapsed() >= Duration::from_secs(CHECKPOINT_SECS) && dec.position() > pos);
+            if due {
+                if let (Ok(Some(len)), Some(state)) = (dec.checkpoint(&mut cp), extractor.save()) {
+                    fail!(self.save_checkpoint(&slot_dir, &staging, &cp[..len], state, &validator));
+                    last_cp = (dec.position(), Instant::now());
+                }
+            }
+        }
+        if let Err(e) = dec.finish() {
+            return Attempt::Failed(bundle_failure(e, ""));
+        }
+        let stats = fail!(extractor.finish().map_err(fs_failure));
+        // syncfs reports only write-back errors seen since *its* descriptor was opened,
+        // so the handle that wrote the slot is the one that must flush it; Seal flushes
+        // again later for whatever the before script and packages wrote.
+        fail!(fsops::sync_tree(&slot_dir).map_err(fs_failure));
+        fail!(fsops::sync_tree(&staging).map_err(fs_failure));
+        self.log(&format!("extracted {stats:?}"));
+        match plan {
+            Some(p) => Attempt::Done(p),
+            None => Attempt::Failed((CauseKind::BadBundle, "bundle has no manifest".into())),
+        }
+    }
+}

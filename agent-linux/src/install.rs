@@ -122,10 +122,13 @@ fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
+    crate::crashpoint::after("file write and fsync");
     fs::rename(&tmp, path)?;
+    crate::crashpoint::after("file rename");
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
+    crate::crashpoint::after("directory fsync");
     Ok(())
 }
 

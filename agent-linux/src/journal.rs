@@ -102,7 +102,9 @@ impl Journal {
         let crc = CRC.checksum(&buf[..10 + n]);
         buf[10 + n..14 + n].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all_at(&buf, (copy * COPY_LEN) as u64)?;
+        crate::crashpoint::after("journal write");
         self.file.sync_data()?;
+        crate::crashpoint::after("journal fsync");
         self.newest = Some((seq, copy));
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! the `current` link swap.
 
 pub mod config;
+pub mod crashpoint;
 pub mod exec;
 pub mod fetch;
 pub mod fsops;

@@ -74,10 +74,14 @@ impl SlotStore for FileStore {
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
         self.file
             .write_all_at(data, u64::from(offset))
-            .map_err(FileStoreError)
+            .map_err(FileStoreError)?;
+        crate::crashpoint::after("slot record write");
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
-        self.file.sync_data().map_err(FileStoreError)
+        self.file.sync_data().map_err(FileStoreError)?;
+        crate::crashpoint::after("slot record fsync");
+        Ok(())
     }
 }

@@ -18,6 +18,7 @@ use rustix::io::Errno;
 
 use super::beneath::{lstat_at, split_path, SlotDir, RESOLVE};
 use super::error::{ErrorKind, FsError};
+use crate::crashpoint;
 
 /// The name of the link that names the active slot, in the data directory.
 pub const CURRENT: &str = "current";
@@ -191,8 +192,9 @@ fn check_name<'n>(op: &'static str, dir: &Path, name: &'n str) -> Result<&'n str
     }
 }
 
-impl FsOps for RealFs {
-    fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FsError> {
+/// The real calls; the [`FsOps`] impl adds the crash-sweep hook after each.
+impl RealFs {
+    fn do_write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FsError> {
         let name = check_name("write", dir, name)?;
         let d = open_dir(dir)?;
         let fd = rfs::openat(
@@ -207,7 +209,7 @@ impl FsOps for RealFs {
             .map_err(|e| FsError::io("write", name, &place(dir), e))
     }
 
-    fn fsync(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
+    fn do_fsync(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
         let name = check_name("fsync", dir, name)?;
         let d = open_dir(dir)?;
         let fd = rfs::openat(
@@ -220,12 +222,12 @@ impl FsOps for RealFs {
         rfs::fsync(&fd).map_err(|e| FsError::from_errno("fsync", name, &place(dir), e))
     }
 
-    fn fsync_dir(&mut self, dir: &Path) -> Result<(), FsError> {
+    fn do_fsync_dir(&mut self, dir: &Path) -> Result<(), FsError> {
         let d = open_dir(dir)?;
         rfs::fsync(&d).map_err(|e| FsError::from_errno("fsync", "", &place(dir), e))
     }
 
-    fn rename(&mut self, dir: &Path, from: &str, to: &str) -> Result<(), FsError> {
+    fn do_rename(&mut self, dir: &Path, from: &str, to: &str) -> Result<(), FsError> {
         let from = check_name("rename", dir, from)?;
         let to = check_name("rename", dir, to)?;
         let d = open_dir(dir)?;
@@ -233,29 +235,70 @@ impl FsOps for RealFs {
             .map_err(|e| FsError::from_errno("rename", from, &place(dir), e))
     }
 
-    fn symlink(&mut self, dir: &Path, name: &str, target: &str) -> Result<(), FsError> {
+    fn do_symlink(&mut self, dir: &Path, name: &str, target: &str) -> Result<(), FsError> {
         let name = check_name("symlink", dir, name)?;
         let d = open_dir(dir)?;
         rfs::symlinkat(target, &d, name)
             .map_err(|e| FsError::from_errno("symlink", name, &place(dir), e))
     }
 
-    fn mkdir(&mut self, dir: &Path, name: &str, mode: u32) -> Result<(), FsError> {
+    fn do_mkdir(&mut self, dir: &Path, name: &str, mode: u32) -> Result<(), FsError> {
         let name = check_name("mkdir", dir, name)?;
         let d = open_dir(dir)?;
         rfs::mkdirat(&d, name, super::beneath::mode(mode))
             .map_err(|e| FsError::from_errno("mkdir", name, &place(dir), e))
     }
 
-    fn unlink(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
+    fn do_unlink(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
         let name = check_name("unlink", dir, name)?;
         let d = open_dir(dir)?;
         rfs::unlinkat(&d, name, rfs::AtFlags::empty())
             .map_err(|e| FsError::from_errno("unlink", name, &place(dir), e))
     }
 
-    fn syncfs(&mut self, slot: &SlotDir) -> Result<(), FsError> {
+    fn do_syncfs(&mut self, slot: &SlotDir) -> Result<(), FsError> {
         slot.sync()
+    }
+}
+
+impl FsOps for RealFs {
+    fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FsError> {
+        self.do_write(dir, name, bytes)
+            .map(|()| crashpoint::after("write"))
+    }
+
+    fn fsync(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
+        self.do_fsync(dir, name)
+            .map(|()| crashpoint::after("fsync"))
+    }
+
+    fn fsync_dir(&mut self, dir: &Path) -> Result<(), FsError> {
+        self.do_fsync_dir(dir)
+            .map(|()| crashpoint::after("directory fsync"))
+    }
+
+    fn rename(&mut self, dir: &Path, from: &str, to: &str) -> Result<(), FsError> {
+        self.do_rename(dir, from, to)
+            .map(|()| crashpoint::after("rename"))
+    }
+
+    fn symlink(&mut self, dir: &Path, name: &str, target: &str) -> Result<(), FsError> {
+        self.do_symlink(dir, name, target)
+            .map(|()| crashpoint::after("symlink"))
+    }
+
+    fn mkdir(&mut self, dir: &Path, name: &str, mode: u32) -> Result<(), FsError> {
+        self.do_mkdir(dir, name, mode)
+            .map(|()| crashpoint::after("mkdir"))
+    }
+
+    fn unlink(&mut self, dir: &Path, name: &str) -> Result<(), FsError> {
+        self.do_unlink(dir, name)
+            .map(|()| crashpoint::after("unlink"))
+    }
+
+    fn syncfs(&mut self, slot: &SlotDir) -> Result<(), FsError> {
+        self.do_syncfs(slot).map(|()| crashpoint::after("syncfs"))
     }
 }
 

@@ -55,7 +55,6 @@ fn references(after_ok: bool) -> (String, Option<String>) {
 fn sweep(after_ok: bool) {
     let (old, new) = references(after_ok);
     let bundle = build(&v2(after_ok));
-    let mut points = 0;
     let mut seen = std::collections::BTreeSet::new();
     for n in 1..400u32 {
         let d = Device::new();
@@ -66,6 +65,7 @@ fn sweep(after_ok: bool) {
             &["install", p.to_str().unwrap()],
             &[("MOLT_TEST_CRASH_AFTER_OPS", &n.to_string())],
         );
+        let points = n - 1;
         if !run.killed() {
             // The install ran to its end before the N-th operation: the sweep is complete.
             println!("{points} crash points; recovered to: {seen:?}");
@@ -79,7 +79,6 @@ fn sweep(after_ok: bool) {
             assert_eq!(seen.contains("new"), after_ok);
             return;
         }
-        points += 1;
         let what = run
             .out
             .lines()

@@ -168,7 +168,7 @@ impl Device {
             let have = self.record.slot(active).version.as_str();
             if !base_version.is_empty() && base_version != have {
                 return Err((
-                    CauseKind::Incompatible,
+                    CauseKind::WrongBase,
                     format!("patch for version {base_version}, but the active snapshot is {have}"),
                 ));
             }

@@ -252,6 +252,8 @@ pub enum CauseKind {
     TrialsExhausted,
     /// An operator aborted the deployment.
     Aborted,
+    /// A patch bundle was made for another version than the active snapshot's.
+    WrongBase,
 }
 
 impl fmt::Display for CauseKind {
@@ -271,6 +273,7 @@ impl fmt::Display for CauseKind {
             CauseKind::ResumesExhausted => f.write_str("download interrupted too often"),
             CauseKind::TrialsExhausted => f.write_str("new snapshot restarted too often"),
             CauseKind::Aborted => f.write_str("aborted by an operator"),
+            CauseKind::WrongBase => f.write_str("patch is for another version"),
         }
     }
 }

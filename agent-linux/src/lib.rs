@@ -11,4 +11,6 @@ pub mod fetch;
 pub mod fsops;
 pub mod install;
 pub mod journal;
+pub mod mounts;
+pub mod packages;
 pub mod slotfile;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, display, fuzz, run_cmd, tidy};
+use crate::{cargo, display, fuzz, rootfs, run_cmd, tidy};
 
 /// The embedded target the engine must build for without `std`.
 const NOSTD_TARGET: &str = "thumbv7em-none-eabihf";
@@ -39,6 +39,7 @@ const STEPS: &[Step] = &[
     ("doc", doc),
     ("fuzz-build", fuzz_build),
     ("engine-size", engine_size),
+    ("rootfs", rootfs_step),
     ("test", test),
 ];
 
@@ -202,6 +203,19 @@ fn target_installed() -> Result<bool> {
         .is_dir())
 }
 
+/// Builds the Debian tree the agent's package tests chroot into (cached: seconds when
+/// it exists), so that `test` can hand it to them. Building it needs root.
+fn rootfs_step(root: &Path) -> Result<Outcome> {
+    if !rootfs::is_root() {
+        let why = "not root: the package tests will skip, because building the test rootfs \
+                   needs root (debootstrap, chroot)";
+        println!("{why}");
+        return Ok(Outcome::Skipped(why.to_string()));
+    }
+    rootfs::ensure(root, false, rootfs::Progress::Stdout)?;
+    Ok(Outcome::Passed)
+}
+
 /// Totals over every `test result:` line cargo test printed.
 #[derive(Default, Debug, PartialEq, Eq)]
 struct TestCounts {
@@ -237,6 +251,13 @@ impl TestCounts {
 fn test(root: &Path) -> Result<Outcome> {
     let mut cmd = cargo(root);
     cmd.args(["test", "--workspace"]);
+    // Set only when the `rootfs` step left a complete tree and we are root, which the
+    // package tests need to chroot into it; without it they skip.
+    if rootfs::is_root() {
+        if let Some(dir) = rootfs::ready(root)? {
+            cmd.env(rootfs::ENV_TEST_ROOTFS, dir);
+        }
+    }
     let shown = display(&cmd);
     println!("$ {shown}");
     let mut child = cmd

@@ -11,6 +11,7 @@ mod bench_util;
 mod ci;
 mod demo;
 mod fuzz;
+mod rootfs;
 mod size;
 mod tidy;
 
@@ -25,7 +26,8 @@ cargo xtask TASK [ARGS]
 
 Tasks:
   ci                         run exactly what CI runs (fmt, tidy, clippy, no_std build,
-                             docs, fuzz build, size example, tests), stopping at the first failure
+                             docs, fuzz build, size example, test rootfs, tests), stopping at the
+                             first failure
   tidy                       check repository rules (every .rs file starts with a //! line)
   nostd                      build molt-engine without std for thumbv7em-none-eabihf
   fuzz [--seconds N] [--build-only]
@@ -33,6 +35,10 @@ Tasks:
                              N seconds (default 60) from a generated seed corpus
   engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
   bench [NAME]               run a benchmark; without NAME, list them
+  rootfs [--print-path] [--rebuild]
+                             build (once, as root) the minimal Debian bookworm tree with
+                             python3-pip and npm that package tests chroot into, cached in
+                             target/molt-rootfs/bookworm; --print-path prints only its path
   demo                       keys, a signed bundle from the example recipe, verify, inspect, a tampered copy refused
   help                       print this help
 ";
@@ -85,6 +91,7 @@ fn run(args: &[String]) -> Result<()> {
             }
             [name, bench_args @ ..] => bench::run(&root, name, bench_args),
         },
+        "rootfs" => rootfs::run(&root, &rootfs::Options::parse(rest)?),
         "demo" => {
             no_args(task, rest)?;
             demo::run(&root)

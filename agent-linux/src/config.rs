@@ -59,6 +59,9 @@ pub const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT_SECS: u64 = 30;
 /// Default of `[timeouts] download_stall_secs`.
 pub const DEFAULT_DOWNLOAD_STALL_SECS: u64 = 60;
+/// Default of `[timeouts] packages_secs`: one package manager's whole run (apt on a slow
+/// link and a small CPU takes minutes).
+pub const DEFAULT_PACKAGES_TIMEOUT_SECS: u64 = 1800;
 /// Largest accepted timeout or interval: one day, as for recipe commands.
 pub const MAX_SECS: u64 = 24 * 60 * 60;
 
@@ -111,6 +114,8 @@ pub struct Timeouts {
     /// `download_stall_secs` (default 60): a download that receives no byte for
     /// this long is dropped and resumed.
     pub download_stall: Duration,
+    /// `packages_secs` (default 1800): for each package manager's run in the packages stage.
+    pub packages: Duration,
 }
 
 impl Default for Timeouts {
@@ -119,6 +124,7 @@ impl Default for Timeouts {
             command: Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_SECS),
             health_check: Duration::from_secs(DEFAULT_HEALTH_CHECK_TIMEOUT_SECS),
             download_stall: Duration::from_secs(DEFAULT_DOWNLOAD_STALL_SECS),
+            packages: Duration::from_secs(DEFAULT_PACKAGES_TIMEOUT_SECS),
         }
     }
 }
@@ -299,6 +305,7 @@ struct RawTimeouts {
     command_secs: Option<Spanned<u64>>,
     health_check_secs: Option<Spanned<u64>>,
     download_stall_secs: Option<Spanned<u64>>,
+    packages_secs: Option<Spanned<u64>>,
 }
 
 /// `[limits]` as written: the engine's [`Limits`] with every field optional.
@@ -508,6 +515,11 @@ impl RawConfig {
                 t.download_stall_secs.as_ref(),
                 "timeouts.download_stall_secs",
                 DEFAULT_DOWNLOAD_STALL_SECS,
+            )?),
+            packages: Duration::from_secs(cx.seconds(
+                t.packages_secs.as_ref(),
+                "timeouts.packages_secs",
+                DEFAULT_PACKAGES_TIMEOUT_SECS,
             )?),
         };
 

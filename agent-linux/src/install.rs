@@ -39,6 +39,8 @@ use crate::config::Config;
 use crate::exec::{self, CommandSpec, Status as ExitStatus};
 use crate::fsops::{self, SlotDir};
 use crate::journal::Journal;
+use crate::mounts::{self, BindSpec, ChrootMounts};
+use crate::packages;
 use crate::slotfile::FileStore;
 
 mod download;
@@ -73,6 +75,8 @@ pub mod layout {
     pub const BOOT_ID: &str = "boot_id";
     /// The lock file.
     pub const LOCK: &str = "lock";
+    /// The bind mounts of a packages stage in progress (removed when they are undone).
+    pub const MOUNTS: &str = "mounts";
 }
 
 /// The slot directory's name (`a` or `b`).
@@ -156,6 +160,13 @@ impl Device {
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
         .map_err(|_| anyhow!("another molt-agent is using {}", data.display()))?;
+        // Before anything touches a slot: a crash during a packages stage can leave
+        // processes running in the chroot and bind mounts of /proc and /dev inside the
+        // slot, and a later clear or clone of that slot must never walk into them.
+        let slots = data.join(layout::SLOTS);
+        let killed = mounts::kill_chrooted(&slots);
+        let unmounted = mounts::cleanup_stale(&data.join(layout::MOUNTS), &slots)
+            .context("cannot undo the bind mounts a crash left in a slot")?;
         let mut store = FileStore::open(&data.join(layout::RECORD))
             .with_context(|| format!("cannot open {}", data.join(layout::RECORD).display()))?;
         let record = match SlotRecord::load(&mut store)
@@ -184,6 +195,22 @@ impl Device {
             cfg,
             _lock: lock,
         };
+        if !killed.is_empty() {
+            dev.log(&format!(
+                "killed {} process(es) left running in a slot's chroot: {killed:?}",
+                killed.len()
+            ));
+        }
+        if !unmounted.is_empty() {
+            dev.log(&format!(
+                "unmounted what a crash left in a slot: {}",
+                unmounted
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         dev.repair_current()?;
         let rebooted = dev.note_boot()?;
         // Done too: a crash right after journaling Done may have lost the final report,
@@ -397,11 +424,7 @@ impl Device {
                 Err((kind, why)) => self.fail(Phase::Fetching, kind, why),
             },
             Action::RunBefore { slot } => self.run_stage(Phase::Before, slot),
-            Action::InstallPackages { .. } => self.fail(
-                Phase::Packages,
-                CauseKind::Io,
-                "the recipe lists packages, and this agent cannot install packages yet".into(),
-            ),
+            Action::InstallPackages { slot } => self.install_packages(slot),
             Action::Seal { slot } => {
                 match SlotDir::open(self.slot_path(slot)).and_then(|d| fsops::sync_tree(&d)) {
                     Ok(()) => Some(Event::Completed(Phase::Sealing)),
@@ -494,6 +517,113 @@ impl Device {
 
     fn manifest_bytes(&self) -> Result<Vec<u8>> {
         fs::read(self.data.join(layout::MANIFEST)).context("the in-flight manifest is missing")
+    }
+
+    /// The packages stage: each package manager the recipe uses runs inside a chroot of
+    /// the new slot, with /proc, /sys, /dev and resolv.conf bound in and the bundle's
+    /// shipped package files read-only at /run/molt/packages; the mounts are always
+    /// undone before the stage ends (and after a crash, on the next start).
+    fn install_packages(&mut self, slot: Slot) -> Option<Event> {
+        let phase = Phase::Packages;
+        let bytes = match self.manifest_bytes() {
+            Ok(b) => b,
+            Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
+        };
+        let m = match Manifest::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => return self.fail(phase, CauseKind::Io, format!("stored manifest: {e}")),
+        };
+        let steps = packages::plan(&m.recipe, packages::SHIPPED_DIR_IN_CHROOT);
+        if steps.is_empty() {
+            return Some(Event::Completed(phase));
+        }
+        let shipped = self
+            .data
+            .join(layout::BUNDLE_FILES)
+            .join(".molt")
+            .join("packages");
+        if let Err(e) = fs::create_dir_all(&shipped) {
+            return self.fail(
+                phase,
+                CauseKind::Io,
+                format!("cannot create {}: {e}", shipped.display()),
+            );
+        }
+        let slot_dir = self.slot_path(slot);
+        let binds = [BindSpec::read_only(
+            &shipped,
+            packages::SHIPPED_DIR_IN_CHROOT,
+        )];
+        let mounts = match ChrootMounts::setup(&slot_dir, &binds, &self.data.join(layout::MOUNTS)) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.fail(
+                    phase,
+                    CauseKind::Io,
+                    format!(
+                        "cannot prepare the chroot of slot {}: {e:#}",
+                        slot_name(slot)
+                    ),
+                )
+            }
+        };
+        let mut failed = None;
+        for step in steps {
+            self.log(&format!(
+                "{}: in a chroot of slot {}",
+                step.label,
+                slot_name(slot)
+            ));
+            let spec = CommandSpec::new(step.label.clone(), step.script)
+                .with_chroot(mounts.slot())
+                .with_timeout(self.cfg.timeouts.packages)
+                .with_capture_limit(self.cfg.log_capture_bytes)
+                .with_env("HOME", "/root")
+                .with_env("npm_config_cache", packages::NPM_CACHE_IN_CHROOT)
+                .with_env("MOLT_PHASE", phase.name())
+                .with_env("MOLT_NEW_VERSION", m.version);
+            match exec::run(&spec) {
+                Ok(o) => {
+                    self.log(&format!("{o}"));
+                    for line in o.output.lines() {
+                        self.log(&format!("  | {line}"));
+                    }
+                    if !o.success() {
+                        let kind = match o.status {
+                            ExitStatus::TimedOut { .. } => CauseKind::Timeout,
+                            ExitStatus::Exited(code) => CauseKind::Exit(code),
+                            ExitStatus::Signaled(_) => CauseKind::Exit(-1),
+                        };
+                        failed = Some((kind, o.to_string()));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some((CauseKind::Io, format!("{}: {e:#}", step.label)));
+                    break;
+                }
+            }
+        }
+        // Unmounted before anything else looks at the slot: sealing, swapping or a revert
+        // must never meet the host's /proc or /dev inside it.
+        if let Err(e) = mounts.teardown() {
+            let why = format!(
+                "cannot undo the chroot mounts of slot {}: {e:#}",
+                slot_name(slot)
+            );
+            return self.fail(phase, CauseKind::Io, why);
+        }
+        let cache = packages::NPM_CACHE_IN_CHROOT.trim_start_matches('/');
+        if let Err(e) = SlotDir::open(&slot_dir).and_then(|d| d.remove(cache)) {
+            self.log(&format!(
+                "cannot remove npm's cache from slot {}: {e}",
+                slot_name(slot)
+            ));
+        }
+        match failed {
+            Some((kind, why)) => self.fail(phase, kind, why),
+            None => Some(Event::Completed(phase)),
+        }
     }
 
     /// Runs the recipe's command for `phase` (before, after, health check, rollback).

@@ -368,6 +368,56 @@ impl Drop for ChrootMounts {
 /// the record names. A filesystem mounted on a slot directory itself (`slots/b`, a
 /// slot on its own partition) is left alone. Busy mounts are retried, then detached.
 pub fn cleanup_stale(record_file: &Path, slots_root: &Path) -> Result<Vec<PathBuf>> {
+    cleanup_stale_inner(record_file, slots_root)
+}
+
+/// Kills (SIGKILL) every process whose root directory is inside `slots_root`: what a
+/// crashed agent's packages stage left running in a chroot (a dpkg maintainer script,
+/// a pip build). They would keep the bind mounts busy and keep writing into a slot
+/// nobody drives any more. Returns their process ids. A power cut leaves none; this
+/// is for an agent killed on a running system.
+pub fn kill_chrooted(slots_root: &Path) -> Vec<i32> {
+    let Ok(root) = slots_root.canonicalize() else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    // Twice: a process can fork between the scan and the kill.
+    for _ in 0..2 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            // The kernel shows a chrooted process's root as the path of its root directory.
+            let Ok(proc_root) = std::fs::read_link(e.path().join("root")) else {
+                continue;
+            };
+            if !proc_root.starts_with(&root) {
+                continue;
+            }
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok()
+                    && !killed.contains(&pid)
+                {
+                    killed.push(pid);
+                }
+            }
+        }
+    }
+    if !killed.is_empty() {
+        // Give the kernel a moment to reap them so their mounts are no longer busy.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    killed
+}
+
+fn cleanup_stale_inner(record_file: &Path, slots_root: &Path) -> Result<Vec<PathBuf>> {
     let record = match Record::load(record_file) {
         Ok(r) => r,
         Err(e) => {

@@ -27,6 +27,10 @@ pub const SHIPPED_DIR_IN_CHROOT: &str = "/run/molt/packages";
 /// directory" but defines none, so this is the conventional one.
 pub const DEFAULT_NPM_PREFIX: &str = "/opt/app";
 
+/// npm's cache inside the chroot (npm's default is ~/.npm): the agent removes it after
+/// the stage, so no cache stays in the snapshot.
+pub const NPM_CACHE_IN_CHROOT: &str = "/tmp/molt-npm-cache";
+
 /// The managers in the order their steps run.
 const ORDER: [PackageManager; 4] = [
     PackageManager::Apt,
@@ -147,6 +151,8 @@ fn apt_script(group: &[&Package<'_>], dir: &str) -> String {
         s.push_str(&a);
     }
     s.push('\n');
+    // The downloaded .debs would otherwise stay in the snapshot for nothing.
+    s.push_str("run apt-get clean\n");
     s
 }
 
@@ -172,6 +178,8 @@ fn pip_script(manager: PackageManager, group: &[&Package<'_>], dir: &str) -> Str
          case $pip_help in *--break-system-packages*) pip_opts+=(--break-system-packages) ;; esac\n\
          case $pip_help in *--root-user-action*) pip_opts+=(--root-user-action=ignore) ;; esac\n",
     );
+    // No cache: it would stay in the snapshot (under /root) for nothing.
+    s.push_str("export PIP_NO_CACHE_DIR=1\n");
     s.push_str("run \"${pip[@]}\" install \"${pip_opts[@]}\"");
     if all_shipped(group) {
         s.push_str(" --no-index");
@@ -468,7 +476,8 @@ fi"#;
             log,
             "apt-get|update\n\
              apt-get|install|-y|--no-install-recommends|--allow-downgrades|-o|Dpkg::Options::=--force-confdef|\
-             -o|Dpkg::Options::=--force-confold|jq=1.6-2|/run/molt/packages/apt/x.deb\n"
+             -o|Dpkg::Options::=--force-confold|jq=1.6-2|/run/molt/packages/apt/x.deb\n\
+             apt-get|clean\n"
         );
         assert!(
             printed.starts_with("+ apt-get update\n+ apt-get install -y"),

@@ -572,8 +572,9 @@ fn kill_9_in_every_phase_of_a_failing_install_with_full_rollback() {
     );
 }
 
-/// A failing health check (revert only), and a recipe with packages (which this agent
-/// refuses: the packages phase fails) so the packages phase is crossed too.
+/// A failing health check (revert only), and a recipe with packages on a slot that is no
+/// root file system (no bash to chroot into: the packages phase fails), so the packages
+/// phase is crossed too. Real package installs: tests/packages.rs.
 #[test]
 fn kill_9_in_the_health_check_and_packages_phases() {
     crash_sweep(

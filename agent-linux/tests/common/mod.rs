@@ -131,6 +131,9 @@ pub struct Spec {
     pub revert: bool,
     pub reboot: bool,
     pub packages: Vec<(PackageManager, String)>,
+    /// Packages shipped in the bundle: manager, name, the file's path in the bundle
+    /// (`.molt/packages/<manager>/<file>`; add the file entry itself with [`Spec::with`]).
+    pub package_files: Vec<(PackageManager, String, String)>,
     pub keys: Vec<SigningKey>,
     pub chunk_size: u32,
     /// Encoder limits (raise `max_manifest_len` to craft an oversized manifest).
@@ -162,6 +165,7 @@ impl Spec {
             revert: true,
             reboot: false,
             packages: Vec::new(),
+            package_files: Vec::new(),
             keys: vec![key()],
             chunk_size: 16 * 1024,
             limits: Limits::DEFAULT,
@@ -302,6 +306,17 @@ pub fn manifest(spec: &Spec) -> Manifest<'_> {
                 name,
                 version: None,
                 file: None,
+            })
+            .unwrap();
+    }
+    for (manager, name, file) in &spec.package_files {
+        m.recipe
+            .packages
+            .push(Package {
+                manager: *manager,
+                name,
+                version: None,
+                file: Some(file),
             })
             .unwrap();
     }
@@ -604,7 +619,16 @@ impl Device {
     }
 
     pub fn with(o: Opts) -> Device {
-        let dir = tempfile::tempdir().unwrap();
+        Device::with_in(o, &std::env::temp_dir())
+    }
+
+    /// A device whose root is a new directory inside `parent` (a scratch file system).
+    pub fn in_dir(parent: &Path) -> Device {
+        Device::with_in(Opts::default(), parent)
+    }
+
+    fn with_in(o: Opts, parent: &Path) -> Device {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let root = dir.path().display().to_string();
         let mut keys = vec![pub_hex(&key())];
         keys.extend(o.extra_keys.iter().map(pub_hex));
@@ -753,4 +777,66 @@ pub fn active_slot(status: &str) -> Option<String> {
         .find(|l| l.starts_with("slot ") && l.ends_with("(active)"))
         .and_then(|l| l.split_whitespace().nth(1))
         .map(str::to_string)
+}
+
+/// A loop-mounted XFS file system (with reflinks) for tests that copy whole root file
+/// systems: a slot clone is then a reflink per file instead of a data copy. Dropping it
+/// unmounts (lazily if still busy) and deletes the image.
+pub struct Scratch {
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl Scratch {
+    /// A sparse `size`-byte XFS image mounted in a temp dir; `None` (with the reason
+    /// printed) when mkfs.xfs or loop mounts are not available.
+    pub fn xfs(size: u64) -> Option<Scratch> {
+        let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs", "/usr/bin/mkfs.xfs"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(mkfs) = mkfs else {
+            println!("no mkfs.xfs: using the temp directory's file system (slower clones)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("scratch.img");
+        fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let ok = Command::new(mkfs)
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mkfs.xfs failed");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        // util-linux mount sets the loop device up with autoclear: unmounting frees it.
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        if !st.success() {
+            println!("cannot loop-mount an XFS image: using the temp directory's file system");
+            return None;
+        }
+        Some(Scratch { _dir: dir, mnt })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
 }

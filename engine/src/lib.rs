@@ -6,6 +6,9 @@
 //! function ([`update::step`]). The Linux agent, the controller and the
 //! `molt` CLI are the only places that touch files, sockets and time.
 //!
+//! [`protocol`] (with `alloc`) holds the device protocol's messages, shared by
+//! the agent and the controller.
+//!
 //! Features are additive: `alloc`, `std` (implies `alloc`), `ruzstd` (a pure
 //! Rust zstd decoder for targets without libzstd), `encoder` (bundle
 //! building and signing, host side) and `testing` (test doubles).
@@ -29,6 +32,8 @@ extern crate alloc;
 pub mod bundle;
 pub mod error;
 pub mod limits;
+#[cfg(feature = "alloc")]
+pub mod protocol;
 pub mod slot;
 pub mod update;
 

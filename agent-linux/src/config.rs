@@ -98,8 +98,14 @@ pub struct Config {
     /// The controller's base URL (`http://` or `https://`); none means the agent
     /// only installs bundles it is handed (default none).
     pub controller: Option<String>,
-    /// Seconds between two polls of the controller (default 60).
+    /// Seconds between two polls of the controller (default 60) until the
+    /// controller names its own interval.
     pub poll_interval_secs: u64,
+    /// A PEM file of CA certificates trusted for https beside the public web PKI
+    /// roots (a controller with a private CA or a self-signed certificate),
+    /// resolved below [`Config::root`]; default none. Read when a connection is
+    /// made, so a bad file is reported where it is used.
+    pub controller_ca: Option<PathBuf>,
 }
 
 /// The `[timeouts]` table. All values are whole seconds in the file, from 1 s to one day.
@@ -296,6 +302,7 @@ struct RawConfig {
     log_capture_bytes: Option<Spanned<usize>>,
     controller: Option<Spanned<String>>,
     poll_interval_secs: Option<Spanned<u64>>,
+    controller_ca: Option<Spanned<String>>,
 }
 
 /// `[timeouts]` as written.
@@ -364,7 +371,7 @@ impl Checker<'_> {
             }
         }
         if out.as_os_str().is_empty() {
-            return Err(self.invalid(value, field, "must name a directory below the root"));
+            return Err(self.invalid(value, field, "must name a path below the root"));
         }
         Ok(out)
     }
@@ -637,6 +644,11 @@ impl RawConfig {
             DEFAULT_POLL_INTERVAL_SECS,
         )?;
 
+        let controller_ca = match &self.controller_ca {
+            None => None,
+            Some(p) => Some(root.join(cx.relative_path(p, "controller_ca")?)),
+        };
+
         Ok(Config {
             root,
             data_dir,
@@ -650,6 +662,7 @@ impl RawConfig {
             log_capture_bytes,
             controller,
             poll_interval_secs,
+            controller_ca,
         })
     }
 }

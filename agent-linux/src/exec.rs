@@ -21,6 +21,11 @@
 //!   Once it has killed, it stops reading: a process that left the group
 //!   (`setsid`, a double-forking daemon) and still holds the output pipes cannot
 //!   make the runner wait.
+//! * **Cancellable.** With [`CommandSpec::with_cancel`], setting the flag (an
+//!   operator abort, seen by another thread) ends the command as a timeout does:
+//!   `SIGTERM` to the group, `SIGKILL` after the grace period. The runner looks at
+//!   the flag every [`CANCEL_TICK`]; the outcome is [`Status::Cancelled`], so the
+//!   caller can tell an abort from a failure.
 //! * **Chroot without a chroot binary.** With [`CommandSpec::chroot`], the child
 //!   calls `chroot(2)` and `chdir(2)` before `execve(2)`, so the slot needs bash
 //!   but not coreutils' `chroot`. It then drops `CAP_SYS_CHROOT` from its
@@ -66,6 +71,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -98,6 +105,10 @@ pub const LINGER_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// in pieces of this size, so a command printing megabytes without a newline
 /// cannot grow the runner's memory.
 pub const LINE_MAX: usize = 8 * 1024;
+
+/// How often a running command's cancel flag is looked at: an abort ends a
+/// command within this (plus the group's reaction to `SIGTERM`).
+pub const CANCEL_TICK: Duration = Duration::from_millis(100);
 
 /// Bytes read from a pipe at once; one read per pipe per wake-up, so a flood on
 /// one pipe cannot starve the other or the deadline check.
@@ -132,6 +143,9 @@ pub struct CommandSpec {
     pub kill_grace: Duration,
     /// Bytes of output kept (first and last halves).
     pub capture_limit: usize,
+    /// When this flag becomes true the command is killed like a timeout and
+    /// ends as [`Status::Cancelled`] (an operator abort).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl CommandSpec {
@@ -147,7 +161,21 @@ impl CommandSpec {
             timeout: DEFAULT_TIMEOUT,
             kill_grace: DEFAULT_KILL_GRACE,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
+            cancel: None,
         }
+    }
+
+    /// Kills the command's process group once `flag` is set (checked every
+    /// [`CANCEL_TICK`]); a flag already set when the command starts kills it at once.
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
     /// Adds an environment variable.
@@ -205,6 +233,12 @@ pub enum Status {
         /// `SIGKILL` was sent.
         sigkill: bool,
     },
+    /// Its cancel flag was set ([`CommandSpec::with_cancel`]) and the runner
+    /// killed its process group.
+    Cancelled {
+        /// The group did not empty within the grace period after `SIGTERM`.
+        sigkill: bool,
+    },
 }
 
 /// What running a command produced.
@@ -251,6 +285,12 @@ impl fmt::Display for CommandOutcome {
                 "{}: timed out after {ran} (limit {}), process group killed with {}",
                 self.name,
                 secs(limit),
+                if sigkill { "SIGKILL" } else { "SIGTERM" }
+            )?,
+            Status::Cancelled { sigkill } => write!(
+                f,
+                "{}: cancelled after {ran}, process group killed with {}",
+                self.name,
                 if sigkill { "SIGKILL" } else { "SIGTERM" }
             )?,
         }
@@ -374,8 +414,10 @@ fn supervise<F: FnMut(Stream, &str)>(
     };
     let mut buf = vec![0u8; READ_CHUNK];
     let mut exited: Option<(ExitStatus, Instant)> = None;
-    // Set when the deadline passed: when SIGTERM went out, and whether SIGKILL followed.
+    // Set when the deadline passed (or the cancel flag was set): when SIGTERM went
+    // out, and whether SIGKILL followed.
     let mut killing: Option<(Instant, bool)> = None;
+    let mut cancelled = false;
     let mut left_open = false;
 
     loop {
@@ -397,6 +439,15 @@ fn supervise<F: FnMut(Stream, &str)>(
                         left_open = true;
                         break;
                     }
+                } else if spec.cancelled() {
+                    tracing::warn!(
+                        command = %spec.name,
+                        "cancelled: sending SIGTERM to its process group"
+                    );
+                    signal_group(pid, Signal::TERM);
+                    killing = Some((now, false));
+                    cancelled = true;
+                    continue;
                 } else if deadline.is_some_and(|d| now >= d) {
                     tracing::warn!(
                         command = %spec.name,
@@ -442,6 +493,9 @@ fn supervise<F: FnMut(Stream, &str)>(
             (None, None) => {
                 if let Some(d) = deadline {
                     at(d);
+                }
+                if spec.cancel.is_some() {
+                    at(now + CANCEL_TICK);
                 }
             }
             (Some((term_at, _)), _) => {
@@ -493,6 +547,7 @@ fn supervise<F: FnMut(Stream, &str)>(
         }
     };
     let status = match killing {
+        Some((_, sigkill)) if cancelled => Status::Cancelled { sigkill },
         Some((_, sigkill)) => Status::TimedOut {
             limit: spec.timeout,
             sigkill,
@@ -785,5 +840,37 @@ impl Capture {
         let tail: Vec<u8> = self.tail.into_iter().collect();
         out.push_str(&String::from_utf8_lossy(&tail));
         (out, self.elided)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_command_is_killed_and_says_so() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let spec = CommandSpec::new("long", "echo started; sleep 30")
+            .with_timeout(Duration::from_secs(60))
+            .with_cancel(flag.clone());
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+        });
+        let out = run(&spec).expect("bash runs");
+        setter.join().expect("the setter thread");
+        assert_eq!(out.status, Status::Cancelled { sigkill: false }, "{out}");
+        assert!(out.duration < Duration::from_secs(5), "{out}");
+        assert!(out.output.contains("started"), "{}", out.output);
+        assert!(out.to_string().contains("cancelled"), "{out}");
+    }
+
+    #[test]
+    fn a_flag_set_before_the_start_kills_at_once() {
+        let spec =
+            CommandSpec::new("never", "sleep 30").with_cancel(Arc::new(AtomicBool::new(true)));
+        let out = run(&spec).expect("bash runs");
+        assert!(matches!(out.status, Status::Cancelled { .. }), "{out}");
+        assert!(out.duration < Duration::from_secs(5), "{out}");
     }
 }

@@ -8,14 +8,51 @@
 //! length) is refused rather than spliced: the decoder would catch a splice by
 //! its digests anyway, but the error says what really happened. A read that
 //! stalls longer than the configured stall timeout counts as a drop.
+//!
+//! https uses the TLS roots of [`crate::client::tls_config`] (the public web
+//! PKI plus `controller_ca`). A bundle served by the enrolled controller is
+//! fetched with the device's credential ([`Bearer`]); the credential goes only
+//! to URLs below the controller's, never to another host a source names.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::config::Config;
+
+/// `Authorization: Bearer <secret>` for every URL that starts with `prefix`.
+#[derive(Clone)]
+pub struct Bearer {
+    /// The controller's base URL with a trailing `/`, so `https://c.example` does
+    /// not also match `https://c.example.evil`.
+    pub prefix: String,
+    /// The device's credential.
+    pub secret: String,
+}
+
+impl Bearer {
+    /// A credential for the controller at `base`.
+    pub fn new(base: &str, secret: &str) -> Bearer {
+        Bearer {
+            prefix: format!("{}/", base.trim_end_matches('/')),
+            secret: secret.to_owned(),
+        }
+    }
+
+    fn header_for(&self, url: &str) -> Option<String> {
+        url.starts_with(&self.prefix)
+            .then(|| format!("Bearer {}", self.secret))
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    // The secret stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bearer({}…)", self.prefix)
+    }
+}
 
 /// An open bundle source.
 pub struct Source {
@@ -26,30 +63,38 @@ pub struct Source {
     /// refuses a file that changed; `None` for local files (the signed chunk chain
     /// catches a changed file anyway).
     pub validator: Option<String>,
+    /// The whole bundle's length, when the source says (for progress reports).
+    pub total: Option<u64>,
 }
 
 /// Opens a bundle source: an `http://` URL or a file path.
 pub fn open(source: &str, cfg: &Config) -> Result<Box<dyn Read>> {
-    Ok(open_at(source, cfg, 0, None)?.reader)
+    Ok(open_at(source, cfg, None, 0, None)?.reader)
 }
 
 /// Opens a bundle source at byte `offset`: a `Range` request for HTTP (with `If-Range:
-/// validator`), a seek for a file.
+/// validator`, and `bearer`'s credential if the URL is the controller's), a seek for a file.
 pub fn open_at(
     source: &str,
     cfg: &Config,
+    bearer: Option<&Bearer>,
     offset: u64,
     validator: Option<String>,
 ) -> Result<Source> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let r = HttpReader::new_at(source, cfg.timeouts.download_stall, 5, offset, validator)?;
+        let stall = cfg.timeouts.download_stall;
+        let agent = crate::client::http_agent(cfg, stall, stall)?;
+        let auth = bearer.and_then(|b| b.header_for(source));
+        let r = HttpReader::with_agent(agent, source, auth, 5, offset, validator)?;
         Ok(Source {
             validator: r.validator.clone(),
+            total: r.total,
             reader: Box::new(r),
         })
     } else {
         let mut f =
             File::open(source).with_context(|| format!("cannot open bundle file {source}"))?;
+        let total = f.metadata().ok().map(|m| m.len());
         if offset > 0 {
             f.seek(SeekFrom::Start(offset))
                 .with_context(|| format!("cannot seek {source} to byte {offset}"))?;
@@ -57,6 +102,7 @@ pub fn open_at(
         Ok(Source {
             reader: Box::new(f),
             validator: None,
+            total,
         })
     }
 }
@@ -65,6 +111,8 @@ pub fn open_at(
 pub struct HttpReader {
     agent: ureq::Agent,
     url: String,
+    /// The `Authorization` header's value, if this URL gets one.
+    auth: Option<String>,
     offset: u64,
     total: Option<u64>,
     validator: Option<String>,
@@ -75,30 +123,32 @@ pub struct HttpReader {
 }
 
 impl HttpReader {
-    /// Connects to `url`. `stall` bounds every single read; `max_retries` bounds reconnections in a row.
+    /// Connects to `url` (http only: no TLS roots). `stall` bounds every single read;
+    /// `max_retries` bounds reconnections in a row.
     pub fn new(url: &str, stall: Duration, max_retries: u32) -> Result<Self> {
-        Self::new_at(url, stall, max_retries, 0, None)
-    }
-
-    /// Connects to `url` and asks for the bytes from `offset` on; with a `validator` (from
-    /// an earlier download of the same URL), a file that changed since is refused.
-    pub fn new_at(
-        url: &str,
-        stall: Duration,
-        max_retries: u32,
-        offset: u64,
-        validator: Option<String>,
-    ) -> Result<Self> {
-        if url.starts_with("https://") {
-            bail!("https bundle URLs need TLS, which this build of molt-agent leaves out; use http on a trusted network or a file (bundles are signed either way)");
-        }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(stall)
             .timeout_read(stall)
             .build();
+        Self::with_agent(agent, url, None, max_retries, 0, None)
+    }
+
+    /// Connects to `url` through `agent` (its timeouts bound each read) with an
+    /// optional `Authorization` value, and asks for the bytes from `offset` on; with a
+    /// `validator` (from an earlier download of the same URL), a file that changed
+    /// since is refused.
+    pub fn with_agent(
+        agent: ureq::Agent,
+        url: &str,
+        auth: Option<String>,
+        max_retries: u32,
+        offset: u64,
+        validator: Option<String>,
+    ) -> Result<Self> {
         let mut r = HttpReader {
             agent,
             url: url.to_string(),
+            auth,
             offset,
             total: None,
             validator,
@@ -116,8 +166,16 @@ impl HttpReader {
         self.offset
     }
 
+    /// The whole file's length, when the server said.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
     fn connect(&mut self) -> io::Result<()> {
         let mut req = self.agent.get(&self.url);
+        if let Some(a) = &self.auth {
+            req = req.set("Authorization", a);
+        }
         if self.offset > 0 {
             req = req.set("Range", &format!("bytes={}-", self.offset));
             if let Some(v) = &self.validator {

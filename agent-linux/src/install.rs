@@ -21,15 +21,31 @@
 //!   boot_id                the boot this agent last ran in (trial counting)
 //!   lock                   one agent at a time
 //! ```
+//!
+//! # Driven by the daemon
+//!
+//! The daemon (`crate::daemon`) adds three things through [`Hooks`]: a
+//! [`Reporter`] that receives every phase, progress, log line and final result
+//! of a controller deployment (and queues them durably for the controller), the
+//! credential for the controller's bundle URLs, and an abort flag. The driver
+//! looks at the flag before each outstanding action and after it returns, and
+//! feeds `Event::Abort` once; long actions (the download, the before and after
+//! commands, the health check, the package managers) watch the flag themselves
+//! and stop early, answering with a failure whose cause the machine then
+//! records as the abort. `Event::Reported` for a controller deployment is fed
+//! only by [`Device::acknowledge`], when the controller has the final report.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use molt_engine::bundle::Manifest;
+use molt_engine::protocol::{deployment_id, deployment_number};
 use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
 use molt_engine::update::{
     step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Report, State,
@@ -44,6 +60,11 @@ use crate::packages;
 use crate::slotfile::FileStore;
 
 mod download;
+mod hooks;
+mod status;
+
+pub use hooks::{Busy, Hooks, Reporter};
+pub use status::peek_status;
 
 /// Names inside the data directory.
 pub mod layout {
@@ -87,8 +108,16 @@ pub fn slot_name(s: Slot) -> &'static str {
     }
 }
 
+/// How logs name a deployment: the controller's number, or a local install's random id.
+fn label(d: DeploymentId) -> String {
+    deployment_number(d).map_or_else(|| d.to_string(), |n| n.to_string())
+}
+
 /// Largest install log before it is cut to its second half.
 const LOG_LIMIT: u64 = 1024 * 1024;
+
+/// Download progress reports at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// The device: configuration, record, journal and the state machine's state.
 pub struct Device {
@@ -102,6 +131,15 @@ pub struct Device {
     last_error: Option<String>,
     /// Test hook: SIGKILL ourselves right after journaling entry into this phase.
     crash_at: Option<String>,
+    /// Test hook: sleep this long before the outstanding action of `pause_at`'s phase
+    /// starts, after its progress report (`MOLT_TEST_PAUSE_AT=<phase>:<millis>`), so a
+    /// test can abort in a short phase such as `committing`.
+    pause_at: Option<(String, Duration)>,
+    hooks: Hooks,
+    /// The deployment an abort was already fed for (the flag stays set; one abort is enough).
+    abort_fed: Option<DeploymentId>,
+    /// When the last progress report went out.
+    last_progress: Option<Instant>,
     _lock: File,
 }
 
@@ -140,6 +178,22 @@ impl Device {
     /// Opens the data directory: takes the lock, loads (or provisions) the slot record,
     /// repairs a missing `current` link from it, and settles any install a crash interrupted.
     pub fn open(cfg: Config) -> Result<Device> {
+        Device::open_with(cfg, Hooks::default())
+    }
+
+    /// [`Device::open`] with the daemon's hooks: the reporter sees the reports the
+    /// settling produces (a final report a crash may have lost is emitted again).
+    pub fn open_with(cfg: Config, hooks: Hooks) -> Result<Device> {
+        let mut dev = Device::open_unsettled(cfg, hooks)?;
+        dev.settle()?;
+        Ok(dev)
+    }
+
+    /// Opens the data directory like [`Device::open`] but leaves an interrupted
+    /// install to [`Device::settle`], so the daemon can watch for an abort (its
+    /// poller needs the deployment in progress, [`Device::in_progress`]) while the
+    /// settling resumes a download or reruns a health check.
+    pub fn open_unsettled(cfg: Config, hooks: Hooks) -> Result<Device> {
         let data = cfg.data_dir();
         for d in [
             data.clone(),
@@ -159,7 +213,7 @@ impl Device {
             lock.as_fd(),
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
-        .map_err(|_| anyhow!("another molt-agent is using {}", data.display()))?;
+        .map_err(|_| anyhow::Error::new(Busy(data.clone())))?;
         // Before anything touches a slot: a crash during a packages stage can leave
         // processes running in the chroot and bind mounts of /proc and /dev inside the
         // slot, and a later clear or clone of that slot must never walk into them.
@@ -192,6 +246,13 @@ impl Device {
             state,
             last_error: None,
             crash_at: std::env::var("MOLT_TEST_CRASH_AT").ok(),
+            pause_at: std::env::var("MOLT_TEST_PAUSE_AT").ok().and_then(|v| {
+                let (phase, ms) = v.split_once(':')?;
+                Some((phase.to_owned(), Duration::from_millis(ms.parse().ok()?)))
+            }),
+            hooks,
+            abort_fed: None,
+            last_progress: None,
             cfg,
             _lock: lock,
         };
@@ -212,28 +273,139 @@ impl Device {
             ));
         }
         dev.repair_current()?;
-        let rebooted = dev.note_boot()?;
+        Ok(dev)
+    }
+
+    /// Settles an install a crash or reboot interrupted (`Event::Restarted`), and
+    /// ends a local install's `Done`; a controller deployment's `Done` waits for
+    /// [`Device::acknowledge`] when a reporter is attached.
+    pub fn settle(&mut self) -> Result<()> {
+        let rebooted = self.note_boot()?;
         // Done too: a crash right after journaling Done may have lost the final report,
         // and Restarted sends it again (reports are idempotent).
-        if dev.state.phase() != Phase::Idle {
-            dev.log(&format!(
+        if self.state.phase() != Phase::Idle {
+            self.log(&format!(
                 "restart: settling deployment {} interrupted in phase {} (rebooted: {rebooted})",
-                dev.state
-                    .deployment()
-                    .map(|d| d.to_string())
-                    .unwrap_or_default(),
-                dev.state.phase().name()
+                self.state.deployment().map(label).unwrap_or_default(),
+                self.state.phase().name()
             ));
-            dev.drive(Event::Restarted { rebooted })?;
+            self.drive(Event::Restarted { rebooted })?;
         }
-        if dev.state.phase() == Phase::Done {
-            if let Some(d) = dev.state.deployment() {
+        if self.state.phase() == Phase::Done {
+            if let Some(d) = self.state.deployment() {
                 // Local installs have no controller: the log is the report's receiver.
-                dev.drive(Event::Reported(d))?;
+                // Without a reporter nothing would ever acknowledge the report either.
+                if deployment_number(d).is_none() || self.hooks.reporter.is_none() {
+                    self.drive(Event::Reported(d))?;
+                }
             }
         }
-        dev.settle_orphaned_trial()?;
-        Ok(dev)
+        self.settle_orphaned_trial()
+    }
+
+    /// The controller deployment being installed or awaiting the acknowledgement
+    /// of its final report (what a poll's `in_progress` says), if any.
+    pub fn in_progress(&self) -> Option<u64> {
+        if self.state.phase() == Phase::Idle {
+            return None;
+        }
+        self.state.deployment().and_then(deployment_number)
+    }
+
+    /// The controller acknowledged `deployment`'s final report (or closed it):
+    /// feeds `Event::Reported` if the journal still waits for it.
+    pub fn acknowledge(&mut self, deployment: u64) -> Result<()> {
+        let id = deployment_id(deployment);
+        if self.state.phase() == Phase::Done && self.state.deployment() == Some(id) {
+            self.drive(Event::Reported(id))?;
+        }
+        Ok(())
+    }
+
+    /// The version of the active snapshot.
+    pub fn active_version(&self) -> String {
+        self.record
+            .slot(self.record.active())
+            .version
+            .as_str()
+            .to_owned()
+    }
+
+    /// The abort flag the daemon's poller sets.
+    pub fn abort_flag(&self) -> Arc<AtomicBool> {
+        self.hooks.abort.clone()
+    }
+
+    fn abort_requested(&self) -> bool {
+        self.hooks.abort.load(Ordering::SeqCst)
+    }
+
+    /// Feeds `Event::Abort` once per deployment when the flag is set.
+    fn take_abort(&mut self) -> Result<()> {
+        if !self.abort_requested() {
+            return Ok(());
+        }
+        let Some(d) = self.state.deployment() else {
+            return Ok(());
+        };
+        if self.state.phase() == Phase::Idle || self.abort_fed == Some(d) {
+            return Ok(());
+        }
+        self.abort_fed = Some(d);
+        self.log(&format!(
+            "deployment {}: aborted by an operator in phase {}",
+            label(d),
+            self.state.phase().name()
+        ));
+        let t = match step(&self.state, Event::Abort(d)) {
+            Ok(t) => t,
+            Err(rejected) => {
+                self.log(&format!("abort rejected: {rejected:?}"));
+                return Ok(());
+            }
+        };
+        self.journal
+            .write(&t.next)
+            .context("cannot write the journal (the install stops here)")?;
+        self.state = t.next;
+        // Only `Cancel` and `AbortRefused` come back from an abort: the outstanding
+        // action (if any) is still the one running, and its result follows.
+        for action in t.actions {
+            if let Some(ev) = self.perform(action)? {
+                self.log(&format!("unexpected result {ev:?} of an abort's action"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d`, or less if an abort arrives; returns whether it did.
+    fn sleep_unless_aborted(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.abort_requested() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            std::thread::sleep((end - now).min(exec::CANCEL_TICK));
+        }
+    }
+
+    /// Passes download progress to the reporter, at most once per [`PROGRESS_EVERY`].
+    fn progress(&mut self, done: u64, total: Option<u64>) {
+        let (Some(r), Some(d)) = (&self.hooks.reporter, self.state.deployment()) else {
+            return;
+        };
+        if self
+            .last_progress
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        r.progress(d, done, total);
     }
 
     /// With no install in flight nothing can confirm a trial (a lost or torn journal,
@@ -338,10 +510,27 @@ impl Device {
         if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) {
             let _ = writeln!(f, "{line}");
         }
+        if let Some(r) = &self.hooks.reporter {
+            r.log(line);
+        }
     }
 
     /// Installs the bundle at `source` (a path or an http(s) URL) and returns how it ended.
     pub fn install(&mut self, source: &str) -> Result<Outcome> {
+        let deployment = DeploymentId(urandom16()?);
+        let outcome = self.run_install(source, deployment)?;
+        self.drive(Event::Reported(deployment))?;
+        Ok(outcome)
+    }
+
+    /// Installs the controller's deployment `number` from `url` (fetched with the
+    /// hooks' credential) and returns how it ended. The journal stays in `Done`
+    /// until the controller has the final report: see [`Device::acknowledge`].
+    pub fn install_deployment(&mut self, number: u64, url: &str) -> Result<Outcome> {
+        self.run_install(url, deployment_id(number))
+    }
+
+    fn run_install(&mut self, source: &str, deployment: DeploymentId) -> Result<Outcome> {
         if !matches!(self.state.phase(), Phase::Idle | Phase::Done) {
             bail!(
                 "an install is in progress (phase {}); it is settled on the next start",
@@ -350,8 +539,12 @@ impl Device {
         }
         fs::create_dir_all(self.data.join(layout::STAGING))?;
         write_durable(&self.data.join(layout::SOURCE), source.as_bytes())?;
-        let deployment = DeploymentId(urandom16()?);
-        self.log(&format!("install {source} as deployment {deployment}"));
+        self.last_error = None;
+        self.last_progress = None;
+        self.log(&format!(
+            "install {source} as deployment {}",
+            label(deployment)
+        ));
         self.drive(Event::Start {
             deployment,
             target: self.record.inactive(),
@@ -360,12 +553,9 @@ impl Device {
                 trials: self.cfg.trial_boots,
             },
         })?;
-        let outcome = self
-            .state
+        self.state
             .outcome()
-            .ok_or_else(|| anyhow!("install stopped in phase {}", self.state.phase().name()))?;
-        self.drive(Event::Reported(deployment))?;
-        Ok(outcome)
+            .ok_or_else(|| anyhow!("install stopped in phase {}", self.state.phase().name()))
     }
 
     /// Feeds one event and every event its actions produce, until the machine waits.
@@ -394,7 +584,24 @@ impl Device {
                 );
             }
             for action in t.actions {
+                let outstanding = !matches!(
+                    action,
+                    Action::Report(_) | Action::Cancel | Action::AbortRefused { .. }
+                );
+                // An abort is fed between actions, never in the middle of one: before
+                // an outstanding action starts, and before its result is fed.
+                if outstanding {
+                    if let Some((_, pause)) = self
+                        .pause_at
+                        .as_ref()
+                        .filter(|(p, _)| p == self.state.phase().name())
+                    {
+                        std::thread::sleep(*pause);
+                    }
+                    self.take_abort()?;
+                }
                 if let Some(ev) = self.perform(action)? {
+                    self.take_abort()?;
                     next = Some(ev);
                 }
             }
@@ -415,7 +622,11 @@ impl Device {
                 None
             }
             Action::AbortRefused { deployment, why } => {
-                self.log(&format!("abort of {deployment} refused: {why}"));
+                self.log(&format!("abort of {} refused: {why}", label(deployment)));
+                let version = self.active_version();
+                if let Some(r) = &self.hooks.reporter {
+                    r.abort_refused(deployment, why, &version);
+                }
                 None
             }
             Action::Cancel => None,
@@ -489,7 +700,7 @@ impl Device {
     fn report(&mut self, r: &Report) {
         let line = match r {
             Report::Progress { deployment, phase } => {
-                format!("deployment {deployment}: {}", phase.name())
+                format!("deployment {}: {}", label(*deployment), phase.name())
             }
             Report::Final {
                 deployment,
@@ -497,7 +708,7 @@ impl Device {
                 cause,
                 rollback_error,
             } => {
-                let mut s = format!("deployment {deployment}: {outcome}");
+                let mut s = format!("deployment {}: {outcome}", label(*deployment));
                 if let Some(c) = cause {
                     s.push_str(&format!(" ({c})"));
                 }
@@ -513,6 +724,18 @@ impl Device {
         };
         self.log(&line);
         let _ = write_durable(&self.data.join(layout::STATUS), line.as_bytes());
+        let version = self.active_version();
+        if let Some(rep) = &self.hooks.reporter {
+            match *r {
+                Report::Progress { deployment, phase } => rep.phase(deployment, phase, &version),
+                Report::Final {
+                    deployment,
+                    outcome,
+                    ..
+                } => rep.finished(deployment, outcome, &line, &version),
+                _ => {}
+            }
+        }
     }
 
     fn manifest_bytes(&self) -> Result<Vec<u8>> {
@@ -581,7 +804,8 @@ impl Device {
                 .with_env("HOME", "/root")
                 .with_env("npm_config_cache", packages::NPM_CACHE_IN_CHROOT)
                 .with_env("MOLT_PHASE", phase.name())
-                .with_env("MOLT_NEW_VERSION", m.version);
+                .with_env("MOLT_NEW_VERSION", m.version)
+                .with_cancel(self.hooks.abort.clone());
             match exec::run(&spec) {
                 Ok(o) => {
                     self.log(&format!("{o}"));
@@ -590,6 +814,7 @@ impl Device {
                     }
                     if !o.success() {
                         let kind = match o.status {
+                            ExitStatus::Cancelled { .. } => CauseKind::Aborted,
                             ExitStatus::TimedOut { .. } => CauseKind::Timeout,
                             ExitStatus::Exited(code) => CauseKind::Exit(code),
                             ExitStatus::Signaled(_) => CauseKind::Exit(-1),
@@ -667,10 +892,21 @@ impl Device {
         if cmd.chroot {
             spec = spec.with_chroot(self.slot_path(slot));
         }
+        // Only the install's own commands stop for an abort: a rollback command runs
+        // to its end, since it is what undoes the install.
+        let abortable = phase.abortable();
+        if abortable {
+            spec = spec.with_cancel(self.hooks.abort.clone());
+        }
         let mut last = None;
         for attempt in 1..=attempts.max(1) {
             if attempt > 1 {
-                std::thread::sleep(Duration::from_secs(u64::from(interval)));
+                let pause = Duration::from_secs(u64::from(interval));
+                if !abortable {
+                    std::thread::sleep(pause);
+                } else if self.sleep_unless_aborted(pause) {
+                    return self.fail(phase, CauseKind::Aborted, "aborted by an operator".into());
+                }
             }
             match exec::run(&spec) {
                 Ok(o) => {
@@ -681,13 +917,18 @@ impl Device {
                     if o.success() {
                         return Some(Event::Completed(phase));
                     }
+                    let cancelled = matches!(o.status, ExitStatus::Cancelled { .. });
                     last = Some(o);
+                    if cancelled {
+                        break;
+                    }
                 }
                 Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
             }
         }
         let o = last?;
         let kind = match (phase, o.status) {
+            (_, ExitStatus::Cancelled { .. }) => CauseKind::Aborted,
             (_, ExitStatus::TimedOut { .. }) => CauseKind::Timeout,
             (Phase::HealthCheck, _) => CauseKind::Unhealthy,
             (_, ExitStatus::Exited(code)) => CauseKind::Exit(code),
@@ -776,39 +1017,6 @@ impl Device {
 
     /// A human-readable status: slots, versions, the last result and the log's tail.
     pub fn status(&self) -> String {
-        let r = &self.record;
-        let mut s = String::new();
-        let current = fsops::read_current(&self.data).ok().flatten();
-        s.push_str(&format!(
-            "data dir      {}\ncurrent       {}\nfloor         release {}\n",
-            self.data.display(),
-            current
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(missing)".into()),
-            r.floor()
-        ));
-        for slot in [Slot::A, Slot::B] {
-            let i = r.slot(slot);
-            s.push_str(&format!(
-                "slot {}        {:<8} version {:<16} release {}{}\n",
-                slot_name(slot),
-                format!("{:?}", i.status),
-                i.version.as_str(),
-                i.release,
-                if slot == r.active() { "  (active)" } else { "" }
-            ));
-        }
-        s.push_str(&format!("install       {}\n", self.state.phase().name()));
-        let last =
-            fs::read_to_string(self.data.join(layout::STATUS)).unwrap_or_else(|_| "none".into());
-        s.push_str(&format!("last result   {}\n", last.trim()));
-        if let Ok(log) = fs::read_to_string(self.data.join(layout::LOG)) {
-            let lines: Vec<&str> = log.lines().collect();
-            s.push_str("log (last 15 lines)\n");
-            for l in &lines[lines.len().saturating_sub(15)..] {
-                s.push_str(&format!("  {l}\n"));
-            }
-        }
-        s
+        status::render(&self.data, &self.record, &self.state)
     }
 }

@@ -4,13 +4,17 @@
 //! this crate carries out: files beneath a directory handle, scripts, fsyncs,
 //! the `current` link swap.
 
+pub mod client;
 pub mod config;
 pub mod crashpoint;
+pub mod daemon;
+pub mod enrollment;
 pub mod exec;
 pub mod fetch;
 pub mod fsops;
 pub mod install;
 pub mod journal;
 pub mod mounts;
+pub mod outbox;
 pub mod packages;
 pub mod slotfile;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use molt_agent::config::{Config, DEFAULT_PATH};
-use molt_agent::install::Device;
+use molt_agent::daemon;
+use molt_agent::enrollment::{self, EnrollArgs, Enrollment};
+use molt_agent::install::{self, Busy, Device, Hooks};
+use molt_agent::outbox::Outbox;
 use molt_engine::update::Outcome;
 
 /// The molt device agent: installs signed bundles into the inactive A/B snapshot.
@@ -22,17 +25,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install a bundle from a file or an http:// URL, atomically, with rollback on failure.
+    /// Install a bundle from a file or an http(s):// URL, atomically, with rollback on failure.
     Install {
         /// A bundle file or URL.
         source: String,
     },
-    /// Show the slots, their versions, the last result and the log's tail.
+    /// Show the slots, their versions, the last result, the log's tail and the controller.
     Status,
     /// Switch back to the previous snapshot by hand.
     Rollback,
-    /// Settle an install a crash or reboot interrupted, then print the status (run at boot).
+    /// Settle an install a crash or reboot interrupted, then print the status.
     Recover,
+    /// Enroll this device with a controller (stores its credential in the data directory).
+    Enroll {
+        /// The controller's URL (default: `controller` from the configuration).
+        #[arg(long)]
+        controller: Option<String>,
+        /// The group's enrollment token (from `molt group list`).
+        #[arg(long)]
+        token: String,
+        /// The device's name on the controller (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Enroll again although already enrolled (the controller sees a new device).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the daemon: settle, poll the controller, install what it offers, report back.
+    Run {
+        /// Return once nothing is left to do (offers installed, reports delivered,
+        /// the controller answering `none`) instead of polling forever.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,12 +79,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the device; when it is enrolled, its controller deployments' reports go
+/// to the outbox (sent by `run`) and the controller's bundle URLs get the credential.
+fn open(cfg: &Config) -> Result<Device> {
+    let hooks = match Enrollment::load(&cfg.data_dir())? {
+        Some(e) => daemon::hooks(cfg, &e)?.0,
+        None => Hooks::default(),
+    };
+    Device::open_with(cfg.clone(), hooks)
+}
+
+/// The enrollment lines of `status`.
+fn controller_status(cfg: &Config) -> String {
+    let data = cfg.data_dir();
+    match Enrollment::load(&data) {
+        Ok(Some(e)) => {
+            let pending = Outbox::open(&data)
+                .and_then(|o| o.pending())
+                .map_or_else(|e| format!("unknown ({e:#})"), |n| n.to_string());
+            format!(
+                "controller    {}\ndevice id     {} (group {})\nreports queued {pending}\n",
+                e.controller, e.device_id, e.group
+            )
+        }
+        Ok(None) => "controller    (not enrolled)\n".into(),
+        Err(e) => format!("controller    {e:#}\n"),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)
         .with_context(|| format!("configuration {}", cli.config.display()))?;
-    let mut dev = Device::open(cfg)?;
     match cli.command {
         Cmd::Install { source } => {
+            let mut dev = open(&cfg)?;
             let outcome = dev.install(&source)?;
             println!("{outcome}");
             Ok(if outcome == Outcome::Succeeded {
@@ -70,15 +123,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         // Opening the device already settled the journal; saying so is all that is left.
         Cmd::Status | Cmd::Recover => {
-            print!("{}", dev.status());
+            match open(&cfg) {
+                Ok(dev) => print!("{}", dev.status()),
+                // The daemon holds the lock: show what the files say, settling nothing.
+                Err(e) if e.downcast_ref::<Busy>().is_some() => {
+                    print!("{}", install::peek_status(&cfg)?);
+                    println!("agent         running (another molt-agent holds the lock)");
+                }
+                Err(e) => return Err(e),
+            }
+            print!("{}", controller_status(&cfg));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rollback => {
+            let mut dev = open(&cfg)?;
             let to = dev.rollback()?;
-            println!(
-                "rolled back: slot {} is active",
-                molt_agent::install::slot_name(to)
-            );
+            println!("rolled back: slot {} is active", install::slot_name(to));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Enroll {
+            controller,
+            token,
+            name,
+            force,
+        } => {
+            let Some(url) = controller.or_else(|| cfg.controller.clone()) else {
+                anyhow::bail!(
+                    "enroll needs --controller URL (or `controller` in the configuration)"
+                );
+            };
+            // Held until the end: a running daemon (which holds the lock) must not
+            // have its identity and outbox replaced underneath it.
+            let dev = open(&cfg)?;
+            let active_version = dev.active_version();
+            let args = EnrollArgs {
+                controller: &url,
+                token: &token,
+                name: name.as_deref(),
+                active_version,
+                force,
+            };
+            let result = enrollment::enroll(&cfg, &cfg.data_dir(), &args);
+            drop(dev);
+            match result {
+                Ok(e) => {
+                    println!(
+                        "enrolled with {} as {} (group {})",
+                        e.controller, e.device_id, e.group
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("molt-agent: enroll failed: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Run { once } => {
+            daemon::run(cfg, daemon::Options { once })?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod build;
+pub mod client;
 pub mod inspect;
 pub mod keys;
 pub mod recipe;
+pub mod server;

@@ -18,6 +18,13 @@
 //! checkpoint, another bundle, a server that ignores `Range`, a damaged partial
 //! file) falls back to downloading from the start: a resume is an optimisation,
 //! never a way around verification.
+//!
+//! # Abort and progress
+//!
+//! The read loop looks at the daemon's abort flag after every read and stops
+//! with an `Aborted` failure (the state machine then rolls back: nothing of the
+//! recipe has run, and the active slot was never touched). It also hands the
+//! bundle position to the reporter, which sends progress at most once a second.
 
 use std::fs;
 use std::io::{self, Read};
@@ -247,14 +254,15 @@ impl Device {
         let mut plan = None;
 
         // Where the bytes come from, and the extractor continuing or starting the slot.
-        let (mut reader, validator, mut extractor) = match saved {
+        let (mut reader, validator, total, mut extractor) = match saved {
             None => {
-                let src = match fetch::open_at(source, &self.cfg, 0, None) {
-                    Ok(s) => s,
-                    Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
-                };
+                let src =
+                    match fetch::open_at(source, &self.cfg, self.hooks.bearer.as_ref(), 0, None) {
+                        Ok(s) => s,
+                        Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
+                    };
                 let x = fail!(fsops::Extractor::new(&slot_dir, &staging).map_err(fs_failure));
-                (src.reader, src.validator, x)
+                (src.reader, src.validator, src.total, x)
             }
             Some((head, saved)) => {
                 // The stored first bytes, verified again: the manifest must be the one the
@@ -323,16 +331,19 @@ impl Device {
                 if let Some(e) = refused {
                     return Attempt::CannotResume(e.to_string());
                 }
-                let src = match fetch::open_at(source, &self.cfg, resume.offset, saved.validator) {
-                    Ok(s) => s,
-                    Err(e) => return Attempt::CannotResume(format!("{e:#}")),
-                };
+                let bearer = self.hooks.bearer.as_ref();
+                let src =
+                    match fetch::open_at(source, &self.cfg, bearer, resume.offset, saved.validator)
+                    {
+                        Ok(s) => s,
+                        Err(e) => return Attempt::CannotResume(format!("{e:#}")),
+                    };
                 let (chunk, chunks) = dec.chunk_progress();
                 self.log(&format!(
                     "resuming the download at byte {} (chunk {chunk} of {chunks}, {} bytes of the file in progress kept)",
                     resume.offset, resume.file_prefix
                 ));
-                (src.reader, src.validator, x)
+                (src.reader, src.validator, src.total, x)
             }
         };
         if !resuming {
@@ -345,6 +356,12 @@ impl Device {
         let every = test_hook("MOLT_TEST_CHECKPOINT_BYTES").unwrap_or(CHECKPOINT_BYTES);
         let crash_at = test_hook("MOLT_TEST_CRASH_AT_BYTE");
         'read: loop {
+            if self.abort_requested() {
+                return Attempt::Failed((
+                    CauseKind::Aborted,
+                    format!("download aborted by an operator at byte {}", dec.position()),
+                ));
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break 'read,
                 Ok(n) => n,
@@ -406,6 +423,7 @@ impl Device {
                     ev => fail!(extractor.apply(&ev).map_err(fs_failure)),
                 }
             }
+            self.progress(dec.position(), total);
             if crash_at.is_some_and(|b| dec.position() >= b) {
                 // Test hook: a power cut in the middle of the download.
                 let _ = rustix::process::kill_process(

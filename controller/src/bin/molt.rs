@@ -1,23 +1,47 @@
-//! The operator CLI `molt`: argument parsing and output only; the work is in the `molt_controller` library.
+//! The operator CLI `molt`: argument parsing and output only; the work is in the `molt_controller` library (bundles: `build`, `inspect`; the controller's API: `client`).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use molt_controller::api::{
+    AbortResult, Deployment, DeploymentDetails, Device, Group, NewDeployment, Update,
+};
+use molt_controller::client::{self, Client, PushKind, RequestError, SavedLogin, Target};
 use molt_controller::inspect::{self, human};
 use molt_controller::{build, keys};
 use molt_engine::bundle::TrustedKey;
 use molt_engine::Error;
+use serde_json::Value;
 
 /// molt: over-the-air updates for Linux edge devices (operator CLI).
+///
+/// The commands that talk to a controller find it, strongest first, in the --controller and
+/// --token flags, the MOLT_CONTROLLER and MOLT_TOKEN variables, or the login `molt login`
+/// saved in $XDG_CONFIG_HOME/molt/cli.toml (~/.config/molt/cli.toml).
 #[derive(Parser)]
 #[command(name = "molt", version, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    remote: Remote,
     #[command(subcommand)]
     command: Top,
+}
+
+/// Where the controller is; global, so it can follow any command.
+#[derive(Args)]
+struct Remote {
+    /// The controller's URL, such as http://controller:8080 (else MOLT_CONTROLLER, else the saved login).
+    #[arg(long, global = true, value_name = "URL")]
+    controller: Option<String>,
+    /// The operator token (else MOLT_TOKEN, else the saved login). Other users can see
+    /// command lines: prefer the variable, or `molt login`'s prompt.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +55,125 @@ enum Top {
     /// Build, inspect and verify update bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Check a controller's URL and operator token, then save both for the other commands.
+    ///
+    /// The token comes from --token, MOLT_TOKEN, or standard input (a prompt on a terminal;
+    /// `molt login --controller URL < operator-token` otherwise). Saved with mode 0600.
+    Login,
+    /// List groups with their device counts and enrollment tokens; `groups create NAME` makes one.
+    Groups {
+        #[command(subcommand)]
+        action: Option<GroupsCmd>,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List devices: id, name, group, status, active version, agent version, last seen.
+    Devices {
+        /// Only this group's devices.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload updates to the controller.
+    #[command(subcommand)]
+    Update(UpdateCmd),
+    /// List the controller's updates, newest first.
+    Updates {
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy an update to a group (or to devices); prints the deployment.
+    Deploy {
+        /// The update: its id or its version (a number is taken as an id first).
+        update: String,
+        /// The group to deploy to: every device in it now.
+        #[arg(
+            long,
+            value_name = "GROUP",
+            required_unless_present = "devices",
+            conflicts_with = "devices"
+        )]
+        group: Option<String>,
+        /// A device (id or name) instead of a group; repeat for several.
+        #[arg(long = "device", value_name = "DEVICE")]
+        devices: Vec<String>,
+        /// A comment for later reference.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy a deployment's update to another group ("deploy to others").
+    DeployToOthers {
+        /// The deployment whose update to deploy.
+        deployment: u64,
+        /// The other group.
+        #[arg(long, value_name = "GROUP")]
+        group: String,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent updates with per-state device counts; with a deployment, its devices.
+    Status {
+        /// A deployment to show in detail: one line per device.
+        deployment: Option<u64>,
+        /// How many recent deployments to list.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort a deployment: pending devices at once, installing ones at their next poll.
+    Abort {
+        /// The deployment.
+        deployment: u64,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a device's log for a deployment.
+    Logs {
+        /// The deployment.
+        deployment: u64,
+        /// The device: its id or its name.
+        device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsCmd {
+    /// Create a group and print its enrollment token.
+    Create {
+        /// 1 to 64 characters of A-Z a-z 0-9 . _ -
+        name: String,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Upload a bundle (verified by the controller), or a recipe the controller builds and signs.
+    ///
+    /// A recipe is checked here first, then sent with every file it names.
+    Push {
+        /// A bundle from `molt bundle build`, or a recipe (.toml).
+        file: PathBuf,
+        /// A comment for later reference.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +222,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let remote = cli.remote;
     match cli.command {
         Top::Keygen { output } => {
             let g = keys::generate(&output)?;
@@ -183,7 +327,367 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Top::Login => login(&remote),
+        remote_command => {
+            let client = Client::new(&remote.target()?);
+            remote_run(&client, remote_command)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+impl Remote {
+    /// The controller and token: flags, then the environment, then the saved login.
+    fn target(&self) -> Result<Target> {
+        let saved = match client::default_config_path() {
+            Some(p) => client::load_login(&p)?,
+            None => None,
+        };
+        let env = |k| std::env::var(k).ok();
+        client::resolve(
+            self.controller.as_deref(),
+            self.token.as_deref(),
+            env(client::ENV_CONTROLLER).as_deref(),
+            env(client::ENV_TOKEN).as_deref(),
+            saved.as_ref(),
+        )
+    }
+}
+
+/// `molt login`: checks the token with `GET /groups`, then saves it.
+fn login(remote: &Remote) -> Result<ExitCode> {
+    let raw = remote
+        .controller
+        .clone()
+        .or_else(|| std::env::var(client::ENV_CONTROLLER).ok())
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| anyhow!("give the controller's URL: molt login --controller URL"))?;
+    let controller = client::normalize_url(&raw)?;
+    let token = match remote
+        .token
+        .clone()
+        .or_else(|| std::env::var(client::ENV_TOKEN).ok())
+    {
+        Some(t) => t.trim().to_owned(),
+        None => read_token(&controller)?,
+    };
+    if token.is_empty() {
+        bail!("no token given: molt login --controller {controller} --token TOKEN (or on standard input)");
+    }
+    let target = Target { controller, token };
+    let c = Client::new(&target);
+    let groups: Vec<Group> = match c.groups() {
+        Ok(g) => g,
+        Err(RequestError::BadToken) => bail!(
+            "the controller at {} refused the token (it is in <data>/operator-token on the controller)",
+            target.controller
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let path = client::default_config_path().ok_or_else(|| {
+        anyhow!("neither XDG_CONFIG_HOME nor HOME is set: nowhere to save the login")
+    })?;
+    client::save_login(
+        &path,
+        &SavedLogin {
+            controller: target.controller.clone(),
+            token: target.token,
+        },
+    )?;
+    println!(
+        "logged in to {} ({} group(s)); saved to {}",
+        target.controller,
+        groups.len(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The token from standard input: a prompt without echo on a terminal, else everything piped in.
+fn read_token(controller: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the token from standard input")?;
+        return Ok(text.trim().to_owned());
+    }
+    eprint!("operator token for {controller}: ");
+    let _ = std::io::stderr().flush();
+    // No password crate for one prompt: `stty` turns echo off and back on.
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let hidden = stty("-echo");
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if hidden {
+        stty("echo");
+        eprintln!();
+    }
+    read.context("cannot read the token")?;
+    Ok(line.trim().to_owned())
+}
+
+/// Prints a JSON value for scripts.
+fn print_json(v: &Value) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("cannot format JSON")?
+    );
+    Ok(())
+}
+
+/// Converts an answer already fetched as JSON into its message type.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v)
+        .map_err(|e| anyhow!("unexpected answer from the controller for {what}: {e}"))
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The commands that talk to the controller.
+fn remote_run(c: &Client, command: Top) -> Result<()> {
+    match command {
+        Top::Groups { action: None, json } => {
+            let v: Value = c.groups()?;
+            if json {
+                return print_json(&v);
+            }
+            print!(
+                "{}",
+                client::groups_table(&typed::<Vec<Group>>(v, "groups")?)
+            );
+        }
+        Top::Groups {
+            action: Some(GroupsCmd::Create { name, json }),
+            ..
+        } => {
+            let v: Value = c.create_group(&name)?;
+            if json {
+                return print_json(&v);
+            }
+            let g: Group = typed(v, "the new group")?;
+            println!("created group {}; devices enroll with its token:", g.name);
+            println!("{}", g.enrollment_token);
+        }
+        Top::Devices { group, json } => {
+            let v: Value = c.devices(group.as_deref())?;
+            if json {
+                return print_json(&v);
+            }
+            let devices: Vec<Device> = typed(v, "devices")?;
+            print!("{}", client::devices_table(&devices, now()));
+        }
+        Top::Updates { json } => {
+            let v: Value = c.updates()?;
+            if json {
+                return print_json(&v);
+            }
+            print!(
+                "{}",
+                client::updates_table(&typed::<Vec<Update>>(v, "updates")?)
+            );
+        }
+        Top::Update(UpdateCmd::Push {
+            file,
+            comment,
+            json,
+        }) => push(c, &file, comment.as_deref(), json)?,
+        Top::Deploy {
+            update,
+            group,
+            devices,
+            comment,
+            json,
+        } => {
+            let updates: Vec<Update> = c.updates()?;
+            let u = client::find_update(&updates, &update)?;
+            let devices = if devices.is_empty() {
+                None
+            } else {
+                let all: Vec<Device> = c.devices(None)?;
+                let pairs: Vec<(String, String)> =
+                    all.into_iter().map(|d| (d.id, d.name)).collect();
+                Some(
+                    devices
+                        .iter()
+                        .map(|d| client::find_device(&pairs, d))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            };
+            let v: Value = c.deploy(&NewDeployment {
+                update: u.id,
+                group,
+                devices,
+                comment: comment.unwrap_or_default(),
+            })?;
+            if json {
+                return print_json(&v);
+            }
+            let d: Deployment = typed(v, "the new deployment")?;
+            println!("{}", client::deployment_made(&d));
+            println!("watch it: molt status {}", d.id);
+        }
+        Top::DeployToOthers {
+            deployment,
+            group,
+            json,
+        } => {
+            let v: Value = c.deploy_to_others(deployment, &group)?;
+            if json {
+                return print_json(&v);
+            }
+            let d: Deployment = typed(v, "the new deployment")?;
+            println!("{}", client::deployment_made(&d));
+            println!("watch it: molt status {}", d.id);
+        }
+        Top::Status {
+            deployment: None,
+            limit,
+            json,
+        } => {
+            let v: Value = c.deployments(limit)?;
+            if json {
+                return print_json(&v);
+            }
+            let list: Vec<Deployment> = typed(v, "deployments")?;
+            print!("{}", client::deployments_table(&list));
+        }
+        Top::Status {
+            deployment: Some(id),
+            json,
+            ..
+        } => {
+            let v: Value = c.deployment(id)?;
+            if json {
+                return print_json(&v);
+            }
+            let d: DeploymentDetails = typed(v, "the deployment")?;
+            print!("{}", client::deployment_details(&d));
+        }
+        Top::Abort { deployment, json } => {
+            let v: Value = c.abort(deployment)?;
+            if json {
+                return print_json(&v);
+            }
+            let r: AbortResult = typed(v, "the abort")?;
+            // Names make the report readable; without them it still says everything.
+            let details: Option<DeploymentDetails> = c.deployment(deployment).ok();
+            let names = |id: &str| {
+                details
+                    .as_ref()?
+                    .devices
+                    .iter()
+                    .find(|d| d.id == id)
+                    .map(|d| d.name.clone())
+            };
+            print!("{}", client::abort_report(&r, &names));
+        }
+        Top::Logs { deployment, device } => {
+            let id = if device.starts_with("dev_") {
+                device
+            } else {
+                let d: DeploymentDetails = c.deployment(deployment)?;
+                let pairs: Vec<(String, String)> =
+                    d.devices.into_iter().map(|d| (d.id, d.name)).collect();
+                client::find_device(&pairs, &device)
+                    .with_context(|| format!("deployment {deployment}"))?
+            };
+            let text = c.log(deployment, &id)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.write_all(b"\n")?;
+            }
+        }
+        Top::Keygen { .. } | Top::Bundle(_) | Top::Login => {
+            unreachable!("local commands are handled by run")
+        }
+    }
+    Ok(())
+}
+
+/// `molt update push`: a bundle streamed as it is, or a recipe with its files.
+fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()> {
+    // Everything that can be checked here is, before the controller is asked anything.
+    enum Upload {
+        Bundle(client::BundleInfo),
+        Recipe(client::RecipeForm),
+    }
+    let upload = match client::push_kind(file)? {
+        PushKind::Bundle => Upload::Bundle(client::bundle_info(file)?),
+        PushKind::Recipe => Upload::Recipe(client::recipe_form(file).map_err(|e| {
+            if file.extension().is_some_and(|x| x == "toml") {
+                e
+            } else {
+                e.context(format!(
+                    "{} is not a molt bundle (no bundle header), nor a usable recipe",
+                    file.display()
+                ))
+            }
+        })?),
+    };
+    let version = match &upload {
+        Upload::Bundle(b) => &b.version,
+        Upload::Recipe(r) => &r.version,
+    };
+    // Versions are unique: refused here rather than by a 409 after the whole upload. This
+    // also checks the token before a large body is sent (an early 401 would show as a
+    // broken connection).
+    let existing: Vec<Update> = c.updates()?;
+    if let Some(u) = existing.iter().find(|u| &u.version == version) {
+        bail!(
+            "the controller already has version {version} (update {}); versions are unique",
+            u.id
+        );
+    }
+    let (v, target_group) = match upload {
+        Upload::Bundle(info) => {
+            eprintln!(
+                "uploading {}: version {} ({}) for {}, {}",
+                file.display(),
+                info.version,
+                if info.full { "full" } else { "patch" },
+                info.compatible,
+                human(info.size)
+            );
+            let progress = progress_bar();
+            (c.push_bundle(file, comment, &progress)?, None)
+        }
+        Upload::Recipe(r) => {
+            eprintln!(
+                "uploading recipe {} (version {}) with {} part(s), {}; the controller builds and signs it",
+                file.display(),
+                r.version,
+                r.form.parts().len(),
+                human(r.form.len())
+            );
+            let progress = progress_bar();
+            (c.build_recipe(r.form, comment, &progress)?, r.target_group)
+        }
+    };
+    if json {
+        return print_json(&v);
+    }
+    let u: Update = typed(v, "the new update")?;
+    println!("{}", client::update_made(&u));
+    println!(
+        "deploy it: molt deploy {} --group {}",
+        u.id,
+        target_group.as_deref().unwrap_or("GROUP")
+    );
+    Ok(())
 }
 
 fn public_keys(files: &[PathBuf]) -> Result<Vec<TrustedKey>> {

@@ -1,0 +1,255 @@
+//! The SQLite database: opening it (WAL, synchronous=FULL), the versioned schema migrations, and running queries off the async threads.
+//!
+//! One connection behind a mutex: SQLite has one writer at a time anyway, and
+//! every state change is one transaction, so a `kill -9` at any instant leaves
+//! the database as it was before or after a change, never between. Queries run
+//! on tokio's blocking pool because a commit with `synchronous=FULL` waits for
+//! the disk.
+//!
+//! Times are stored as Unix seconds and shown as RFC 3339 (UTC) by [`rfc3339`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::error::AppError;
+
+/// The schema, one migration per element; migration N brings `user_version`
+/// from N to N+1. Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[r#"
+-- Settings that live with the data: the operator token's hash.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+CREATE TABLE groups (
+    id               INTEGER PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE,
+    -- Shown to operators (`GET /groups`), so kept as is, not hashed.
+    enrollment_token TEXT NOT NULL UNIQUE,
+    created          INTEGER NOT NULL
+);
+
+CREATE TABLE devices (
+    id              TEXT PRIMARY KEY,          -- dev_…
+    credential_hash BLOB NOT NULL UNIQUE,      -- BLAKE3 of the bearer secret
+    name            TEXT NOT NULL,
+    group_id        INTEGER NOT NULL REFERENCES groups(id),
+    compatible      TEXT NOT NULL,
+    agent_version   TEXT NOT NULL,
+    active_version  TEXT NOT NULL,
+    enrolled        INTEGER NOT NULL,
+    last_seen       INTEGER
+);
+CREATE INDEX devices_by_group ON devices(group_id);
+
+-- A stored, verified bundle: the file is <data>/bundles/<blake3>.bundle.
+CREATE TABLE updates (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    version    TEXT NOT NULL UNIQUE,
+    compatible TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('full', 'patch')),
+    size       INTEGER NOT NULL,
+    blake3     TEXT NOT NULL UNIQUE,
+    comment    TEXT NOT NULL,
+    recipe     TEXT NOT NULL,                  -- JSON, as `molt bundle inspect --json`
+    created    INTEGER NOT NULL
+);
+
+CREATE TABLE deployments (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    update_id  INTEGER NOT NULL REFERENCES updates(id),
+    group_name TEXT NOT NULL,                  -- '' for a device list
+    comment    TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    aborted    INTEGER                         -- when an operator aborted it
+);
+
+-- The devices of a deployment, fixed when it is made, and where each one is.
+CREATE TABLE targets (
+    deployment_id   INTEGER NOT NULL REFERENCES deployments(id),
+    device_id       TEXT NOT NULL REFERENCES devices(id),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'downloading', 'installing',
+                        'success', 'failed', 'rolled_back', 'aborted')),
+    phase           TEXT NOT NULL DEFAULT '',
+    progress_done   INTEGER,
+    progress_total  INTEGER,
+    message         TEXT,
+    last_seq        INTEGER NOT NULL DEFAULT 0,
+    -- An operator aborted it while the device was not final: tell it on its next poll.
+    abort_requested INTEGER NOT NULL DEFAULT 0,
+    -- The device itself reported a final state (an operator's abort of a pending
+    -- device is final too, but the device may not know yet).
+    final_reported  INTEGER NOT NULL DEFAULT 0,
+    log_bytes       INTEGER NOT NULL DEFAULT 0,
+    updated         INTEGER NOT NULL,
+    PRIMARY KEY (deployment_id, device_id)
+) WITHOUT ROWID;
+CREATE INDEX targets_by_device ON targets(device_id, deployment_id);
+
+-- Report log text, one row per report; the oldest rows go once a target holds
+-- more than the log limit.
+CREATE TABLE logs (
+    deployment_id INTEGER NOT NULL,
+    device_id     TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    text          TEXT NOT NULL,
+    PRIMARY KEY (deployment_id, device_id, seq)
+) WITHOUT ROWID;
+"#];
+
+/// The database handle, cheap to clone.
+#[derive(Clone)]
+pub struct Db(Arc<Mutex<Connection>>);
+
+impl Db {
+    /// Opens (creating) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Db> {
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // WAL lets readers run beside the writer; FULL makes every commit durable
+        // before it is answered (an acknowledged report survives a power cut).
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!(
+                "{}: cannot switch the database to WAL mode (got {mode})",
+                path.display()
+            );
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn).with_context(|| format!("{}: schema migration", path.display()))?;
+        Ok(Db(Arc::new(Mutex::new(conn))))
+    }
+
+    /// Locks the connection (for blocking code: startup, or inside `spawn_blocking`).
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while locked cannot leave a transaction open (rusqlite rolls back
+        // on drop), so a poisoned lock still guards a consistent connection.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+            .await
+            .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` in one write transaction and commits it when `f` succeeds.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, AppError> + Send + 'static,
+    {
+        self.call(move |conn| {
+            // IMMEDIATE takes the write lock at once, so reads made to decide a change
+            // cannot be invalidated by another writer before the change commits.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl Db {
+    /// Runs `f` in one read transaction: a consistent snapshot across its queries.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, AppError> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Applies the migrations the database has not seen, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let have: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if have > MIGRATIONS.len() {
+        bail!(
+            "the database has schema version {have}, newer than this molt-controller knows ({}); \
+             run a newer molt-controller",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {}", i + 1))?;
+        // `user_version` lives in the database header, written by this transaction.
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!("database schema migrated to version {}", i + 1);
+    }
+    Ok(())
+}
+
+/// Now, in Unix seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2026-11-26T10:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A database integer as the API's `u64` (ids, sizes and counts are never negative).
+pub fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The API's `u64` as a database integer, refusing values SQLite cannot hold.
+pub fn signed(v: u64, what: &str) -> Result<i64, AppError> {
+    i64::try_from(v).map_err(|_| AppError::bad_request(format!("{what} {v} is out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(Db::open(&path).unwrap());
+        // Reopening applies nothing twice (a second CREATE TABLE would fail).
+        let db = Db::open(&path).unwrap();
+        db.lock()
+            .pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+            .unwrap();
+        drop(db);
+        let err = format!("{:#}", Db::open(&path).err().unwrap());
+        assert!(err.contains("newer than this molt-controller"), "{err}");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+}

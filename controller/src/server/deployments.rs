@@ -1,0 +1,416 @@
+//! The operator API's deployments (docs/api.md): deploy to a group or a device list, deploy to others, abort, recent updates, details, per-device logs.
+//!
+//! A deployment's devices are chosen and written in the transaction that creates
+//! it, so a crash can neither leave a deployment without its devices nor give a
+//! device the same deployment twice.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::Deserialize;
+
+use super::auth::Operator;
+use super::db::{now, rfc3339, signed, unsigned};
+use super::device_api::{parse_state, MAX_LOG};
+use super::error::{AppError, JsonBody, PathParams, QueryParams};
+use super::operator_api::group_id;
+use super::rollout::{self, AbortAction};
+use super::AppState;
+use crate::api::{
+    AbortResult, Counts, DeployToOthers, Deployment, DeploymentDetails, DeploymentDevice,
+    DeviceState, NewDeployment, NotAborted,
+};
+use molt_engine::protocol::Progress;
+
+/// Who made a deployment (one operator token for now).
+const OPERATOR: &str = "operator";
+
+/// Makes a deployment of `update` to `group` or `devices`, each device `pending`.
+fn create(
+    tx: &Transaction<'_>,
+    update: u64,
+    group: Option<&str>,
+    devices: Option<&[String]>,
+    comment: &str,
+) -> Result<Deployment, AppError> {
+    let uid = signed(update, "update")?;
+    let compatible: String = tx
+        .query_row("SELECT compatible FROM updates WHERE id = ?1", [uid], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| AppError::not_found(format!("update {update} does not exist")))?;
+    // (id, name, compatible) of every target device.
+    let mut members: Vec<(String, String, String)> = Vec::new();
+    let group_name = match (group, devices) {
+        (Some(g), None) => {
+            let gid = group_id(tx, g)?;
+            let mut st = tx.prepare(
+                "SELECT id, name, compatible FROM devices WHERE group_id = ?1 ORDER BY id",
+            )?;
+            for m in st.query_map([gid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                members.push(m?);
+            }
+            if members.is_empty() {
+                return Err(AppError::bad_request(format!("group `{g}` has no devices")));
+            }
+            g.to_owned()
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(AppError::bad_request("`devices` is empty"));
+            }
+            let mut unknown = Vec::new();
+            for id in list {
+                if members.iter().any(|m| &m.0 == id) {
+                    continue;
+                }
+                let row = tx
+                    .query_row(
+                        "SELECT id, name, compatible FROM devices WHERE id = ?1",
+                        [id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                match row {
+                    Some(m) => members.push(m),
+                    None => unknown.push(id.as_str()),
+                }
+            }
+            if !unknown.is_empty() {
+                return Err(AppError::bad_request(format!(
+                    "unknown devices: {}",
+                    unknown.join(", ")
+                )));
+            }
+            String::new()
+        }
+        _ => {
+            return Err(AppError::bad_request(
+                "give either `group` or `devices`, not both and not neither",
+            ))
+        }
+    };
+    let wrong: Vec<String> = members
+        .iter()
+        .filter(|m| m.2 != compatible)
+        .map(|m| format!("{} ({}: {})", m.0, m.1, m.2))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(AppError::bad_request(format!(
+            "update {update} is for `{compatible}`; these devices are not: {}",
+            wrong.join(", ")
+        )));
+    }
+    let t = now();
+    tx.execute(
+        "INSERT INTO deployments (update_id, group_name, comment, created, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![uid, group_name, comment, t, OPERATOR],
+    )?;
+    let id = tx.last_insert_rowid();
+    let mut ins = tx.prepare(
+        "INSERT INTO targets (deployment_id, device_id, state, updated) VALUES (?1, ?2, 'pending', ?3)",
+    )?;
+    for m in &members {
+        ins.execute(params![id, m.0, t])?;
+    }
+    tracing::info!(
+        "deployment {id}: update {update} to {} device(s)",
+        members.len()
+    );
+    row(tx, id)
+}
+
+/// `POST /deployments`.
+pub async fn deploy(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<NewDeployment>,
+) -> Result<(StatusCode, Json<Deployment>), AppError> {
+    let d = state
+        .db
+        .write(move |tx| {
+            create(
+                tx,
+                req.update,
+                req.group.as_deref(),
+                req.devices.as_deref(),
+                &req.comment,
+            )
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// `POST /deployments/{id}/deploy-to-others`.
+pub async fn deploy_to_others(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<u64>,
+    JsonBody(req): JsonBody<DeployToOthers>,
+) -> Result<(StatusCode, Json<Deployment>), AppError> {
+    let dep = signed(id, "deployment")?;
+    let d = state
+        .db
+        .write(move |tx| {
+            let (update, comment): (i64, String) = tx
+                .query_row(
+                    "SELECT update_id, comment FROM deployments WHERE id = ?1",
+                    [dep],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| AppError::not_found(format!("deployment {id} does not exist")))?;
+            create(tx, unsigned(update), Some(&req.group), None, &comment)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// `POST /deployments/{id}/abort`.
+pub async fn abort(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<u64>,
+) -> Result<Json<AbortResult>, AppError> {
+    let dep = signed(id, "deployment")?;
+    let result = state
+        .db
+        .write(move |tx| {
+            row(tx, dep)?;
+            let mut result = AbortResult {
+                deployment: id,
+                aborted: Vec::new(),
+                not_aborted: Vec::new(),
+            };
+            let t = now();
+            for (device, s) in states(tx, dep)? {
+                match rollout::abort_action(s) {
+                    AbortAction::Now => {
+                        tx.execute(
+                            "UPDATE targets SET state = 'aborted', abort_requested = 1,
+                                 message = 'aborted by an operator before it started', updated = ?3
+                             WHERE deployment_id = ?1 AND device_id = ?2",
+                            params![dep, device, t],
+                        )?;
+                        result.aborted.push(device);
+                    }
+                    AbortAction::OnNextPoll => {
+                        tx.execute(
+                            "UPDATE targets SET abort_requested = 1
+                             WHERE deployment_id = ?1 AND device_id = ?2",
+                            params![dep, device],
+                        )?;
+                        result.aborted.push(device);
+                    }
+                    AbortAction::NotAborted(reason) => result.not_aborted.push(NotAborted {
+                        device,
+                        state: s,
+                        reason: reason.to_owned(),
+                    }),
+                }
+            }
+            if result.aborted.is_empty() {
+                return Err(AppError::conflict(format!(
+                    "deployment {id} is finished on every device; nothing to abort"
+                )));
+            }
+            tx.execute(
+                "UPDATE deployments SET aborted = ?2 WHERE id = ?1 AND aborted IS NULL",
+                params![dep, t],
+            )?;
+            tracing::info!(
+                "deployment {id} aborted for {} device(s)",
+                result.aborted.len()
+            );
+            Ok(result)
+        })
+        .await?;
+    Ok(Json(result))
+}
+
+/// Every device of a deployment with its state, in id order.
+fn states(tx: &Transaction<'_>, dep: i64) -> Result<Vec<(String, DeviceState)>, AppError> {
+    let mut st = tx.prepare(
+        "SELECT device_id, state FROM targets WHERE deployment_id = ?1 ORDER BY device_id",
+    )?;
+    let rows = st.query_map([dep], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (d, s) = r?;
+        out.push((d, parse_state(&s)?));
+    }
+    Ok(out)
+}
+
+/// The columns [`from_row`] reads, over `deployments d JOIN updates u`.
+const COLUMNS: &str = "d.id, d.update_id, u.version, d.group_name, d.created, d.created_by,
+     d.comment, d.aborted IS NOT NULL";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(Deployment, bool)> {
+    Ok((
+        Deployment {
+            id: unsigned(r.get(0)?),
+            update: unsigned(r.get(1)?),
+            version: r.get(2)?,
+            group: r.get(3)?,
+            state: String::new(),
+            counts: Counts::default(),
+            created: rfc3339(r.get(4)?),
+            created_by: r.get(5)?,
+            comment: r.get(6)?,
+        },
+        r.get(7)?,
+    ))
+}
+
+/// Fills in a deployment's counts and state.
+fn complete(
+    tx: &Transaction<'_>,
+    (mut d, aborted): (Deployment, bool),
+) -> Result<Deployment, AppError> {
+    let dep = signed(d.id, "deployment")?;
+    for (_, s) in states(tx, dep)? {
+        d.counts.add(s);
+    }
+    d.state = rollout::deployment_state(&d.counts, aborted).to_owned();
+    Ok(d)
+}
+
+/// One deployment's row, or 404.
+fn row(tx: &Transaction<'_>, dep: i64) -> Result<Deployment, AppError> {
+    let r = tx
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM deployments d JOIN updates u ON u.id = d.update_id WHERE d.id = ?1"),
+            [dep],
+            from_row,
+        )
+        .optional()?
+        .ok_or_else(|| AppError::not_found(format!("deployment {dep} does not exist")))?;
+    complete(tx, r)
+}
+
+/// `?limit=` of `GET /deployments`.
+#[derive(Deserialize)]
+pub struct Recent {
+    limit: Option<u32>,
+}
+
+/// `GET /deployments` (recent updates).
+pub async fn list(
+    _: Operator,
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<Recent>,
+) -> Result<Json<Vec<Deployment>>, AppError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let rows = state
+        .db
+        .read(move |tx| {
+            let mut st = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM deployments d JOIN updates u ON u.id = d.update_id
+                 ORDER BY d.id DESC LIMIT ?1"
+            ))?;
+            let rows = st
+                .query_map([limit], from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|r| complete(tx, r)).collect()
+        })
+        .await?;
+    Ok(Json(rows))
+}
+
+/// `GET /deployments/{id}`.
+pub async fn details(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<u64>,
+) -> Result<Json<DeploymentDetails>, AppError> {
+    let dep = signed(id, "deployment")?;
+    let details = state
+        .db
+        .read(move |tx| {
+            let deployment = row(tx, dep)?;
+            let mut st = tx.prepare(
+                "SELECT t.device_id, d.name, t.state, t.phase, t.progress_done, t.progress_total,
+                        t.message, t.updated
+                 FROM targets t JOIN devices d ON d.id = t.device_id
+                 WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
+            )?;
+            let rows = st.query_map([dep], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })?;
+            let mut devices = Vec::new();
+            for r in rows {
+                let (id, name, s, phase, done, total, message, updated) = r?;
+                devices.push(DeploymentDevice {
+                    id,
+                    name,
+                    state: parse_state(&s)?,
+                    phase,
+                    progress: done.zip(total).map(|(d, t)| Progress {
+                        done: unsigned(d),
+                        total: unsigned(t),
+                    }),
+                    message,
+                    updated: rfc3339(updated),
+                });
+            }
+            Ok(DeploymentDetails {
+                deployment,
+                devices,
+            })
+        })
+        .await?;
+    Ok(Json(details))
+}
+
+/// `GET /deployments/{id}/devices/{device}/log`: the last 1 MiB of the device's log.
+pub async fn log(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams((id, device)): PathParams<(u64, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    let dep = signed(id, "deployment")?;
+    let text = state
+        .db
+        .read(move |tx| {
+            row(tx, dep)?;
+            let included: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM targets WHERE deployment_id = ?1 AND device_id = ?2)",
+                params![dep, device],
+                |r| r.get(0),
+            )?;
+            if !included {
+                return Err(AppError::not_found(format!(
+                    "deployment {id} does not include device {device}"
+                )));
+            }
+            let mut st = tx.prepare(
+                "SELECT text FROM logs WHERE deployment_id = ?1 AND device_id = ?2 ORDER BY seq",
+            )?;
+            let mut text = String::new();
+            for t in st.query_map(params![dep, device], |r| r.get::<_, String>(0))? {
+                text.push_str(&t?);
+            }
+            Ok(text)
+        })
+        .await?;
+    let max = usize::try_from(MAX_LOG).unwrap_or(usize::MAX);
+    let text = rollout::tail(&text, max).to_owned();
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}

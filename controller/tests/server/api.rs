@@ -1,0 +1,254 @@
+//! The operator token, credentials, uploads and every kind of bad input: each a JSON error naming what was wrong, and nothing half-stored.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[test]
+fn the_first_start_prints_the_token_and_a_restart_keeps_it() {
+    let f = Fixture::new();
+    let (mut c, token) = f.start(&[]);
+    assert_eq!(c.printed_token.as_deref(), Some(token.as_str()));
+    assert!(token.len() > 40, "{token}");
+    let mode = fs::metadata(f.data().join("operator-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(f.data().join("signing.secret").exists());
+    assert!(f.data().join("signing.pub").exists());
+    assert_eq!(get(&c.api("/groups"), &token).status, 200);
+    c.kill();
+
+    let (c, again) = f.start(&[]);
+    assert_eq!(c.printed_token, None, "a restart prints no new token");
+    assert_eq!(again, token);
+    assert_eq!(get_ok(&c.api("/groups"), &token), json!([]));
+
+    let none = request("GET", &c.api("/groups"), None, &[], None);
+    assert_eq!(none.status, 401);
+    assert!(none.error().contains("Authorization"), "{}", none.error());
+    let wrong = get(&c.api("/groups"), "mop_nope");
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.error(), "unknown credential");
+}
+
+#[test]
+fn credentials_are_kept_to_their_routes() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let a = get(&c.api("/devices"), &dev.cred);
+    assert_eq!(a.status, 403);
+    assert!(a.error().contains("device credential"), "{}", a.error());
+    let a = post(
+        &c.api("/device/poll"),
+        &token,
+        json!({"active_version": "1", "agent_version": "1", "compatible": "acme-gw", "in_progress": null}),
+    );
+    assert_eq!(a.status, 403, "the operator token is not a device");
+    let bad = request(
+        "POST",
+        &c.api("/device/enroll"),
+        None,
+        &[],
+        Some(br#"{"token":"grp_nope","name":"x","compatible":"y","agent_version":"1","active_version":"1"}"#),
+    );
+    assert_eq!(bad.status, 401);
+    assert_eq!(bad.error(), "unknown enrollment token");
+}
+
+#[test]
+fn bad_input_is_a_json_error_naming_the_problem() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let groups = c.api("/groups");
+
+    let a = request("POST", &groups, Some(&token), &[], Some(b"{\"name\": "));
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("invalid JSON body"), "{}", a.error());
+    let a = post(&groups, &token, json!({"nom": "x"}));
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("missing field `name`"), "{}", a.error());
+
+    let big = json!({ "name": "x".repeat(1100 * 1024) }).to_string();
+    let a = request("POST", &groups, Some(&token), &[], Some(big.as_bytes()));
+    assert_eq!(a.status, 413);
+    assert!(a.error().contains("1024 KiB"), "{}", a.error());
+
+    let a = post(&groups, &token, json!({"name": "no spaces"}));
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("no spaces"), "{}", a.error());
+    group(&c, &token, "test");
+    let a = post(&groups, &token, json!({"name": "test"}));
+    assert_eq!(a.status, 409);
+    assert_eq!(a.error(), "group `test` exists already");
+
+    for (path, want) in [
+        ("/deployments/99", "deployment 99 does not exist"),
+        ("/nowhere", "no route GET /api/v1/nowhere"),
+        ("/devices?group=ghosts", "group `ghosts` does not exist"),
+    ] {
+        let a = get(&c.api(path), &token);
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.error(), want);
+    }
+    let a = get(&c.api("/deployments/seven"), &token);
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("seven"), "{}", a.error());
+    let a = request("DELETE", &groups, Some(&token), &[], None);
+    assert_eq!(a.status, 405);
+    assert!(!a.error().is_empty());
+    let a = request(
+        "PATCH",
+        &c.api("/devices/dev_nope"),
+        Some(&token),
+        &[],
+        Some(br#"{"group":"test"}"#),
+    );
+    assert_eq!(a.status, 404);
+    assert_eq!(a.error(), "device dev_nope does not exist");
+}
+
+#[test]
+fn uploads_are_verified_whole_and_nothing_is_half_stored() {
+    let f = Fixture::new();
+    let (ours, ours_pub) = key(f.dir.path(), "ours");
+    let (theirs, _) = key(f.dir.path(), "theirs");
+    let (c, token) = f.start(&["--trusted-key", &ours_pub]);
+    let bundles = f.data().join("bundles");
+    let tmp = f.data().join("tmp");
+
+    let a = upload(&c, &token, b"definitely not a bundle");
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error().starts_with("bundle refused: not a molt bundle"),
+        "{}",
+        a.error()
+    );
+
+    let foreign = bundle(f.dir.path(), "9.9.9", &theirs);
+    let a = upload(&c, &token, &foreign);
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error()
+            .starts_with("bundle refused: bundle is signed by unknown key"),
+        "{}",
+        a.error()
+    );
+
+    let good = bundle(f.dir.path(), "1.0.0", &ours);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 100);
+    let a = upload(&c, &token, &truncated);
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("truncated"), "{}", a.error());
+
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    assert!(listing(&bundles).is_empty());
+    assert!(listing(&tmp).is_empty(), "{:?}", listing(&tmp));
+
+    let a = upload(&c, &token, &good);
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let u = a.json();
+    assert_eq!(u["version"], "1.0.0");
+    assert_eq!(u["compatible"], "acme-gw");
+    assert_eq!(u["kind"], "patch");
+    assert_eq!(u["size"], good.len());
+    assert_eq!(u["comment"], "from the test");
+    assert_eq!(u["blake3"], blake3::hash(&good).to_hex().as_str());
+    assert_eq!(u["recipe"]["after"]["script"], "systemctl start app");
+    assert!(u["created"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        listing(&bundles),
+        [format!("{}.bundle", blake3::hash(&good).to_hex())]
+    );
+
+    let again = bundle(&f.path("again"), "1.0.0", &ours);
+    let a = upload(&c, &token, &again);
+    assert_eq!(a.status, 409);
+    assert!(
+        a.error().contains("version 1.0.0 exists already"),
+        "{}",
+        a.error()
+    );
+    assert_eq!(
+        get_ok(&c.api("/updates"), &token).as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(listing(&bundles).len(), 1);
+    assert!(listing(&tmp).is_empty());
+}
+
+#[test]
+fn an_upload_over_the_limit_is_refused() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&["--max-bundle-bytes", "4096"]);
+    let a = upload(&c, &token, &vec![7u8; 64 * 1024]);
+    assert_eq!(a.status, 413);
+    assert!(a.error().contains("4096 bytes"), "{}", a.error());
+    // Without a Content-Length (chunked), the count while streaming stops it.
+    let mut body = b"MOLTBNDL".to_vec();
+    body.resize(64 * 1024, 7);
+    let res = ureq::post(&c.api("/updates"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .send(std::io::Cursor::new(body));
+    match res {
+        Err(ureq::Error::Status(413, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap();
+            assert!(v["error"].as_str().unwrap().contains("4096 bytes"), "{v}");
+        }
+        // The server may close the connection before the client finished sending.
+        Err(ureq::Error::Transport(_)) => {}
+        other => panic!("expected 413, got {other:?}"),
+    }
+    assert!(listing(&f.data().join("tmp")).is_empty());
+}
+
+#[test]
+fn deployments_refuse_what_cannot_be_deployed() {
+    let f = Fixture::new();
+    let (k, public) = key(f.dir.path(), "k");
+    let (c, token) = f.start(&["--trusted-key", &public]);
+    let u = upload(&c, &token, &bundle(f.dir.path(), "1.0.0", &k)).json();
+    let update = u["id"].as_u64().unwrap();
+    let test = group(&c, &token, "test");
+    group(&c, &token, "empty");
+    let deps = c.api("/deployments");
+
+    let a = post(&deps, &token, json!({"update": update, "group": "empty"}));
+    assert_eq!(a.status, 400);
+    assert_eq!(a.error(), "group `empty` has no devices");
+    let a = post(&deps, &token, json!({"update": update, "group": "ghosts"}));
+    assert_eq!(a.status, 404);
+    let a = post(&deps, &token, json!({"update": 42, "group": "test"}));
+    assert_eq!(a.status, 404);
+    assert_eq!(a.error(), "update 42 does not exist");
+    let a = post(&deps, &token, json!({"update": update, "devices": []}));
+    assert_eq!(a.status, 400);
+    let a = post(
+        &deps,
+        &token,
+        json!({"update": update, "devices": ["dev_ghost"]}),
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(a.error(), "unknown devices: dev_ghost");
+    let a = post(&deps, &token, json!({"update": update}));
+    assert_eq!(a.status, 400);
+
+    enroll(&c, &test, "good", "acme-gw");
+    let odd = enroll(&c, &test, "odd", "other-board");
+    let a = post(&deps, &token, json!({"update": update, "group": "test"}));
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error()
+            .contains(&format!("{} (odd: other-board)", odd.id)),
+        "{}",
+        a.error()
+    );
+    assert_eq!(get_ok(&deps, &token), json!([]), "nothing was half-made");
+}

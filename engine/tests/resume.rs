@@ -24,6 +24,21 @@ impl Bufs {
     }
 }
 
+/// A decoder that has been fed `head` (the bundle's first bytes, through its manifest).
+fn headed<'b, 'k>(
+    bufs: &'b mut Bufs,
+    trust: Trust<'k>,
+    head: &[u8],
+) -> Result<Decoder<'b, 'k, LibZstd>, Error> {
+    let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
+    let mut rest = head;
+    while !rest.is_empty() {
+        let f = d.feed(rest)?;
+        rest = &rest[f.consumed..];
+    }
+    Ok(d)
+}
+
 fn record(ev: Event<'_>, evs: &mut Vec<Ev>) {
     match ev {
         Event::ManifestVerified { key_id } => evs.push(Ev::Manifest(key_id)),
@@ -186,13 +201,9 @@ fn damaged_foreign_or_misfed_checkpoints_are_refused() {
     let fresh = |input: &[u8]| -> Vec<u8> { input[..head_len.min(input.len())].to_vec() };
     let resume_on = |head: &[u8], cp: &[u8]| -> Result<u64, Error> {
         let mut bufs = Bufs::new();
-        let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
-        let mut rest = head;
-        while !rest.is_empty() {
-            let f = d.feed(rest)?;
-            rest = &rest[f.consumed..];
-        }
-        d.resume(cp).map(|r| r.file_prefix)
+        headed(&mut bufs, trust, head)?
+            .resume(cp)
+            .map(|r| r.file_prefix)
     };
     // Every single bit flip is caught by the checksum.
     for i in 0..cp.len() {
@@ -227,22 +238,12 @@ fn damaged_foreign_or_misfed_checkpoints_are_refused() {
 
     // A prefix that differs from what was delivered fails that file's digest.
     let mut bufs = Bufs::new();
-    let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
-    let mut rest = &bytes[..head_len];
-    while !rest.is_empty() {
-        let f = d.feed(rest).unwrap();
-        rest = &rest[f.consumed..];
-    }
+    let mut d = headed(&mut bufs, trust, &bytes[..head_len]).unwrap();
     let r = d.resume(&cp).unwrap();
     // Feeding the bundle before the prefix is refused.
     assert!(d.feed(&bytes[r.offset as usize..]).is_err());
     let mut bufs = Bufs::new();
-    let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
-    let mut rest = &bytes[..head_len];
-    while !rest.is_empty() {
-        let f = d.feed(rest).unwrap();
-        rest = &rest[f.consumed..];
-    }
+    let mut d = headed(&mut bufs, trust, &bytes[..head_len]).unwrap();
     let r = d.resume(&cp).unwrap();
     let mut wrong = prefix.clone();
     wrong[0] ^= 1;
@@ -259,12 +260,7 @@ fn damaged_foreign_or_misfed_checkpoints_are_refused() {
     assert!(matches!(e, Error::EntryDigest { .. }), "{e}");
     // And more prefix than the checkpoint says is refused.
     let mut bufs = Bufs::new();
-    let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
-    let mut rest = &bytes[..head_len];
-    while !rest.is_empty() {
-        let f = d.feed(rest).unwrap();
-        rest = &rest[f.consumed..];
-    }
+    let mut d = headed(&mut bufs, trust, &bytes[..head_len]).unwrap();
     d.resume(&cp).unwrap();
     let mut long = prefix;
     long.push(0);

@@ -41,7 +41,7 @@ enum Cmd {
         /// The controller's URL (default: `controller` from the configuration).
         #[arg(long)]
         controller: Option<String>,
-        /// The group's enrollment token (from `molt group list`).
+        /// The group's enrollment token (from `molt groups`).
         #[arg(long)]
         token: String,
         /// The device's name on the controller (default: the host name).

@@ -41,6 +41,7 @@ const STEPS: &[Step] = &[
     ("engine-size", engine_size),
     ("rootfs", rootfs_step),
     ("test", test),
+    ("demo", demo_smoke),
 ];
 
 pub fn run(root: &Path) -> Result<()> {
@@ -103,6 +104,12 @@ fn fmt(root: &Path) -> Result<Outcome> {
         "--manifest-path",
         "engine/fuzz/Cargo.toml",
     ]))?;
+    Ok(Outcome::Passed)
+}
+
+/// The README's first command and walkthrough, run unattended (`cargo xtask demo --smoke`).
+fn demo_smoke(root: &Path) -> Result<Outcome> {
+    run_cmd(cargo(root).args(["xtask", "demo", "--smoke"]))?;
     Ok(Outcome::Passed)
 }
 

@@ -1,84 +1,424 @@
-//! `cargo xtask demo`: runs what molt can do today, end to end, on the example recipe.
+//! `cargo xtask demo`: molt running on this machine, a controller with its embedded defaults and one demo device, ready for the README's walkthrough.
 //!
-//! It builds `molt`, makes a fresh release key, builds a signed bundle from
-//! docs/examples/recipe.toml, verifies it with the public key, shows it with
-//! `molt bundle inspect`, and shows a tampered copy being refused. Everything
-//! lands in target/demo/ so it can be looked at afterwards. When the controller
-//! and agent land (issues 3 and 5) this grows into a controller with a demo device.
+//! Everything lives in target/demo/ (fresh at every start): the controller's data
+//! directory, and the demo device's root with its agent.toml, data directory
+//! and log. The device trusts the controller's own signing key, so recipes pushed
+//! with `molt update push` are built, signed and installable without any key
+//! handling. Ctrl-C stops both processes (by their pids) and exits.
+//!
+//! `--smoke` runs the walkthrough itself (push, deploy, wait for success; a
+//! failing update rolled back) on debug binaries and a free port, then stops:
+//! CI runs it so the README's first command keeps working.
 
-use std::fs;
-use std::path::Path;
-use std::process::Command;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, run_cmd};
+use crate::{cargo, display, run_cmd};
 
-pub fn run(root: &Path) -> Result<()> {
-    run_cmd(cargo(root).args([
+/// The demo device's hardware name; the demo recipes name it as their `compatible`.
+const BOARD: &str = "molt-demo-board";
+
+/// How `cargo xtask demo` was asked to run.
+pub struct Options {
+    /// Where the controller listens.
+    listen: String,
+    /// Run the walkthrough unattended and stop (CI).
+    smoke: bool,
+}
+
+impl Options {
+    /// Parses `[--listen ADDR] [--smoke]`.
+    pub fn parse(args: &[String]) -> Result<Options> {
+        let mut o = Options {
+            listen: String::new(),
+            smoke: false,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--listen" => {
+                    o.listen = it.next().context("--listen needs an address")?.clone();
+                }
+                "--smoke" => o.smoke = true,
+                other => {
+                    bail!("demo: unknown argument `{other}` (expected --listen ADDR or --smoke)")
+                }
+            }
+        }
+        if o.listen.is_empty() {
+            // The smoke run must not collide with a demo someone left running.
+            o.listen = if o.smoke {
+                "127.0.0.1:0"
+            } else {
+                "127.0.0.1:8080"
+            }
+            .into();
+        }
+        Ok(o)
+    }
+}
+
+/// A child process stopped when dropped: SIGTERM by pid (the controller shuts
+/// down gracefully on it), then SIGKILL if it lingers.
+struct Running {
+    child: Child,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Running {
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("{} exited ({status})", self.name)),
+            Ok(None) => None,
+            Err(e) => Some(format!("{}: {e}", self.name)),
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last lines of its log, for when it died.
+    fn tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn run(root: &Path, o: &Options) -> Result<()> {
+    // Release binaries for a person; the smoke run reuses the debug build the tests made.
+    let profile = if o.smoke { "debug" } else { "release" };
+    let mut build = cargo(root);
+    build.args([
         "build",
-        "--release",
         "-p",
         "molt-controller",
-        "--bin",
-        "molt",
-    ]))?;
-    let molt = root.join("target/release/molt");
+        "-p",
+        "molt-agent",
+        "--bins",
+    ]);
+    if !o.smoke {
+        build.arg("--release");
+    }
+    run_cmd(&mut build)?;
+    let bin = root.join("target").join(profile);
+    let molt = bin.join("molt");
+
     let dir = root.join("target/demo");
-    // A fresh directory each time: keygen refuses to overwrite a key, on purpose.
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let key = dir.join("release");
-    let bundle = dir.join("example-app-1.4.2.molt");
+    let data = dir.join("controller");
 
-    println!("\n== 1. a release key (the device pins the .pub half)");
-    run_cmd(Command::new(&molt).arg("keygen").arg("-o").arg(&key))?;
+    // Ctrl-C (or SIGTERM) only raises the flag; the loop below stops the children.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
 
-    println!("\n== 2. a signed bundle from the six-stage recipe");
-    run_cmd(
+    println!("\n== the controller (data in {})", data.display());
+    let (mut controller, url) = start_controller(&bin, &data, &o.listen)?;
+    let token_file = data.join("operator-token");
+    let token = fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let env = [
+        ("MOLT_CONTROLLER", url.as_str()),
+        ("MOLT_TOKEN", token.as_str()),
+    ];
+
+    println!("\n== a group for the demo device");
+    let group: serde_json::Value = serde_json::from_str(&output(
         Command::new(&molt)
-            .args(["bundle", "build"])
-            .arg(root.join("docs/examples/recipe.toml"))
-            .arg("-o")
-            .arg(&bundle)
-            .arg("--key")
-            .arg(dir.join("release.secret")),
-    )?;
+            .args(["groups", "create", "demo", "--json"])
+            .envs(env),
+    )?)?;
+    let enroll_token = group["enrollment_token"]
+        .as_str()
+        .with_context(|| format!("no enrollment token in {group}"))?
+        .to_string();
 
-    println!("\n== 3. verified the way a device verifies it");
-    run_cmd(
-        Command::new(&molt)
-            .args(["bundle", "verify"])
-            .arg(&bundle)
-            .arg("--key")
-            .arg(dir.join("release.pub")),
-    )?;
-
-    println!("\n== 4. what is inside");
-    run_cmd(
-        Command::new(&molt)
-            .args(["bundle", "inspect"])
-            .arg(&bundle)
-            .arg("--key")
-            .arg(dir.join("release.pub")),
-    )?;
-
-    println!("\n== 5. one flipped byte near the end: refused at the chunk where it changed");
-    let mut bytes = fs::read(&bundle)?;
-    let at = bytes.len() - 10;
-    bytes[at] ^= 0x01;
-    let tampered = dir.join("tampered.molt");
-    fs::write(&tampered, &bytes)?;
-    let status = Command::new(&molt)
-        .args(["bundle", "verify"])
-        .arg(&tampered)
-        .arg("--key")
-        .arg(dir.join("release.pub"))
-        .status()?;
-    if status.success() {
-        bail!("a tampered bundle verified: this is a bug");
+    let device_root = dir.join("device-1");
+    let mut agent = None;
+    if is_root() {
+        println!("\n== the demo device (root {})", device_root.display());
+        agent = Some(start_device(
+            &bin,
+            &device_root,
+            &data,
+            &url,
+            &enroll_token,
+        )?);
+    } else {
+        println!(
+            "\n== no demo device: molt-agent writes snapshots with their owners and modes, \
+             which needs root. Run `sudo -E cargo xtask demo` to get one."
+        );
     }
-    println!("\ndemo: done; files are in {}", dir.display());
-    println!("next: the agent (issue 3) installs such bundles into an A/B snapshot; the controller (issue 5) deploys them to groups.");
+
+    let rel = |p: &Path| {
+        p.strip_prefix(root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let molt_rel = format!("./{}", rel(&molt));
+    println!(
+        "\n== molt is running\n\
+         controller     {url}   (operator token in {token})\n\
+         controller log {clog}\n\
+         demo device    {device}   (log {alog}, snapshots in {slots})\n\
+         \n\
+         In another terminal, from {root}:\n\
+         \n  export MOLT_CONTROLLER={url} MOLT_TOKEN=$(cat {token})\
+         \n  {molt_rel} devices                                     # device-1 in group demo\
+         \n  {molt_rel} update push docs/examples/demo/recipe.toml  # built and signed by the controller\
+         \n  {molt_rel} deploy 1.0.0 --group demo\
+         \n  {molt_rel} status                                      # watch it reach success\
+         \n  cat {slots}/current/opt/demo-app/index.html\
+         \n  {molt_rel} update push docs/examples/demo/broken.toml  # its after command fails\
+         \n  {molt_rel} deploy 1.1.0 --group demo; sleep 10; {molt_rel} status\
+         \n  {molt_rel} logs 2 device-1                             # why it rolled back\
+         \n\nCtrl-C stops the controller and the device.",
+        token = rel(&token_file),
+        clog = rel(&controller.log),
+        device = if agent.is_some() { "device-1" } else { "(none)" },
+        alog = rel(&device_root.join("agent.log")),
+        slots = rel(&device_root.join("var/lib/molt")),
+        root = root.display(),
+    );
+
+    if o.smoke && agent.is_none() {
+        println!("demo smoke: skipped, the demo device needs root");
+        return Ok(());
+    }
+    if o.smoke {
+        let result = walkthrough(root, &molt, &env, &device_root);
+        if result.is_err() {
+            println!("--- controller log\n{}", controller.tail());
+            if let Some(a) = &agent {
+                println!("--- agent log\n{}", a.tail());
+            }
+        }
+        return result;
+    }
+
+    // Wait for Ctrl-C, or for one of the two to die (then say why and stop the other).
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            println!("\nstopping the controller and the demo device");
+            return Ok(());
+        }
+        for p in std::iter::once(&mut controller).chain(agent.as_mut()) {
+            if let Some(why) = p.exited() {
+                bail!("{why}; the end of {}:\n{}", p.log.display(), p.tail());
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `molt-controller serve` and returns it with its URL, echoing what it
+/// prints on stdout (the `listening on` line, and the operator token on a first start).
+fn start_controller(bin: &Path, data: &Path, listen: &str) -> Result<(Running, String)> {
+    fs::create_dir_all(data)?;
+    let log = data.with_file_name("controller.log");
+    let mut cmd = Command::new(bin.join("molt-controller"));
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", listen, "--poll-interval", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log)?);
+    println!("$ {}", display(&cmd));
+    let mut child = cmd.spawn().context("cannot start molt-controller")?;
+    let stdout = child.stdout.take().context("controller stdout")?;
+    let running = Running {
+        child,
+        name: "molt-controller",
+        log,
+    };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("  | {line}");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => Ok((running, url)),
+        Err(_) => bail!(
+            "molt-controller did not start listening on {listen}:\n{}",
+            running.tail()
+        ),
+    }
+}
+
+/// Writes the demo device's agent.toml, enrolls it in `demo` and starts `molt-agent run`.
+fn start_device(
+    bin: &Path,
+    root: &Path,
+    controller_data: &Path,
+    url: &str,
+    enroll_token: &str,
+) -> Result<Running> {
+    fs::create_dir_all(root)?;
+    let key_file = controller_data.join("signing.pub");
+    let key = fs::read_to_string(&key_file)
+        .with_context(|| format!("cannot read {}", key_file.display()))?;
+    let config = root.join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "# The demo device: every path below lives under `root`.\n\
+             root = \"{root}\"\n\
+             compatible = \"{BOARD}\"\n\
+             # The controller's own signing key: updates it builds are trusted.\n\
+             trusted_keys = [\"{key}\"]\n\
+             reboot_command = \"echo the demo device would reboot now\"\n\
+             poll_interval_secs = 2\n",
+            root = root.display(),
+            key = key.trim(),
+        ),
+    )?;
+    let agent = bin.join("molt-agent");
+    run_cmd(
+        Command::new(&agent)
+            .arg("--config")
+            .arg(&config)
+            .args(["enroll", "--controller", url, "--name", "device-1"])
+            .args(["--token", enroll_token]),
+    )?;
+    let log = root.join("agent.log");
+    // Both streams into one file, in the order they were written.
+    let out = File::create(&log)?;
+    let mut cmd = Command::new(&agent);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("MOLT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    println!("$ {}", display(&cmd));
+    let child = cmd.spawn().context("cannot start molt-agent")?;
+    Ok(Running {
+        child,
+        name: "molt-agent",
+        log,
+    })
+}
+
+/// The README's walkthrough, checked: 1.0.0 succeeds and is on the device,
+/// 1.1.0 rolls back with its after command's output in the log.
+fn walkthrough(root: &Path, molt: &Path, env: &[(&str, &str)], device: &Path) -> Result<()> {
+    let m = |args: &[&str]| {
+        output(
+            Command::new(molt)
+                .current_dir(root)
+                .args(args)
+                .envs(env.iter().copied()),
+        )
+    };
+    println!("\n== walkthrough (smoke)");
+    m(&["update", "push", "docs/examples/demo/recipe.toml"])?;
+    m(&["deploy", "1.0.0", "--group", "demo"])?;
+    wait_state(&m, "1", "success")?;
+    print!("{}", m(&["status"])?);
+    let page = device.join("var/lib/molt/current/opt/demo-app/index.html");
+    let text =
+        fs::read_to_string(&page).with_context(|| format!("cannot read {}", page.display()))?;
+    if !text.contains("demo-app 1.0.0") {
+        bail!("{} does not hold demo-app 1.0.0:\n{text}", page.display());
+    }
+    m(&["update", "push", "docs/examples/demo/broken.toml"])?;
+    m(&["deploy", "1.1.0", "--group", "demo"])?;
+    wait_state(&m, "2", "rolled_back")?;
+    print!("{}", m(&["status"])?);
+    let log = m(&["logs", "2", "device-1"])?;
+    if !log.contains("port 8080 did not answer") {
+        bail!("the rolled-back device's log lacks the after command's output:\n{log}");
+    }
+    if !fs::read_to_string(&page)?.contains("demo-app 1.0.0") {
+        bail!("after the rollback the device is not on 1.0.0 any more");
+    }
+    println!("demo smoke: ok");
     Ok(())
+}
+
+/// Waits until every device of `deployment` is in `state`.
+fn wait_state(m: &dyn Fn(&[&str]) -> Result<String>, deployment: &str, state: &str) -> Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(120) {
+        last = m(&["status", deployment, "--json"])?;
+        let details: serde_json::Value = serde_json::from_str(&last)?;
+        let states: Vec<&str> = details["devices"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|d| d["state"].as_str()).collect())
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| *s == state) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    bail!("deployment {deployment} did not reach `{state}` in 120 s; last status:\n{last}")
+}
+
+/// Runs `cmd`, returning its stdout; fails with its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let o = cmd
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !o.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Whether we run as root (the owner of /proc/self is the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }

@@ -39,7 +39,10 @@ Tasks:
                              build (once, as root) the minimal Debian bookworm tree with
                              python3-pip and npm that package tests chroot into, cached in
                              target/molt-rootfs/bookworm; --print-path prints only its path
-  demo                       keys, a signed bundle from the example recipe, verify, inspect, a tampered copy refused
+  demo [--listen ADDR] [--smoke]
+                             run molt: a controller (default 127.0.0.1:8080, data in target/demo)
+                             and an enrolled demo device, then print the walkthrough; Ctrl-C
+                             stops both. --smoke runs the walkthrough itself and stops (CI)
   help                       print this help
 ";
 
@@ -92,10 +95,7 @@ fn run(args: &[String]) -> Result<()> {
             [name, bench_args @ ..] => bench::run(&root, name, bench_args),
         },
         "rootfs" => rootfs::run(&root, &rootfs::Options::parse(rest)?),
-        "demo" => {
-            no_args(task, rest)?;
-            demo::run(&root)
-        }
+        "demo" => demo::run(&root, &demo::Options::parse(rest)?),
         other => bail!("unknown task `{other}`\n\n{HELP}"),
     }
 }

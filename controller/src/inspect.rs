@@ -210,6 +210,38 @@ pub fn decode(
     keep_entries: bool,
     progress: Option<&ProgressBar>,
 ) -> Result<Decoded> {
+    feed_file(path, keys, keep_entries, progress, Until::End)
+}
+
+/// Reads the bundle at `path` only as far as its manifest: the file's head and, once
+/// the engine accepted it, [`Decoded::manifest_bytes`]; no entries.
+///
+/// Without `keys` the signature is not checked (`Trust::InspectOnly`): enough for
+/// `molt update push` to refuse a file that is not a bundle, or a version the
+/// controller already has, before uploading gigabytes; the controller verifies.
+/// Errors and refusals are reported as by [`decode`].
+pub fn read_manifest(path: &Path, keys: &[TrustedKey]) -> Result<Decoded> {
+    feed_file(path, keys, false, None, Until::Manifest)
+}
+
+/// How far [`feed_file`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Up to the accepted manifest.
+    Manifest,
+    /// The whole file.
+    End,
+}
+
+/// The one place the decoder is set up and fed from a file, for [`decode`] and
+/// [`read_manifest`].
+fn feed_file(
+    path: &Path,
+    keys: &[TrustedKey],
+    keep_entries: bool,
+    progress: Option<&ProgressBar>,
+    until: Until,
+) -> Result<Decoded> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_len = file
         .metadata()
@@ -271,6 +303,9 @@ pub fn decode(
                 Some(Event::ManifestVerified { key_id }) => {
                     out.verified_by = key_id;
                     out.manifest_bytes = Some(d.manifest_bytes().to_vec());
+                    if until == Until::Manifest {
+                        return Ok(out);
+                    }
                 }
                 Some(Event::EntryStart(h)) => {
                     out.entry_count += 1;
@@ -774,5 +809,66 @@ mod tests {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    /// A signed bundle of one 1 MiB file that does not compress, and its public key.
+    fn bundle(dir: &Path) -> (std::path::PathBuf, TrustedKey) {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join("big.bin"), noise).unwrap();
+        std::fs::write(
+            dir.join("recipe.toml"),
+            "version = \"2.1.0\"\ncompatible = \"acme\"\n\n[[files]]\nsource = \"big.bin\"\ndestination = \"/opt/big.bin\"\n",
+        )
+        .unwrap();
+        let k = crate::keys::generate(&dir.join("k")).unwrap();
+        let secret = crate::keys::read_secret(&k.secret).unwrap();
+        let out = dir.join("b.molt");
+        crate::build::build(
+            &dir.join("recipe.toml"),
+            &out,
+            &[secret],
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        (out, crate::keys::read_public(&k.public).unwrap())
+    }
+
+    #[test]
+    fn read_manifest_stops_at_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = bundle(dir.path());
+        let whole = decode(&path, &[], true, None).unwrap();
+        assert!(whole.refusal.is_none());
+        assert_eq!(whole.entry_count, 1);
+
+        let head = read_manifest(&path, &[]).unwrap();
+        assert!(head.refusal.is_none());
+        assert_eq!(head.manifest_bytes, whole.manifest_bytes);
+        assert_eq!(head.manifest().unwrap().version, "2.1.0");
+        assert_eq!((head.entry_count, head.verified_by), (0, None));
+        assert_eq!(head.file_len, whole.file_len);
+
+        let signed = read_manifest(&path, std::slice::from_ref(&key)).unwrap();
+        assert!(signed.verified_by.is_some());
+
+        // Everything after the manifest may be missing: only the head is read.
+        let cut = dir.path().join("cut.molt");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(read_manifest(&cut, &[]).unwrap().refusal.is_none());
+        assert!(decode(&cut, &[], false, None).unwrap().refusal.is_some());
+
+        // A file that is not a bundle is refused as such.
+        let text = dir.path().join("recipe.toml");
+        let r = read_manifest(&text, &[]).unwrap().refusal.unwrap();
+        assert!(matches!(r.error, Error::BadMagic), "{r}");
     }
 }

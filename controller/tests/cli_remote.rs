@@ -53,6 +53,7 @@ impl Home {
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("MOLT_CONTROLLER")
             .env_remove("MOLT_TOKEN")
+            .env_remove("MOLT_CA")
             .stdin(Stdio::null());
         c
     }
@@ -88,8 +89,17 @@ impl Home {
 
     /// `molt login` with the token on standard input.
     fn login(&self, url: &str, token: &str) -> Output {
-        let mut child = self
-            .cmd(&["login", "--controller", url])
+        self.login_in(url, token, &[], None)
+    }
+
+    /// `molt login` with the token on standard input, `extra` arguments, and a working directory.
+    fn login_in(&self, url: &str, token: &str, extra: &[&str], cwd: Option<&Path>) -> Output {
+        let mut cmd = self.cmd(&["login", "--controller", url]);
+        cmd.args(extra);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1183,4 +1193,153 @@ fn real_controller_builds_a_pushed_recipe_like_a_local_build() {
     assert!(has("symlink", "opt/app/current", "0777"), "{a:?}");
     assert!(has("dir", "opt/app/empty", "0755"), "{a:?}");
     assert!(has("file", "opt/app/run.sh", "0755"), "{a:?}");
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS: a controller with a self-signed certificate.
+
+/// A self-signed certificate for 127.0.0.1, written as `NAME.pem` (and its key as
+/// `NAME.key`) in `dir`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    fs::write(&cert, c.cert.pem()).unwrap();
+    fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn https_controller_with_a_private_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path(), "controller");
+    let ctl = Controller::start(&["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    assert!(ctl.url.starts_with("https://127.0.0.1:"), "{}", ctl.url);
+    let home = Home::new();
+    // `molt --controller URL --token T EXTRA…`
+    let remote = |extra: &[&str]| -> Command {
+        let mut c = home.cmd(&["--controller", &ctl.url, "--token", &ctl.token]);
+        c.args(extra);
+        c
+    };
+    let run = |extra: &[&str]| remote(extra).output().unwrap();
+
+    // Not trusted without --ca: the message names the controller, the certificate and the fix.
+    let o = run(&["groups"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("the certificate of the controller at {}", ctl.url)),
+        "{err}"
+    );
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("--ca FILE"),
+        "{err}"
+    );
+
+    // Trusted with --ca, or with MOLT_CA.
+    let o = run(&["--ca", s(&cert), "groups"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("no groups yet"), "{}", stdout(&o));
+    let o = remote(&["groups", "create", "tls-fleet"])
+        .env("MOLT_CA", &cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Another certificate as the CA does not vouch for this one: the CA file is named.
+    let (other, _) = self_signed(certs.path(), "other");
+    let o = run(&["--ca", s(&other), "groups"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("does not verify") && err.contains(s(&other)),
+        "{err}"
+    );
+
+    // A CA file that is missing, empty or not a certificate is named.
+    let missing = certs.path().join("missing.pem");
+    let empty = certs.path().join("empty.pem");
+    fs::write(&empty, "").unwrap();
+    for (file, says) in [
+        (
+            &missing,
+            format!("cannot read CA file {}", missing.display()),
+        ),
+        (
+            &empty,
+            format!(
+                "CA file {} holds no `BEGIN CERTIFICATE` block",
+                empty.display()
+            ),
+        ),
+        (&key, s(&key).to_owned()),
+    ] {
+        let o = run(&["--ca", s(file), "groups"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains(&says), "{}", stderr(&o));
+    }
+
+    // `molt login --ca` saves the CA beside the URL and token, as an absolute path (given
+    // relative here), and the other commands use it from any directory.
+    let o = home.login_in(
+        &ctl.url,
+        &ctl.token,
+        &["--ca", "controller.pem"],
+        Some(certs.path()),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved = fs::read_to_string(home.config()).unwrap();
+    assert!(
+        saved.contains(&format!("ca = \"{}\"", cert.display())),
+        "{saved}"
+    );
+    let out = home.ok(&["groups"]);
+    assert!(out.contains("tls-fleet"), "{out}");
+    // Logging in again to the same controller keeps the saved CA.
+    let o = home.login(&ctl.url, &ctl.token);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(home.config()).unwrap(), saved);
+
+    // Logging in to an https controller without its CA fails and saves nothing.
+    let home2 = Home::new();
+    let o = home2.login(&ctl.url, &ctl.token);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--ca FILE"), "{}", stderr(&o));
+    assert!(!home2.config().exists());
+}
+
+#[test]
+fn https_controller_serving_a_ca_certificate_is_explained() {
+    // What `openssl req -x509` makes by default: a self-signed certificate marked as a CA,
+    // which TLS refuses as a server's own certificate whatever the client trusts.
+    let certs = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_pem, key_pem) = (certs.path().join("ca.pem"), certs.path().join("ca.key"));
+    fs::write(&cert_pem, cert.pem()).unwrap();
+    fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let ctl = Controller::start(&["--tls-cert", s(&cert_pem), "--tls-key", s(&key_pem)]);
+    let home = Home::new();
+    let err = home.fails(&[
+        "--controller",
+        &ctl.url,
+        "--token",
+        &ctl.token,
+        "--ca",
+        s(&cert_pem),
+        "groups",
+    ]);
+    assert!(
+        err.contains(&format!(
+            "the certificate of the controller at {} is a CA certificate",
+            ctl.url
+        )) && err.contains("basicConstraints=critical,CA:FALSE"),
+        "{err}"
+    );
 }

@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use molt_controller::api::{
     AbortResult, Deployment, DeploymentDetails, Device, Group, NewDeployment, Update,
 };
-use molt_controller::client::{self, Client, PushKind, RequestError, SavedLogin, Target};
+use molt_controller::client::login::{self, Given, SavedLogin, Target};
+use molt_controller::client::push::{self, PushKind};
+use molt_controller::client::{lookup, render, Client, RequestError};
 use molt_controller::inspect::{self, human};
 use molt_controller::{build, keys};
 use molt_engine::bundle::TrustedKey;
@@ -20,9 +22,9 @@ use serde_json::Value;
 
 /// molt: over-the-air updates for Linux edge devices (operator CLI).
 ///
-/// The commands that talk to a controller find it, strongest first, in the --controller and
-/// --token flags, the MOLT_CONTROLLER and MOLT_TOKEN variables, or the login `molt login`
-/// saved in $XDG_CONFIG_HOME/molt/cli.toml (~/.config/molt/cli.toml).
+/// The commands that talk to a controller find it, strongest first, in the --controller,
+/// --token and --ca flags, the MOLT_CONTROLLER, MOLT_TOKEN and MOLT_CA variables, or the
+/// login `molt login` saved in $XDG_CONFIG_HOME/molt/cli.toml (~/.config/molt/cli.toml).
 #[derive(Parser)]
 #[command(name = "molt", version, propagate_version = true)]
 struct Cli {
@@ -42,6 +44,11 @@ struct Remote {
     /// command lines: prefer the variable, or `molt login`'s prompt.
     #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// controller, besides the
+    /// public roots: its private CA, or its self-signed certificate (else MOLT_CA, else
+    /// the saved login).
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -55,7 +62,7 @@ enum Top {
     /// Build, inspect and verify update bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
-    /// Check a controller's URL and operator token, then save both for the other commands.
+    /// Check a controller's URL and operator token, then save both (and --ca) for the other commands.
     ///
     /// The token comes from --token, MOLT_TOKEN, or standard input (a prompt on a terminal;
     /// `molt login --controller URL < operator-token` otherwise). Saved with mode 0600.
@@ -329,7 +336,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Top::Login => login(&remote),
         remote_command => {
-            let client = Client::new(&remote.target()?);
+            let client = Client::new(&remote.target()?)?;
             remote_run(&client, remote_command)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -337,45 +344,91 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 impl Remote {
-    /// The controller and token: flags, then the environment, then the saved login.
+    /// The controller, token and CA: flags, then the environment, then the saved login.
     fn target(&self) -> Result<Target> {
-        let saved = match client::default_config_path() {
-            Some(p) => client::load_login(&p)?,
+        let saved = match login::default_config_path() {
+            Some(p) => login::load_login(&p)?,
             None => None,
         };
-        let env = |k| std::env::var(k).ok();
-        client::resolve(
-            self.controller.as_deref(),
-            self.token.as_deref(),
-            env(client::ENV_CONTROLLER).as_deref(),
-            env(client::ENV_TOKEN).as_deref(),
-            saved.as_ref(),
-        )
+        let env = Env::read();
+        login::resolve(self.given(), env.given(), saved.as_ref())
+    }
+
+    fn given(&self) -> Given<'_> {
+        Given {
+            controller: self.controller.as_deref(),
+            token: self.token.as_deref(),
+            ca: self.ca.as_deref(),
+        }
     }
 }
 
-/// `molt login`: checks the token with `GET /groups`, then saves it.
+/// The `MOLT_*` variables, read once.
+struct Env {
+    controller: Option<String>,
+    token: Option<String>,
+    ca: Option<PathBuf>,
+}
+
+impl Env {
+    fn read() -> Env {
+        Env {
+            controller: std::env::var(login::ENV_CONTROLLER).ok(),
+            token: std::env::var(login::ENV_TOKEN).ok(),
+            ca: std::env::var_os(login::ENV_CA).map(PathBuf::from),
+        }
+    }
+
+    fn given(&self) -> Given<'_> {
+        Given {
+            controller: self.controller.as_deref(),
+            token: self.token.as_deref(),
+            ca: self.ca.as_deref(),
+        }
+    }
+}
+
+/// `molt login`: checks the token with `GET /groups`, then saves it (with the CA file, if one was given).
 fn login(remote: &Remote) -> Result<ExitCode> {
+    let env = Env::read();
     let raw = remote
         .controller
         .clone()
-        .or_else(|| std::env::var(client::ENV_CONTROLLER).ok())
+        .or(env.controller)
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(|| anyhow!("give the controller's URL: molt login --controller URL"))?;
-    let controller = client::normalize_url(&raw)?;
-    let token = match remote
-        .token
-        .clone()
-        .or_else(|| std::env::var(client::ENV_TOKEN).ok())
-    {
+    let controller = login::normalize_url(&raw)?;
+    let token = match remote.token.clone().or(env.token) {
         Some(t) => t.trim().to_owned(),
         None => read_token(&controller)?,
     };
     if token.is_empty() {
         bail!("no token given: molt login --controller {controller} --token TOKEN (or on standard input)");
     }
-    let target = Target { controller, token };
-    let c = Client::new(&target);
+    let path = login::default_config_path().ok_or_else(|| {
+        anyhow!("neither XDG_CONFIG_HOME nor HOME is set: nowhere to save the login")
+    })?;
+    // A CA given now is saved absolute, so the other commands find it from any directory;
+    // logging in again to the same controller keeps the CA saved before.
+    let ca = match remote.ca.clone().or(env.ca) {
+        Some(p) if !p.as_os_str().is_empty() => {
+            Some(std::path::absolute(&p).with_context(|| {
+                format!("CA file {}: cannot make its path absolute", p.display())
+            })?)
+        }
+        // A file that does not read is replaced, as before.
+        _ => login::load_login(&path)
+            .ok()
+            .flatten()
+            .filter(|s| login::normalize_url(&s.controller).ok().as_deref() == Some(&controller))
+            .and_then(|s| s.ca),
+    };
+    let target = Target {
+        controller,
+        token,
+        ca,
+    };
+    let c = Client::new(&target)?;
     let groups: Vec<Group> = match c.groups() {
         Ok(g) => g,
         Err(RequestError::BadToken) => bail!(
@@ -384,14 +437,12 @@ fn login(remote: &Remote) -> Result<ExitCode> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let path = client::default_config_path().ok_or_else(|| {
-        anyhow!("neither XDG_CONFIG_HOME nor HOME is set: nowhere to save the login")
-    })?;
-    client::save_login(
+    login::save_login(
         &path,
         &SavedLogin {
             controller: target.controller.clone(),
             token: target.token,
+            ca: target.ca,
         },
     )?;
     println!(
@@ -466,7 +517,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             }
             print!(
                 "{}",
-                client::groups_table(&typed::<Vec<Group>>(v, "groups")?)
+                render::groups_table(&typed::<Vec<Group>>(v, "groups")?)
             );
         }
         Top::Groups {
@@ -487,7 +538,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let devices: Vec<Device> = typed(v, "devices")?;
-            print!("{}", client::devices_table(&devices, now()));
+            print!("{}", render::devices_table(&devices, now()));
         }
         Top::Updates { json } => {
             let v: Value = c.updates()?;
@@ -496,7 +547,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             }
             print!(
                 "{}",
-                client::updates_table(&typed::<Vec<Update>>(v, "updates")?)
+                render::updates_table(&typed::<Vec<Update>>(v, "updates")?)
             );
         }
         Top::Update(UpdateCmd::Push {
@@ -512,7 +563,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             json,
         } => {
             let updates: Vec<Update> = c.updates()?;
-            let u = client::find_update(&updates, &update)?;
+            let u = lookup::find_update(&updates, &update)?;
             let devices = if devices.is_empty() {
                 None
             } else {
@@ -522,7 +573,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 Some(
                     devices
                         .iter()
-                        .map(|d| client::find_device(&pairs, d))
+                        .map(|d| lookup::find_device(&pairs, d))
                         .collect::<Result<Vec<_>>>()?,
                 )
             };
@@ -536,7 +587,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: Deployment = typed(v, "the new deployment")?;
-            println!("{}", client::deployment_made(&d));
+            println!("{}", render::deployment_made(&d));
             println!("watch it: molt status {}", d.id);
         }
         Top::DeployToOthers {
@@ -549,7 +600,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: Deployment = typed(v, "the new deployment")?;
-            println!("{}", client::deployment_made(&d));
+            println!("{}", render::deployment_made(&d));
             println!("watch it: molt status {}", d.id);
         }
         Top::Status {
@@ -562,7 +613,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let list: Vec<Deployment> = typed(v, "deployments")?;
-            print!("{}", client::deployments_table(&list));
+            print!("{}", render::deployments_table(&list));
         }
         Top::Status {
             deployment: Some(id),
@@ -574,7 +625,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: DeploymentDetails = typed(v, "the deployment")?;
-            print!("{}", client::deployment_details(&d));
+            print!("{}", render::deployment_details(&d));
         }
         Top::Abort { deployment, json } => {
             let v: Value = c.abort(deployment)?;
@@ -592,7 +643,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                     .find(|d| d.id == id)
                     .map(|d| d.name.clone())
             };
-            print!("{}", client::abort_report(&r, &names));
+            print!("{}", render::abort_report(&r, &names));
         }
         Top::Logs { deployment, device } => {
             let id = if device.starts_with("dev_") {
@@ -601,7 +652,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 let d: DeploymentDetails = c.deployment(deployment)?;
                 let pairs: Vec<(String, String)> =
                     d.devices.into_iter().map(|d| (d.id, d.name)).collect();
-                client::find_device(&pairs, &device)
+                lookup::find_device(&pairs, &device)
                     .with_context(|| format!("deployment {deployment}"))?
             };
             let text = c.log(deployment, &id)?;
@@ -622,12 +673,12 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
 fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()> {
     // Everything that can be checked here is, before the controller is asked anything.
     enum Upload {
-        Bundle(client::BundleInfo),
-        Recipe(client::RecipeForm),
+        Bundle(push::BundleInfo),
+        Recipe(push::RecipeForm),
     }
-    let upload = match client::push_kind(file)? {
-        PushKind::Bundle => Upload::Bundle(client::bundle_info(file)?),
-        PushKind::Recipe => Upload::Recipe(client::recipe_form(file).map_err(|e| {
+    let upload = match push::push_kind(file)? {
+        PushKind::Bundle => Upload::Bundle(push::bundle_info(file)?),
+        PushKind::Recipe => Upload::Recipe(push::recipe_form(file).map_err(|e| {
             if file.extension().is_some_and(|x| x == "toml") {
                 e
             } else {
@@ -681,7 +732,7 @@ fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()
         return print_json(&v);
     }
     let u: Update = typed(v, "the new update")?;
-    println!("{}", client::update_made(&u));
+    println!("{}", render::update_made(&u));
     println!(
         "deploy it: molt deploy {} --group {}",
         u.id,

@@ -1,6 +1,6 @@
 //! The directory a server-side build reads: multipart parts laid out beneath it by name, with the modes, times and symlinks the `molt` CLI sends, and no way for a name or a recipe path to reach outside it.
 //!
-//! The CLI (`client::recipe_form`) names each part by the path the recipe writes
+//! The CLI (`client::push::recipe_form`) names each part by the path the recipe writes
 //! and may add three part headers: `X-Molt-Type` (`file`, the default, `dir` or
 //! `symlink`, whose body is the link's target), `X-Molt-Mode` (octal) and
 //! `X-Molt-Mtime` (Unix seconds). A bundle records modes and times, so they are

@@ -76,7 +76,7 @@ fn bad_input_is_a_json_error_naming_the_problem() {
     assert!(a.error().contains("missing field `name`"), "{}", a.error());
 
     let big = json!({ "name": "x".repeat(1100 * 1024) }).to_string();
-    let a = request("POST", &groups, Some(&token), &[], Some(big.as_bytes()));
+    let a = over_limit(&groups, &token, big.as_bytes());
     assert_eq!(a.status, 413);
     assert!(a.error().contains("1024 KiB"), "{}", a.error());
 

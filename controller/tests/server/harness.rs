@@ -207,6 +207,25 @@ pub fn request(
     })
 }
 
+/// A request whose body is over a limit. The server answers 413 as soon as the
+/// limit is passed and closes the connection; a client still sending the rest
+/// may then see the reset instead of the answer. That race is the client's, so
+/// the request is repeated (up to 5 times) until the answer is read.
+pub fn over_limit(url: &str, bearer: &str, body: &[u8]) -> Answer {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let res = agent()
+            .post(url)
+            .set("Authorization", &format!("Bearer {bearer}"))
+            .send_bytes(body);
+        match res {
+            Err(ureq::Error::Transport(t)) => last = t.to_string(),
+            res => return answer(res),
+        }
+    }
+    panic!("5 requests over the limit to {url} all ended without an answer; last: {last}")
+}
+
 pub fn get(url: &str, bearer: &str) -> Answer {
     request("GET", url, Some(bearer), &[], None)
 }

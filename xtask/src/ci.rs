@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, display, fuzz, rootfs, run_cmd, tidy};
+use crate::{cargo, display, fuzz, qemu, rootfs, run_cmd, tidy};
 
 /// The embedded target the engine must build for without `std`.
 const NOSTD_TARGET: &str = "thumbv7em-none-eabihf";
@@ -42,6 +42,7 @@ const STEPS: &[Step] = &[
     ("rootfs", rootfs_step),
     ("test", test),
     ("demo", demo_smoke),
+    ("qemu", qemu_step),
 ];
 
 pub fn run(root: &Path) -> Result<()> {
@@ -110,6 +111,19 @@ fn fmt(root: &Path) -> Result<Outcome> {
 /// The README's first command and walkthrough, run unattended (`cargo xtask demo --smoke`).
 fn demo_smoke(root: &Path) -> Result<Outcome> {
     run_cmd(cargo(root).args(["xtask", "demo", "--smoke"]))?;
+    Ok(Outcome::Passed)
+}
+
+/// `cargo xtask qemu-test`: the emulated aarch64 device, its rollback and power cuts
+/// (qemu/README.md). Outside CI a machine without QEMU skips it, loudly; `.ci/run`
+/// installs QEMU, and there (`CI` set) a missing tool fails the step.
+fn qemu_step(root: &Path) -> Result<Outcome> {
+    if !qemu::installed() && std::env::var_os("CI").is_none() {
+        let why = "qemu-system-aarch64 is not installed (.ci/run installs it, see qemu/README.md)";
+        println!("WARNING: {why}");
+        return Ok(Outcome::Skipped(why.to_string()));
+    }
+    qemu::test_task(root, &[])?;
     Ok(Outcome::Passed)
 }
 

@@ -11,6 +11,7 @@ mod bench_util;
 mod ci;
 mod demo;
 mod fuzz;
+mod qemu;
 mod rootfs;
 mod size;
 mod tidy;
@@ -26,8 +27,8 @@ cargo xtask TASK [ARGS]
 
 Tasks:
   ci                         run exactly what CI runs (fmt, tidy, clippy, no_std build,
-                             docs, fuzz build, size example, test rootfs, tests), stopping at the
-                             first failure
+                             docs, fuzz build, size example, test rootfs, tests, demo smoke,
+                             QEMU device test), stopping at the first failure
   tidy                       check repository rules (every .rs file starts with a //! line)
   nostd                      build molt-engine without std for thumbv7em-none-eabihf
   fuzz [--seconds N] [--build-only]
@@ -43,6 +44,13 @@ Tasks:
                              run molt: a controller (default 127.0.0.1:8080, data in target/demo)
                              and an enrolled demo device, then print the walkthrough; Ctrl-C
                              stops both. --smoke runs the walkthrough itself and stops (CI)
+  qemu-image [--refetch]     build the emulated aarch64 test device from qemu/device.toml: Debian's
+                             arm64 kernel and busybox, a static molt-agent, an ext4 data disk
+                             (cached in target/qemu/; --refetch downloads the packages again)
+  qemu-test [--rounds N] [--jobs N] [--echo]
+                             boot it under QEMU against a real controller: enroll, deploy, reboot,
+                             a rollback with reboot, and N power-cut rounds (kill -9 of QEMU),
+                             on N devices at once (default 2); --echo shows the consoles
   help                       print this help
 ";
 
@@ -96,6 +104,8 @@ fn run(args: &[String]) -> Result<()> {
         },
         "rootfs" => rootfs::run(&root, &rootfs::Options::parse(rest)?),
         "demo" => demo::run(&root, &demo::Options::parse(rest)?),
+        "qemu-image" => qemu::image_task(&root, rest),
+        "qemu-test" => qemu::test_task(&root, rest),
         other => bail!("unknown task `{other}`\n\n{HELP}"),
     }
 }

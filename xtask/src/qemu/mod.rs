@@ -1,0 +1,89 @@
+//! `cargo xtask qemu-image` and `cargo xtask qemu-test`: molt on an emulated aarch64 device under QEMU, with real power cuts (qemu/README.md).
+//!
+//! * [`spec`]: qemu/device.toml, the device as data;
+//! * [`image`]: kernel, initramfs and data disk from Debian's arm64 packages and a
+//!   static molt-agent, cached under target/qemu/;
+//! * [`vm`]: one boot under QEMU (TCG, `restrict=on` networking, a hard timeout),
+//!   its console, and `kill -9` as the power cut;
+//! * [`host`]: the real controller and `molt` CLI on the host's loopback;
+//! * [`disk`]: what a disk image holds, read on the host (e2fsck, debugfs);
+//! * [`scenario`]: the test itself: enrollment, a deployment, a reboot, the rollback
+//!   with a reboot, and (`scenario/cuts.rs`) the power-cut rounds.
+
+mod disk;
+mod host;
+pub mod image;
+mod scenario;
+mod spec;
+mod vm;
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::display;
+
+/// `cargo xtask qemu-image [--refetch]`.
+pub fn image_task(root: &Path, args: &[String]) -> Result<()> {
+    let mut refetch = false;
+    for a in args {
+        match a.as_str() {
+            "--refetch" => refetch = true,
+            other => bail!("qemu-image: unknown argument `{other}` (only --refetch)"),
+        }
+    }
+    let dev = spec::Device::load(&root.join("qemu"))?;
+    image::build(root, &dev, refetch)?;
+    Ok(())
+}
+
+/// `cargo xtask qemu-test [--rounds N] [--echo]`.
+pub fn test_task(root: &Path, args: &[String]) -> Result<()> {
+    let opts = scenario::Options::parse(args)?;
+    scenario::run(root, &opts)
+}
+
+/// Whether QEMU for the test device is installed (`cargo xtask ci` skips the step
+/// outside CI when it is not).
+pub fn installed() -> bool {
+    on_path("qemu-system-aarch64")
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(tool).is_file())
+}
+
+/// Fails naming the Debian package to install when one of `tools` is not on PATH.
+fn require_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(tool, pkg)| format!("{tool} (Debian: {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing host tools: {}; .ci/run installs them (qemu/README.md)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout, failing with its stderr unless it exits 0.
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

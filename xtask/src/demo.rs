@@ -197,6 +197,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
     println!(
         "\n== molt is running\n\
          controller     {url}   (operator token in {token})\n\
+         web UI         {url}/   (log in with that token)\n\
          controller log {clog}\n\
          demo device    {device}   (log {alog}, snapshots in {slots})\n\
          \n\

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use indicatif::ProgressBar;
+use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 
 use super::auth::Operator;
@@ -151,13 +152,35 @@ pub async fn build(
             format!("expected a multipart/form-data body: {}", e.body_text()),
         )
     })?;
+    let (tmp, mut dir) = new_build_dir(&state)?;
+    let received = receive_parts(&mut multipart, &mut dir, state.max_bundle_bytes).await;
+    let update = build_received(state, tmp, dir, received, q.comment).await?;
+    Ok((StatusCode::CREATED, Json(update)))
+}
+
+/// A fresh temporary directory beneath `<data>/tmp/` and the empty build directory in it.
+pub fn new_build_dir(state: &AppState) -> Result<(TempDir, BuildDir), AppError> {
     let tmp = state.store.temp_dir()?;
     let src = tmp.path().join("src");
     fs::create_dir(&src)
         .map_err(|e| AppError::internal(format!("cannot create {}: {e}", src.display())))?;
-    let mut dir = BuildDir::new(src.clone());
-    let received = receive_parts(&mut multipart, &mut dir, state.max_bundle_bytes).await;
-    let checked = received.and_then(|recipe| {
+    Ok((tmp, BuildDir::new(src)))
+}
+
+/// Builds `recipe` over the parts received into `dir`, signs it with the controller's
+/// key and stores it as a new update (the comment defaults to the recipe's).
+///
+/// `recipe` is the outcome of receiving the parts: an error there still releases
+/// the directory. Every path the recipe names is checked to be an uploaded part.
+pub async fn build_received(
+    state: AppState,
+    tmp: TempDir,
+    mut dir: BuildDir,
+    recipe: Result<String, AppError>,
+    comment: Option<String>,
+) -> Result<Update, AppError> {
+    let src = dir.path().to_path_buf();
+    let checked = recipe.and_then(|recipe| {
         dir.finish()?;
         let parsed: RecipeFile =
             toml::from_str(&recipe).map_err(|e| AppError::bad_request(format!("recipe: {e}")))?;
@@ -211,6 +234,5 @@ pub async fn build(
         blake3,
         size,
     };
-    let update = ingest(state, got, q.comment).await?;
-    Ok((StatusCode::CREATED, Json(update)))
+    ingest(state, got, comment).await
 }

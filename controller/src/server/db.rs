@@ -19,7 +19,8 @@ use super::error::AppError;
 
 /// The schema, one migration per element; migration N brings `user_version`
 /// from N to N+1. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 -- Settings that live with the data: the operator token's hash.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -101,7 +102,19 @@ CREATE TABLE logs (
     text          TEXT NOT NULL,
     PRIMARY KEY (deployment_id, device_id, seq)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Web UI sessions (web/session.rs): the cookie's secret is stored only as its BLAKE3,
+-- beside the form token every POST of that session must carry (CSRF).
+CREATE TABLE sessions (
+    hash    BLOB PRIMARY KEY,
+    csrf    TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_expiry ON sessions(expires);
+"#,
+];
 
 /// The database handle, cheap to clone.
 #[derive(Clone)]

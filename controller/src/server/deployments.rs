@@ -3,6 +3,11 @@
 //! A deployment's devices are chosen and written in the transaction that creates
 //! it, so a crash can neither leave a deployment without its devices nor give a
 //! device the same deployment twice.
+//!
+//! Each route is a thin handler over a function that takes a transaction
+//! ([`create`], [`deploy_to_others_in`], [`abort_in`], [`recent`], [`details_in`],
+//! [`log_in`]); the web UI (web/) calls the same functions, so both front ends
+//! validate alike and answer with the same messages.
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -29,7 +34,9 @@ use molt_engine::protocol::Progress;
 const OPERATOR: &str = "operator";
 
 /// Makes a deployment of `update` to `group` or `devices`, each device `pending`.
-fn create(
+/// Without a comment of its own it takes the update's (the recipe's), which is
+/// what recent updates should show for it.
+pub fn create(
     tx: &Transaction<'_>,
     update: u64,
     group: Option<&str>,
@@ -37,12 +44,19 @@ fn create(
     comment: &str,
 ) -> Result<Deployment, AppError> {
     let uid = signed(update, "update")?;
-    let compatible: String = tx
-        .query_row("SELECT compatible FROM updates WHERE id = ?1", [uid], |r| {
-            r.get(0)
-        })
+    let (compatible, update_comment): (String, String) = tx
+        .query_row(
+            "SELECT compatible, comment FROM updates WHERE id = ?1",
+            [uid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?
         .ok_or_else(|| AppError::not_found(format!("update {update} does not exist")))?;
+    let comment = if comment.trim().is_empty() {
+        update_comment.as_str()
+    } else {
+        comment
+    };
     // (id, name, compatible) of every target device.
     let mut members: Vec<(String, String, String)> = Vec::new();
     let group_name = match (group, devices) {
@@ -153,22 +167,29 @@ pub async fn deploy_to_others(
     PathParams(id): PathParams<u64>,
     JsonBody(req): JsonBody<DeployToOthers>,
 ) -> Result<(StatusCode, Json<Deployment>), AppError> {
-    let dep = signed(id, "deployment")?;
     let d = state
         .db
-        .write(move |tx| {
-            let (update, comment): (i64, String) = tx
-                .query_row(
-                    "SELECT update_id, comment FROM deployments WHERE id = ?1",
-                    [dep],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-                .ok_or_else(|| AppError::not_found(format!("deployment {id} does not exist")))?;
-            create(tx, unsigned(update), Some(&req.group), None, &comment)
-        })
+        .write(move |tx| deploy_to_others_in(tx, id, &req.group))
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// Deploys deployment `id`'s update, with its comment, to `group`.
+pub fn deploy_to_others_in(
+    tx: &Transaction<'_>,
+    id: u64,
+    group: &str,
+) -> Result<Deployment, AppError> {
+    let dep = signed(id, "deployment")?;
+    let (update, comment): (i64, String) = tx
+        .query_row(
+            "SELECT update_id, comment FROM deployments WHERE id = ?1",
+            [dep],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .ok_or_else(|| AppError::not_found(format!("deployment {id} does not exist")))?;
+    create(tx, unsigned(update), Some(group), None, &comment)
 }
 
 /// `POST /deployments/{id}/abort`.
@@ -177,60 +198,61 @@ pub async fn abort(
     State(state): State<AppState>,
     PathParams(id): PathParams<u64>,
 ) -> Result<Json<AbortResult>, AppError> {
-    let dep = signed(id, "deployment")?;
-    let result = state
-        .db
-        .write(move |tx| {
-            row(tx, dep)?;
-            let mut result = AbortResult {
-                deployment: id,
-                aborted: Vec::new(),
-                not_aborted: Vec::new(),
-            };
-            let t = now();
-            for (device, s) in states(tx, dep)? {
-                match rollout::abort_action(s) {
-                    AbortAction::Now => {
-                        tx.execute(
-                            "UPDATE targets SET state = 'aborted', abort_requested = 1,
-                                 message = 'aborted by an operator before it started', updated = ?3
-                             WHERE deployment_id = ?1 AND device_id = ?2",
-                            params![dep, device, t],
-                        )?;
-                        result.aborted.push(device);
-                    }
-                    AbortAction::OnNextPoll => {
-                        tx.execute(
-                            "UPDATE targets SET abort_requested = 1
-                             WHERE deployment_id = ?1 AND device_id = ?2",
-                            params![dep, device],
-                        )?;
-                        result.aborted.push(device);
-                    }
-                    AbortAction::NotAborted(reason) => result.not_aborted.push(NotAborted {
-                        device,
-                        state: s,
-                        reason: reason.to_owned(),
-                    }),
-                }
-            }
-            if result.aborted.is_empty() {
-                return Err(AppError::conflict(format!(
-                    "deployment {id} is finished on every device; nothing to abort"
-                )));
-            }
-            tx.execute(
-                "UPDATE deployments SET aborted = ?2 WHERE id = ?1 AND aborted IS NULL",
-                params![dep, t],
-            )?;
-            tracing::info!(
-                "deployment {id} aborted for {} device(s)",
-                result.aborted.len()
-            );
-            Ok(result)
-        })
-        .await?;
+    let result = state.db.write(move |tx| abort_in(tx, id)).await?;
     Ok(Json(result))
+}
+
+/// Aborts deployment `id` on every device where it is not final yet: pending ones at
+/// once, the others on their next poll. A conflict when nothing was left to abort.
+pub fn abort_in(tx: &Transaction<'_>, id: u64) -> Result<AbortResult, AppError> {
+    let dep = signed(id, "deployment")?;
+    row(tx, dep)?;
+    let mut result = AbortResult {
+        deployment: id,
+        aborted: Vec::new(),
+        not_aborted: Vec::new(),
+    };
+    let t = now();
+    for (device, s) in states(tx, dep)? {
+        match rollout::abort_action(s) {
+            AbortAction::Now => {
+                tx.execute(
+                    "UPDATE targets SET state = 'aborted', abort_requested = 1,
+                         message = 'aborted by an operator before it started', updated = ?3
+                     WHERE deployment_id = ?1 AND device_id = ?2",
+                    params![dep, device, t],
+                )?;
+                result.aborted.push(device);
+            }
+            AbortAction::OnNextPoll => {
+                tx.execute(
+                    "UPDATE targets SET abort_requested = 1
+                     WHERE deployment_id = ?1 AND device_id = ?2",
+                    params![dep, device],
+                )?;
+                result.aborted.push(device);
+            }
+            AbortAction::NotAborted(reason) => result.not_aborted.push(NotAborted {
+                device,
+                state: s,
+                reason: reason.to_owned(),
+            }),
+        }
+    }
+    if result.aborted.is_empty() {
+        return Err(AppError::conflict(format!(
+            "deployment {id} is finished on every device; nothing to abort"
+        )));
+    }
+    tx.execute(
+        "UPDATE deployments SET aborted = ?2 WHERE id = ?1 AND aborted IS NULL",
+        params![dep, t],
+    )?;
+    tracing::info!(
+        "deployment {id} aborted for {} device(s)",
+        result.aborted.len()
+    );
+    Ok(result)
 }
 
 /// Every device of a deployment with its state, in id order.
@@ -308,21 +330,22 @@ pub async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<Recent>,
 ) -> Result<Json<Vec<Deployment>>, AppError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let rows = state
-        .db
-        .read(move |tx| {
-            let mut st = tx.prepare(&format!(
-                "SELECT {COLUMNS} FROM deployments d JOIN updates u ON u.id = d.update_id
-                 ORDER BY d.id DESC LIMIT ?1"
-            ))?;
-            let rows = st
-                .query_map([limit], from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(|r| complete(tx, r)).collect()
-        })
-        .await?;
+    let limit = q.limit.unwrap_or(50);
+    let rows = state.db.read(move |tx| recent(tx, limit)).await?;
     Ok(Json(rows))
+}
+
+/// The newest `limit` deployments (clamped to 1..=1000), newest first, with their counts.
+pub fn recent(tx: &Transaction<'_>, limit: u32) -> Result<Vec<Deployment>, AppError> {
+    let limit = limit.clamp(1, 1000);
+    let mut st = tx.prepare(&format!(
+        "SELECT {COLUMNS} FROM deployments d JOIN updates u ON u.id = d.update_id
+         ORDER BY d.id DESC LIMIT ?1"
+    ))?;
+    let rows = st
+        .query_map([limit], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(|r| complete(tx, r)).collect()
 }
 
 /// `GET /deployments/{id}`.
@@ -331,52 +354,52 @@ pub async fn details(
     State(state): State<AppState>,
     PathParams(id): PathParams<u64>,
 ) -> Result<Json<DeploymentDetails>, AppError> {
-    let dep = signed(id, "deployment")?;
-    let details = state
-        .db
-        .read(move |tx| {
-            let deployment = row(tx, dep)?;
-            let mut st = tx.prepare(
-                "SELECT t.device_id, d.name, t.state, t.phase, t.progress_done, t.progress_total,
-                        t.message, t.updated
-                 FROM targets t JOIN devices d ON d.id = t.device_id
-                 WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
-            )?;
-            let rows = st.query_map([dep], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
-            })?;
-            let mut devices = Vec::new();
-            for r in rows {
-                let (id, name, s, phase, done, total, message, updated) = r?;
-                devices.push(DeploymentDevice {
-                    id,
-                    name,
-                    state: parse_state(&s)?,
-                    phase,
-                    progress: done.zip(total).map(|(d, t)| Progress {
-                        done: unsigned(d),
-                        total: unsigned(t),
-                    }),
-                    message,
-                    updated: rfc3339(updated),
-                });
-            }
-            Ok(DeploymentDetails {
-                deployment,
-                devices,
-            })
-        })
-        .await?;
+    let details = state.db.read(move |tx| details_in(tx, id)).await?;
     Ok(Json(details))
+}
+
+/// Deployment `id` and every one of its devices, or 404.
+pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, AppError> {
+    let dep = signed(id, "deployment")?;
+    let deployment = row(tx, dep)?;
+    let mut st = tx.prepare(
+        "SELECT t.device_id, d.name, t.state, t.phase, t.progress_done, t.progress_total,
+                t.message, t.updated
+         FROM targets t JOIN devices d ON d.id = t.device_id
+         WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
+    )?;
+    let rows = st.query_map([dep], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    let mut devices = Vec::new();
+    for r in rows {
+        let (id, name, s, phase, done, total, message, updated) = r?;
+        devices.push(DeploymentDevice {
+            id,
+            name,
+            state: parse_state(&s)?,
+            phase,
+            progress: done.zip(total).map(|(d, t)| Progress {
+                done: unsigned(d),
+                total: unsigned(t),
+            }),
+            message,
+            updated: rfc3339(updated),
+        });
+    }
+    Ok(DeploymentDetails {
+        deployment,
+        devices,
+    })
 }
 
 /// `GET /deployments/{id}/devices/{device}/log`: the last 1 MiB of the device's log.
@@ -385,32 +408,44 @@ pub async fn log(
     State(state): State<AppState>,
     PathParams((id, device)): PathParams<(u64, String)>,
 ) -> Result<impl IntoResponse, AppError> {
-    let dep = signed(id, "deployment")?;
-    let text = state
-        .db
-        .read(move |tx| {
-            row(tx, dep)?;
-            let included: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM targets WHERE deployment_id = ?1 AND device_id = ?2)",
-                params![dep, device],
-                |r| r.get(0),
-            )?;
-            if !included {
-                return Err(AppError::not_found(format!(
-                    "deployment {id} does not include device {device}"
-                )));
-            }
-            let mut st = tx.prepare(
-                "SELECT text FROM logs WHERE deployment_id = ?1 AND device_id = ?2 ORDER BY seq",
-            )?;
-            let mut text = String::new();
-            for t in st.query_map(params![dep, device], |r| r.get::<_, String>(0))? {
-                text.push_str(&t?);
-            }
-            Ok(text)
-        })
-        .await?;
-    let max = usize::try_from(MAX_LOG).unwrap_or(usize::MAX);
-    let text = rollout::tail(&text, max).to_owned();
+    let text = state.db.read(move |tx| log_in(tx, id, &device)).await?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// When an operator aborted deployment `id` (RFC 3339), if one did.
+pub fn aborted_at(tx: &Transaction<'_>, id: u64) -> Result<Option<String>, AppError> {
+    let dep = signed(id, "deployment")?;
+    let t: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT aborted FROM deployments WHERE id = ?1",
+            [dep],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(t.flatten().map(rfc3339))
+}
+
+/// The last 1 MiB of what `device` reported for deployment `id`, or 404.
+pub fn log_in(tx: &Transaction<'_>, id: u64, device: &str) -> Result<String, AppError> {
+    let dep = signed(id, "deployment")?;
+    row(tx, dep)?;
+    let included: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM targets WHERE deployment_id = ?1 AND device_id = ?2)",
+        params![dep, device],
+        |r| r.get(0),
+    )?;
+    if !included {
+        return Err(AppError::not_found(format!(
+            "deployment {id} does not include device {device}"
+        )));
+    }
+    let mut st = tx.prepare(
+        "SELECT text FROM logs WHERE deployment_id = ?1 AND device_id = ?2 ORDER BY seq",
+    )?;
+    let mut text = String::new();
+    for t in st.query_map(params![dep, device], |r| r.get::<_, String>(0))? {
+        text.push_str(&t?);
+    }
+    let max = usize::try_from(MAX_LOG).unwrap_or(usize::MAX);
+    Ok(rollout::tail(&text, max).to_owned())
 }

@@ -1,4 +1,4 @@
-//! The one error type of both APIs, the extractors that reject with it, and the layer that turns every other error answer into the JSON `ApiError`.
+//! The one error type of both APIs, the extractors that reject with it, and the layer that turns every other error answer (but the web UI's HTML pages) into the JSON `ApiError`.
 //!
 //! docs/api.md promises `{"error": "…"}` for every 4xx and 5xx. Axum's own
 //! rejections (bad paths, wrong methods, body limits) answer plain text, so the
@@ -154,12 +154,13 @@ pub async fn no_route(req: Request) -> AppError {
 /// text as the message.
 pub async fn json_errors(res: Response) -> Response {
     let status = res.status();
-    let is_json = res
+    // The web UI's error pages are HTML on purpose; only other bodies are rewritten.
+    let is_json_or_page = res
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if status.as_u16() < 400 || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if status.as_u16() < 400 || is_json_or_page {
         return res;
     }
     let (mut parts, body) = res.into_parts();

@@ -23,6 +23,7 @@ mod range;
 mod rollout;
 mod store;
 mod updates_api;
+mod web;
 
 use std::fs::{self, DirBuilder};
 use std::future::Future;
@@ -149,7 +150,7 @@ impl Server {
         })
     }
 
-    /// The HTTP routes (docs/api.md).
+    /// The HTTP routes: the API under `/api/v1` (docs/api.md) and the web UI beside it (docs/web-ui.md).
     pub fn router(&self) -> Router {
         let max_bundle = usize::try_from(self.state.max_bundle_bytes).unwrap_or(usize::MAX);
         let api = Router::new()
@@ -189,7 +190,8 @@ impl Server {
             );
         Router::new()
             .nest(API_PREFIX, api)
-            .fallback(error::no_route)
+            .merge(web::routes())
+            .fallback(web::fallback)
             .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
             .layer(axum::middleware::map_response(error::json_errors))
             .layer(axum::middleware::from_fn(log_request))
@@ -302,6 +304,10 @@ pub async fn serve(
         tracing::info!("shutting down");
         h.graceful_shutdown(Some(Duration::from_secs(10)));
     });
+    // The web UI marks its session cookie `Secure` when it is served over TLS.
+    let app = app.layer(axum::Extension(web::Transport {
+        https: tls.is_some(),
+    }));
     let service = app.into_make_service();
     match tls {
         Some(config) => {

@@ -1,4 +1,8 @@
 //! The operator API's groups and devices (docs/api.md): list and create groups, list devices, move a device to another group.
+//!
+//! The queries are plain functions over a transaction ([`groups`], [`devices`],
+//! [`group_compatibles`]) and group creation is [`new_group`], so the web UI shows
+//! and changes exactly what the API does.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -42,25 +46,34 @@ pub async fn list_groups(
     _: Operator,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Group>>, AppError> {
-    let groups = state
-        .db
-        .read(|tx| {
-            let mut st = tx.prepare(
-                "SELECT g.name, g.enrollment_token,
-                        (SELECT count(*) FROM devices d WHERE d.group_id = g.id)
-                 FROM groups g ORDER BY g.name",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(Group {
-                    name: r.get(0)?,
-                    enrollment_token: r.get(1)?,
-                    devices: unsigned(r.get(2)?),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    Ok(Json(state.db.read(groups).await?))
+}
+
+/// Every group with its device count, by name.
+pub fn groups(tx: &Transaction<'_>) -> Result<Vec<Group>, AppError> {
+    let mut st = tx.prepare(
+        "SELECT g.name, g.enrollment_token,
+                (SELECT count(*) FROM devices d WHERE d.group_id = g.id)
+         FROM groups g ORDER BY g.name",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(Group {
+            name: r.get(0)?,
+            enrollment_token: r.get(1)?,
+            devices: unsigned(r.get(2)?),
         })
-        .await?;
-    Ok(Json(groups))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The distinct `compatible` strings of a group's devices, sorted (404 for no such group).
+pub fn group_compatibles(tx: &Transaction<'_>, name: &str) -> Result<Vec<String>, AppError> {
+    let gid = group_id(tx, name)?;
+    let mut st = tx.prepare(
+        "SELECT DISTINCT compatible FROM devices WHERE group_id = ?1 ORDER BY compatible",
+    )?;
+    let rows = st.query_map([gid], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// `POST /groups`.
@@ -69,40 +82,42 @@ pub async fn create_group(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<NewGroup>,
 ) -> Result<(StatusCode, Json<Group>), AppError> {
-    check_group_name(&req.name)?;
+    let g = new_group(&state, req.name).await?;
+    Ok((StatusCode::CREATED, Json(g)))
+}
+
+/// Creates the group `name` with a new enrollment token; a conflict if it exists.
+pub async fn new_group(state: &AppState, name: String) -> Result<Group, AppError> {
+    check_group_name(&name)?;
     let token = format!(
         "grp_{}",
         random_hex(24).map_err(|e| AppError::internal(e.to_string()))?
     );
-    let name = req.name.clone();
-    let enrollment_token = token.clone();
+    let (n, enrollment_token) = (name.clone(), token.clone());
     state
         .db
         .write(move |tx| {
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM groups WHERE name = ?1)",
-                [&name],
+                [&n],
                 |r| r.get(0),
             )?;
             if exists {
-                return Err(AppError::conflict(format!("group `{name}` exists already")));
+                return Err(AppError::conflict(format!("group `{n}` exists already")));
             }
             tx.execute(
                 "INSERT INTO groups (name, enrollment_token, created) VALUES (?1, ?2, ?3)",
-                params![name, enrollment_token, now()],
+                params![n, enrollment_token, now()],
             )?;
             Ok(())
         })
         .await?;
-    tracing::info!("group {} created", req.name);
-    Ok((
-        StatusCode::CREATED,
-        Json(Group {
-            name: req.name,
-            devices: 0,
-            enrollment_token: token,
-        }),
-    ))
+    tracing::info!("group {name} created");
+    Ok(Group {
+        name,
+        devices: 0,
+        enrollment_token: token,
+    })
 }
 
 /// The columns [`device_row`] reads, over `devices d JOIN groups g`.
@@ -138,33 +153,41 @@ pub async fn list_devices(
     QueryParams(filter): QueryParams<DeviceFilter>,
 ) -> Result<Json<Vec<Device>>, AppError> {
     let interval = state.poll_interval;
-    let devices = state
+    let list = state
         .db
-        .read(move |tx| {
-            let t = now();
-            let mut out = Vec::new();
-            if let Some(g) = &filter.group {
-                let gid = group_id(tx, g)?;
-                let mut st = tx.prepare(&format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
-                     WHERE d.group_id = ?1 ORDER BY d.name, d.id"
-                ))?;
-                for d in st.query_map([gid], |r| device_row(r, t, interval))? {
-                    out.push(d?);
-                }
-            } else {
-                let mut st = tx.prepare(&format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
-                     ORDER BY g.name, d.name, d.id"
-                ))?;
-                for d in st.query_map([], |r| device_row(r, t, interval))? {
-                    out.push(d?);
-                }
-            }
-            Ok(out)
-        })
+        .read(move |tx| devices(tx, filter.group.as_deref(), interval))
         .await?;
-    Ok(Json(devices))
+    Ok(Json(list))
+}
+
+/// Every device (of `group`, when given: 404 if it does not exist), by group and
+/// name; `interval` is the poll interval their status is judged by.
+pub fn devices(
+    tx: &Transaction<'_>,
+    group: Option<&str>,
+    interval: u32,
+) -> Result<Vec<Device>, AppError> {
+    let t = now();
+    let mut out = Vec::new();
+    if let Some(g) = group {
+        let gid = group_id(tx, g)?;
+        let mut st = tx.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
+             WHERE d.group_id = ?1 ORDER BY d.name, d.id"
+        ))?;
+        for d in st.query_map([gid], |r| device_row(r, t, interval))? {
+            out.push(d?);
+        }
+    } else {
+        let mut st = tx.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
+             ORDER BY g.name, d.name, d.id"
+        ))?;
+        for d in st.query_map([], |r| device_row(r, t, interval))? {
+            out.push(d?);
+        }
+    }
+    Ok(out)
 }
 
 /// One device, or 404 naming it.

@@ -76,7 +76,7 @@ fn bad_input_is_a_json_error_naming_the_problem() {
     assert!(a.error().contains("missing field `name`"), "{}", a.error());
 
     let big = json!({ "name": "x".repeat(1100 * 1024) }).to_string();
-    let a = over_limit(&groups, &token, big.as_bytes());
+    let a = over_limit(&groups, &token, "application/json", big.as_bytes());
     assert_eq!(a.status, 413);
     assert!(a.error().contains("1024 KiB"), "{}", a.error());
 
@@ -188,7 +188,12 @@ fn uploads_are_verified_whole_and_nothing_is_half_stored() {
 fn an_upload_over_the_limit_is_refused() {
     let f = Fixture::new();
     let (c, token) = f.start(&["--max-bundle-bytes", "4096"]);
-    let a = upload(&c, &token, &vec![7u8; 64 * 1024]);
+    let a = over_limit(
+        &c.api("/updates"),
+        &token,
+        "application/octet-stream",
+        &vec![7u8; 64 * 1024],
+    );
     assert_eq!(a.status, 413);
     assert!(a.error().contains("4096 bytes"), "{}", a.error());
     // Without a Content-Length (chunked), the count while streaming stops it.

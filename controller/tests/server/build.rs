@@ -124,15 +124,18 @@ fn a_recipe_and_its_files_build_into_a_signed_update() {
         listing(&f.data().join("tmp"))
     );
 
-    // Deployable like an upload.
+    // Deployable like an upload; without a comment of its own the deployment
+    // shows the recipe's.
     let t = group(&c, &token, "test");
     enroll(&c, &t, "gw", "acme-gw");
-    post_ok(
+    let d = post_ok(
         &c.api("/deployments"),
         &token,
         json!({"update": u["id"], "group": "test"}),
         201,
     );
+    assert!(!u["comment"].as_str().unwrap().is_empty(), "{u}");
+    assert_eq!(d["comment"], u["comment"]);
 }
 
 #[test]

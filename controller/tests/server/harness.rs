@@ -211,12 +211,13 @@ pub fn request(
 /// limit is passed and closes the connection; a client still sending the rest
 /// may then see the reset instead of the answer. That race is the client's, so
 /// the request is repeated (up to 5 times) until the answer is read.
-pub fn over_limit(url: &str, bearer: &str, body: &[u8]) -> Answer {
+pub fn over_limit(url: &str, bearer: &str, content_type: &str, body: &[u8]) -> Answer {
     let mut last = String::new();
     for _ in 0..5 {
         let res = agent()
             .post(url)
             .set("Authorization", &format!("Bearer {bearer}"))
+            .set("Content-Type", content_type)
             .send_bytes(body);
         match res {
             Err(ureq::Error::Transport(t)) => last = t.to_string(),

@@ -116,6 +116,39 @@ fn label(d: DeploymentId) -> String {
 /// Largest install log before it is cut to its second half.
 const LOG_LIMIT: u64 = 1024 * 1024;
 
+/// Cuts the run of NUL bytes a power cut can leave at the end of the install log
+/// and returns how many there were. The log is appended without fsync (it is a
+/// record for people, not state); after a cut the file system may keep its new
+/// size but not the data, which reads back as zeros.
+fn trim_trailing_nuls(path: &Path) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let block = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(block)?;
+        match block.iter().rposition(|&b| b != 0) {
+            Some(i) => {
+                end = start + i as u64 + 1;
+                break;
+            }
+            None => end = start,
+        }
+    }
+    if end < len {
+        f.set_len(end)?;
+    }
+    Ok(len - end)
+}
+
 /// Download progress reports at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -214,6 +247,7 @@ impl Device {
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
         .map_err(|_| anyhow::Error::new(Busy(data.clone())))?;
+        let log_nuls = trim_trailing_nuls(&data.join(layout::LOG)).unwrap_or(0);
         // Before anything touches a slot: a crash during a packages stage can leave
         // processes running in the chroot and bind mounts of /proc and /dev inside the
         // slot, and a later clear or clone of that slot must never walk into them.
@@ -256,6 +290,11 @@ impl Device {
             cfg,
             _lock: lock,
         };
+        if log_nuls > 0 {
+            dev.log(&format!(
+                "dropped {log_nuls} NUL bytes a power cut left at the end of the install log"
+            ));
+        }
         if !killed.is_empty() {
             dev.log(&format!(
                 "killed {} process(es) left running in a slot's chroot: {killed:?}",

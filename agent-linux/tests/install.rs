@@ -1900,3 +1900,30 @@ fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
     assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.status());
     assert_tree(&d, &s3.tree(), "v3 after a lost journal");
 }
+
+/// After a power cut the install log can end in zeros (appended without fsync; the
+/// file system kept the size, not the data). The next start cuts them and says so.
+#[test]
+fn nuls_a_power_cut_left_in_the_install_log_are_cut_at_the_next_start() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let r = d.install_bytes("v1.molt", &build(&v1()), None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    let log = d.data().join("install.log");
+    let before = fs::read(&log).unwrap();
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&vec![0u8; 100_000]).unwrap();
+    drop(f);
+    let r = d.agent(&["recover"], None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    let after = fs::read(&log).unwrap();
+    assert!(!after.contains(&0), "NUL bytes left in install.log");
+    assert!(after.starts_with(&before), "the log's own lines must stay");
+    let text = String::from_utf8(after).unwrap();
+    assert!(
+        text.contains("dropped 100000 NUL bytes"),
+        "the cut is not logged:\n{text}"
+    );
+}

@@ -147,6 +147,40 @@ impl Ui {
             .unwrap_or_else(|e| panic!("click `{css}`: {e}"));
     }
 
+    /// Clicks `css`, which loads another page (a link, a form's button), and waits
+    /// until that page has loaded: WebDriver's click may return while a form's POST
+    /// and its redirect are still on the way. The old document is marked first; the
+    /// new one is the first without the mark.
+    async fn navigate(&self, css: &str) {
+        self.c
+            .execute("window.__moltOld = true;", vec![])
+            .await
+            .expect("mark the old page");
+        self.click(css).await;
+        let start = Instant::now();
+        loop {
+            let loaded = self
+                .c
+                .execute(
+                    "return window.__moltOld !== true && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            if loaded {
+                return;
+            }
+            assert!(
+                start.elapsed() < LONG,
+                "clicking `{css}` loaded no new page; still on {}",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Saves the page as `NN-name.png`.
     async fn shot(&mut self, name: &str) {
         self.n += 1;
@@ -332,14 +366,14 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
 
     // A wrong token is refused.
     ui.fill("#token", "mop_0000000000000000").await;
-    ui.click("section.login button").await;
+    ui.navigate("section.login button").await;
     let page = ui.source().await;
     assert!(page.contains("That is not the operator token."), "{page}");
     assert!(ui.path().await.starts_with("/login"));
     ui.shot("login-refused").await;
 
     ui.fill("#token", &ctl.token).await;
-    ui.click("section.login button").await;
+    ui.navigate("section.login button").await;
     assert_eq!(ui.path().await, "/");
     assert!(ui.source().await.contains("No updates deployed yet"));
     ui.shot("recent-updates-empty").await;
@@ -402,7 +436,7 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
     );
 
     // Details: per-device status and the after command's output in the log.
-    ui.click(&format!(
+    ui.navigate(&format!(
         "{row} td.actions a[href=\"/deployments/{first}\"]"
     ))
     .await;
@@ -422,7 +456,7 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
 
     // Deploy to others, from the recent-updates row.
     ui.goto("/").await;
-    ui.click(&format!(
+    ui.navigate(&format!(
         "{row} td.actions a[href=\"/deployments/{first}/deploy-to-others\"]"
     ))
     .await;
@@ -506,7 +540,7 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
     ui.shot("recent-updates-final").await;
 
     // Logging out ends the session: the pages lead to the login form again.
-    ui.click("form.logout button").await;
+    ui.navigate("form.logout button").await;
     ui.goto("/groups").await;
     assert!(ui.path().await.starts_with("/login"), "{}", ui.path().await);
 

@@ -5,9 +5,6 @@
 //! few helpers they share for running commands.
 
 mod bench;
-mod bench_decode;
-mod bench_install;
-mod bench_util;
 mod ci;
 mod demo;
 mod fuzz;
@@ -35,7 +32,7 @@ Tasks:
                              build the `decode` fuzz target (engine/fuzz) and run it for
                              N seconds (default 60) from a generated seed corpus
   engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
-  bench [NAME]               run a benchmark; without NAME, list them
+  bench [NAME…] [--rounds N] run benchmarks (all without NAME; `bench list` names them) and write docs/benchmarks.md
   rootfs [--print-path] [--rebuild]
                              build (once, as root) the minimal Debian bookworm tree with
                              python3-pip and npm that package tests chroot into, cached in
@@ -95,13 +92,7 @@ fn run(args: &[String]) -> Result<()> {
             ci::nostd(&root)
         }
         "fuzz" => fuzz::run(&root, &fuzz::Options::parse(rest)?),
-        "bench" => match rest {
-            [] => {
-                bench::list();
-                Ok(())
-            }
-            [name, bench_args @ ..] => bench::run(&root, name, bench_args),
-        },
+        "bench" => bench::run(&root, rest),
         "rootfs" => rootfs::run(&root, &rootfs::Options::parse(rest)?),
         "demo" => demo::run(&root, &demo::Options::parse(rest)?),
         "qemu-image" => qemu::image_task(&root, rest),

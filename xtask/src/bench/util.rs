@@ -1,4 +1,4 @@
-//! Helpers the benchmarks share: deterministic content, timing a command, order statistics, and the docs/benchmarks.md report.
+//! Helpers the benchmarks share: deterministic content, timing a command, order statistics and interleaved rounds.
 //!
 //! Every benchmark generates its workload from a seed (so two machines measure
 //! the same bytes and a cached workload can be checked against its recipe) and
@@ -6,12 +6,12 @@
 //! figure survives a slower or noisier machine).
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+
+use crate::display;
 
 /// A xorshift64 generator: deterministic, fast, and good enough for workloads
 /// (not for anything that must be unpredictable).
@@ -105,7 +105,7 @@ pub(crate) fn time(cmd: &mut Command) -> Result<f64> {
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",
-            crate::display(cmd),
+            display(cmd),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -123,56 +123,98 @@ pub(crate) fn require_tools(tools: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the `## NAME` section of docs/benchmarks.md with `body`, keeping the others.
-pub(crate) fn write_report(root: &Path, name: &str, body: &str) -> Result<()> {
-    let path: PathBuf = root.join("docs/benchmarks.md");
-    let old = fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nWritten by `cargo xtask bench NAME`; every figure is a ratio against a baseline run in the same invocation.\n".into()
-    });
-    let machine = machine();
-    let section =
-        format!("## {name}\n\nCommand: `cargo xtask bench {name}`. Machine: {machine}.\n\n{body}");
-    let header = format!("## {name}\n");
-    let mut out = String::new();
-    let mut skipping = false;
-    let mut replaced = false;
-    for line in old.lines() {
-        if line.starts_with("## ") {
-            skipping = format!("{line}\n") == header;
-            if skipping && !replaced {
-                out.push_str(&section);
-                out.push('\n');
-                replaced = true;
-            }
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    if !replaced {
-        out.push('\n');
-        out.push_str(&section);
-    }
-    let mut f = fs::File::create(&path)?;
-    f.write_all(out.as_bytes())?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-/// The CPU model and core count, for the report.
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
+/// Whether this process runs as root (effective uid 0), from /proc: xtask has no libc.
+pub(crate) fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|euid| euid == "0")
         })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cpu}, {cores} cores")
+        .unwrap_or(false)
+}
+
+/// Runs `cmd` quietly; fails with its output unless it succeeds. Returns stdout.
+pub(crate) fn quiet(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}{}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The median, smallest and largest of a set of measurements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// Summarizes `v` (which must not be empty).
+    pub(crate) fn of(v: &[f64]) -> Stats {
+        let mut v = v.to_vec();
+        let (min, max) = min_max(&v);
+        Stats {
+            median: median(&mut v),
+            min,
+            max,
+        }
+    }
+
+    /// `median (min–max)` with `digits` decimals, for tables.
+    pub(crate) fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            self.median, self.min, self.max
+        )
+    }
+}
+
+/// One side of an interleaved comparison: a name for progress lines, and a run
+/// that does its own untimed preparation and returns the seconds it measured.
+pub(crate) struct Side<'a> {
+    pub name: &'a str,
+    pub run: Box<dyn FnMut() -> Result<f64> + 'a>,
+}
+
+/// Runs every side once as a warm-up, then `rounds` rounds of every side, starting
+/// each round with a different side so none always follows another's writeback
+/// or cache state. Returns each side's measured seconds (the warm-up excluded).
+pub(crate) fn interleave(label: &str, rounds: usize, sides: &mut [Side<'_>]) -> Result<Vec<Stats>> {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    for round in 0..=rounds {
+        let mut line = Vec::new();
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let secs = (sides[i].run)()
+                .with_context(|| format!("{label}: {} (round {round})", sides[i].name))?;
+            if round > 0 {
+                samples[i].push(secs);
+            }
+            line.push((i, secs));
+        }
+        line.sort_by_key(|(i, _)| *i);
+        let shown: Vec<String> = line
+            .iter()
+            .map(|(i, s)| format!("{} {s:.3} s", sides[*i].name))
+            .collect();
+        println!(
+            "{label} round {round:2}{}: {}",
+            if round == 0 { " (warm-up)" } else { "" },
+            shown.join(", ")
+        );
+    }
+    Ok(samples.iter().map(|v| Stats::of(v)).collect())
 }

@@ -1,0 +1,348 @@
+//! `bench install-local` and `bench memory`: `molt-agent install` of the workload's bundle from a file onto a fresh loop-mounted ext4, against `zstd -dc | tar -x && sync`, and the agent's peak RSS.
+//!
+//! The agent's `root` is the loop mount; the baseline extracts into a directory
+//! on the same file system. Before each timed run the previous output is removed
+//! and `sync` flushes everything, untimed, so every run does the same work from a
+//! clean writeback state. Removing the agent's var/ makes the next install
+//! provision a fresh device and write the whole tree into an empty slot.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::slot::{reset, same_tree, LoopMount};
+use super::util::{interleave, is_root, median, quiet, require_tools, time, Side};
+use super::workload::{file_mib, mib, Workload};
+use super::{Ctx, Outcome, Row, Verdict};
+use crate::display;
+
+/// Agent runs per bundle for the peak-RSS figure (the largest is reported), and
+/// extra runs for the per-phase breakdown (the median of each phase is reported).
+const RSS_RUNS: usize = 3;
+
+/// A device rooted on a fresh loop mount, trusting the workload's key.
+pub(crate) struct Device {
+    /// The file system; dropped last.
+    pub target: LoopMount,
+    /// agent.toml.
+    pub cfg: PathBuf,
+    /// The agent's var/ (removing it makes a fresh device).
+    pub var: PathBuf,
+    /// The active snapshot after an install.
+    pub active: PathBuf,
+}
+
+impl Device {
+    /// Creates the loop mount under `work` and an agent.toml with `extra` lines appended.
+    pub(crate) fn create(work: &Path, wl: &Workload, extra: &str) -> Result<Device> {
+        let target = LoopMount::create(work)?;
+        let cfg = work.join("agent.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "root = \"{}\"\ndata_dir = \"var/lib/molt\"\ncompatible = \"bench\"\ntrusted_keys = [\"{}\"]\n{extra}",
+                target.mnt.display(),
+                wl.public
+            ),
+        )?;
+        Ok(Device {
+            var: target.mnt.join("var"),
+            active: target.mnt.join("var/lib/molt/current"),
+            target,
+            cfg,
+        })
+    }
+
+    /// `molt-agent -c agent.toml install SOURCE`.
+    pub(crate) fn install(&self, agent: &Path, source: &str) -> Command {
+        let mut c = Command::new(agent);
+        c.arg("-c").arg(&self.cfg).arg("install").arg(source);
+        c
+    }
+}
+
+/// Why an install benchmark cannot run here, if it cannot: it needs root for the loop mount.
+pub(crate) fn cannot_install() -> Option<String> {
+    (!is_root()).then(|| "mounts a loop device, which needs root".to_string())
+}
+
+const LOCAL_WHAT: &str = "`molt-agent install FILE`: full verification, durable, atomic swap";
+const LOCAL_BASE: &str = "`zstd -dc tree.tar.zst \\| tar -x -C slot && sync`";
+
+/// `bench install-local`.
+pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
+    if let Some(why) = cannot_install() {
+        return Ok(Outcome::skipped("install-local", LOCAL_WHAT, LOCAL_BASE, "≤ 0.90×", &why));
+    }
+    require_tools(&["zstd", "tar", "mkfs.ext4", "losetup", "diff"])?;
+    let bins = ctx.bins()?;
+    let wl = ctx.workload()?;
+    let work = ctx.work("install-local")?;
+    let dev = match Device::create(&work, &wl, "") {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("cannot set up a loop-mounted ext4: {e:#}");
+            return Ok(Outcome::skipped("install-local", LOCAL_WHAT, LOCAL_BASE, "≤ 0.90×", &why));
+        }
+    };
+    let big = &wl.big;
+    let base_dir = dev.target.mnt.join("baseline");
+    let bundle = big.bundle.to_string_lossy().into_owned();
+    let baseline_sh = format!(
+        "zstd -dc '{}' | tar -x -C '{}' && sync",
+        big.tarzst.display(),
+        base_dir.display()
+    );
+    let (mut checked_molt, mut checked_base) = (false, false);
+    let stats = interleave(
+        "install-local",
+        ctx.rounds,
+        &mut [
+            Side {
+                name: "molt",
+                run: Box::new(|| {
+                    reset(&[&dev.var, &base_dir])?;
+                    let t = time(&mut dev.install(&bins.agent, &bundle))?;
+                    if !checked_molt {
+                        // Once, untimed: the install really produced the whole tree.
+                        same_tree(&big.tree.dir, &dev.active)?;
+                        checked_molt = true;
+                    }
+                    Ok(t)
+                }),
+            },
+            Side {
+                name: "baseline",
+                run: Box::new(|| {
+                    reset(&[&dev.var, &base_dir])?;
+                    fs::create_dir(&base_dir)?;
+                    quiet(&mut Command::new("sync"))?;
+                    let t = time(Command::new("sh").arg("-c").arg(&baseline_sh))?;
+                    if !checked_base {
+                        same_tree(&big.tree.dir, &base_dir)?;
+                        checked_base = true;
+                    }
+                    Ok(t)
+                }),
+            },
+        ],
+    )?;
+    let (m, b) = (stats[0], stats[1]);
+
+    // Where the agent's time goes: per-phase medians over a few extra runs.
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..RSS_RUNS {
+        reset(&[&dev.var, &base_dir])?;
+        for (i, (name, secs)) in phase_times(&mut dev.install(&bins.agent, &bundle))?
+            .into_iter()
+            .enumerate()
+        {
+            match phases.get_mut(i) {
+                Some((n, v)) if *n == name => v.push(secs),
+                Some(_) => bail!("the agent's phases differ between runs (at `{name}`)"),
+                None => phases.push((name, vec![secs])),
+            }
+        }
+    }
+    reset(&[&dev.var, &base_dir])?;
+    let fs_desc = dev.target.describe();
+    drop(dev);
+
+    let tree_mib = mib(big.tree.bytes);
+    let mut details = format!(
+        "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
+         | `molt-agent install` ({:.1} MiB bundle) | {} | {:.0} |\n\
+         | `zstd -dc \\| tar -x && sync` ({:.1} MiB tar.zst) | {} | {:.0} |\n\n\
+         Tree {tree_mib:.0} MiB in {} files; {fs_desc}.\n\n",
+        file_mib(&big.bundle),
+        m.show(3),
+        tree_mib / m.median,
+        file_mib(&big.tarzst),
+        b.show(3),
+        tree_mib / b.median,
+        big.tree.files,
+    );
+    let _ = write!(
+        details,
+        "Where the agent's time goes (median of {RSS_RUNS} extra runs, from when each \
+         `deployment ID: PHASE` line reaches its stderr; `start` is process start to the first \
+         phase, the last span ends at exit):\n\n| phase | s | share |\n|---|---:|---:|\n"
+    );
+    let medians: Vec<(String, f64)> = phases
+        .into_iter()
+        .map(|(name, mut v)| (name, median(&mut v)))
+        .collect();
+    let total: f64 = medians.iter().map(|m| m.1).sum();
+    for (name, secs) in &medians {
+        let _ = writeln!(
+            details,
+            "| {name} | {secs:.3} | {:.0} % |",
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    let _ = write!(
+        details,
+        "\nCommands (workload in target/bench/workload/, mount in target/bench/install-local/):\n\n\
+         ```sh\n\
+         molt bundle build tree-200.toml -o tree-200.molt --key bench.secret   # kind = \"full\", destination = \"/\"\n\
+         tar -cf - -C tree-200 . | zstd -3 -T1 -q -f -o tree-200.tar.zst\n\
+         truncate -s 2G slot.img && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 slot.img\n\
+         losetup --find --show slot.img && mount /dev/loopN mnt\n\
+         # each round, both sides, alternating which goes first; untimed before each:\n\
+         rm -rf mnt/var mnt/baseline && sync             # + mkdir mnt/baseline for the baseline\n\
+         molt-agent -c agent.toml install tree-200.molt   # agent.toml: root = \"mnt\"\n\
+         sh -c 'zstd -dc tree-200.tar.zst | tar -x -C mnt/baseline && sync'\n\
+         ```\n"
+    );
+    Ok(Outcome {
+        rows: vec![Row::time_ratio(
+            "install-local",
+            LOCAL_WHAT,
+            LOCAL_BASE,
+            m,
+            b,
+            0.9,
+        )],
+        details,
+    })
+}
+
+const MEMORY_WHAT: &str = "agent peak RSS installing the 20 MiB and the 200 MiB bundle";
+
+/// `bench memory`: peak RSS of `molt-agent install` for the small and the big bundle.
+pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
+    if let Some(why) = cannot_install() {
+        return Ok(Outcome::skipped("memory", MEMORY_WHAT, "—", "flat, ≤ 16 MiB", &why));
+    }
+    let time_bin = Path::new("/usr/bin/time");
+    if !time_bin.exists() {
+        bail!("/usr/bin/time is missing: `apt-get install time`");
+    }
+    let bins = ctx.bins()?;
+    let wl = ctx.workload()?;
+    let work = ctx.work("memory")?;
+    let dev = Device::create(&work, &wl, "")?;
+    let out = work.join("rss.txt");
+    let mut peaks = Vec::new();
+    for built in [&wl.small, &wl.big] {
+        let mut peak = 0u64;
+        for _ in 0..RSS_RUNS {
+            reset(&[&dev.var])?;
+            peak = peak.max(peak_rss_kib(time_bin, &bins.agent, &dev.cfg, &built.bundle, &out)?);
+        }
+        peaks.push(peak);
+    }
+    reset(&[&dev.var])?;
+    drop(dev);
+    let mut details = String::from("| bundle | tree | files | agent peak RSS |\n|---|---:|---:|---:|\n");
+    for (built, kib) in [&wl.small, &wl.big].into_iter().zip(&peaks) {
+        let _ = writeln!(
+            details,
+            "| {:.1} MiB | {:.1} MiB | {} | {:.1} MiB |",
+            file_mib(&built.bundle),
+            mib(built.tree.bytes),
+            built.tree.files,
+            *kib as f64 / 1024.0
+        );
+    }
+    let _ = write!(
+        details,
+        "\nPeak RSS: the largest of {RSS_RUNS} runs of \
+         `/usr/bin/time -f %M molt-agent -c agent.toml install tree.molt` each (a fresh device \
+         every run). Flat means the 200 MiB install peaks within 1 MiB of the 20 MiB one.\n"
+    );
+    let (small, big) = (peaks[0] as f64 / 1024.0, peaks[1] as f64 / 1024.0);
+    let flat = big - small <= 1.0;
+    Ok(Outcome {
+        rows: vec![Row {
+            id: "memory".into(),
+            what: MEMORY_WHAT.into(),
+            baseline: "—".into(),
+            result: format!("**{big:.1} MiB** at 200 MiB, {small:.1} MiB at 20 MiB"),
+            target: "flat, ≤ 16 MiB".into(),
+            verdict: Verdict::from(flat && big <= 16.0),
+        }],
+        details,
+    })
+}
+
+/// The agent's peak RSS in KiB for one install, from `/usr/bin/time -f %M`.
+fn peak_rss_kib(
+    time_bin: &Path,
+    agent: &Path,
+    cfg: &Path,
+    bundle: &Path,
+    out: &Path,
+) -> Result<u64> {
+    quiet(
+        Command::new(time_bin)
+            .args(["-f", "%M", "-o"])
+            .arg(out)
+            .arg(agent)
+            .arg("-c")
+            .arg(cfg)
+            .arg("install")
+            .arg(bundle),
+    )?;
+    let text = fs::read_to_string(out)?;
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("unexpected /usr/bin/time output: {text:?}"))
+}
+
+/// Seconds the agent spends in each phase of one install, from the moment each
+/// `deployment ID: PHASE` line reaches its stderr (the agent logs a phase right
+/// after journaling it). `start` is process start to the first phase line; the
+/// last line's span ends when the process exits. Untimed in the figures above:
+/// reading the pipe line by line is a little more work than collecting it.
+fn phase_times(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    let mut marks = vec![("start".to_string(), 0.0)];
+    let mut log = String::new();
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines() {
+            let line = line?;
+            let at = t0.elapsed().as_secs_f64();
+            if let Some(phase) = phase_of(&line) {
+                marks.push((phase.to_string(), at));
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let status = child.wait()?;
+    let end = t0.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("`{}` failed ({status}): {log}", display(cmd));
+    }
+    Ok(marks
+        .iter()
+        .enumerate()
+        .map(|(i, (name, at))| {
+            let next = marks.get(i + 1).map_or(end, |m| m.1);
+            (name.clone(), next - at)
+        })
+        .collect())
+}
+
+/// The phase a `deployment ID: PHASE` log line announces, if it is one.
+fn phase_of(line: &str) -> Option<&str> {
+    let rest = &line[line.find("deployment ")?..];
+    let word = rest.rsplit(": ").next()?.trim();
+    let is_word = !word.is_empty()
+        && rest.len() > word.len()
+        && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    is_word.then_some(word)
+}
+

@@ -106,6 +106,10 @@ pub struct Config {
     /// resolved below [`Config::root`]; default none. Read when a connection is
     /// made, so a bad file is reported where it is used.
     pub controller_ca: Option<PathBuf>,
+    /// Whether every write is made durable before it counts (default true). `false`
+    /// skips every fsync and syncfs ([`crate::durability`]): for volatile roots and
+    /// for measuring what durability costs; a power cut can then tear an update.
+    pub durable: bool,
 }
 
 /// The `[timeouts]` table. All values are whole seconds in the file, from 1 s to one day.
@@ -303,6 +307,7 @@ struct RawConfig {
     controller: Option<Spanned<String>>,
     poll_interval_secs: Option<Spanned<u64>>,
     controller_ca: Option<Spanned<String>>,
+    durable: Option<bool>,
 }
 
 /// `[timeouts]` as written.
@@ -663,6 +668,7 @@ impl RawConfig {
             controller,
             poll_interval_secs,
             controller_ca,
+            durable: self.durable.unwrap_or(true),
         })
     }
 }

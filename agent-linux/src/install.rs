@@ -62,6 +62,7 @@ use crate::slotfile::FileStore;
 mod download;
 mod hooks;
 mod status;
+mod writer;
 
 pub use hooks::{Busy, Hooks, Reporter};
 pub use status::peek_status;
@@ -195,13 +196,13 @@ fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        crate::durability::sync_all(&f)?;
     }
     crate::crashpoint::after("file write and fsync");
     fs::rename(&tmp, path)?;
     crate::crashpoint::after("file rename");
     if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        crate::durability::sync_all(&File::open(dir)?)?;
     }
     crate::crashpoint::after("directory fsync");
     Ok(())
@@ -227,6 +228,12 @@ impl Device {
     /// poller needs the deployment in progress, [`Device::in_progress`]) while the
     /// settling resumes a download or reruns a health check.
     pub fn open_unsettled(cfg: Config, hooks: Hooks) -> Result<Device> {
+        crate::durability::set(cfg.durable);
+        if !cfg.durable {
+            tracing::warn!(
+                "durable = false: nothing is fsynced, a power cut can tear an update or lose the slot record"
+            );
+        }
         let data = cfg.data_dir();
         for d in [
             data.clone(),

@@ -48,9 +48,9 @@ impl Journal {
             .open(path)?;
         if !existed {
             file.set_len(2 * COPY_LEN as u64)?;
-            file.sync_all()?;
+            crate::durability::sync_all(&file)?;
             if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+                crate::durability::sync_all(&File::open(dir)?)?;
             }
         }
         let mut j = Journal { file, newest: None };
@@ -103,7 +103,7 @@ impl Journal {
         buf[10 + n..14 + n].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all_at(&buf, (copy * COPY_LEN) as u64)?;
         crate::crashpoint::after("journal write");
-        self.file.sync_data()?;
+        crate::durability::sync_data(&self.file)?;
         crate::crashpoint::after("journal fsync");
         self.newest = Some((seq, copy));
         Ok(())

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod crashpoint;
 pub mod daemon;
+pub mod durability;
 pub mod enrollment;
 pub mod exec;
 pub mod fetch;

@@ -1039,7 +1039,7 @@ impl Record {
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
-            f.sync_all()?;
+            crate::durability::sync_all(&f)?;
             fs::rename(&tmp, &self.file)?;
             sync_parent(&self.file)
         };
@@ -1123,7 +1123,7 @@ fn sync_parent(file: &Path) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    File::open(dir)?.sync_all()
+    crate::durability::sync_all(&File::open(dir)?)
 }
 
 #[cfg(test)]

@@ -78,12 +78,12 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
             .open(&tmp)
             .with_context(what)?;
         f.write_all(bytes).with_context(what)?;
-        f.sync_all().with_context(what)?;
+        crate::durability::sync_all(&f).with_context(what)?;
     }
     fs::rename(&tmp, path).with_context(what)?;
     if let Some(dir) = path.parent() {
         File::open(dir)
-            .and_then(|d| d.sync_all())
+            .and_then(|d| crate::durability::sync_all(&d))
             .with_context(|| format!("cannot fsync {}", dir.display()))?;
     }
     Ok(())
@@ -165,7 +165,7 @@ impl Outbox {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             if let Some(parent) = dir.parent() {
                 File::open(parent)
-                    .and_then(|d| d.sync_all())
+                    .and_then(|d| crate::durability::sync_all(&d))
                     .with_context(|| format!("cannot fsync {}", parent.display()))?;
             }
         }

@@ -45,9 +45,9 @@ impl FileStore {
             .open(path)?;
         if !existed || file.metadata()?.len() < REGION_LEN as u64 {
             file.set_len(REGION_LEN as u64)?;
-            file.sync_all()?;
+            crate::durability::sync_all(&file)?;
             if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+                crate::durability::sync_all(&File::open(dir)?)?;
             }
         }
         Ok(FileStore {
@@ -80,7 +80,7 @@ impl SlotStore for FileStore {
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
-        self.file.sync_data().map_err(FileStoreError)?;
+        crate::durability::sync_data(&self.file).map_err(FileStoreError)?;
         crate::crashpoint::after("slot record fsync");
         Ok(())
     }

@@ -52,6 +52,7 @@ fn the_example_file_parses_and_shows_the_defaults() {
     assert_eq!(c.log_capture_bytes, config::DEFAULT_LOG_CAPTURE_BYTES);
     assert_eq!(c.poll_interval_secs, config::DEFAULT_POLL_INTERVAL_SECS);
     assert_eq!(c.controller, None);
+    assert!(c.durable);
     // The built-in copy is the same file.
     assert_eq!(Config::example().compatible, c.compatible);
 }
@@ -69,7 +70,11 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.trial_boots, 3);
     assert_eq!(c.log_capture_bytes, 64 * 1024);
     assert_eq!(c.poll_interval_secs, 60);
+    assert!(c.durable, "durable unless told otherwise");
     assert_eq!(c.trusted_keys[0].id, key_id(&hex32(KEY1)));
+    let volatile = parse(&format!("durable = false\n{}", minimal())).unwrap();
+    assert!(!volatile.durable);
+    assert!(error_about(&format!("durable = \"no\"\n{}", minimal()), "durable").contains("durable"));
 }
 
 fn hex32(s: &str) -> [u8; 32] {

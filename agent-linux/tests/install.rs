@@ -1927,3 +1927,29 @@ fn nuls_a_power_cut_left_in_the_install_log_are_cut_at_the_next_start() {
         "the cut is not logged:\n{text}"
     );
 }
+
+/// `durable = false` (the mode `cargo xtask bench durability` compares against) installs
+/// the same snapshot, says at every start that a power cut can tear it, and a large file
+/// crosses the writing thread in pieces without losing a byte.
+#[test]
+fn a_non_durable_device_installs_the_same_snapshot_and_says_what_it_risks() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let cfg = d.root().join("agent.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("durable = false\n{text}")).unwrap();
+    let spec = v1().with(
+        "app/big.bin",
+        Node::File(noise(7, 3 * 1024 * 1024 + 17), 0o644),
+    );
+    let r = d.install_bytes("1.0.0.molt", &build(&spec), None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert!(
+        r.out.contains("durable = false") && r.out.contains("power cut"),
+        "the agent warns about non-durable mode: {}",
+        r.out
+    );
+    assert_tree(&d, &spec.tree(), "after a non-durable install");
+}

@@ -41,15 +41,7 @@ impl Device {
     /// Creates the loop mount under `work` and an agent.toml with `extra` lines appended.
     pub(crate) fn create(work: &Path, wl: &Workload, extra: &str) -> Result<Device> {
         let target = LoopMount::create(work)?;
-        let cfg = work.join("agent.toml");
-        fs::write(
-            &cfg,
-            format!(
-                "root = \"{}\"\ndata_dir = \"var/lib/molt\"\ncompatible = \"bench\"\ntrusted_keys = [\"{}\"]\n{extra}",
-                target.mnt.display(),
-                wl.public
-            ),
-        )?;
+        let cfg = config(&work.join("agent.toml"), &target.mnt, &wl.public, extra)?;
         Ok(Device {
             var: target.mnt.join("var"),
             active: target.mnt.join("var/lib/molt/current"),
@@ -58,12 +50,35 @@ impl Device {
         })
     }
 
+    /// A second configuration of the same device, `extra` appended (e.g. `durable = false`).
+    pub(crate) fn variant(&self, name: &str, wl: &Workload, extra: &str) -> Result<PathBuf> {
+        let path = self.cfg.with_file_name(format!("agent-{name}.toml"));
+        config(&path, &self.target.mnt, &wl.public, extra)
+    }
+
     /// `molt-agent -c agent.toml install SOURCE`.
     pub(crate) fn install(&self, agent: &Path, source: &str) -> Command {
-        let mut c = Command::new(agent);
-        c.arg("-c").arg(&self.cfg).arg("install").arg(source);
-        c
+        install_with(agent, &self.cfg, source)
     }
+}
+
+/// `molt-agent -c CFG install SOURCE`.
+pub(crate) fn install_with(agent: &Path, cfg: &Path, source: &str) -> Command {
+    let mut c = Command::new(agent);
+    c.arg("-c").arg(cfg).arg("install").arg(source);
+    c
+}
+
+/// Writes an agent.toml rooted at `mnt` that trusts `public`, with `extra` appended.
+fn config(path: &Path, mnt: &Path, public: &str, extra: &str) -> Result<PathBuf> {
+    fs::write(
+        path,
+        format!(
+            "root = \"{}\"\ndata_dir = \"var/lib/molt\"\ncompatible = \"bench\"\ntrusted_keys = [\"{public}\"]\n{extra}",
+            mnt.display(),
+        ),
+    )?;
+    Ok(path.to_path_buf())
 }
 
 /// Why an install benchmark cannot run here, if it cannot: it needs root for the loop mount.
@@ -301,7 +316,7 @@ fn peak_rss_kib(
 /// after journaling it). `start` is process start to the first phase line; the
 /// last line's span ends when the process exits. Untimed in the figures above:
 /// reading the pipe line by line is a little more work than collecting it.
-fn phase_times(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
+pub(crate) fn phase_times(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
     let t0 = Instant::now();
     let mut child = cmd
         .stdout(Stdio::null())
@@ -346,3 +361,72 @@ fn phase_of(line: &str) -> Option<&str> {
     is_word.then_some(word)
 }
 
+
+const DURABLE_WHAT: &str = "durable install vs the same install with `durable = false` (no fsync, no syncfs)";
+const DURABLE_BASE: &str = "molt's own non-durable mode";
+
+/// `bench durability`: what making the install durable costs.
+pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
+    if let Some(why) = cannot_install() {
+        return Ok(Outcome::skipped("durability", DURABLE_WHAT, DURABLE_BASE, "≤ 1.25×", &why));
+    }
+    let bins = ctx.bins()?;
+    let wl = ctx.workload()?;
+    let work = ctx.work("durability")?;
+    let dev = Device::create(&work, &wl, "")?;
+    let volatile = dev.variant("volatile", &wl, "durable = false\n")?;
+    let bundle = wl.big.bundle.to_string_lossy().into_owned();
+    let stats = interleave(
+        "durability",
+        ctx.rounds,
+        &mut [
+            Side {
+                name: "durable",
+                run: Box::new(|| {
+                    reset(&[&dev.var])?;
+                    time(&mut dev.install(&bins.agent, &bundle))
+                }),
+            },
+            Side {
+                name: "durable = false",
+                run: Box::new(|| {
+                    reset(&[&dev.var])?;
+                    time(&mut install_with(&bins.agent, &volatile, &bundle))
+                }),
+            },
+        ],
+    )?;
+    reset(&[&dev.var])?;
+    let fs_desc = dev.target.describe();
+    drop(dev);
+    let (d, v) = (stats[0], stats[1]);
+    let details = format!(
+        "| what | median s (min–max) |\n|---|---:|\n\
+         | `molt-agent install tree-200.molt` (durable, the default) | {} |\n\
+         | the same with `durable = false` in agent.toml | {} |\n\n\
+         Durable: the slot is flushed with `syncfs` at every download checkpoint and before the \
+         seal, the journal and slot record with `fdatasync`, the `current` swap with file and \
+         directory fsyncs. `durable = false` skips all of them and leaves writeback to the kernel \
+         (the untimed `sync` before the next round flushes it). Tree {:.0} MiB in {} files; {fs_desc}.\n\n\
+         ```sh\n\
+         rm -rf mnt/var && sync   # untimed, before each run\n\
+         molt-agent -c agent.toml install tree-200.molt\n\
+         molt-agent -c agent-volatile.toml install tree-200.molt   # + durable = false\n\
+         ```\n",
+        d.show(3),
+        v.show(3),
+        mib(wl.big.tree.bytes),
+        wl.big.tree.files,
+    );
+    Ok(Outcome {
+        rows: vec![Row::time_ratio(
+            "durability",
+            DURABLE_WHAT,
+            DURABLE_BASE,
+            d,
+            v,
+            1.25,
+        )],
+        details,
+    })
+}

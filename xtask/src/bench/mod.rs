@@ -15,6 +15,7 @@
 mod decode;
 mod install;
 mod slot;
+mod swap;
 mod util;
 mod workload;
 
@@ -49,6 +50,16 @@ pub const BENCHMARKS: &[Bench] = &[
         name: "memory",
         about: "agent peak RSS installing a 20 MiB and a 200 MiB bundle: flat, ≤ 16 MiB (root)",
         run: install::memory,
+    },
+    Bench {
+        name: "durability",
+        about: "durable install vs molt's own `durable = false` (root)",
+        run: install::durability,
+    },
+    Bench {
+        name: "swap",
+        about: "the atomic swap for 5,000- and 50,000-file snapshots: ≤ 10 ms, independent of size (root)",
+        run: swap::run,
     },
     Bench {
         name: "decode",

@@ -11,6 +11,9 @@ use molt_agent::enrollment::{self, EnrollArgs, Enrollment};
 use molt_agent::install::{self, Busy, Device, Hooks};
 use molt_agent::outbox::Outbox;
 use molt_engine::update::Outcome;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The molt device agent: installs signed bundles into the inactive A/B snapshot.
 #[derive(Parser)]
@@ -61,14 +64,19 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // MOLT_LOG: a level, or `target=level` directives separated by commas; info
+    // when unset or unreadable. `Targets` rather than `EnvFilter`: no regex
+    // engine in the static binary.
+    let filter = std::env::var("MOLT_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOLT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
+        .finish()
+        .with(filter)
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

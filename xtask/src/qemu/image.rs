@@ -44,7 +44,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
 ];
 
-/// Where the cross toolchain for the agent's C code comes from.
+/// Where the cross toolchain for the agent's C code comes from (on an x86_64 host
+/// the x86_64 one is the host's own gcc).
 const CROSS_PACKAGES: &str = "gcc-aarch64-linux-gnu and libc6-dev-arm64-cross";
 
 /// Builds (or refreshes) the image; `refetch` downloads the packages again.
@@ -219,6 +220,21 @@ fn kernel_release(kernel_pkg: &Path) -> Result<String> {
 /// Cross-compiles molt-agent as a static binary and strips it into `out`.
 fn build_agent(root: &Path, dev: &Device, out: &Path) -> Result<PathBuf> {
     let target = &dev.agent.target;
+    let built = build_static_agent(root, target, AGENT_PROFILE)?;
+    let (_, _, strip) = cross_tools(target)?;
+    let stripped = out.join("molt-agent");
+    // The profile strips already; `strip` also drops what the linker keeps (.comment).
+    run_cmd(Command::new(&strip).arg("-o").arg(&stripped).arg(&built))?;
+    Ok(stripped)
+}
+
+/// The profile the device's agent is built with (workspace Cargo.toml): fat LTO,
+/// one codegen unit, panic = abort, stripped; what `bench footprint` measures.
+pub const AGENT_PROFILE: &str = "device";
+
+/// Builds molt-agent for `target` (`<arch>-unknown-linux-musl`) as a static binary
+/// with cargo profile `profile`, and returns its path under target/.
+pub fn build_static_agent(root: &Path, target: &str, profile: &str) -> Result<PathBuf> {
     let (cc, ar, strip) = cross_tools(target)?;
     require_tools(&[
         (cc.as_str(), CROSS_PACKAGES),
@@ -233,7 +249,8 @@ fn build_agent(root: &Path, dev: &Device, out: &Path) -> Result<PathBuf> {
     let mut cmd = cargo(root);
     cmd.args([
         "build",
-        "--release",
+        "--profile",
+        profile,
         "-p",
         "molt-agent",
         "--bin",
@@ -252,10 +269,13 @@ fn build_agent(root: &Path, dev: &Device, out: &Path) -> Result<PathBuf> {
     run_cmd(&mut cmd).with_context(|| {
         format!("building molt-agent for {target} failed (is the target installed? `rustup target add {target}`)")
     })?;
-    let built = root.join("target").join(target).join("release/molt-agent");
-    let stripped = out.join("molt-agent");
-    run_cmd(Command::new(&strip).arg("-o").arg(&stripped).arg(&built))?;
-    Ok(stripped)
+    // Cargo's directory for the built-in `dev` profile is `debug`; every other is its name.
+    let dir = if profile == "dev" { "debug" } else { profile };
+    Ok(root
+        .join("target")
+        .join(target)
+        .join(dir)
+        .join("molt-agent"))
 }
 
 /// The GNU cross tools for a Rust target triple (`aarch64-unknown-linux-musl` →

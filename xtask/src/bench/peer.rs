@@ -186,8 +186,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let _ = write!(
         details,
         "Load average (1 min) {load_before} before the rounds, {load_after} after: on a shared \
-         2-core machine a single-threaded side waits for a core more than a side that runs \
-         several threads (SWUpdate streams the .swu to its extraction thread through a FIFO).\n\n"
+         2-core machine both sides also wait for a core, so wall times move with the other \
+         load; the CPU seconds below move much less.\n\n"
     );
     if !cpu[0].is_empty() {
         let _ = write!(

@@ -91,10 +91,14 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(secret.trim())
 }
 
-/// The device a credential belongs to.
+/// The device a credential belongs to: from memory once it was found (a device's
+/// credential never changes and devices are never deleted), else from the database.
 async fn device_of(state: &AppState, secret: &str) -> Result<Option<String>, AppError> {
     let h = hash(secret);
-    state
+    if let Some(id) = state.seen.device(&h) {
+        return Ok(Some(id));
+    }
+    let found: Option<String> = state
         .db
         .call(move |c| {
             Ok(c.query_row(
@@ -104,7 +108,11 @@ async fn device_of(state: &AppState, secret: &str) -> Result<Option<String>, App
             )
             .optional()?)
         })
-        .await
+        .await?;
+    if let Some(id) = &found {
+        state.seen.remember(&h, id);
+    }
+    Ok(found)
 }
 
 /// An authenticated operator.

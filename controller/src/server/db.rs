@@ -116,9 +116,21 @@ CREATE INDEX sessions_by_expiry ON sessions(expires);
 "#,
 ];
 
-/// The database handle, cheap to clone.
+/// The database handle, cheap to clone: the connection every change goes
+/// through, and a second one for [`Db::read`], so that reads (device polls
+/// among them) never wait for a commit's fsync: WAL lets a reader see the last
+/// committed state while a writer works.
 #[derive(Clone)]
-pub struct Db(Arc<Mutex<Connection>>);
+pub struct Db {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+/// Locks `m` (a panic while locked cannot leave a transaction open, since
+/// rusqlite rolls back on drop, so a poisoned lock still guards a consistent connection).
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Db {
     /// Opens (creating) the database at `path` and brings its schema up to date.
@@ -138,14 +150,19 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn).with_context(|| format!("{}: schema migration", path.display()))?;
-        Ok(Db(Arc::new(Mutex::new(conn))))
+        let reader = Connection::open(path)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        reader.busy_timeout(Duration::from_secs(10))?;
+        reader.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(Db {
+            writer: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
-    /// Locks the connection (for blocking code: startup, or inside `spawn_blocking`).
+    /// Locks the writing connection (for blocking code: startup, or inside `spawn_blocking`).
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while locked cannot leave a transaction open (rusqlite rolls back
-        // on drop), so a poisoned lock still guards a consistent connection.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.writer)
     }
 
     /// Runs `f` on the connection on the blocking pool.
@@ -179,19 +196,23 @@ impl Db {
 }
 
 impl Db {
-    /// Runs `f` in one read transaction: a consistent snapshot across its queries.
+    /// Runs `f` in one read transaction on the reading connection: a consistent
+    /// snapshot of what was committed when it began, across its queries.
     pub async fn read<T, F>(&self, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, AppError> + Send + 'static,
     {
-        self.call(move |conn| {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&reader);
             let tx = conn.transaction()?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         })
         .await
+        .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
     }
 }
 

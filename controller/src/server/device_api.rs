@@ -8,12 +8,13 @@ use molt_engine::protocol::{
     EnrollRequest, EnrollResponse, Offer, PollAction, PollRequest, PollResponse, Report,
     ReportResponse, API_PREFIX, MAX_REPORT_LOG,
 };
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::auth::{hash, new_secret, random_hex, Device};
 use super::db::{now, signed, unsigned};
 use super::error::{AppError, JsonBody, PathParams};
 use super::rollout::{self, Decision, Judgement, Open, WORK_INTERVAL_SECS};
+use super::seen::Versions;
 use super::{range, AppState};
 use crate::api::DeviceState;
 
@@ -59,6 +60,11 @@ pub async fn enroll(
     let credential = new_secret("mdc_")?;
     let cred_hash = hash(&credential);
     let device_id = id.clone();
+    let versions = Versions {
+        active_version: req.active_version.clone(),
+        agent_version: req.agent_version.clone(),
+        compatible: req.compatible.clone(),
+    };
     let group = state
         .db
         .write(move |tx| {
@@ -90,6 +96,9 @@ pub async fn enroll(
             Ok(gname)
         })
         .await?;
+    // Committed: its first poll needs neither a credential lookup nor a write.
+    state.seen.remember(&cred_hash, &id);
+    state.seen.stored(&id, versions);
     tracing::info!("device {id} enrolled in group {group}");
     Ok((
         StatusCode::CREATED,
@@ -105,7 +114,7 @@ pub async fn enroll(
 
 /// The device's open deployments, oldest first.
 fn open_targets(tx: &Transaction<'_>, device: &str) -> Result<Vec<Open>, AppError> {
-    let mut st = tx.prepare(
+    let mut st = tx.prepare_cached(
         "SELECT deployment_id, state, abort_requested, final_reported FROM targets
          WHERE device_id = ?1
            AND (state IN ('pending', 'downloading', 'installing')
@@ -140,6 +149,10 @@ pub fn parse_state(s: &str) -> Result<DeviceState, AppError> {
 }
 
 /// `POST /device/poll`.
+///
+/// Versions are written durably when they differ from what the database holds;
+/// `last_seen` alone is only noted in memory and written in batches (seen.rs),
+/// so an idle device's poll is one read.
 pub async fn poll(
     State(state): State<AppState>,
     Device(device): Device,
@@ -148,21 +161,43 @@ pub async fn poll(
     check_field("compatible", &req.compatible, true)?;
     check_field("agent_version", &req.agent_version, false)?;
     check_field("active_version", &req.active_version, false)?;
+    let t = now();
+    let versions = Versions {
+        active_version: req.active_version,
+        agent_version: req.agent_version,
+        compatible: req.compatible,
+    };
+    if !state.seen.poll(&device, &versions, t) {
+        let st = state.clone();
+        let dev = device.clone();
+        state
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?2),
+                         active_version = ?3, agent_version = ?4, compatible = ?5
+                     WHERE id = ?1",
+                    params![
+                        dev,
+                        t,
+                        versions.active_version,
+                        versions.agent_version,
+                        versions.compatible
+                    ],
+                )?;
+                tx.commit()?;
+                // Still under the writer's lock: no other write to this device's
+                // versions can come between the commit and this.
+                st.seen.stored(&dev, versions);
+                Ok(())
+            })
+            .await?;
+    }
+    // A read on the reading connection: it never waits for a commit's fsync.
     let action = state
         .db
-        .write(move |tx| {
-            tx.execute(
-                "UPDATE devices SET last_seen = ?2, active_version = ?3, agent_version = ?4,
-                     compatible = ?5
-                 WHERE id = ?1",
-                params![
-                    device,
-                    now(),
-                    req.active_version,
-                    req.agent_version,
-                    req.compatible
-                ],
-            )?;
+        .read(move |tx| {
             let open = open_targets(tx, &device)?;
             Ok(match rollout::decide(req.in_progress, &open) {
                 Decision::Nothing { busy } => (PollAction::None, busy),
@@ -252,11 +287,14 @@ pub async fn report(
     check_field("active_version", &rep.active_version, false)?;
     let dep = signed(id, "deployment")?;
     let seq = signed(rep.seq, "seq")?;
+    let st = state.clone();
     let answer = state
         .db
         .write(move |tx| {
             let (current, last_seq, log_bytes) = target_of(tx, dep, &device)?;
             let t = now();
+            // This writes the device's active version: its next poll writes its own again.
+            st.seen.forget(&device);
             tx.execute(
                 "UPDATE devices SET last_seen = ?2, active_version = ?3 WHERE id = ?1",
                 params![device, t, rep.active_version],

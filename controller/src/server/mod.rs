@@ -21,6 +21,7 @@ mod error;
 mod operator_api;
 mod range;
 mod rollout;
+mod seen;
 mod store;
 mod updates_api;
 mod web;
@@ -87,6 +88,8 @@ pub struct Shared {
     /// Signs server-side builds.
     signing: SigningKey,
     operator_hash: blake3::Hash,
+    /// Device credentials found, versions stored, and poll times not yet written.
+    seen: seen::Seen,
     poll_interval: u32,
     max_bundle_bytes: u64,
 }
@@ -140,9 +143,11 @@ impl Server {
             keys,
             signing,
             operator_hash,
+            seen: seen::Seen::default(),
             poll_interval: config.poll_interval_secs,
             max_bundle_bytes: config.max_bundle_bytes,
         });
+        seen::start_flusher(Arc::downgrade(&state));
         Ok(Server {
             state,
             new_operator_token,
@@ -196,6 +201,24 @@ impl Server {
             .layer(axum::middleware::map_response(error::json_errors))
             .layer(axum::middleware::from_fn(log_request))
             .with_state(self.state.clone())
+    }
+}
+
+impl Drop for Server {
+    /// Writes the poll times still in memory: the server is stopping.
+    fn drop(&mut self) {
+        if let Err(e) = self.state.seen.flush(&mut self.state.db.lock()) {
+            tracing::warn!("cannot write last_seen times: {}", e.message);
+        }
+    }
+}
+
+impl Shared {
+    /// Writes the poll times still in memory, so that a read of `last_seen` that
+    /// follows is exact (device listings call it first).
+    async fn flush_seen(self: &Arc<Self>) -> Result<(), error::AppError> {
+        let state = self.clone();
+        self.db.call(move |c| state.seen.flush(c)).await
     }
 }
 

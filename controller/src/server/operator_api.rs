@@ -153,6 +153,7 @@ pub async fn list_devices(
     QueryParams(filter): QueryParams<DeviceFilter>,
 ) -> Result<Json<Vec<Device>>, AppError> {
     let interval = state.poll_interval;
+    state.flush_seen().await?;
     let list = state
         .db
         .read(move |tx| devices(tx, filter.group.as_deref(), interval))
@@ -213,6 +214,7 @@ pub async fn patch_device(
     JsonBody(patch): JsonBody<DevicePatch>,
 ) -> Result<Json<Device>, AppError> {
     let interval = state.poll_interval;
+    state.flush_seen().await?;
     let d = state
         .db
         .write(move |tx| {

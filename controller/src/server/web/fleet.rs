@@ -109,6 +109,9 @@ pub async fn devices(
     let interval = state.poll_interval;
     let group = q.group.filter(|g| !g.is_empty());
     let g = group.clone();
+    if let Err(e) = state.flush_seen().await {
+        return layout::error_page(Some(&session), e.status, &e.message);
+    }
     let listed = state
         .db
         .read(move |tx| {

@@ -3,14 +3,18 @@
 //! Decompression and hashing (user time) and creating and writing files (system
 //! time) cost about the same; on one thread they add up, on two they overlap, as
 //! `zstd -dc | tar -x` overlaps them in two processes. The decoder's events borrow
-//! its buffers, so each is copied into an owned [`Work`] message; the channel holds
-//! at most [`DEPTH`] messages of at most [`PIECE`] bytes, and spent buffers come
-//! back for reuse, so memory stays bounded by a constant whatever the bundle's size.
+//! its buffers, so they are copied into a [`Batch`] (one byte buffer plus the list of
+//! events in it) that crosses to the writer when it holds [`BATCH`] bytes: one
+//! hand-over per 256 KiB rather than per event keeps the threads from waking each
+//! other thousands of times a second. At most [`DEPTH`] batches are in flight and
+//! spent ones come back for reuse, so memory stays bounded by a constant whatever
+//! the bundle's size.
 //!
 //! Order is the one the decoder produced, and a checkpoint asks the writer for its
 //! state through [`Writer::state`], which answers only once every earlier event is
 //! applied, so a checkpoint never describes a write that has not happened.
 
+use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -19,19 +23,31 @@ use molt_engine::bundle::Event;
 
 use crate::fsops::{ErrorKind, ExtractState, ExtractStats, Extractor, FsError};
 
-/// Messages in flight between the two threads, at most.
-const DEPTH: usize = 8;
-/// The largest piece of file content one message carries (bigger `Data` events are split).
-const PIECE: usize = 256 * 1024;
+/// Batches in flight between the two threads, at most (besides the one being filled).
+const DEPTH: usize = 4;
+/// Bytes a batch carries before it is handed over (content is split to fit).
+const BATCH: usize = 256 * 1024;
 
-/// One event of the decoder, owned.
-enum Work {
+/// One decoder event inside a batch; ranges index the batch's bytes.
+enum Op {
     /// An entry header, postcard-encoded (the decoder's header borrows its buffers).
-    Start(Vec<u8>),
+    Start(Range<usize>),
     /// File content.
-    Data(Vec<u8>),
+    Data(Range<usize>),
     /// The entry is complete.
     End,
+}
+
+/// Consecutive events, owned.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+/// What crosses to the writing thread.
+enum Work {
+    Batch(Batch),
     /// Everything sent before is applied: answer with the extractor's state.
     State(SyncSender<Option<ExtractState>>),
     /// The bundle is complete: finish the extraction.
@@ -41,7 +57,8 @@ enum Work {
 /// The sending side, owned by the reading thread.
 pub(super) struct Writer<'scope> {
     tx: Option<SyncSender<Work>>,
-    spent: Receiver<Vec<u8>>,
+    filling: Batch,
+    spent: Receiver<Batch>,
     thread: Option<ScopedJoinHandle<'scope, Result<Option<ExtractStats>, FsError>>>,
 }
 
@@ -55,7 +72,7 @@ impl<'scope> Writer<'scope> {
         'env: 'scope,
     {
         let (tx, rx) = mpsc::sync_channel::<Work>(DEPTH);
-        let (give_back, spent) = mpsc::channel::<Vec<u8>>();
+        let (give_back, spent) = mpsc::channel::<Batch>();
         let thread = std::thread::Builder::new()
             .name("molt-writer".into())
             .spawn_scoped(scope, move || apply_all(&mut x, rx, give_back).and_then(|done| {
@@ -70,36 +87,68 @@ impl<'scope> Writer<'scope> {
             .expect("cannot start the writing thread");
         Writer {
             tx: Some(tx),
+            filling: Batch::default(),
             spent,
             thread: Some(thread),
         }
     }
 
-    /// Hands `ev` to the writing thread; an error is the writer's own (it stopped).
+    /// Queues `ev` for the writing thread; an error is the writer's own (it stopped).
     pub(super) fn send(&mut self, ev: &Event<'_>) -> Result<(), FsError> {
         match ev {
             Event::EntryStart(h) => {
-                let bytes = postcard::to_allocvec(h).map_err(|_| {
-                    FsError::other(ErrorKind::Sequence, "encode", h.path, "", "unencodable entry header")
+                let b = &mut self.filling;
+                let at = b.bytes.len();
+                b.bytes = postcard::to_extend(h, std::mem::take(&mut b.bytes)).map_err(|_| {
+                    FsError::other(
+                        ErrorKind::Sequence,
+                        "encode",
+                        h.path,
+                        "",
+                        "unencodable entry header",
+                    )
                 })?;
-                self.put(Work::Start(bytes))
+                b.ops.push(Op::Start(at..b.bytes.len()));
             }
-            Event::Data(d) => {
-                for piece in d.chunks(PIECE) {
-                    let mut buf = self.spent.try_recv().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(piece);
-                    self.put(Work::Data(buf))?;
+            Event::Data(mut d) => {
+                while !d.is_empty() {
+                    let b = &mut self.filling;
+                    let room = BATCH.saturating_sub(b.bytes.len()).max(1);
+                    let (piece, rest) = d.split_at(room.min(d.len()));
+                    let at = b.bytes.len();
+                    b.bytes.extend_from_slice(piece);
+                    b.ops.push(Op::Data(at..b.bytes.len()));
+                    d = rest;
+                    if self.filling.bytes.len() >= BATCH {
+                        self.flush()?;
+                    }
                 }
-                Ok(())
             }
-            Event::EntryEnd => self.put(Work::End),
-            Event::ManifestVerified { .. } | Event::Done => Ok(()),
+            Event::EntryEnd => self.filling.ops.push(Op::End),
+            Event::ManifestVerified { .. } | Event::Done => {}
         }
+        if self.filling.bytes.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch being filled over (if it holds anything) and starts another,
+    /// reusing a spent one.
+    fn flush(&mut self) -> Result<(), FsError> {
+        if self.filling.ops.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.spent.try_recv().unwrap_or_default();
+        next.bytes.clear();
+        next.ops.clear();
+        let full = std::mem::replace(&mut self.filling, next);
+        self.put(Work::Batch(full))
     }
 
     /// The extractor's state once everything sent so far is applied (for a checkpoint).
     pub(super) fn state(&mut self) -> Result<Option<ExtractState>, FsError> {
+        self.flush()?;
         let (tx, rx) = mpsc::sync_channel(1);
         self.put(Work::State(tx))?;
         match rx.recv() {
@@ -110,6 +159,7 @@ impl<'scope> Writer<'scope> {
 
     /// Finishes the extraction and waits for the writing thread.
     pub(super) fn finish(mut self) -> Result<ExtractStats, FsError> {
+        self.flush()?;
         self.put(Work::Finish)?;
         drop(self.tx.take());
         match self.join()? {
@@ -170,22 +220,33 @@ impl<'scope> Writer<'scope> {
 fn apply_all(
     x: &mut Extractor<'_>,
     rx: Receiver<Work>,
-    give_back: Sender<Vec<u8>>,
+    give_back: Sender<Batch>,
 ) -> Result<bool, FsError> {
     for w in rx {
         match w {
-            Work::Start(bytes) => {
-                let h: EntryHeader<'_> = postcard::from_bytes(&bytes).map_err(|_| {
-                    FsError::other(ErrorKind::Sequence, "decode", "", "", "undecodable entry header")
-                })?;
-                x.apply(&Event::EntryStart(h))?;
+            Work::Batch(b) => {
+                for op in &b.ops {
+                    match op {
+                        Op::Start(r) => {
+                            let h: EntryHeader<'_> =
+                                postcard::from_bytes(&b.bytes[r.clone()]).map_err(|_| {
+                                    FsError::other(
+                                        ErrorKind::Sequence,
+                                        "decode",
+                                        "",
+                                        "",
+                                        "undecodable entry header",
+                                    )
+                                })?;
+                            x.apply(&Event::EntryStart(h))?;
+                        }
+                        Op::Data(r) => x.apply(&Event::Data(&b.bytes[r.clone()]))?,
+                        Op::End => x.apply(&Event::EntryEnd)?,
+                    }
+                }
+                // The reading side may be gone; then the batch is simply freed.
+                let _ = give_back.send(b);
             }
-            Work::Data(buf) => {
-                x.apply(&Event::Data(&buf))?;
-                // The reading side may be gone; then the buffer is simply freed.
-                let _ = give_back.send(buf);
-            }
-            Work::End => x.apply(&Event::EntryEnd)?,
             Work::State(reply) => {
                 let _ = reply.send(x.save());
             }

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::poll::{Controller, Nginx};
 use super::slot::{reset, same_tree, LoopMount};
 use super::util::{interleave, is_root, median, quiet, require_tools, time, Side};
 use super::workload::{file_mib, mib, Workload};
@@ -154,6 +155,7 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
     for _ in 0..RSS_RUNS {
         reset(&[&dev.var, &base_dir])?;
         for (i, (name, secs)) in phase_times(&mut dev.install(&bins.agent, &bundle))?
+            .0
             .into_iter()
             .enumerate()
         {
@@ -311,12 +313,12 @@ fn peak_rss_kib(
         .with_context(|| format!("unexpected /usr/bin/time output: {text:?}"))
 }
 
-/// Seconds the agent spends in each phase of one install, from the moment each
+/// Seconds the agent spends in each phase of one install (and its log), from the moment each
 /// `deployment ID: PHASE` line reaches its stderr (the agent logs a phase right
 /// after journaling it). `start` is process start to the first phase line; the
 /// last line's span ends when the process exits. Untimed in the figures above:
 /// reading the pipe line by line is a little more work than collecting it.
-pub(crate) fn phase_times(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
+pub(crate) fn phase_times(cmd: &mut Command) -> Result<(Vec<(String, f64)>, String)> {
     let t0 = Instant::now();
     let mut child = cmd
         .stdout(Stdio::null())
@@ -341,14 +343,15 @@ pub(crate) fn phase_times(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
     if !status.success() {
         bail!("`{}` failed ({status}): {log}", display(cmd));
     }
-    Ok(marks
+    let spans = marks
         .iter()
         .enumerate()
         .map(|(i, (name, at))| {
             let next = marks.get(i + 1).map_or(end, |m| m.1);
             (name.clone(), next - at)
         })
-        .collect())
+        .collect();
+    Ok((spans, log))
 }
 
 /// The phase a `deployment ID: PHASE` log line announces, if it is one.
@@ -427,6 +430,168 @@ pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
             v,
             1.25,
         )],
+        details,
+    })
+}
+
+const HTTP_WHAT: &str =
+    "`molt-agent install URL` from molt-controller on 127.0.0.1, streamed (no temporary file)";
+const HTTP_BASE: &str = "`curl -s URL \\| zstd -dc \\| tar -x && sync` (nginx serving the tar.zst)";
+
+/// `bench install-http`: the install-local comparison, both sides fetched over loopback HTTP.
+pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
+    if let Some(why) = cannot_install() {
+        return Ok(Outcome::skipped("install-http", HTTP_WHAT, HTTP_BASE, "≤ 1.00×", &why));
+    }
+    require_tools(&["zstd", "tar", "curl", "diff"])?;
+    let bins = ctx.bins()?;
+    let wl = ctx.workload()?;
+    let work = ctx.work("install-http")?;
+    let dev = Device::create(&work, &wl, "")?;
+    // Neither server is pinned: each side gets the machine as it would in the field.
+    let ctl = Controller::start(
+        &bins,
+        &work.join("controller"),
+        "0-1",
+        &["--trusted-key", &wl.public],
+    )?;
+    let group = ctl.molt(&bins, &["groups", "create", "bench", "--json"])?;
+    let group: serde_json::Value = serde_json::from_str(&group)?;
+    let token = group["enrollment_token"]
+        .as_str()
+        .with_context(|| format!("no enrollment token in {group}"))?;
+    let base_url = format!("http://{}", ctl.addr);
+    quiet(
+        Command::new(&bins.agent)
+            .arg("-c")
+            .arg(&dev.cfg)
+            .args(["enroll", "--controller", &base_url, "--name", "bench-http", "--token", token]),
+    )?;
+    // The enrollment lives in the data directory every round removes: kept aside and
+    // put back (untimed), so each install starts from a fresh slot as the same device.
+    let enrollment = dev.var.join("lib/molt/controller.json");
+    let kept = fs::read(&enrollment).context("the agent kept no enrollment")?;
+    ctl.molt(&bins, &["update", "push", &wl.big.bundle.to_string_lossy()])?;
+    let dep = ctl.molt(&bins, &["deploy", "1.0.0", "--group", "bench", "--json"])?;
+    let dep: serde_json::Value = serde_json::from_str(&dep)?;
+    let id = dep["id"]
+        .as_u64()
+        .with_context(|| format!("no deployment id in {dep}"))?;
+    let url = format!("{base_url}/api/v1/device/deployments/{id}/bundle");
+    let nginx = Nginx::start(&work.join("nginx"), &wl.dir, "0-1")?;
+    let tar_url = format!(
+        "http://{}/{}",
+        nginx.addr,
+        wl.big.tarzst.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let base_dir = dev.target.mnt.join("baseline");
+    let baseline_sh = format!(
+        "curl -sf '{tar_url}' | zstd -dc | tar -x -C '{}' && sync",
+        base_dir.display()
+    );
+    let fresh_device = || -> Result<()> {
+        reset(&[&dev.var, &base_dir])?;
+        fs::create_dir_all(enrollment.parent().context("enrollment path")?)?;
+        fs::write(&enrollment, &kept)?;
+        quiet(&mut Command::new("sync"))?;
+        Ok(())
+    };
+    let big = &wl.big;
+    let (mut checked_molt, mut checked_base) = (false, false);
+    let stats = interleave(
+        "install-http",
+        ctx.rounds,
+        &mut [
+            Side {
+                name: "molt",
+                run: Box::new(|| {
+                    fresh_device()?;
+                    let t = time(&mut dev.install(&bins.agent, &url))?;
+                    if !checked_molt {
+                        same_tree(&big.tree.dir, &dev.active)?;
+                        checked_molt = true;
+                    }
+                    Ok(t)
+                }),
+            },
+            Side {
+                name: "baseline",
+                run: Box::new(|| {
+                    fresh_device()?;
+                    fs::create_dir(&base_dir)?;
+                    quiet(&mut Command::new("sync"))?;
+                    let t = time(Command::new("bash").args(["-o", "pipefail", "-c", &baseline_sh]))?;
+                    if !checked_base {
+                        same_tree(&big.tree.dir, &base_dir)?;
+                        checked_base = true;
+                    }
+                    Ok(t)
+                }),
+            },
+        ],
+    )?;
+    // No temporary file: what the agent itself wrote (GNU time's %O, file-system
+    // output blocks of 512 bytes) must be about the tree, not the tree plus the bundle.
+    fresh_device()?;
+    let out = work.join("io.txt");
+    quiet(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%O", "-o"])
+            .arg(&out)
+            .arg(&bins.agent)
+            .arg("-c")
+            .arg(&dev.cfg)
+            .arg("install")
+            .arg(&url),
+    )?;
+    let blocks: u64 = fs::read_to_string(&out)?
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .context("unexpected /usr/bin/time output")?;
+    let written = mib(blocks * 512);
+    let (tree_mib, bundle_mib) = (mib(big.tree.bytes), file_mib(&big.bundle));
+    let no_temp = written < tree_mib + bundle_mib / 2.0;
+    fresh_device()?;
+    drop(nginx);
+    drop(ctl);
+    let fs_desc = dev.target.describe();
+    drop(dev);
+    let (m, b) = (stats[0], stats[1]);
+    let details = format!(
+        "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
+         | `molt-agent install http://127.0.0.1:P/api/v1/device/deployments/ID/bundle` ({bundle_mib:.1} MiB) | {} | {:.0} |\n\
+         | `curl -s http://127.0.0.1:Q/tree-200.tar.zst \\| zstd -dc \\| tar -x && sync` ({:.1} MiB) | {} | {:.0} |\n\n\
+         molt-controller serves the bundle (pushed with `molt update push`, deployed to the \
+         device's group; the agent is enrolled and sends its credential); nginx (sendfile, one \
+         worker) serves the tar.zst. Tree {tree_mib:.0} MiB in {} files; {fs_desc}.\n\n\
+         No temporary file: in one extra run the agent wrote {written:.1} MiB (GNU time's file-system \
+         outputs) for a {tree_mib:.1} MiB tree; a copy of the {bundle_mib:.1} MiB bundle would show \
+         as {:.0} MiB or more.\n\n\
+         ```sh\n\
+         molt-controller serve --data controller --listen 127.0.0.1:0 --trusted-key $(cat bench.pub)\n\
+         molt groups create bench && molt-agent -c agent.toml enroll --controller URL --name bench-http --token T\n\
+         molt update push tree-200.molt && molt deploy 1.0.0 --group bench\n\
+         nginx -c nginx.conf   # root = the workload directory\n\
+         # each round, untimed: rm -rf mnt/var mnt/baseline, put the enrollment back, sync\n\
+         molt-agent -c agent.toml install URL/api/v1/device/deployments/ID/bundle\n\
+         bash -o pipefail -c 'curl -sf NGINX/tree-200.tar.zst | zstd -dc | tar -x -C mnt/baseline && sync'\n\
+         ```\n",
+        m.show(3),
+        tree_mib / m.median,
+        file_mib(&big.tarzst),
+        b.show(3),
+        tree_mib / b.median,
+        big.tree.files,
+        tree_mib + bundle_mib,
+    );
+    let mut row = Row::time_ratio("install-http", HTTP_WHAT, HTTP_BASE, m, b, 1.0);
+    row.result.push_str(&format!("; agent wrote {written:.0} MiB for a {tree_mib:.0} MiB tree"));
+    if !no_temp {
+        row.verdict = Verdict::Missed;
+    }
+    Ok(Outcome {
+        rows: vec![row],
         details,
     })
 }

@@ -13,7 +13,12 @@
 //! ran, so `cargo xtask bench poll` does not erase the install figures.
 
 mod decode;
+mod engine_size;
+mod footprint;
 mod install;
+mod peer;
+mod poll;
+mod serve;
 mod slot;
 mod swap;
 mod util;
@@ -35,6 +40,8 @@ pub struct Bench {
     pub name: &'static str,
     /// What it measures, one line.
     pub about: &'static str,
+    /// Whether it measures in rounds (`--rounds`); sizes are measured once.
+    pub rounds: bool,
     /// Runs it.
     pub run: fn(&mut Ctx) -> Result<Outcome>,
 }
@@ -44,27 +51,68 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "install-local",
         about: "`molt-agent install FILE` onto a loop-mounted ext4 vs `zstd -dc | tar -x && sync` (root)",
+        rounds: true,
         run: install::local,
+    },
+    Bench {
+        name: "install-http",
+        about: "`molt-agent install URL` from molt-controller vs `curl | zstd -dc | tar -x && sync` from nginx (root)",
+        rounds: true,
+        run: install::http,
+    },
+    Bench {
+        name: "install-peer",
+        about: "`molt-agent install FILE` vs SWUpdate installing the same tree from a signed .swu (root)",
+        rounds: true,
+        run: peer::run,
     },
     Bench {
         name: "memory",
         about: "agent peak RSS installing a 20 MiB and a 200 MiB bundle: flat, ≤ 16 MiB (root)",
+        rounds: true,
         run: install::memory,
     },
     Bench {
         name: "durability",
         about: "durable install vs molt's own `durable = false` (root)",
+        rounds: true,
         run: install::durability,
     },
     Bench {
         name: "swap",
         about: "the atomic swap for 5,000- and 50,000-file snapshots: ≤ 10 ms, independent of size (root)",
+        rounds: true,
         run: swap::run,
     },
     Bench {
         name: "decode",
         about: "decoder throughput (verify + decompress, no writes) vs `zstd -dc`",
+        rounds: true,
         run: decode::run,
+    },
+    Bench {
+        name: "poll",
+        about: "`wrk` on `POST /device/poll` with 10,000 devices vs nginx serving a static answer, 1 core each",
+        rounds: true,
+        run: poll::run,
+    },
+    Bench {
+        name: "serve",
+        about: "8 and 64 concurrent bundle downloads from the controller vs nginx `sendfile on`, and its RSS",
+        rounds: true,
+        run: serve::run,
+    },
+    Bench {
+        name: "footprint",
+        about: "molt-agent static musl size (aarch64, x86_64) ≤ 4 MiB; idle daemon RSS ≤ 4 MiB (root)",
+        rounds: false,
+        run: footprint::run,
+    },
+    Bench {
+        name: "engine-size",
+        about: "the engine's flash on thumbv7em (size probe) vs the primitives alone: ≤ 64 KiB",
+        rounds: false,
+        run: engine_size::run,
     },
 ];
 
@@ -410,10 +458,14 @@ fn write_report(root: &Path, done: &[(&Bench, Outcome)], rounds: usize) -> Resul
         if let Some((_, o)) = done.iter().find(|(d, _)| d.name == b.name) {
             let _ = write!(
                 out,
-                "\n## {}\n\nRun: `cargo xtask bench {}` ({} measured rounds) on {date}; {machine}.\n\n{}",
+                "\n## {}\n\nRun: `cargo xtask bench {}`{} on {date}; {machine}.\n\n{}",
                 b.name,
                 b.name,
-                rounds,
+                if b.rounds {
+                    format!(" ({rounds} measured rounds after a warm-up)")
+                } else {
+                    String::new()
+                },
                 o.details.trim_end()
             );
             out.push('\n');

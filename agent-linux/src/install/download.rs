@@ -39,7 +39,7 @@ use molt_engine::update::{CauseKind, Plan};
 use molt_engine::Error as BundleError;
 use serde::{Deserialize, Serialize};
 
-use super::writer::Writer;
+use super::writer::{Flusher, Writer};
 use super::{layout, slot_name, write_durable, Device};
 use crate::fetch;
 use crate::fsops::{self, ExtractState, SlotDir, TMP_PREFIX};
@@ -360,6 +360,7 @@ impl Device {
         // reads and decodes. The scope joins the writer whatever way this block ends.
         std::thread::scope(|scope| {
             let mut writer = Writer::spawn(scope, extractor);
+            let mut flusher = Flusher::spawn(scope, &slot_dir);
             let mut cp = vec![0u8; CHECKPOINT_MAX];
             let mut last_cp = (dec.position(), Instant::now());
             let hook = test_hook("MOLT_TEST_CHECKPOINT_BYTES");
@@ -442,6 +443,7 @@ impl Device {
                     }
                 }
                 self.progress(dec.position(), total);
+                flusher.poke(dec.position());
                 if crash_at.is_some_and(|b| dec.position() >= b) {
                     // Test hook: a power cut in the middle of the download.
                     let _ = rustix::process::kill_process(
@@ -470,6 +472,7 @@ impl Device {
                 return Attempt::Failed(bundle_failure(e, ""));
             }
             let stats = fail!(writer.finish().map_err(fs_failure));
+            drop(flusher);
             // syncfs reports only write-back errors seen since *its* descriptor was opened,
             // so the handle that wrote the slot is the one that must flush it; Seal flushes
             // again later for whatever the before script and packages wrote.

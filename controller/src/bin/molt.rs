@@ -62,6 +62,16 @@ enum Top {
     /// Build, inspect and verify update bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Print the BLAKE3 digest of every regular file in PATHs, as bundles record them.
+    ///
+    /// Lines read `HEX  PATH`, exactly as `b3sum` prints them (so `b3sum --check`
+    /// accepts them); directories are walked in bundle order without following
+    /// symlinks. Single-threaded.
+    Digest {
+        /// Files and directories to hash.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Check a controller's URL and operator token, then save both (and --ca) for the other commands.
     ///
     /// The token comes from --token, MOLT_TOKEN, or standard input (a prompt on a terminal;
@@ -333,6 +343,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Top::Digest { paths } => {
+            // One buffered writer: a line per file must not cost a write each.
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+            build::digest_paths(&paths, &mut out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Top::Login => login(&remote),
         remote_command => {
@@ -662,7 +678,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 out.write_all(b"\n")?;
             }
         }
-        Top::Keygen { .. } | Top::Bundle(_) | Top::Login => {
+        Top::Keygen { .. } | Top::Bundle(_) | Top::Digest { .. } | Top::Login => {
             unreachable!("local commands are handled by run")
         }
     }

@@ -12,13 +12,15 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::bundle::format::{
     chain_entry, key_id, Digest, EntryHeader, EntryKind, EntryTable, Manifest, Payload, Specials,
     CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
-    MAX_SIGNATURES, MIN_CHUNK_SIZE,
+    MAX_SIGNATURES, MIN_CHUNK_SIZE, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::signed_message;
@@ -35,6 +37,9 @@ pub struct EncoderOptions {
     pub check_policy: bool,
     /// Limits for the policy check.
     pub limits: Limits,
+    /// Compress in a second thread while the caller packs the next chunk; the
+    /// output is identical. Off compresses in the caller's thread.
+    pub compress_thread: bool,
 }
 
 impl Default for EncoderOptions {
@@ -44,6 +49,7 @@ impl Default for EncoderOptions {
             level: 3,
             check_policy: true,
             limits: Limits::DEFAULT,
+            compress_thread: true,
         }
     }
 }
@@ -67,19 +73,80 @@ pub struct Summary {
     pub file_bytes: u64,
 }
 
-/// Builds one bundle.
-pub struct Encoder<S: Read + Write + Seek> {
+/// Compresses raw chunks into frames on the spool: the half of the encoder that
+/// may run in its own thread.
+struct Packer<S> {
     spool: S,
+    /// Where the next frame goes: the spool's length, or its end past the reserve.
     spool_len: u64,
-    opts: EncoderOptions,
+    /// Leave a chunk header's room before each frame (for `finish_in_place`).
+    slots: bool,
     zstd: zstd::bulk::Compressor<'static>,
-    raw: Vec<u8>,
     frame: Vec<u8>,
     chunks: Vec<ChunkMeta>,
+    raw_len: u64,
+}
+
+impl<S: Write> Packer<S> {
+    /// Compresses `raw` into one frame and spools it.
+    fn pack(&mut self, raw: &[u8]) -> io::Result<()> {
+        let mut frame = core::mem::take(&mut self.frame);
+        compress(&mut self.zstd, raw, &mut frame)?;
+        let done = self.spool_frame(&frame, raw.len() as u32);
+        self.frame = frame;
+        done
+    }
+
+    /// Spools a frame (of a chunk of `raw` bytes) after the ones before it.
+    fn spool_frame(&mut self, frame: &[u8], raw: u32) -> io::Result<()> {
+        if self.slots {
+            self.spool.write_all(&[0; CHUNK_HEADER_LEN])?;
+            self.spool_len += CHUNK_HEADER_LEN as u64;
+        }
+        self.spool.write_all(frame)?;
+        self.chunks.push(ChunkMeta {
+            offset: self.spool_len,
+            wire: frame.len() as u32,
+            raw,
+        });
+        self.spool_len += frame.len() as u64;
+        self.raw_len += u64::from(raw);
+        Ok(())
+    }
+}
+
+/// Compresses `raw` into `frame` (emptied first) as one independent zstd frame.
+fn compress(
+    zstd: &mut zstd::bulk::Compressor<'static>,
+    raw: &[u8],
+    frame: &mut Vec<u8>,
+) -> io::Result<()> {
+    frame.clear();
+    frame.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+    zstd.compress_to_buffer(raw, frame)?;
+    Ok(())
+}
+
+/// Where full raw chunks go: compressed here, or handed to the compressor thread.
+enum Sink<S> {
+    Inline(Box<Packer<S>>),
+    Thread {
+        /// Full chunks in order; bounded, so at most a few are in flight.
+        todo: Option<SyncSender<Vec<u8>>>,
+        /// Emptied buffers coming back, so the producer does not allocate per chunk.
+        free: Receiver<Vec<u8>>,
+        worker: Option<JoinHandle<io::Result<Packer<S>>>>,
+    },
+}
+
+/// Builds one bundle.
+pub struct Encoder<S: Read + Write + Seek> {
+    sink: Sink<S>,
+    opts: EncoderOptions,
+    raw: Vec<u8>,
     count: u32,
     chain: Digest,
     file_bytes: u64,
-    raw_len: u64,
     specials: Specials,
     policy: Option<Policy>,
     header_buf: Vec<u8>,
@@ -106,29 +173,67 @@ pub fn digest_reader(r: &mut impl Read) -> io::Result<(Digest, u64)> {
     Ok((*h.finalize().as_bytes(), n))
 }
 
-impl<S: Read + Write + Seek> Encoder<S> {
+impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
     /// An encoder spooling compressed chunks into `spool` (an empty temporary file or a `Cursor<Vec<u8>>`).
     /// `full` and `specials` must match the manifest passed to `finish`.
     pub fn new(spool: S, opts: EncoderOptions, full: bool, specials: Specials) -> io::Result<Self> {
+        Self::with_layout(spool, 0, opts, full, specials)
+    }
+
+    fn with_layout(
+        spool: S,
+        start: u64,
+        opts: EncoderOptions,
+        full: bool,
+        specials: Specials,
+    ) -> io::Result<Self> {
         if opts.chunk_size < MIN_CHUNK_SIZE || opts.chunk_size > opts.limits.max_chunk_size {
             return Err(invalid(format!(
                 "chunk size {} outside {MIN_CHUNK_SIZE}..={}",
                 opts.chunk_size, opts.limits.max_chunk_size
             )));
         }
-        let zstd = zstd::bulk::Compressor::new(opts.level)?;
-        Ok(Encoder {
+        let packer = Packer {
             spool,
-            spool_len: 0,
-            opts,
-            zstd,
-            raw: Vec::with_capacity(opts.chunk_size as usize),
+            spool_len: start,
+            slots: start > 0,
+            zstd: zstd::bulk::Compressor::new(opts.level)?,
             frame: Vec::new(),
             chunks: Vec::new(),
+            raw_len: 0,
+        };
+        let sink = if opts.compress_thread {
+            // Two chunks queued plus one being compressed and one being filled: the
+            // producer runs ahead by at most a few MiB.
+            let (todo, jobs) = mpsc::sync_channel::<Vec<u8>>(2);
+            let (give_back, free) = mpsc::channel();
+            let worker = std::thread::Builder::new()
+                .name("molt-zstd".into())
+                .spawn(move || {
+                    let mut p = packer;
+                    for mut raw in jobs {
+                        p.pack(&raw)?;
+                        raw.clear();
+                        // The producer may be gone (it failed); the buffer is then dropped.
+                        let _ = give_back.send(raw);
+                    }
+                    Ok(p)
+                })?;
+            Sink::Thread {
+                todo: Some(todo),
+                free,
+                worker: Some(worker),
+            }
+        } else {
+            Sink::Inline(Box::new(packer))
+        };
+        Ok(Encoder {
+            sink,
+            opts,
+            raw: Vec::with_capacity(opts.chunk_size as usize),
             count: 0,
             chain: [0; 32],
             file_bytes: 0,
-            raw_len: 0,
             specials,
             policy: opts
                 .check_policy
@@ -138,6 +243,25 @@ impl<S: Read + Write + Seek> Encoder<S> {
         })
     }
 
+    /// Adds a regular file whose whole content is in memory, read once: the entry
+    /// has `meta`'s path, mode, owner and mtime and is a `File` of `content`'s size
+    /// and BLAKE3 digest, computed here (`meta.kind` is ignored, so no digest can
+    /// disagree with the bytes). Returns the digest.
+    pub fn add_file_bytes(&mut self, meta: &EntryHeader<'_>, content: &[u8]) -> io::Result<Digest> {
+        let digest = *blake3::hash(content).as_bytes();
+        let header = EntryHeader {
+            kind: EntryKind::File {
+                size: content.len() as u64,
+                digest,
+            },
+            ..*meta
+        };
+        self.add_header(&header)?;
+        self.push_raw(content)?;
+        self.file_bytes += content.len() as u64;
+        Ok(digest)
+    }
+
     /// Adds an entry. For a file, `content` must yield exactly `size` bytes whose digest is
     /// the header's (see [`digest_reader`]); other kinds take no content.
     pub fn add(
@@ -145,30 +269,7 @@ impl<S: Read + Write + Seek> Encoder<S> {
         header: &EntryHeader<'_>,
         content: Option<&mut dyn Read>,
     ) -> io::Result<()> {
-        if let Some(p) = self.policy.as_mut() {
-            p.check(header)
-                .map_err(|e| invalid(format!("{}: {e}", header.path)))?;
-        }
-        self.header_buf.clear();
-        self.header_buf.extend_from_slice(&[0, 0]);
-        let encoded = postcard::to_extend(header, core::mem::take(&mut self.header_buf))
-            .map_err(|e| invalid(format!("{}: cannot encode header: {e}", header.path)))?;
-        self.header_buf = encoded;
-        let len = self.header_buf.len() - 2;
-        let len16 =
-            u16::try_from(len).map_err(|_| invalid(format!("{}: header too long", header.path)))?;
-        if let Some(l) = self.header_buf.get_mut(..2) {
-            l.copy_from_slice(&len16.to_le_bytes());
-        }
-        // An entry header never crosses a chunk boundary, so the decoder parses it in place.
-        if self.raw.len() + self.header_buf.len() > self.opts.chunk_size as usize {
-            self.flush_chunk()?;
-        }
-        self.chain = chain_entry(&self.chain, self.header_buf.get(2..).unwrap_or(&[]));
-        let hb = core::mem::take(&mut self.header_buf);
-        self.push_raw(&hb)?;
-        self.header_buf = hb;
-        self.count += 1;
+        self.add_header(header)?;
         if let EntryKind::File { size, .. } = header.kind {
             let r =
                 content.ok_or_else(|| invalid(format!("{}: file without content", header.path)))?;
@@ -211,6 +312,35 @@ impl<S: Read + Write + Seek> Encoder<S> {
         Ok(())
     }
 
+    /// Checks and encodes `header` into the stream, never across a chunk boundary.
+    fn add_header(&mut self, header: &EntryHeader<'_>) -> io::Result<()> {
+        if let Some(p) = self.policy.as_mut() {
+            p.check(header)
+                .map_err(|e| invalid(format!("{}: {e}", header.path)))?;
+        }
+        self.header_buf.clear();
+        self.header_buf.extend_from_slice(&[0, 0]);
+        let encoded = postcard::to_extend(header, core::mem::take(&mut self.header_buf))
+            .map_err(|e| invalid(format!("{}: cannot encode header: {e}", header.path)))?;
+        self.header_buf = encoded;
+        let len = self.header_buf.len() - 2;
+        let len16 =
+            u16::try_from(len).map_err(|_| invalid(format!("{}: header too long", header.path)))?;
+        if let Some(l) = self.header_buf.get_mut(..2) {
+            l.copy_from_slice(&len16.to_le_bytes());
+        }
+        // An entry header never crosses a chunk boundary, so the decoder parses it in place.
+        if self.raw.len() + self.header_buf.len() > self.opts.chunk_size as usize {
+            self.flush_chunk()?;
+        }
+        self.chain = chain_entry(&self.chain, self.header_buf.get(2..).unwrap_or(&[]));
+        let hb = core::mem::take(&mut self.header_buf);
+        self.push_raw(&hb)?;
+        self.header_buf = hb;
+        self.count += 1;
+        Ok(())
+    }
+
     fn push_raw(&mut self, mut data: &[u8]) -> io::Result<()> {
         let cap = self.opts.chunk_size as usize;
         while !data.is_empty() {
@@ -229,43 +359,81 @@ impl<S: Read + Write + Seek> Encoder<S> {
         if self.raw.is_empty() {
             return Ok(());
         }
-        self.frame.clear();
-        self.frame
-            .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
-        self.zstd.compress_to_buffer(&self.raw, &mut self.frame)?;
-        self.spool.write_all(&self.frame)?;
-        self.chunks.push(ChunkMeta {
-            offset: self.spool_len,
-            wire: self.frame.len() as u32,
-            raw: self.raw.len() as u32,
-        });
-        self.spool_len += self.frame.len() as u64;
-        self.raw_len += self.raw.len() as u64;
-        self.raw.clear();
+        match &mut self.sink {
+            Sink::Inline(p) => {
+                p.pack(&self.raw)?;
+                self.raw.clear();
+            }
+            Sink::Thread { todo, free, worker } => {
+                let next = free.try_recv().unwrap_or_default();
+                let full = core::mem::replace(&mut self.raw, next);
+                self.raw.reserve(self.opts.chunk_size as usize);
+                let sent = todo.as_ref().map(|t| t.send(full).is_ok());
+                if sent != Some(true) {
+                    // The worker stopped: its error says why.
+                    return Err(stop_worker(todo, worker)
+                        .err()
+                        .unwrap_or_else(|| io::Error::other("the compressor thread stopped")));
+                }
+            }
+        }
         Ok(())
     }
 
     /// Completes the payload, fills in `manifest.payload` and `manifest.entries`, signs with
     /// every key in `keys` (1 to 4) and writes the bundle to `out`.
     pub fn finish(
-        mut self,
-        mut manifest: Manifest<'_>,
+        self,
+        manifest: Manifest<'_>,
         keys: &[SigningKey],
         out: &mut impl Write,
     ) -> io::Result<Summary> {
+        let (mut packer, sealed) = self.seal(manifest, keys)?;
+        if packer.slots {
+            return Err(invalid(
+                "an encoder made with new_in_place ends with finish_in_place",
+            ));
+        }
+        out.write_all(&sealed.prefix)?;
+        let mut frame = Vec::new();
+        for (i, c) in packer.chunks.iter().enumerate() {
+            let next = sealed.digests.get(i + 1).copied().unwrap_or([0; 32]);
+            read_frame(&mut packer.spool, c, &mut frame)?;
+            out.write_all(&chunk_header(c, &next))?;
+            out.write_all(&frame)?;
+        }
+        out.flush()?;
+        Ok(sealed.summary)
+    }
+
+    /// Stops packing, computes the chunk chain, fills in `manifest.payload` and
+    /// `manifest.entries`, and signs: the bundle's first bytes and every chunk's digest.
+    fn seal(
+        mut self,
+        mut manifest: Manifest<'_>,
+        keys: &[SigningKey],
+    ) -> io::Result<(Packer<S>, Sealed)> {
         if keys.is_empty() || keys.len() > MAX_SIGNATURES {
             return Err(invalid(format!(
                 "1 to {MAX_SIGNATURES} signing keys needed"
             )));
         }
         self.flush_chunk()?;
-        self.spool.flush()?;
+        let mut packer = match self.sink {
+            Sink::Inline(p) => *p,
+            Sink::Thread {
+                mut todo,
+                mut worker,
+                ..
+            } => stop_worker(&mut todo, &mut worker)?,
+        };
+        packer.spool.flush()?;
         // Walk the chunks backwards: each header carries the digest of its successor.
-        let mut digests = vec![[0u8; 32]; self.chunks.len()];
+        let mut digests = vec![[0u8; 32]; packer.chunks.len()];
         let mut next = [0u8; 32];
         let mut frame = Vec::new();
-        for (i, c) in self.chunks.iter().enumerate().rev() {
-            read_frame(&mut self.spool, c, &mut frame)?;
+        for (i, c) in packer.chunks.iter().enumerate().rev() {
+            read_frame(&mut packer.spool, c, &mut frame)?;
             let mut h = blake3::Hasher::new();
             h.update(&chunk_header(c, &next));
             h.update(&frame);
@@ -274,16 +442,16 @@ impl<S: Read + Write + Seek> Encoder<S> {
                 *d = next;
             }
         }
-        let wire_len = self
+        let wire_len = packer
             .chunks
             .iter()
             .map(|c| CHUNK_HEADER_LEN as u64 + u64::from(c.wire))
             .sum();
         manifest.payload = Payload {
-            chunk_count: self.chunks.len() as u32,
+            chunk_count: packer.chunks.len() as u32,
             chunk_size: self.opts.chunk_size,
             wire_len,
-            raw_len: self.raw_len,
+            raw_len: packer.raw_len,
             first_chunk: digests.first().copied().unwrap_or([0; 32]),
         };
         manifest.entries = EntryTable {
@@ -312,32 +480,132 @@ impl<S: Read + Write + Seek> Encoder<S> {
         header[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
         header[12..16].copy_from_slice(&(manifest_bytes.len() as u32).to_le_bytes());
         let msg = signed_message(&header, &manifest_bytes);
-        let mut written = 0u64;
-        out.write_all(&header)?;
-        out.write_all(&[keys.len() as u8, 0, 0, 0])?;
-        written += HEADER_LEN as u64 + 4;
+        let mut prefix = Vec::with_capacity(prefix_room(&self.opts.limits) as usize);
+        prefix.extend_from_slice(&header);
+        prefix.extend_from_slice(&[keys.len() as u8, 0, 0, 0]);
         for k in keys {
-            out.write_all(&key_id(k.verifying_key().as_bytes()))?;
-            out.write_all(&k.sign(&msg).to_bytes())?;
-            written += 72;
+            prefix.extend_from_slice(&key_id(k.verifying_key().as_bytes()));
+            prefix.extend_from_slice(&k.sign(&msg).to_bytes());
         }
-        out.write_all(&manifest_bytes)?;
-        written += manifest_bytes.len() as u64;
-        for (i, c) in self.chunks.iter().enumerate() {
-            let next = digests.get(i + 1).copied().unwrap_or([0; 32]);
-            read_frame(&mut self.spool, c, &mut frame)?;
-            out.write_all(&chunk_header(c, &next))?;
-            out.write_all(&frame)?;
-        }
-        written += wire_len;
-        out.flush()?;
-        Ok(Summary {
-            bundle_len: written,
+        prefix.extend_from_slice(&manifest_bytes);
+        let summary = Summary {
+            bundle_len: prefix.len() as u64 + wire_len,
             entries: self.count,
-            chunks: self.chunks.len() as u32,
+            chunks: packer.chunks.len() as u32,
             file_bytes: self.file_bytes,
-        })
+        };
+        Ok((
+            packer,
+            Sealed {
+                prefix,
+                digests,
+                summary,
+            },
+        ))
     }
+}
+
+impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
+    /// An encoder that writes the bundle into `file` itself (an empty file): frames
+    /// are spooled past room for the largest header, signatures and manifest, each
+    /// behind room for its chunk header, and [`Encoder::finish_in_place`] moves them
+    /// down once. Same bytes as [`Encoder::new`] + [`Encoder::finish`], without a
+    /// second file: half the page cache and writes for a large bundle.
+    pub fn new_in_place(
+        file: S,
+        opts: EncoderOptions,
+        full: bool,
+        specials: Specials,
+    ) -> io::Result<Self> {
+        let mut file = file;
+        let start = prefix_room(&opts.limits);
+        file.seek(SeekFrom::Start(start))?;
+        Self::with_layout(file, start, opts, full, specials)
+    }
+
+    /// Like [`Encoder::finish`] for an encoder from [`Encoder::new_in_place`]: the
+    /// bundle is then the file's content (cut to its length); returns the file.
+    pub fn finish_in_place(
+        self,
+        manifest: Manifest<'_>,
+        keys: &[SigningKey],
+    ) -> io::Result<(Summary, S)> {
+        let (mut packer, sealed) = self.seal(manifest, keys)?;
+        if !packer.slots {
+            return Err(invalid(
+                "finish_in_place needs an encoder made with new_in_place",
+            ));
+        }
+        let f = &mut packer.spool;
+        // The chunks move down by the room the prefix did not use, front to back, so
+        // every chunk is read before anything is written over it (the destination
+        // always starts at or before the source).
+        let mut at = sealed.prefix.len() as u64;
+        let mut buf = Vec::new();
+        for (i, c) in packer.chunks.iter().enumerate() {
+            let next = sealed.digests.get(i + 1).copied().unwrap_or([0; 32]);
+            buf.resize(CHUNK_HEADER_LEN + c.wire as usize, 0);
+            f.seek(SeekFrom::Start(c.offset))?;
+            f.read_exact(&mut buf[CHUNK_HEADER_LEN..])?;
+            buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(c, &next));
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(&buf)?;
+            at += buf.len() as u64;
+        }
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&sealed.prefix)?;
+        f.flush()?;
+        f.truncate_to(at)?;
+        Ok((sealed.summary, packer.spool))
+    }
+}
+
+/// What sealing produced: the bytes before the first chunk, each chunk's digest.
+struct Sealed {
+    prefix: Vec<u8>,
+    digests: Vec<Digest>,
+    summary: Summary,
+}
+
+/// The most bytes header, signature block and manifest can take under `limits`.
+fn prefix_room(limits: &Limits) -> u64 {
+    (HEADER_LEN + SIG_BLOCK_PREFIX + SIG_RECORD_LEN * MAX_SIGNATURES) as u64
+        + u64::from(limits.max_manifest_len)
+}
+
+/// A spool that can be cut to a length: what [`Encoder::new_in_place`] writes into.
+pub trait Truncate {
+    /// Cuts (or extends) the content to `len` bytes.
+    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl Truncate for std::fs::File {
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+impl Truncate for io::Cursor<Vec<u8>> {
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| invalid("length beyond memory"))?;
+        self.get_mut().resize(len, 0);
+        Ok(())
+    }
+}
+
+/// Stops the compressor thread once it has packed every chunk sent, and returns
+/// its packer (the spool and the chunk list), or the error that stopped it.
+fn stop_worker<S>(
+    todo: &mut Option<SyncSender<Vec<u8>>>,
+    worker: &mut Option<JoinHandle<io::Result<Packer<S>>>>,
+) -> io::Result<Packer<S>> {
+    // Closing the queue ends the worker's loop after the last chunk.
+    drop(todo.take());
+    let w = worker
+        .take()
+        .ok_or_else(|| io::Error::other("the compressor thread already stopped"))?;
+    w.join()
+        .map_err(|_| io::Error::other("the compressor thread panicked"))?
 }
 
 fn chunk_header(c: &ChunkMeta, next: &Digest) -> [u8; CHUNK_HEADER_LEN] {
@@ -352,4 +620,165 @@ fn read_frame<S: Read + Seek>(spool: &mut S, c: &ChunkMeta, buf: &mut Vec<u8>) -
     buf.resize(c.wire as usize, 0);
     spool.seek(SeekFrom::Start(c.offset))?;
     spool.read_exact(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::bundle::format::{BundleKind, Recipe, Rollback, MAX_PACKAGES};
+
+    fn manifest() -> Manifest<'static> {
+        Manifest {
+            version: "1.0.0",
+            compatible: "test",
+            release: 1,
+            allow_downgrade: false,
+            kind: BundleKind::Full,
+            created: 0,
+            comment: "encoder paths",
+            recipe: Recipe {
+                before: None,
+                packages: heapless::Vec::<_, MAX_PACKAGES>::new(),
+                npm_prefix: None,
+                after: None,
+                health_check: None,
+                rollback: Rollback {
+                    revert: true,
+                    command: None,
+                    reboot: false,
+                },
+            },
+            payload: Payload {
+                chunk_count: 0,
+                chunk_size: 0,
+                wire_len: 0,
+                raw_len: 0,
+                first_chunk: [0; 32],
+            },
+            entries: EntryTable {
+                count: 0,
+                digest: [0; 32],
+                file_bytes: 0,
+                specials: Specials::default(),
+            },
+        }
+    }
+
+    /// Files from empty to several chunks, text and noise.
+    fn files() -> Vec<(String, Vec<u8>)> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        [
+            0usize,
+            1,
+            1000,
+            16 * 1024,
+            40_000,
+            100_000,
+            3 * 16 * 1024 + 7,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let data = (0..n)
+                .map(|k| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if i % 2 == 0 {
+                        b"molt "[k % 5]
+                    } else {
+                        x as u8
+                    }
+                })
+                .collect();
+            (format!("d/f{i}"), data)
+        })
+        .collect()
+    }
+
+    fn header<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
+        EntryHeader {
+            path,
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+        }
+    }
+
+    /// One bundle through every path: compressor thread or not, content from a reader
+    /// or from memory, finished into another writer or in place.
+    fn build(thread: bool, bytes: bool, in_place: bool) -> Vec<u8> {
+        let opts = EncoderOptions {
+            chunk_size: MIN_CHUNK_SIZE,
+            compress_thread: thread,
+            ..EncoderOptions::default()
+        };
+        let spool = io::Cursor::new(Vec::new());
+        let mut enc = if in_place {
+            Encoder::new_in_place(spool, opts, true, Specials::default()).unwrap()
+        } else {
+            Encoder::new(spool, opts, true, Specials::default()).unwrap()
+        };
+        enc.add(&header("d", EntryKind::Dir), None).unwrap();
+        for (path, data) in files() {
+            if bytes {
+                let d = enc
+                    .add_file_bytes(&header(&path, EntryKind::Dir), &data)
+                    .unwrap();
+                assert_eq!(&d, blake3::hash(&data).as_bytes());
+            } else {
+                let (digest, size) = digest_reader(&mut data.as_slice()).unwrap();
+                let h = header(&path, EntryKind::File { size, digest });
+                enc.add(&h, Some(&mut data.as_slice())).unwrap();
+            }
+        }
+        let key = SigningKey::from_bytes(&[7; 32]);
+        if in_place {
+            let (summary, file) = enc.finish_in_place(manifest(), &[key]).unwrap();
+            let out = file.into_inner();
+            assert_eq!(summary.bundle_len, out.len() as u64);
+            out
+        } else {
+            let mut out = Vec::new();
+            let summary = enc.finish(manifest(), &[key], &mut out).unwrap();
+            assert_eq!(summary.bundle_len, out.len() as u64);
+            out
+        }
+    }
+
+    #[test]
+    fn every_path_writes_the_same_bytes() {
+        let reference = build(false, false, false);
+        assert!(reference.len() > 4 * MIN_CHUNK_SIZE as usize / 2);
+        for (thread, bytes, in_place) in [
+            (true, false, false),
+            (false, true, false),
+            (true, true, false),
+            (false, false, true),
+            (true, true, true),
+        ] {
+            assert!(
+                build(thread, bytes, in_place) == reference,
+                "thread {thread}, bytes {bytes}, in place {in_place}"
+            );
+        }
+    }
+
+    #[test]
+    fn finish_and_layout_must_match() {
+        let opts = EncoderOptions::default();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let enc =
+            Encoder::new_in_place(io::Cursor::new(Vec::new()), opts, true, Specials::default())
+                .unwrap();
+        assert!(enc
+            .finish(manifest(), std::slice::from_ref(&key), &mut Vec::new())
+            .is_err());
+        let enc =
+            Encoder::new(io::Cursor::new(Vec::new()), opts, true, Specials::default()).unwrap();
+        assert!(enc.finish_in_place(manifest(), &[key]).is_err());
+    }
 }

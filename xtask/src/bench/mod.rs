@@ -12,7 +12,9 @@
 //! per benchmark; a run replaces only the rows and sections of the benchmarks it
 //! ran, so `cargo xtask bench poll` does not erase the install figures.
 
+mod build;
 mod decode;
+mod digest;
 mod engine_size;
 mod footprint;
 mod install;
@@ -89,6 +91,18 @@ pub const BENCHMARKS: &[Bench] = &[
         about: "decoder throughput (verify + decompress, no writes) vs `zstd -dc`",
         rounds: true,
         run: decode::run,
+    },
+    Bench {
+        name: "digest",
+        about: "`molt digest TREE` (BLAKE3 per file, one thread) vs `find | xargs -0 b3sum --num-threads 1`",
+        rounds: true,
+        run: digest::run,
+    },
+    Bench {
+        name: "bundle-build",
+        about: "`molt bundle build` vs `tar -cf - -C tree . | zstd -3 -T1`: speed ≥ 1.0×, size ≤ 1.0×",
+        rounds: true,
+        run: build::run,
     },
     Bench {
         name: "poll",

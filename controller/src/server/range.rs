@@ -4,16 +4,16 @@
 //! the agent's resume relies on are few and must be exact: a strong `ETag` that
 //! is the hash devices were offered, and never a splice of two different files.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::error::AppError;
 
@@ -116,13 +116,12 @@ pub async fn serve(
             return Ok(res);
         }
     };
-    let mut file = tokio::fs::File::open(path)
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(|e| AppError::internal(format!("cannot open {}: {e}", path.display())))?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| AppError::internal(format!("cannot read {}: {e}", path.display())))?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
+        .map_err(|e| AppError::internal(format!("cannot open {}: {e}", path.display())))?
+        .into_std()
+        .await;
+    let body = Body::from_stream(chunks(Arc::new(file), start, len));
     let mut res = Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/octet-stream")
@@ -135,6 +134,44 @@ pub async fn serve(
     }
     res.body(body)
         .map_err(|e| AppError::internal(format!("cannot build the response: {e}")))
+}
+
+/// Bytes per read of a download, and so its memory: one chunk being read and
+/// one being sent.
+const CHUNK: u64 = 256 * 1024;
+
+/// `len` bytes of `file` from `start`, as a stream of chunks.
+///
+/// Each chunk is allocated here, on the async thread that also frees it once
+/// sent, and filled by `pread` on the blocking pool: no second copy (as
+/// `tokio::fs::File`'s own buffer makes), and no allocation on the blocking
+/// pool's many threads, whose malloc arenas kept freed chunks and made the
+/// server's memory grow with bytes served. A file shorter than promised ends
+/// the stream with an error, so the client sees a truncated body, never a
+/// splice.
+fn chunks(
+    file: Arc<std::fs::File>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::try_unfold((start, len), move |(at, left)| {
+        let file = file.clone();
+        async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let n = usize::try_from(left.min(CHUNK)).unwrap_or(usize::MAX);
+            let buf = vec![0u8; n];
+            let buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut buf = buf;
+                file.read_exact_at(&mut buf, at)?;
+                Ok(buf)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok(Some((Bytes::from(buf), (at + n as u64, left - n as u64))))
+        }
+    })
 }
 
 fn header(v: &str) -> Result<HeaderValue, AppError> {

@@ -257,3 +257,54 @@ fn deployments_refuse_what_cannot_be_deployed() {
     );
     assert_eq!(get_ok(&deps, &token), json!([]), "nothing was half-made");
 }
+
+/// The device `id` in `GET /devices`.
+fn listed(c: &Controller, token: &str, id: &str) -> serde_json::Value {
+    let all = get_ok(&c.api("/devices"), token);
+    let d = all.as_array().unwrap().iter().find(|d| d["id"] == id);
+    d.cloned().unwrap_or_else(|| panic!("{id} not in {all}"))
+}
+
+#[test]
+fn polls_move_last_seen_in_listings_at_once_and_a_graceful_stop_keeps_it() {
+    // An idle poll only notes last_seen in memory; listings write the noted times
+    // first, and so does a graceful stop, so neither shows an older time.
+    let f = Fixture::new();
+    let (mut c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let enrolled = listed(&c, &token, &dev.id)["last_seen"].clone();
+    // last_seen has one-second resolution (RFC 3339 strings of one format sort by time).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    poll(&c, &dev, None);
+    let d = listed(&c, &token, &dev.id);
+    assert!(
+        d["last_seen"].as_str() > enrolled.as_str(),
+        "{d} vs {enrolled}"
+    );
+    assert_eq!(d["status"], "idle");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    poll(&c, &dev, None);
+    c.stop();
+    let (c, _) = f.start(&[]);
+    let after = listed(&c, &token, &dev.id);
+    assert!(
+        after["last_seen"].as_str() > d["last_seen"].as_str(),
+        "{after} vs {d}"
+    );
+
+    // A changed version is written before the poll is answered: a kill -9 keeps it.
+    let a = post(
+        &c.api("/device/poll"),
+        &dev.cred,
+        json!({"active_version": "2.0", "agent_version": "0.2.0",
+               "compatible": "acme-gw", "in_progress": null}),
+    );
+    assert_eq!(a.status, 200);
+    let mut c = c;
+    c.kill();
+    let (c, _) = f.start(&[]);
+    let d = listed(&c, &token, &dev.id);
+    assert_eq!(d["active_version"], "2.0", "{d}");
+    assert_eq!(d["agent_version"], "0.2.0", "{d}");
+}

@@ -76,6 +76,14 @@ impl Controller {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (by pid), as systemd stops it, and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "molt-controller stopped with {status}");
+    }
+
     /// The full URL of an API path.
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)

@@ -196,6 +196,28 @@ impl Db {
 }
 
 impl Db {
+    /// Runs `f` in one read transaction on the reading connection right here,
+    /// on the calling (async) thread, if that connection is free; `None` if it
+    /// is busy. For short indexed reads on hot paths (a device's poll): the hop
+    /// to the blocking pool and back costs more than the read, and the reading
+    /// connection never waits for a commit's fsync.
+    pub fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, AppError>,
+    ) -> Option<Result<T, AppError>> {
+        let mut conn = match self.reader.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some((|| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })())
+    }
+
     /// Runs `f` in one read transaction on the reading connection: a consistent
     /// snapshot of what was committed when it began, across its queries.
     pub async fn read<T, F>(&self, f: F) -> Result<T, AppError>

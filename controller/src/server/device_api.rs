@@ -194,33 +194,18 @@ pub async fn poll(
             })
             .await?;
     }
-    // A read on the reading connection: it never waits for a commit's fsync.
-    let action = state
-        .db
-        .read(move |tx| {
-            let open = open_targets(tx, &device)?;
-            Ok(match rollout::decide(req.in_progress, &open) {
-                Decision::Nothing { busy } => (PollAction::None, busy),
-                Decision::Abort(deployment) => (PollAction::Abort { deployment }, true),
-                Decision::Install(deployment) => {
-                    let (version, size, blake3) = tx.query_row(
-                        "SELECT u.version, u.size, u.blake3 FROM deployments d
-                         JOIN updates u ON u.id = d.update_id WHERE d.id = ?1",
-                        [signed(deployment, "deployment")?],
-                        |r| Ok((r.get(0)?, r.get::<_, i64>(1)?, r.get(2)?)),
-                    )?;
-                    let offer = Offer {
-                        deployment,
-                        version,
-                        bundle_path: format!("{API_PREFIX}/device/deployments/{deployment}/bundle"),
-                        bundle_size: unsigned(size),
-                        bundle_blake3: blake3,
-                    };
-                    (PollAction::Install(offer), true)
-                }
-            })
-        })
-        .await?;
+    // A read on the reading connection, which never waits for a commit's fsync:
+    // inline when that connection is free (the common case), else on the pool.
+    let in_progress = req.in_progress;
+    let action = match state.db.read_now(|tx| decide(tx, &device, in_progress)) {
+        Some(r) => r?,
+        None => {
+            state
+                .db
+                .read(move |tx| decide(tx, &device, in_progress))
+                .await?
+        }
+    };
     let (action, busy) = action;
     let base = if busy {
         WORK_INTERVAL_SECS
@@ -231,6 +216,36 @@ pub async fn poll(
         action,
         poll_interval_secs: rollout::jittered(base, random_u32()),
     }))
+}
+
+/// What a poll answers `device` (that says it is installing `in_progress`), and
+/// whether it has work (a shorter poll interval).
+fn decide(
+    tx: &Transaction<'_>,
+    device: &str,
+    in_progress: Option<u64>,
+) -> Result<(PollAction, bool), AppError> {
+    let open = open_targets(tx, device)?;
+    Ok(match rollout::decide(in_progress, &open) {
+        Decision::Nothing { busy } => (PollAction::None, busy),
+        Decision::Abort(deployment) => (PollAction::Abort { deployment }, true),
+        Decision::Install(deployment) => {
+            let (version, size, blake3) = tx.query_row(
+                "SELECT u.version, u.size, u.blake3 FROM deployments d
+                 JOIN updates u ON u.id = d.update_id WHERE d.id = ?1",
+                [signed(deployment, "deployment")?],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)?, r.get(2)?)),
+            )?;
+            let offer = Offer {
+                deployment,
+                version,
+                bundle_path: format!("{API_PREFIX}/device/deployments/{deployment}/bundle"),
+                bundle_size: unsigned(size),
+                bundle_blake3: blake3,
+            };
+            (PollAction::Install(offer), true)
+        }
+    })
 }
 
 /// The device's row in a deployment: 404 for an unknown deployment, 403 when the

@@ -13,17 +13,16 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::servers::Controller;
 use super::util::{is_root, quiet};
-use super::{Ctx, Outcome, Row, Verdict};
+use super::{Bins, Ctx, Outcome, Row, Verdict};
 use crate::qemu::image::{build_static_agent, AGENT_PROFILE as PROFILE};
 
 /// Both targets' binaries must stay at or below this.
@@ -97,13 +96,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             );
             for https in [true, false] {
                 let scheme = if https { "https" } else { "http" };
-                let m = idle_rss(
-                    &bins.controller,
-                    &bins.molt,
-                    &agent,
-                    &work.join(scheme),
-                    https,
-                )?;
+                let m = idle_rss(&bins, &agent, &work.join(scheme), https)?;
                 let _ = writeln!(
                     details,
                     "| {scheme} | {} KiB ({:.2} MiB) | {} KiB | {} KiB | {} KiB | {} |",
@@ -227,38 +220,30 @@ impl Drop for Guard {
 
 /// Runs a controller (https or http) and an enrolled `molt-agent run` in `dir`,
 /// lets the agent settle, and samples its memory.
-fn idle_rss(controller: &Path, molt: &Path, agent: &Path, dir: &Path, https: bool) -> Result<Idle> {
+fn idle_rss(bins: &Bins, agent: &Path, dir: &Path, https: bool) -> Result<Idle> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let data = dir.join("controller");
-    let mut serve = Command::new(controller);
-    serve.arg("serve").arg("--data").arg(&data).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "2",
-    ]);
     let cert = dir.join("cert.pem");
+    let key_pem = dir.join("key.pem");
+    let mut extra = vec!["--poll-interval".to_string(), "2".to_string()];
     if https {
         self_signed(dir)?;
-        serve
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(dir.join("key.pem"));
+        extra.extend([
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key_pem.display().to_string(),
+        ]);
     }
-    let (ctl, url) = start_controller(&mut serve, &dir.join("controller.log"))?;
-    let token = fs::read_to_string(data.join("operator-token"))
-        .context("cannot read the controller's operator token")?;
-    let mut group = Command::new(molt);
-    group
-        .args(["groups", "create", "footprint", "--json"])
-        .env("MOLT_CONTROLLER", &url)
-        .env("MOLT_TOKEN", token.trim());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut ctl = Controller::start(bins, &data, "0-1", &extra)?;
     if https {
-        group.env("MOLT_CA", &cert);
+        ctl = ctl.with_ca(&cert);
     }
-    let group: serde_json::Value = serde_json::from_str(&quiet(&mut group)?)?;
+    let url = ctl.url.clone();
+    let group: serde_json::Value =
+        serde_json::from_str(&ctl.molt(bins, &["groups", "create", "footprint", "--json"])?)?;
     let enroll = group["enrollment_token"]
         .as_str()
         .with_context(|| format!("no enrollment token in {group}"))?;
@@ -326,15 +311,7 @@ fn idle_rss(controller: &Path, molt: &Path, agent: &Path, dir: &Path, https: boo
         samples,
     };
     // The agent must really have been polling: the controller saw it.
-    let mut devices = Command::new(molt);
-    devices
-        .args(["devices", "--json"])
-        .env("MOLT_CONTROLLER", &url)
-        .env("MOLT_TOKEN", token.trim());
-    if https {
-        devices.env("MOLT_CA", &cert);
-    }
-    let listed = quiet(&mut devices)?;
+    let listed = ctl.molt(bins, &["devices", "--json"])?;
     if !listed.contains("footprint") {
         bail!("the controller does not list the device: {listed}");
     }
@@ -411,31 +388,4 @@ fn self_signed(dir: &Path) -> Result<()> {
     )
     .context("cannot make a certificate (is `openssl` installed?)")?;
     Ok(())
-}
-
-/// Starts the controller and returns it with the URL it prints (`listening on URL`).
-fn start_controller(cmd: &mut Command, log: &PathBuf) -> Result<(Guard, String)> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(log)?)
-        .spawn()
-        .context("cannot start molt-controller")?;
-    let stdout = child.stdout.take().context("controller stdout")?;
-    let guard = Guard(child);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("listening on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(url) => Ok((guard, url)),
-        Err(_) => bail!(
-            "molt-controller did not start listening:\n{}",
-            fs::read_to_string(log).unwrap_or_default()
-        ),
-    }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::poll::{Controller, Nginx};
+use super::servers::{Controller, Nginx};
 use super::slot::{reset, same_tree, LoopMount};
 use super::util::{interleave, is_root, median, quiet, require_tools, time, Side};
 use super::workload::{file_mib, mib, Workload};
@@ -93,7 +93,13 @@ const LOCAL_BASE: &str = "`zstd -dc tree.tar.zst \\| tar -x -C slot && sync`";
 /// `bench install-local`.
 pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped("install-local", LOCAL_WHAT, LOCAL_BASE, "≤ 0.90×", &why));
+        return Ok(Outcome::skipped(
+            "install-local",
+            LOCAL_WHAT,
+            LOCAL_BASE,
+            "≤ 0.90×",
+            &why,
+        ));
     }
     require_tools(&["zstd", "tar", "mkfs.ext4", "losetup", "diff"])?;
     let bins = ctx.bins()?;
@@ -103,7 +109,13 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
         Ok(d) => d,
         Err(e) => {
             let why = format!("cannot set up a loop-mounted ext4: {e:#}");
-            return Ok(Outcome::skipped("install-local", LOCAL_WHAT, LOCAL_BASE, "≤ 0.90×", &why));
+            return Ok(Outcome::skipped(
+                "install-local",
+                LOCAL_WHAT,
+                LOCAL_BASE,
+                "≤ 0.90×",
+                &why,
+            ));
         }
     };
     let big = &wl.big;
@@ -234,7 +246,13 @@ const MEMORY_WHAT: &str = "agent peak RSS installing the 20 MiB and the 200 MiB 
 /// `bench memory`: peak RSS of `molt-agent install` for the small and the big bundle.
 pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped("memory", MEMORY_WHAT, "—", "flat, ≤ 16 MiB", &why));
+        return Ok(Outcome::skipped(
+            "memory",
+            MEMORY_WHAT,
+            "—",
+            "flat, ≤ 16 MiB",
+            &why,
+        ));
     }
     let time_bin = Path::new("/usr/bin/time");
     if !time_bin.exists() {
@@ -250,13 +268,20 @@ pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
         let mut peak = 0u64;
         for _ in 0..RSS_RUNS {
             reset(&[&dev.var])?;
-            peak = peak.max(peak_rss_kib(time_bin, &bins.agent, &dev.cfg, &built.bundle, &out)?);
+            peak = peak.max(peak_rss_kib(
+                time_bin,
+                &bins.agent,
+                &dev.cfg,
+                &built.bundle,
+                &out,
+            )?);
         }
         peaks.push(peak);
     }
     reset(&[&dev.var])?;
     drop(dev);
-    let mut details = String::from("| bundle | tree | files | agent peak RSS |\n|---|---:|---:|---:|\n");
+    let mut details =
+        String::from("| bundle | tree | files | agent peak RSS |\n|---|---:|---:|---:|\n");
     for (built, kib) in [&wl.small, &wl.big].into_iter().zip(&peaks) {
         let _ = writeln!(
             details,
@@ -364,14 +389,20 @@ fn phase_of(line: &str) -> Option<&str> {
     is_word.then_some(word)
 }
 
-
-const DURABLE_WHAT: &str = "durable install vs the same install with `durable = false` (no fsync, no syncfs)";
+const DURABLE_WHAT: &str =
+    "durable install vs the same install with `durable = false` (no fsync, no syncfs)";
 const DURABLE_BASE: &str = "molt's own non-durable mode";
 
 /// `bench durability`: what making the install durable costs.
 pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped("durability", DURABLE_WHAT, DURABLE_BASE, "≤ 1.25×", &why));
+        return Ok(Outcome::skipped(
+            "durability",
+            DURABLE_WHAT,
+            DURABLE_BASE,
+            "≤ 1.25×",
+            &why,
+        ));
     }
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
@@ -441,7 +472,13 @@ const HTTP_BASE: &str = "`curl -s URL \\| zstd -dc \\| tar -x && sync` (nginx se
 /// `bench install-http`: the install-local comparison, both sides fetched over loopback HTTP.
 pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped("install-http", HTTP_WHAT, HTTP_BASE, "≤ 1.00×", &why));
+        return Ok(Outcome::skipped(
+            "install-http",
+            HTTP_WHAT,
+            HTTP_BASE,
+            "≤ 1.00×",
+            &why,
+        ));
     }
     require_tools(&["zstd", "tar", "curl", "diff"])?;
     let bins = ctx.bins()?;
@@ -460,13 +497,16 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
     let token = group["enrollment_token"]
         .as_str()
         .with_context(|| format!("no enrollment token in {group}"))?;
-    let base_url = format!("http://{}", ctl.addr);
-    quiet(
-        Command::new(&bins.agent)
-            .arg("-c")
-            .arg(&dev.cfg)
-            .args(["enroll", "--controller", &base_url, "--name", "bench-http", "--token", token]),
-    )?;
+    let base_url = ctl.url.clone();
+    quiet(Command::new(&bins.agent).arg("-c").arg(&dev.cfg).args([
+        "enroll",
+        "--controller",
+        &base_url,
+        "--name",
+        "bench-http",
+        "--token",
+        token,
+    ]))?;
     // The enrollment lives in the data directory every round removes: kept aside and
     // put back (untimed), so each install starts from a fresh slot as the same device.
     let enrollment = dev.var.join("lib/molt/controller.json");
@@ -482,7 +522,11 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
     let tar_url = format!(
         "http://{}/{}",
         nginx.addr,
-        wl.big.tarzst.file_name().unwrap_or_default().to_string_lossy()
+        wl.big
+            .tarzst
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
     );
     let base_dir = dev.target.mnt.join("baseline");
     let baseline_sh = format!(
@@ -520,7 +564,8 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
                     fresh_device()?;
                     fs::create_dir(&base_dir)?;
                     quiet(&mut Command::new("sync"))?;
-                    let t = time(Command::new("bash").args(["-o", "pipefail", "-c", &baseline_sh]))?;
+                    let t =
+                        time(Command::new("bash").args(["-o", "pipefail", "-c", &baseline_sh]))?;
                     if !checked_base {
                         same_tree(&big.tree.dir, &base_dir)?;
                         checked_base = true;
@@ -586,7 +631,9 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
         tree_mib + bundle_mib,
     );
     let mut row = Row::time_ratio("install-http", HTTP_WHAT, HTTP_BASE, m, b, 1.0);
-    row.result.push_str(&format!("; agent wrote {written:.0} MiB for a {tree_mib:.0} MiB tree"));
+    row.result.push_str(&format!(
+        "; agent wrote {written:.0} MiB for a {tree_mib:.0} MiB tree"
+    ));
     if !no_temp {
         row.verdict = Verdict::Missed;
     }

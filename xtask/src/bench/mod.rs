@@ -21,6 +21,7 @@ mod install;
 mod peer;
 mod poll;
 mod serve;
+mod servers;
 mod slot;
 mod swap;
 mod util;
@@ -364,7 +365,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 Some(b) => names.push(b),
                 None => {
                     let known: Vec<&str> = BENCHMARKS.iter().map(|b| b.name).collect();
-                    bail!("unknown benchmark `{name}`; known: {}\n{USAGE}", known.join(", "))
+                    bail!(
+                        "unknown benchmark `{name}`; known: {}\n{USAGE}",
+                        known.join(", ")
+                    )
                 }
             },
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::poll::{require, Controller, Http, Nginx};
+use super::servers::{require, Controller, Http, Nginx};
 use super::util::{interleave, Side, Stats};
 use super::workload::{file_mib, MIB};
 use super::{Ctx, Outcome, Row, Verdict};

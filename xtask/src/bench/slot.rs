@@ -45,7 +45,11 @@ pub struct LoopMount {
 impl LoopMount {
     /// A description for the report.
     pub fn describe(&self) -> String {
-        format!("ext4 on {} ({} MiB sparse image)", self.dev, IMAGE_BYTES >> 20)
+        format!(
+            "ext4 on {} ({} MiB sparse image)",
+            self.dev,
+            IMAGE_BYTES >> 20
+        )
     }
 
     /// Creates the image, formats, attaches and mounts it; on failure everything

@@ -24,7 +24,12 @@ use super::{Ctx, Outcome, Row, Verdict};
 /// The milliseconds of a `swapped: current -> … in X ms` log line.
 fn swapped_ms(line: &str) -> Option<f64> {
     let rest = &line[line.find("swapped: current -> ")?..];
-    rest.rsplit(" in ").next()?.strip_suffix(" ms")?.trim().parse().ok()
+    rest.rsplit(" in ")
+        .next()?
+        .strip_suffix(" ms")?
+        .trim()
+        .parse()
+        .ok()
 }
 use crate::run_cmd;
 
@@ -48,7 +53,10 @@ fn many_files(wl: &Workload, molt: &Path) -> Result<std::path::PathBuf> {
             if i < 500 {
                 fs::create_dir_all(&sub)?;
             }
-            fs::write(sub.join(format!("f{i:05}.txt")), fill(i as u64, 64 + i % 512, true))?;
+            fs::write(
+                sub.join(format!("f{i:05}.txt")),
+                fill(i as u64, 64 + i % 512, true),
+            )?;
         }
         fs::write(&marker, &want)?;
     }
@@ -79,7 +87,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let many = many_files(&wl, &bins.molt)?;
     let dev = Device::create(&work, &wl, "")?;
     let sets = [
-        (format!("{} files", wl.big.tree.files), wl.big.bundle.clone()),
+        (
+            format!("{} files", wl.big.tree.files),
+            wl.big.bundle.clone(),
+        ),
         (format!("{MANY} files"), many),
     ];
     let mut swaps: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
@@ -95,10 +106,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 .find(|(p, _)| p == "swapping")
                 .map(|(_, s)| *s * 1e3)
                 .with_context(|| format!("no swapping phase in the agent's log ({name})"))?;
-            let swap = log
-                .lines()
-                .find_map(swapped_ms)
-                .with_context(|| format!("no `swapped: … in X ms` line in the agent's log ({name})"))?;
+            let swap = log.lines().find_map(swapped_ms).with_context(|| {
+                format!("no `swapped: … in X ms` line in the agent's log ({name})")
+            })?;
             println!(
                 "swap round {round:2}{}: {name}: swap {swap:.2} ms, swapping phase {span:.2} ms",
                 if round == 0 { " (warm-up)" } else { "" },

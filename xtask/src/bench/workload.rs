@@ -192,7 +192,6 @@ pub fn make_tree(work: &Path, name: &str, divisor: usize) -> Result<Tree> {
     })
 }
 
-
 /// A generated tree with its signed molt bundle and its `tar | zstd -3 -T1` archive.
 pub struct Built {
     /// The tree itself.

@@ -74,7 +74,9 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.trusted_keys[0].id, key_id(&hex32(KEY1)));
     let volatile = parse(&format!("durable = false\n{}", minimal())).unwrap();
     assert!(!volatile.durable);
-    assert!(error_about(&format!("durable = \"no\"\n{}", minimal()), "durable").contains("durable"));
+    assert!(
+        error_about(&format!("durable = \"no\"\n{}", minimal()), "durable").contains("durable")
+    );
 }
 
 fn hex32(s: &str) -> [u8; 32] {

@@ -461,7 +461,11 @@ impl Device {
                         // matches the decoder's position.
                         if let Some(state) = fail!(writer.state().map_err(fs_failure)) {
                             fail!(self.save_checkpoint(
-                                &slot_dir, &staging, &cp[..len], state, &validator
+                                &slot_dir,
+                                &staging,
+                                &cp[..len],
+                                state,
+                                &validator
                             ));
                             last_cp = (dec.position(), Instant::now());
                         }

@@ -75,15 +75,17 @@ impl<'scope> Writer<'scope> {
         let (give_back, spent) = mpsc::channel::<Batch>();
         let thread = std::thread::Builder::new()
             .name("molt-writer".into())
-            .spawn_scoped(scope, move || apply_all(&mut x, rx, give_back).and_then(|done| {
-                if done {
-                    x.finish().map(Some)
-                } else {
-                    // Abandoned (the reading side failed): dropping the extractor
-                    // removes the temporary file in progress.
-                    Ok(None)
-                }
-            }))
+            .spawn_scoped(scope, move || {
+                apply_all(&mut x, rx, give_back).and_then(|done| {
+                    if done {
+                        x.finish().map(Some)
+                    } else {
+                        // Abandoned (the reading side failed): dropping the extractor
+                        // removes the temporary file in progress.
+                        Ok(None)
+                    }
+                })
+            })
             .expect("cannot start the writing thread");
         Writer {
             tx: Some(tx),
@@ -228,8 +230,8 @@ fn apply_all(
                 for op in &b.ops {
                     match op {
                         Op::Start(r) => {
-                            let h: EntryHeader<'_> =
-                                postcard::from_bytes(&b.bytes[r.clone()]).map_err(|_| {
+                            let h: EntryHeader<'_> = postcard::from_bytes(&b.bytes[r.clone()])
+                                .map_err(|_| {
                                     FsError::other(
                                         ErrorKind::Sequence,
                                         "decode",

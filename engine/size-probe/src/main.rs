@@ -41,7 +41,8 @@ const LIMITS: Limits = Limits {
 };
 
 static mut MANIFEST: [u8; 4096] = [0; 4096];
-static mut WIRE: [u8; 40 + 16 * 1024 + 16 * 1024 / 128 + 512] = [0; 40 + 16 * 1024 + 16 * 1024 / 128 + 512];
+static mut WIRE: [u8; 40 + 16 * 1024 + 16 * 1024 / 128 + 512] =
+    [0; 40 + 16 * 1024 + 16 * 1024 / 128 + 512];
 static mut RAW: [u8; 16 * 1024] = [0; 16 * 1024];
 
 #[entry]
@@ -79,7 +80,15 @@ fn run(key: TrustedKey, bundle: &[u8]) -> bool {
             raw: &mut *core::ptr::addr_of_mut!(RAW),
         }
     };
-    let mut d = Decoder::new(Trust::Pinned { keys: &keys, revoked: &[] }, LIMITS, RuZstd::new(), bufs);
+    let mut d = Decoder::new(
+        Trust::Pinned {
+            keys: &keys,
+            revoked: &[],
+        },
+        LIMITS,
+        RuZstd::new(),
+        bufs,
+    );
     let mut sink = 0u32;
     let mut rest = bundle;
     loop {

@@ -87,6 +87,31 @@ pub(crate) fn cannot_install() -> Option<String> {
     (!is_root()).then(|| "mounts a loop device, which needs root".to_string())
 }
 
+/// One side of an install comparison: untimed `prepare`, the timed `run`, and after
+/// the first run (untimed) a check that `got` holds the whole `want` tree, so a run
+/// that wrote less than the tree cannot pass for a fast one.
+pub(crate) fn checked_side<'a>(
+    name: &'a str,
+    want: &'a Path,
+    got: &'a Path,
+    mut prepare: impl FnMut() -> Result<()> + 'a,
+    mut run: impl FnMut() -> Result<f64> + 'a,
+) -> Side<'a> {
+    let mut checked = false;
+    Side {
+        name,
+        run: Box::new(move || {
+            prepare()?;
+            let t = run()?;
+            if !checked {
+                same_tree(want, got)?;
+                checked = true;
+            }
+            Ok(t)
+        }),
+    }
+}
+
 const LOCAL_WHAT: &str = "`molt-agent install FILE`: full verification, durable, atomic swap";
 const LOCAL_BASE: &str = "`zstd -dc tree.tar.zst \\| tar -x -C slot && sync`";
 
@@ -126,38 +151,29 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
         big.tarzst.display(),
         base_dir.display()
     );
-    let (mut checked_molt, mut checked_base) = (false, false);
     let stats = interleave(
         "install-local",
         ctx.rounds,
         &mut [
-            Side {
-                name: "molt",
-                run: Box::new(|| {
-                    reset(&[&dev.var, &base_dir])?;
-                    let t = time(&mut dev.install(&bins.agent, &bundle))?;
-                    if !checked_molt {
-                        // Once, untimed: the install really produced the whole tree.
-                        same_tree(&big.tree.dir, &dev.active)?;
-                        checked_molt = true;
-                    }
-                    Ok(t)
-                }),
-            },
-            Side {
-                name: "baseline",
-                run: Box::new(|| {
+            checked_side(
+                "molt",
+                &big.tree.dir,
+                &dev.active,
+                || reset(&[&dev.var, &base_dir]),
+                || time(&mut dev.install(&bins.agent, &bundle)),
+            ),
+            checked_side(
+                "baseline",
+                &big.tree.dir,
+                &base_dir,
+                || {
                     reset(&[&dev.var, &base_dir])?;
                     fs::create_dir(&base_dir)?;
                     quiet(&mut Command::new("sync"))?;
-                    let t = time(Command::new("sh").arg("-c").arg(&baseline_sh))?;
-                    if !checked_base {
-                        same_tree(&big.tree.dir, &base_dir)?;
-                        checked_base = true;
-                    }
-                    Ok(t)
-                }),
-            },
+                    Ok(())
+                },
+                || time(Command::new("sh").arg("-c").arg(&baseline_sh)),
+            ),
         ],
     )?;
     let (m, b) = (stats[0], stats[1]);
@@ -541,38 +557,25 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
         Ok(())
     };
     let big = &wl.big;
-    let (mut checked_molt, mut checked_base) = (false, false);
     let stats = interleave(
         "install-http",
         ctx.rounds,
         &mut [
-            Side {
-                name: "molt",
-                run: Box::new(|| {
-                    fresh_device()?;
-                    let t = time(&mut dev.install(&bins.agent, &url))?;
-                    if !checked_molt {
-                        same_tree(&big.tree.dir, &dev.active)?;
-                        checked_molt = true;
-                    }
-                    Ok(t)
-                }),
-            },
-            Side {
-                name: "baseline",
-                run: Box::new(|| {
+            checked_side("molt", &big.tree.dir, &dev.active, fresh_device, || {
+                time(&mut dev.install(&bins.agent, &url))
+            }),
+            checked_side(
+                "baseline",
+                &big.tree.dir,
+                &base_dir,
+                || {
                     fresh_device()?;
                     fs::create_dir(&base_dir)?;
                     quiet(&mut Command::new("sync"))?;
-                    let t =
-                        time(Command::new("bash").args(["-o", "pipefail", "-c", &baseline_sh]))?;
-                    if !checked_base {
-                        same_tree(&big.tree.dir, &base_dir)?;
-                        checked_base = true;
-                    }
-                    Ok(t)
-                }),
-            },
+                    Ok(())
+                },
+                || time(Command::new("bash").args(["-o", "pipefail", "-c", &baseline_sh])),
+            ),
         ],
     )?;
     // No temporary file: what the agent itself wrote (GNU time's %O, file-system

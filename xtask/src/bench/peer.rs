@@ -23,9 +23,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::install::{cannot_install, Device};
-use super::slot::{reset, same_tree};
-use super::util::{interleave, quiet, require_tools, time, Side, Stats};
+use super::install::{cannot_install, checked_side, Device};
+use super::slot::reset;
+use super::util::{interleave, quiet, require_tools, time, Stats};
 use super::workload::{file_mib, mib};
 use super::{Ctx, Outcome, Row};
 
@@ -85,40 +85,31 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         c.arg("-c").arg(&baseline_sh).env("TMPDIR", &swu.tmp);
         c
     };
-    let (mut checked_molt, mut checked_base) = (false, false);
     let load_before = loadavg();
     let stats = interleave(
         ID,
         ctx.rounds,
         &mut [
-            Side {
-                name: "molt",
-                run: Box::new(|| {
-                    reset(&[&dev.var, &slot])?;
-                    let t = time(&mut dev.install(&bins.agent, &bundle))?;
-                    if !checked_molt {
-                        // Once, untimed: the install really produced the whole tree.
-                        same_tree(&big.tree.dir, &dev.active)?;
-                        checked_molt = true;
-                    }
-                    Ok(t)
-                }),
-            },
-            Side {
-                name: "swupdate",
-                run: Box::new(|| {
+            checked_side(
+                "molt",
+                &big.tree.dir,
+                &dev.active,
+                || reset(&[&dev.var, &slot]),
+                || time(&mut dev.install(&bins.agent, &bundle)),
+            ),
+            checked_side(
+                "swupdate",
+                &big.tree.dir,
+                &slot,
+                || {
                     reset(&[&dev.var, &slot])?;
                     // The slot exists before the update, as a mounted partition would.
                     fs::create_dir(&slot)?;
                     quiet(&mut Command::new("sync"))?;
-                    let t = time(&mut baseline())?;
-                    if !checked_base {
-                        same_tree(&big.tree.dir, &slot)?;
-                        checked_base = true;
-                    }
-                    Ok(t)
-                }),
-            },
+                    Ok(())
+                },
+                || time(&mut baseline()),
+            ),
         ],
     )?;
     let (m, b) = (stats[0], stats[1]);

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::util::{interleave, quiet, require_tools, time, Side};
+use super::util::{interleave, quiet, require, time, Side};
 use super::workload::{mib, MIB};
 use super::{Ctx, Outcome, Row, Verdict};
 
@@ -24,7 +24,7 @@ const TAR_ZSTD: &str = "tar -cf - -C tree-200 . | zstd -3 -T1 -q > {out}";
 
 /// `bench bundle-build`.
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    require_tools(&["tar", "zstd"])?;
+    require(&[("tar", "tar"), ("zstd", "zstd")])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let work = ctx.work("bundle-build")?;

@@ -9,13 +9,13 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use super::util::{interleave, require_tools, time, Side};
+use super::util::{interleave, require, time, Side};
 use super::workload::{file_mib, mib};
 use super::{Ctx, Outcome, Row, Verdict};
 
 /// `bench decode`.
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    require_tools(&["zstd", "tar"])?;
+    require(&[("zstd", "zstd"), ("tar", "tar")])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let big = &wl.big;

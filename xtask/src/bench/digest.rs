@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use super::util::{interleave, quiet, require_tools, time, Side};
+use super::util::{interleave, quiet, require, time, Side};
 use super::workload::mib;
 use super::{Ctx, Outcome, Row};
 
@@ -22,7 +22,11 @@ const B3SUM: &str = "find tree-200 -type f -print0 | xargs -0 -s 1048576 b3sum -
 
 /// `bench digest`.
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    require_tools(&["b3sum", "find", "xargs"])?;
+    require(&[
+        ("b3sum", "b3sum"),
+        ("find", "findutils"),
+        ("xargs", "findutils"),
+    ])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let tree = &wl.big.tree;

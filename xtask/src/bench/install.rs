@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use super::servers::{Controller, Nginx};
 use super::slot::{reset, same_tree, LoopMount};
-use super::util::{interleave, is_root, median, quiet, require_tools, time, Side};
+use super::util::{gnu_time, interleave, is_root, median, quiet, require, time, Side};
 use super::workload::{file_mib, mib, Workload};
 use super::{Ctx, Outcome, Row, Verdict};
 use crate::display;
@@ -126,7 +126,13 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
             &why,
         ));
     }
-    require_tools(&["zstd", "tar", "mkfs.ext4", "losetup", "diff"])?;
+    require(&[
+        ("zstd", "zstd"),
+        ("tar", "tar"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("losetup", "mount"),
+        ("diff", "diffutils"),
+    ])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let work = ctx.work("install-local")?;
@@ -270,10 +276,7 @@ pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
             &why,
         ));
     }
-    let time_bin = Path::new("/usr/bin/time");
-    if !time_bin.exists() {
-        bail!("/usr/bin/time is missing: `apt-get install time`");
-    }
+    require(&[("/usr/bin/time", "time")])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let work = ctx.work("memory")?;
@@ -284,13 +287,8 @@ pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
         let mut peak = 0u64;
         for _ in 0..RSS_RUNS {
             reset(&[&dev.var])?;
-            peak = peak.max(peak_rss_kib(
-                time_bin,
-                &bins.agent,
-                &dev.cfg,
-                &built.bundle,
-                &out,
-            )?);
+            let install = dev.install(&bins.agent, &built.bundle.to_string_lossy());
+            peak = peak.max(gnu_time("%M", &out, &install)?[0] as u64);
         }
         peaks.push(peak);
     }
@@ -327,31 +325,6 @@ pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
         }],
         details,
     })
-}
-
-/// The agent's peak RSS in KiB for one install, from `/usr/bin/time -f %M`.
-fn peak_rss_kib(
-    time_bin: &Path,
-    agent: &Path,
-    cfg: &Path,
-    bundle: &Path,
-    out: &Path,
-) -> Result<u64> {
-    quiet(
-        Command::new(time_bin)
-            .args(["-f", "%M", "-o"])
-            .arg(out)
-            .arg(agent)
-            .arg("-c")
-            .arg(cfg)
-            .arg("install")
-            .arg(bundle),
-    )?;
-    let text = fs::read_to_string(out)?;
-    text.lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("unexpected /usr/bin/time output: {text:?}"))
 }
 
 /// Seconds the agent spends in each phase of one install (and its log), from the moment each
@@ -496,7 +469,12 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
             &why,
         ));
     }
-    require_tools(&["zstd", "tar", "curl", "diff"])?;
+    require(&[
+        ("zstd", "zstd"),
+        ("tar", "tar"),
+        ("curl", "curl"),
+        ("diff", "diffutils"),
+    ])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let work = ctx.work("install-http")?;
@@ -582,21 +560,7 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
     // output blocks of 512 bytes) must be about the tree, not the tree plus the bundle.
     fresh_device()?;
     let out = work.join("io.txt");
-    quiet(
-        Command::new("/usr/bin/time")
-            .args(["-f", "%O", "-o"])
-            .arg(&out)
-            .arg(&bins.agent)
-            .arg("-c")
-            .arg(&dev.cfg)
-            .arg("install")
-            .arg(&url),
-    )?;
-    let blocks: u64 = fs::read_to_string(&out)?
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .context("unexpected /usr/bin/time output")?;
+    let blocks = gnu_time("%O", &out, &dev.install(&bins.agent, &url))?[0] as u64;
     let written = mib(blocks * 512);
     let (tree_mib, bundle_mib) = (mib(big.tree.bytes), file_mib(&big.bundle));
     let no_temp = written < tree_mib + bundle_mib / 2.0;

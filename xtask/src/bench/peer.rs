@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::install::{cannot_install, checked_side, Device};
 use super::slot::reset;
-use super::util::{interleave, quiet, require_tools, time, Stats};
+use super::util::{gnu_time, interleave, quiet, require, time, Stats};
 use super::workload::{file_mib, mib};
 use super::{Ctx, Outcome, Row};
 
@@ -57,7 +57,13 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     if Command::new("openssl").arg("version").output().is_err() {
         bail!("`openssl` is missing: `apt-get install openssl`");
     }
-    require_tools(&["cpio", "sync", "mkfs.ext4", "losetup", "diff"])?;
+    require(&[
+        ("cpio", "cpio"),
+        ("sync", "coreutils"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("losetup", "mount"),
+        ("diff", "diffutils"),
+    ])?;
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
     let work = ctx.work(ID)?;
@@ -125,28 +131,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         let out = work.join("time.txt");
         for _ in 0..CPU_RUNS {
             reset(&[&dev.var, &slot])?;
-            cpu[0].push(cpu_run(
-                Command::new(time_bin)
-                    .args(["-f", "%e %U %S", "-o"])
-                    .arg(&out)
-                    .arg(&bins.agent)
-                    .arg("-c")
-                    .arg(&dev.cfg)
-                    .arg("install")
-                    .arg(&bundle),
-                &out,
-            )?);
+            cpu[0].push(cpu_run(&dev.install(&bins.agent, &bundle), &out)?);
             reset(&[&dev.var, &slot])?;
             fs::create_dir(&slot)?;
             quiet(&mut Command::new("sync"))?;
-            cpu[1].push(cpu_run(
-                Command::new(time_bin)
-                    .args(["-f", "%e %U %S", "-o"])
-                    .arg(&out)
-                    .args(["sh", "-c", &baseline_sh])
-                    .env("TMPDIR", &swu.tmp),
-                &out,
-            )?);
+            cpu[1].push(cpu_run(&baseline(), &out)?);
         }
     }
     reset(&[&dev.var, &slot])?;
@@ -382,22 +371,10 @@ fn deb_version(pkg: &str) -> String {
         .unwrap_or_else(|| "(version unknown)".into())
 }
 
-/// Runs `cmd` (a `/usr/bin/time -f '%e %U %S' -o out ...`) and returns its wall
-/// seconds and CPU seconds (user + system).
-fn cpu_run(cmd: &mut Command, out: &Path) -> Result<(f64, f64)> {
-    quiet(cmd)?;
-    let text = fs::read_to_string(out)?;
-    let nums: Vec<f64> = text
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    match nums[..] {
-        [wall, user, sys] => Ok((wall, user + sys)),
-        _ => bail!("unexpected /usr/bin/time output: {text:?}"),
-    }
+/// Runs `cmd` under GNU time and returns its wall seconds and CPU seconds (user + system).
+fn cpu_run(cmd: &Command, out: &Path) -> Result<(f64, f64)> {
+    let n = gnu_time("%e %U %S", out, cmd)?;
+    Ok((n[0], n[1] + n[2]))
 }
 
 /// The 1-minute load average, from /proc/loadavg (`?` if unreadable).

@@ -15,8 +15,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::servers::{require, Controller, Http, Nginx};
-use super::util::{interleave, quiet, Side, Stats};
+use super::servers::{Controller, Http, Nginx};
+use super::util::{interleave, quiet, require, Side, Stats};
 use super::{Ctx, Outcome, Row, Verdict};
 
 /// Devices enrolled before the measurement.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::servers::{require, Controller, Http, Nginx};
-use super::util::{interleave, Side, Stats};
+use super::servers::{Controller, Http, Nginx};
+use super::util::{interleave, require, Side, Stats};
 use super::workload::{file_mib, MIB};
 use super::{Ctx, Outcome, Row, Verdict};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::util::quiet;
+use super::util::{quiet, require};
 use super::Bins;
 use crate::display;
 
@@ -73,21 +73,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Fails with an installation hint unless every program is installed.
-pub(crate) fn require(programs: &[(&str, &str)]) -> Result<()> {
-    for (program, package) in programs {
-        let found = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path)
-                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-                .any(|d| d.join(program).is_file())
-        });
-        if !found {
-            bail!("`{program}` is missing: `apt-get install -y {package}`");
-        }
-    }
-    Ok(())
 }
 
 /// A free loopback port (bound, then released for the server to take).

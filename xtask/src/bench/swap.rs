@@ -11,14 +11,13 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 
 use super::install::{cannot_install, phase_times, Device};
 use super::slot::reset;
 use super::util::{fill, Stats};
-use super::workload::{write_recipe, Workload};
+use super::workload::{build_bundle, Workload};
 use super::{Ctx, Outcome, Row, Verdict};
 
 /// The milliseconds of a `swapped: current -> … in X ms` log line.
@@ -31,7 +30,6 @@ fn swapped_ms(line: &str) -> Option<f64> {
         .parse()
         .ok()
 }
-use crate::run_cmd;
 
 const WHAT: &str = "the atomic swap of `current` (rename + fsyncs, as the agent logs it)";
 /// Files in the big snapshot.
@@ -60,19 +58,7 @@ fn many_files(wl: &Workload, molt: &Path) -> Result<std::path::PathBuf> {
         }
         fs::write(&marker, &want)?;
     }
-    let recipe = wl.dir.join("tree-50k.toml");
-    write_recipe(&recipe, &dir)?;
-    let bundle = wl.dir.join("tree-50k.molt");
-    run_cmd(
-        Command::new(molt)
-            .args(["bundle", "build"])
-            .arg(&recipe)
-            .arg("-o")
-            .arg(&bundle)
-            .arg("--key")
-            .arg(&wl.secret),
-    )?;
-    Ok(bundle)
+    build_bundle(molt, &wl.secret, &dir)
 }
 
 /// `bench swap`.

@@ -6,6 +6,7 @@
 //! figure survives a slower or noisier machine).
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -113,11 +114,48 @@ pub(crate) fn time(cmd: &mut Command) -> Result<f64> {
     Ok(secs)
 }
 
-/// Fails with an installation hint unless `tool --version` runs.
-pub(crate) fn require_tools(tools: &[&str]) -> Result<()> {
-    for tool in tools {
-        if Command::new(tool).arg("--version").output().is_err() {
-            bail!("`{tool}` is missing: `apt-get install {tool}` (or run .ci/run once)");
+/// Runs `cmd` under GNU time (`/usr/bin/time -f FORMAT -o OUT`, keeping its
+/// environment) and returns the numbers of the line it wrote: `%M` peak RSS in KiB,
+/// `%O` file-system output blocks, `%e %U %S` wall, user and system seconds.
+pub(crate) fn gnu_time(format: &str, out: &Path, cmd: &Command) -> Result<Vec<f64>> {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", format, "-o"])
+        .arg(out)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    quiet(&mut timed)?;
+    let text = fs::read_to_string(out)?;
+    let nums: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if nums.len() != format.split_whitespace().count() {
+        bail!("unexpected /usr/bin/time output for `{format}`: {text:?}");
+    }
+    Ok(nums)
+}
+
+/// Fails with an installation hint unless every program (paired with the Debian
+/// package that provides it) is on the PATH or in /usr/sbin, /sbin.
+pub(crate) fn require(programs: &[(&str, &str)]) -> Result<()> {
+    for (program, package) in programs {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(program).is_file())
+        });
+        if !found {
+            bail!("`{program}` is missing: `apt-get install -y {package}` (or run .ci/run once)");
         }
     }
     Ok(())

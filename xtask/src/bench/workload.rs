@@ -233,18 +233,7 @@ pub fn prepare(root: &Path, molt: &Path) -> Result<Workload> {
         .to_string();
     let build = |name: &str, divisor: usize| -> Result<Built> {
         let tree = make_tree(&dir, name, divisor)?;
-        let recipe = dir.join(format!("{name}.toml"));
-        write_recipe(&recipe, &tree.dir)?;
-        let bundle = dir.join(format!("{name}.molt"));
-        run_cmd(
-            Command::new(molt)
-                .args(["bundle", "build"])
-                .arg(&recipe)
-                .arg("-o")
-                .arg(&bundle)
-                .arg("--key")
-                .arg(&secret),
-        )?;
+        let bundle = build_bundle(molt, &secret, &tree.dir)?;
         let tarzst = dir.join(format!("{name}.tar.zst"));
         run_cmd(Command::new("sh").arg("-c").arg(format!(
             "tar -cf - -C '{}' . | zstd -3 -T1 -q -f -o '{}'",
@@ -266,6 +255,24 @@ pub fn prepare(root: &Path, molt: &Path) -> Result<Workload> {
         secret,
         public,
     })
+}
+
+/// `molt bundle build` of the tree at `tree` into `<tree>.molt` beside it (a full
+/// bundle, destination `/`, recipe `<tree>.toml`), signed with `secret`.
+pub fn build_bundle(molt: &Path, secret: &Path, tree: &Path) -> Result<PathBuf> {
+    let recipe = tree.with_extension("toml");
+    write_recipe(&recipe, tree)?;
+    let bundle = tree.with_extension("molt");
+    run_cmd(
+        Command::new(molt)
+            .args(["bundle", "build"])
+            .arg(&recipe)
+            .arg("-o")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(secret),
+    )?;
+    Ok(bundle)
 }
 
 /// The recipe of a full bundle of `tree`, at the snapshot root.

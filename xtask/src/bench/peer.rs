@@ -218,7 +218,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
          openssl cms -sign -in sw-description -out sw-description.sig -signer cert.pem -inkey key.pem -outform DER -nosmimecap -binary\n\
          printf 'sw-description\\nsw-description.sig\\n{PAYLOAD}\\n' | cpio -o -H newc --quiet > tree-200.swu\n\
          truncate -s 2G slot.img && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 slot.img\n\
-         losetup --find --show slot.img && mount /dev/loopN mnt\n\
+         losetup --find --show --direct-io=on slot.img && mount /dev/loopN mnt\n\
          # each round, both sides, alternating which goes first; untimed before each:\n\
          rm -rf mnt/var mnt/swupdate && sync                # + mkdir mnt/swupdate && sync for SWUpdate\n\
          molt-agent -c agent.toml install tree-200.molt      # agent.toml: root = \"mnt\"\n\

@@ -81,10 +81,17 @@ impl LoopMount {
                 .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
                 .arg(&img),
         )?;
-        let dev = quiet(Command::new("losetup").args(["--find", "--show"]).arg(&img))
-            .context("no loop device")?
-            .trim()
-            .to_string();
+        // Direct I/O to the image: the loop device then writes through to the disk
+        // like a real block device, without a second copy of every block in the
+        // host's page cache (which made durable runs vary with memory pressure).
+        let dev = quiet(
+            Command::new("losetup")
+                .args(["--find", "--show", "--direct-io=on"])
+                .arg(&img),
+        )
+        .context("no loop device")?
+        .trim()
+        .to_string();
         let mut guard = LoopMount {
             img,
             mnt,

@@ -5,15 +5,14 @@
 //! frame and spooled. Each chunk header carries the digest of the *next* chunk,
 //! so `finish` walks the spool backwards once to compute the chain, then writes
 //! header, signatures, manifest and chunks front to back. The spool (a temporary
-//! file in the CLI) keeps memory bounded by one chunk plus 32 bytes per chunk.
+//! file in the CLI) keeps memory bounded by a few chunks per compressor thread
+//! (packer.rs) plus 32 bytes per chunk.
 
 // The encoder runs on the operator's side over trusted input; fixed-size header
 // arithmetic reads more clearly with plain indexing.
 #![allow(clippy::indexing_slicing)]
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use ed25519_dalek::{Signer, SigningKey};
 
@@ -22,6 +21,7 @@ use crate::bundle::format::{
     CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
     MAX_SIGNATURES, MIN_CHUNK_SIZE, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
+use crate::bundle::packer::{ChunkMeta, Packer, Spool};
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::signed_message;
 use crate::Limits;
@@ -37,9 +37,9 @@ pub struct EncoderOptions {
     pub check_policy: bool,
     /// Limits for the policy check.
     pub limits: Limits,
-    /// Compress in a second thread while the caller packs the next chunk; the
-    /// output is identical. Off compresses in the caller's thread.
-    pub compress_thread: bool,
+    /// Threads compressing chunks while the caller packs the next ones; 0 compresses
+    /// in the caller's thread. The output is identical either way.
+    pub compress_threads: usize,
 }
 
 impl Default for EncoderOptions {
@@ -49,15 +49,11 @@ impl Default for EncoderOptions {
             level: 3,
             check_policy: true,
             limits: Limits::DEFAULT,
-            compress_thread: true,
+            // Every core: chunks are independent frames, and the caller's own
+            // thread mostly waits on reads.
+            compress_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
-}
-
-struct ChunkMeta {
-    offset: u64,
-    wire: u32,
-    raw: u32,
 }
 
 /// What `finish` produced.
@@ -73,75 +69,9 @@ pub struct Summary {
     pub file_bytes: u64,
 }
 
-/// Compresses raw chunks into frames on the spool: the half of the encoder that
-/// may run in its own thread.
-struct Packer<S> {
-    spool: S,
-    /// Where the next frame goes: the spool's length, or its end past the reserve.
-    spool_len: u64,
-    /// Leave a chunk header's room before each frame (for `finish_in_place`).
-    slots: bool,
-    zstd: zstd::bulk::Compressor<'static>,
-    frame: Vec<u8>,
-    chunks: Vec<ChunkMeta>,
-    raw_len: u64,
-}
-
-impl<S: Write> Packer<S> {
-    /// Compresses `raw` into one frame and spools it.
-    fn pack(&mut self, raw: &[u8]) -> io::Result<()> {
-        let mut frame = core::mem::take(&mut self.frame);
-        compress(&mut self.zstd, raw, &mut frame)?;
-        let done = self.spool_frame(&frame, raw.len() as u32);
-        self.frame = frame;
-        done
-    }
-
-    /// Spools a frame (of a chunk of `raw` bytes) after the ones before it.
-    fn spool_frame(&mut self, frame: &[u8], raw: u32) -> io::Result<()> {
-        if self.slots {
-            self.spool.write_all(&[0; CHUNK_HEADER_LEN])?;
-            self.spool_len += CHUNK_HEADER_LEN as u64;
-        }
-        self.spool.write_all(frame)?;
-        self.chunks.push(ChunkMeta {
-            offset: self.spool_len,
-            wire: frame.len() as u32,
-            raw,
-        });
-        self.spool_len += frame.len() as u64;
-        self.raw_len += u64::from(raw);
-        Ok(())
-    }
-}
-
-/// Compresses `raw` into `frame` (emptied first) as one independent zstd frame.
-fn compress(
-    zstd: &mut zstd::bulk::Compressor<'static>,
-    raw: &[u8],
-    frame: &mut Vec<u8>,
-) -> io::Result<()> {
-    frame.clear();
-    frame.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-    zstd.compress_to_buffer(raw, frame)?;
-    Ok(())
-}
-
-/// Where full raw chunks go: compressed here, or handed to the compressor thread.
-enum Sink<S> {
-    Inline(Box<Packer<S>>),
-    Thread {
-        /// Full chunks in order; bounded, so at most a few are in flight.
-        todo: Option<SyncSender<Vec<u8>>>,
-        /// Emptied buffers coming back, so the producer does not allocate per chunk.
-        free: Receiver<Vec<u8>>,
-        worker: Option<JoinHandle<io::Result<Packer<S>>>>,
-    },
-}
-
 /// Builds one bundle.
 pub struct Encoder<S: Read + Write + Seek> {
-    sink: Sink<S>,
+    packer: Packer<S>,
     opts: EncoderOptions,
     raw: Vec<u8>,
     count: u32,
@@ -193,42 +123,16 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
                 opts.chunk_size, opts.limits.max_chunk_size
             )));
         }
-        let packer = Packer {
-            spool,
-            spool_len: start,
+        let spool = Spool {
+            file: spool,
+            len: start,
             slots: start > 0,
-            zstd: zstd::bulk::Compressor::new(opts.level)?,
-            frame: Vec::new(),
             chunks: Vec::new(),
             raw_len: 0,
         };
-        let sink = if opts.compress_thread {
-            // Two chunks queued plus one being compressed and one being filled: the
-            // producer runs ahead by at most a few MiB.
-            let (todo, jobs) = mpsc::sync_channel::<Vec<u8>>(2);
-            let (give_back, free) = mpsc::channel();
-            let worker = std::thread::Builder::new()
-                .name("molt-zstd".into())
-                .spawn(move || {
-                    let mut p = packer;
-                    for mut raw in jobs {
-                        p.pack(&raw)?;
-                        raw.clear();
-                        // The producer may be gone (it failed); the buffer is then dropped.
-                        let _ = give_back.send(raw);
-                    }
-                    Ok(p)
-                })?;
-            Sink::Thread {
-                todo: Some(todo),
-                free,
-                worker: Some(worker),
-            }
-        } else {
-            Sink::Inline(Box::new(packer))
-        };
+        let packer = Packer::new(spool, opts.level, opts.compress_threads)?;
         Ok(Encoder {
-            sink,
+            packer,
             opts,
             raw: Vec::with_capacity(opts.chunk_size as usize),
             count: 0,
@@ -359,25 +263,8 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         if self.raw.is_empty() {
             return Ok(());
         }
-        match &mut self.sink {
-            Sink::Inline(p) => {
-                p.pack(&self.raw)?;
-                self.raw.clear();
-            }
-            Sink::Thread { todo, free, worker } => {
-                let next = free.try_recv().unwrap_or_default();
-                let full = core::mem::replace(&mut self.raw, next);
-                self.raw.reserve(self.opts.chunk_size as usize);
-                let sent = todo.as_ref().map(|t| t.send(full).is_ok());
-                if sent != Some(true) {
-                    // The worker stopped: its error says why.
-                    return Err(stop_worker(todo, worker)
-                        .err()
-                        .unwrap_or_else(|| io::Error::other("the compressor thread stopped")));
-                }
-            }
-        }
-        Ok(())
+        self.packer
+            .pack(&mut self.raw, self.opts.chunk_size as usize)
     }
 
     /// Completes the payload, fills in `manifest.payload` and `manifest.entries`, signs with
@@ -398,7 +285,7 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         let mut frame = Vec::new();
         for (i, c) in packer.chunks.iter().enumerate() {
             let next = sealed.digests.get(i + 1).copied().unwrap_or([0; 32]);
-            read_frame(&mut packer.spool, c, &mut frame)?;
+            read_frame(&mut packer.file, c, &mut frame)?;
             out.write_all(&chunk_header(c, &next))?;
             out.write_all(&frame)?;
         }
@@ -412,28 +299,21 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         mut self,
         mut manifest: Manifest<'_>,
         keys: &[SigningKey],
-    ) -> io::Result<(Packer<S>, Sealed)> {
+    ) -> io::Result<(Spool<S>, Sealed)> {
         if keys.is_empty() || keys.len() > MAX_SIGNATURES {
             return Err(invalid(format!(
                 "1 to {MAX_SIGNATURES} signing keys needed"
             )));
         }
         self.flush_chunk()?;
-        let mut packer = match self.sink {
-            Sink::Inline(p) => *p,
-            Sink::Thread {
-                mut todo,
-                mut worker,
-                ..
-            } => stop_worker(&mut todo, &mut worker)?,
-        };
-        packer.spool.flush()?;
+        let mut packer = self.packer.finish()?;
+        packer.file.flush()?;
         // Walk the chunks backwards: each header carries the digest of its successor.
         let mut digests = vec![[0u8; 32]; packer.chunks.len()];
         let mut next = [0u8; 32];
         let mut frame = Vec::new();
         for (i, c) in packer.chunks.iter().enumerate().rev() {
-            read_frame(&mut packer.spool, c, &mut frame)?;
+            read_frame(&mut packer.file, c, &mut frame)?;
             let mut h = blake3::Hasher::new();
             h.update(&chunk_header(c, &next));
             h.update(&frame);
@@ -536,7 +416,7 @@ impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
                 "finish_in_place needs an encoder made with new_in_place",
             ));
         }
-        let f = &mut packer.spool;
+        let f = &mut packer.file;
         // The chunks move down by the room the prefix did not use, front to back, so
         // every chunk is read before anything is written over it (the destination
         // always starts at or before the source).
@@ -556,7 +436,7 @@ impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
         f.write_all(&sealed.prefix)?;
         f.flush()?;
         f.truncate_to(at)?;
-        Ok((sealed.summary, packer.spool))
+        Ok((sealed.summary, packer.file))
     }
 }
 
@@ -591,21 +471,6 @@ impl Truncate for io::Cursor<Vec<u8>> {
         self.get_mut().resize(len, 0);
         Ok(())
     }
-}
-
-/// Stops the compressor thread once it has packed every chunk sent, and returns
-/// its packer (the spool and the chunk list), or the error that stopped it.
-fn stop_worker<S>(
-    todo: &mut Option<SyncSender<Vec<u8>>>,
-    worker: &mut Option<JoinHandle<io::Result<Packer<S>>>>,
-) -> io::Result<Packer<S>> {
-    // Closing the queue ends the worker's loop after the last chunk.
-    drop(todo.take());
-    let w = worker
-        .take()
-        .ok_or_else(|| io::Error::other("the compressor thread already stopped"))?;
-    w.join()
-        .map_err(|_| io::Error::other("the compressor thread panicked"))?
 }
 
 fn chunk_header(c: &ChunkMeta, next: &Digest) -> [u8; CHUNK_HEADER_LEN] {
@@ -708,12 +573,12 @@ mod tests {
         }
     }
 
-    /// One bundle through every path: compressor thread or not, content from a reader
-    /// or from memory, finished into another writer or in place.
-    fn build(thread: bool, bytes: bool, in_place: bool) -> Vec<u8> {
+    /// One bundle through every path: compressor threads (0, 1 or several) or not,
+    /// content from a reader or from memory, finished into another writer or in place.
+    fn build(threads: usize, bytes: bool, in_place: bool) -> Vec<u8> {
         let opts = EncoderOptions {
             chunk_size: MIN_CHUNK_SIZE,
-            compress_thread: thread,
+            compress_threads: threads,
             ..EncoderOptions::default()
         };
         let spool = io::Cursor::new(Vec::new());
@@ -751,18 +616,20 @@ mod tests {
 
     #[test]
     fn every_path_writes_the_same_bytes() {
-        let reference = build(false, false, false);
+        let reference = build(0, false, false);
         assert!(reference.len() > 4 * MIN_CHUNK_SIZE as usize / 2);
-        for (thread, bytes, in_place) in [
-            (true, false, false),
-            (false, true, false),
-            (true, true, false),
-            (false, false, true),
-            (true, true, true),
+        for (threads, bytes, in_place) in [
+            (1, false, false),
+            (0, true, false),
+            (1, true, false),
+            (3, true, false),
+            (0, false, true),
+            (1, true, true),
+            (4, false, true),
         ] {
             assert!(
-                build(thread, bytes, in_place) == reference,
-                "thread {thread}, bytes {bytes}, in place {in_place}"
+                build(threads, bytes, in_place) == reference,
+                "threads {threads}, bytes {bytes}, in place {in_place}"
             );
         }
     }

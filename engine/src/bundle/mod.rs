@@ -4,6 +4,8 @@ pub mod decoder;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod format;
+#[cfg(feature = "encoder")]
+mod packer;
 pub mod policy;
 pub mod verify;
 pub mod zstd;

@@ -16,13 +16,14 @@ use indicatif::ProgressBar;
 use molt_engine::bundle::format::{
     KeyId, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
-use molt_engine::bundle::zstd::LibZstd;
 use molt_engine::bundle::{
     Buffers, BundleKind, Command, Decoder, EntryHeader, EntryKind, Event, Manifest, PackageManager,
     Trust, TrustedKey,
 };
 use molt_engine::{Error, Limits};
 use serde_json::{json, Value};
+
+use crate::ahead::Ahead;
 
 /// An entry as read from a bundle, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +266,9 @@ fn feed_file(
     let limits = Limits::DEFAULT;
     let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let z = LibZstd::new().context("cannot create a zstd decoder")?;
+    // Chunks are decompressed ahead on a second thread; the decoder checks them.
+    let z = Ahead::start(path, &limits)
+        .with_context(|| format!("cannot start decompressing {}", path.display()))?;
     let bufs = Buffers {
         manifest: &mut mb,
         wire: &mut wb,

@@ -309,15 +309,11 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         let mut packer = self.packer.finish()?;
         packer.file.flush()?;
         // Walk the chunks backwards: each header carries the digest of its successor.
+        // The frames were hashed when spooled; only their headers are hashed now.
         let mut digests = vec![[0u8; 32]; packer.chunks.len()];
         let mut next = [0u8; 32];
-        let mut frame = Vec::new();
         for (i, c) in packer.chunks.iter().enumerate().rev() {
-            read_frame(&mut packer.file, c, &mut frame)?;
-            let mut h = blake3::Hasher::new();
-            h.update(&chunk_header(c, &next));
-            h.update(&frame);
-            next = *h.finalize().as_bytes();
+            next = c.hash.digest(&chunk_header(c, &next));
             if let Some(d) = digests.get_mut(i) {
                 *d = next;
             }

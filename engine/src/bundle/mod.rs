@@ -5,6 +5,8 @@ pub mod decoder;
 pub mod encoder;
 pub mod format;
 #[cfg(feature = "encoder")]
+mod frame_hash;
+#[cfg(feature = "encoder")]
 mod packer;
 pub mod policy;
 pub mod verify;

@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::bundle::format::CHUNK_HEADER_LEN;
+use crate::bundle::frame_hash::FrameHash;
 
-/// Where a chunk's frame lies in the spool.
+/// Where a chunk's frame lies in the spool, and the header-independent part of its digest.
 pub(crate) struct ChunkMeta {
     pub offset: u64,
     pub wire: u32,
     pub raw: u32,
+    pub hash: FrameHash,
 }
 
 /// The spool and what was written to it.
@@ -48,6 +50,8 @@ impl<S: Write> Spool<S> {
             offset: self.len,
             wire: frame.len() as u32,
             raw,
+            // Hashed now, while the frame is in memory: no second pass over the spool.
+            hash: FrameHash::new(frame),
         });
         self.len += frame.len() as u64;
         self.raw_len += u64::from(raw);

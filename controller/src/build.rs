@@ -182,12 +182,11 @@ fn encode(
     keys: &[SigningKey],
     progress: &ProgressBar,
 ) -> Result<molt_engine::bundle::encoder::Summary> {
-    let mut enc = Encoder::new_in_place(
-        file,
-        EncoderOptions::default(),
-        plan.is_full(),
-        plan.specials,
-    )
+    let opts = EncoderOptions::default();
+    let mut enc = match prefix_hint(plan, &opts, keys.len()) {
+        Some(at) => Encoder::new_in_place_at(file, opts, plan.is_full(), plan.specials, at),
+        None => Encoder::new_in_place(file, opts, plan.is_full(), plan.specials),
+    }
     .context("cannot start the encoder")?;
     // One buffer for every file that fits, grown to the largest: most files are read
     // once, hashed in memory and packed from the same bytes.
@@ -254,6 +253,41 @@ fn encode(
         }
     })?;
     Ok(summary)
+}
+
+/// Where the payload should start so that it need not move when the build ends:
+/// the prefix's length for the plan's manifest, its payload and entry table
+/// estimated from the plan (only the byte lengths of those numbers matter, so
+/// the estimate is nearly always exact; when it is not, the payload moves once,
+/// as it always did). `None` if the manifest cannot be made yet (the build
+/// reports why when it needs it).
+fn prefix_hint(plan: &Plan, opts: &EncoderOptions, keys: usize) -> Option<u64> {
+    use molt_engine::bundle::encoder::prefix_len;
+    use molt_engine::bundle::format::{EntryTable, Payload};
+    let mut m = plan.manifest().ok()?;
+    let file_bytes = plan.file_bytes();
+    // Each entry adds a header of about its path plus 40 bytes to the raw stream.
+    let raw: u64 = file_bytes
+        + plan
+            .entries
+            .iter()
+            .map(|e| e.path.len() as u64 + 64)
+            .sum::<u64>();
+    m.payload = Payload {
+        chunk_count: u32::try_from(raw.div_ceil(u64::from(opts.chunk_size))).ok()?,
+        chunk_size: opts.chunk_size,
+        // zstd -3 on a typical tree; a wrong guess only costs the move.
+        wire_len: raw / 5 * 3,
+        raw_len: raw,
+        first_chunk: [0; 32],
+    };
+    m.entries = EntryTable {
+        count: u32::try_from(plan.entries.len()).ok()?,
+        digest: [0; 32],
+        file_bytes,
+        specials: plan.specials,
+    };
+    prefix_len(&m, keys).ok()
 }
 
 /// Files up to this size are read into memory once; larger ones are streamed twice.

@@ -72,6 +72,8 @@ pub struct Summary {
 /// Builds one bundle.
 pub struct Encoder<S: Read + Write + Seek> {
     packer: Packer<S>,
+    /// Where the payload starts in the spool (0 unless laid out in place).
+    start: u64,
     opts: EncoderOptions,
     raw: Vec<u8>,
     count: u32,
@@ -133,6 +135,7 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         let packer = Packer::new(spool, opts.level, opts.compress_threads)?;
         Ok(Encoder {
             packer,
+            start,
             opts,
             raw: Vec::with_capacity(opts.chunk_size as usize),
             count: 0,
@@ -393,8 +396,25 @@ impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
         full: bool,
         specials: Specials,
     ) -> io::Result<Self> {
+        let room = prefix_room(&opts.limits);
+        Self::new_in_place_at(file, opts, full, specials, room)
+    }
+
+    /// Like [`Encoder::new_in_place`], with the frames spooled right after `prefix`
+    /// bytes: when the prefix comes out that long (see [`prefix_len`]), the frames
+    /// are already where they belong and finishing writes only the chunk headers
+    /// and the prefix, instead of moving the whole payload. Any other length is
+    /// still correct: the payload then moves, down or up.
+    pub fn new_in_place_at(
+        file: S,
+        opts: EncoderOptions,
+        full: bool,
+        specials: Specials,
+        prefix: u64,
+    ) -> io::Result<Self> {
         let mut file = file;
-        let start = prefix_room(&opts.limits);
+        // At least one byte, so the spool is marked as laid out in place.
+        let start = prefix.max(1);
         file.seek(SeekFrom::Start(start))?;
         Self::with_layout(file, start, opts, full, specials)
     }
@@ -406,6 +426,7 @@ impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
         manifest: Manifest<'_>,
         keys: &[SigningKey],
     ) -> io::Result<(Summary, S)> {
+        let start = self.start;
         let (mut packer, sealed) = self.seal(manifest, keys)?;
         if !packer.slots {
             return Err(invalid(
@@ -413,27 +434,59 @@ impl<S: Read + Write + Seek + Truncate + Send + 'static> Encoder<S> {
             ));
         }
         let f = &mut packer.file;
-        // The chunks move down by the room the prefix did not use, front to back, so
-        // every chunk is read before anything is written over it (the destination
-        // always starts at or before the source).
-        let mut at = sealed.prefix.len() as u64;
-        let mut buf = Vec::new();
-        for (i, c) in packer.chunks.iter().enumerate() {
-            let next = sealed.digests.get(i + 1).copied().unwrap_or([0; 32]);
-            buf.resize(CHUNK_HEADER_LEN + c.wire as usize, 0);
-            f.seek(SeekFrom::Start(c.offset))?;
-            f.read_exact(&mut buf[CHUNK_HEADER_LEN..])?;
-            buf[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(c, &next));
-            f.seek(SeekFrom::Start(at))?;
-            f.write_all(&buf)?;
-            at += buf.len() as u64;
+        let prefix = sealed.prefix.len() as u64;
+        let end = sealed.summary.bundle_len;
+        let header = |i: usize, c: &ChunkMeta| {
+            chunk_header(c, &sealed.digests.get(i + 1).copied().unwrap_or([0; 32]))
+        };
+        if prefix == start {
+            // The frames are in place behind their headers' room: fill it in.
+            for (i, c) in packer.chunks.iter().enumerate() {
+                f.seek(SeekFrom::Start(c.offset - CHUNK_HEADER_LEN as u64))?;
+                f.write_all(&header(i, c))?;
+            }
+        } else {
+            // Every chunk (header and frame) moves by the same distance: front to back
+            // when down, back to front when up, so each is read before anything is
+            // written over it.
+            let mut dests = Vec::with_capacity(packer.chunks.len());
+            let mut at = prefix;
+            for c in &packer.chunks {
+                dests.push(at);
+                at += CHUNK_HEADER_LEN as u64 + u64::from(c.wire);
+            }
+            let mut order: Vec<usize> = (0..packer.chunks.len()).collect();
+            if prefix > start {
+                order.reverse();
+            }
+            let mut buf = Vec::new();
+            for i in order {
+                let c = &packer.chunks[i];
+                buf.resize(CHUNK_HEADER_LEN + c.wire as usize, 0);
+                f.seek(SeekFrom::Start(c.offset))?;
+                f.read_exact(&mut buf[CHUNK_HEADER_LEN..])?;
+                buf[..CHUNK_HEADER_LEN].copy_from_slice(&header(i, c));
+                f.seek(SeekFrom::Start(dests[i]))?;
+                f.write_all(&buf)?;
+            }
         }
         f.seek(SeekFrom::Start(0))?;
         f.write_all(&sealed.prefix)?;
         f.flush()?;
-        f.truncate_to(at)?;
+        f.truncate_to(end)?;
         Ok((sealed.summary, packer.file))
     }
+}
+
+/// How long the bundle's prefix (fixed header, `keys` signatures, manifest) is for
+/// `manifest` as given: with its payload and entry table filled with estimates, a
+/// hint for [`Encoder::new_in_place_at`] (the lengths of postcard's variable-length
+/// integers are what matter, not the values).
+pub fn prefix_len(manifest: &Manifest<'_>, keys: usize) -> io::Result<u64> {
+    let len = postcard::to_allocvec(manifest)
+        .map_err(|e| invalid(format!("cannot encode manifest: {e}")))?
+        .len();
+    Ok((HEADER_LEN + SIG_BLOCK_PREFIX + keys * SIG_RECORD_LEN + len) as u64)
 }
 
 /// What sealing produced: the bytes before the first chunk, each chunk's digest.
@@ -572,13 +625,20 @@ mod tests {
     /// One bundle through every path: compressor threads (0, 1 or several) or not,
     /// content from a reader or from memory, finished into another writer or in place.
     fn build(threads: usize, bytes: bool, in_place: bool) -> Vec<u8> {
+        build_at(threads, bytes, in_place, None)
+    }
+
+    /// [`build`], laid out in place after `at` bytes if given.
+    fn build_at(threads: usize, bytes: bool, in_place: bool, at: Option<u64>) -> Vec<u8> {
         let opts = EncoderOptions {
             chunk_size: MIN_CHUNK_SIZE,
             compress_threads: threads,
             ..EncoderOptions::default()
         };
         let spool = io::Cursor::new(Vec::new());
-        let mut enc = if in_place {
+        let mut enc = if let Some(at) = at {
+            Encoder::new_in_place_at(spool, opts, true, Specials::default(), at).unwrap()
+        } else if in_place {
             Encoder::new_in_place(spool, opts, true, Specials::default()).unwrap()
         } else {
             Encoder::new(spool, opts, true, Specials::default()).unwrap()
@@ -626,6 +686,33 @@ mod tests {
             assert!(
                 build(threads, bytes, in_place) == reference,
                 "threads {threads}, bytes {bytes}, in place {in_place}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_payload_laid_out_at_any_offset_ends_up_in_place() {
+        let reference = build(0, false, false);
+        let manifest_len = u32::from_le_bytes(reference[12..16].try_into().unwrap());
+        let exact =
+            (HEADER_LEN + SIG_BLOCK_PREFIX + SIG_RECORD_LEN) as u64 + u64::from(manifest_len);
+        // prefix_len gives it from the manifest (only the lengths of its numbers matter).
+        let signed: Manifest<'_> = postcard::from_bytes(
+            &reference[(exact - u64::from(manifest_len)) as usize..exact as usize],
+        )
+        .unwrap();
+        assert_eq!(prefix_len(&signed, 1).unwrap(), exact);
+        let mut guess = signed;
+        guess.payload.first_chunk = [0; 32];
+        guess.payload.wire_len += 1;
+        guess.entries.digest = [0; 32];
+        assert_eq!(prefix_len(&guess, 1).unwrap(), exact);
+        // Exact (headers filled in place), too short (the payload moves up), too long
+        // (it moves down), and the smallest start.
+        for at in [exact, exact - 7, 1, exact + 300] {
+            assert!(
+                build_at(2, true, true, Some(at)) == reference,
+                "payload laid out at {at}, prefix {exact}"
             );
         }
     }

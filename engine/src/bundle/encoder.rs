@@ -49,9 +49,10 @@ impl Default for EncoderOptions {
             level: 3,
             check_policy: true,
             limits: Limits::DEFAULT,
-            // Every core: chunks are independent frames, and the caller's own
-            // thread mostly waits on reads.
-            compress_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // Every core, up to 8: chunks are independent frames, and the caller's
+            // own thread mostly reads. Each thread holds a zstd context and two
+            // frame buffers (a few MiB), so a large machine does not get hundreds.
+            compress_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
         }
     }
 }

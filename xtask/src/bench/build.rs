@@ -34,6 +34,22 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let tarzst = work.join("tree-200.tar.zst");
     let mut molt_sizes = Vec::new();
     let mut tar_sizes = Vec::new();
+    let build = || {
+        let mut c = Command::new(&bins.molt);
+        c.current_dir(&wl.dir)
+            .args([
+                "bundle",
+                "build",
+                "tree-200.toml",
+                "--key",
+                "bench.secret",
+                "-o",
+            ])
+            .arg(&bundle);
+        c
+    };
+    // A bundle for the self-check side to read before the first build runs.
+    quiet(&mut build())?;
     let stats = interleave(
         "bundle-build",
         ctx.rounds,
@@ -42,19 +58,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 name: "molt bundle build",
                 run: Box::new(|| {
                     remove(&bundle)?;
-                    let secs = time(
-                        Command::new(&bins.molt)
-                            .current_dir(&wl.dir)
-                            .args([
-                                "bundle",
-                                "build",
-                                "tree-200.toml",
-                                "--key",
-                                "bench.secret",
-                                "-o",
-                            ])
-                            .arg(&bundle),
-                    )?;
+                    let secs = time(&mut build())?;
                     molt_sizes.push(len(&bundle)?);
                     Ok(secs)
                 }),
@@ -76,22 +80,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             Side {
                 name: "self-check alone",
                 run: Box::new(|| {
-                    // The bundle the last build left (the first round builds before this runs).
-                    if !bundle.exists() {
-                        quiet(
-                            Command::new(&bins.molt)
-                                .current_dir(&wl.dir)
-                                .args([
-                                    "bundle",
-                                    "build",
-                                    "tree-200.toml",
-                                    "--key",
-                                    "bench.secret",
-                                    "-o",
-                                ])
-                                .arg(&bundle),
-                        )?;
-                    }
+                    // The bundle the last build left.
                     time(
                         Command::new(&bins.molt)
                             .args(["bundle", "verify"])

@@ -460,11 +460,11 @@ pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
          | the same with `durable = false` in agent.toml | {} |\n\
          | `zstd -dc tree-200.tar.zst \\| tar -x && sync -f` (the floor: one flush at the end) | {} |\n\
          | `zstd -dc tree-200.tar.zst \\| tar -x` | {} |\n\n\
-         Durability costs molt **{:+.3} s** ({:.2}×); the same tree's single `sync -f` costs tar \
-         **{:+.3} s** ({:.2}×). That difference is the kernel's writeback (ext4 block allocation, \
-         extent conversion, the loop device's I/O), which on this CPU-bound 2-core machine adds to \
-         the wall clock however the installer schedules its flushes; molt's ratio is the larger \
-         only because its non-durable install is the faster.\n\n\
+         Durability costs molt **{:+.3} s** ({:.2}×); in the same rounds, one `sync -f` at the \
+         end costs tar **{:+.3} s** ({:.2}×). Where the durable install's extra time goes, by \
+         perf: the kernel's writeback of the slot (ext4 block allocation, unwritten-extent \
+         conversion, the loop device's I/O) on a machine whose two cores the install already \
+         keeps busy, so it adds to the wall clock rather than overlapping it.\n\n\
          Durable: the slot is flushed with `syncfs` at every download checkpoint and before the \
          seal, the journal and slot record with `fdatasync`, the `current` swap with file and \
          directory fsyncs. `durable = false` skips all of them and leaves writeback to the kernel \

@@ -718,6 +718,86 @@ mod tests {
         }
     }
 
+    /// A spool that takes `left` bytes, then fails every write (a full disk).
+    struct FullDisk {
+        inner: io::Cursor<Vec<u8>>,
+        left: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.left {
+                return Err(io::Error::other("no space left on the spool"));
+            }
+            self.left -= buf.len();
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Read for FullDisk {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(buf)
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            self.inner.seek(to)
+        }
+    }
+
+    #[test]
+    fn a_failing_spool_stops_every_thread_with_its_error() {
+        for threads in [0, 1, 3] {
+            for left in [0, 10, 50_000] {
+                let opts = EncoderOptions {
+                    chunk_size: MIN_CHUNK_SIZE,
+                    compress_threads: threads,
+                    ..EncoderOptions::default()
+                };
+                let spool = FullDisk {
+                    inner: io::Cursor::new(Vec::new()),
+                    left,
+                };
+                let mut enc = Encoder::new(spool, opts, true, Specials::default()).unwrap();
+                // Enough chunks that the queue fills while the spool fails: the
+                // producer must get the error, not block on a queue nobody drains.
+                let mut failed = None;
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                for i in 0..40 {
+                    // Incompressible, so the spool fills.
+                    let data: Vec<u8> = (0..40_000)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    let path = format!("f{i:02}");
+                    if let Err(e) = enc.add_file_bytes(&header(&path, EntryKind::Dir), &data) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                let err = match failed {
+                    Some(e) => e,
+                    None => {
+                        let key = SigningKey::from_bytes(&[7; 32]);
+                        enc.finish(manifest(), &[key], &mut Vec::new()).unwrap_err()
+                    }
+                };
+                assert!(
+                    err.to_string().contains("no space left"),
+                    "threads {threads}, {left} bytes: {err}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn finish_and_layout_must_match() {
         let opts = EncoderOptions::default();

@@ -12,8 +12,8 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::proc::Proc;
 use crate::{cargo, display, run_cmd};
 
 /// The demo device's hardware name; the demo recipes name it as their `compatible`.
@@ -63,55 +64,6 @@ impl Options {
             .into();
         }
         Ok(o)
-    }
-}
-
-/// A child process stopped when dropped: SIGTERM by pid (the controller shuts
-/// down gracefully on it), then SIGKILL if it lingers.
-struct Running {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Running {
-    fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("{} exited ({status})", self.name)),
-            Ok(None) => None,
-            Err(e) => Some(format!("{}: {e}", self.name)),
-        }
-    }
-
-    fn stop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The last lines of its log, for when it died.
-    fn tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -252,7 +204,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
 
 /// Starts `molt-controller serve` and returns it with its URL, echoing what it
 /// prints on stdout (the `listening on` line, and the operator token on a first start).
-fn start_controller(bin: &Path, data: &Path, listen: &str) -> Result<(Running, String)> {
+fn start_controller(bin: &Path, data: &Path, listen: &str) -> Result<(Proc, String)> {
     fs::create_dir_all(data)?;
     let log = data.with_file_name("controller.log");
     let mut cmd = Command::new(bin.join("molt-controller"));
@@ -266,11 +218,7 @@ fn start_controller(bin: &Path, data: &Path, listen: &str) -> Result<(Running, S
     println!("$ {}", display(&cmd));
     let mut child = cmd.spawn().context("cannot start molt-controller")?;
     let stdout = child.stdout.take().context("controller stdout")?;
-    let running = Running {
-        child,
-        name: "molt-controller",
-        log,
-    };
+    let running = Proc::new(child, "molt-controller", log);
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -296,7 +244,7 @@ fn start_device(
     controller_data: &Path,
     url: &str,
     enroll_token: &str,
-) -> Result<Running> {
+) -> Result<Proc> {
     fs::create_dir_all(root)?;
     let key_file = controller_data.join("signing.pub");
     let key = fs::read_to_string(&key_file)
@@ -337,11 +285,7 @@ fn start_device(
         .stderr(out);
     println!("$ {}", display(&cmd));
     let child = cmd.spawn().context("cannot start molt-agent")?;
-    Ok(Running {
-        child,
-        name: "molt-agent",
-        log,
-    })
+    Ok(Proc::new(child, "molt-agent", log))
 }
 
 /// The README's walkthrough, checked: 1.0.0 succeeds and is on the device,

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use super::servers::Controller;
 use super::util::{is_root, quiet};
 use super::{Bins, Ctx, Outcome, Row, Verdict};
+use crate::proc::Proc;
 use crate::qemu::image::{build_static_agent, AGENT_PROFILE as PROFILE};
 
 /// Both targets' binaries must stay at or below this.
@@ -209,15 +210,6 @@ struct Idle {
 }
 
 /// A child killed (by its pid, through `Child`) and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs a controller (https or http) and an enrolled `molt-agent run` in `dir`,
 /// lets the agent settle, and samples its memory.
 fn idle_rss(bins: &Bins, agent: &Path, dir: &Path, https: bool) -> Result<Idle> {
@@ -273,7 +265,7 @@ fn idle_rss(bins: &Bins, agent: &Path, dir: &Path, https: bool) -> Result<Idle> 
     ]))?;
     let log_path = dir.join("agent.log");
     let log = File::create(&log_path)?;
-    let mut daemon = Guard(
+    let mut daemon = Proc::new(
         Command::new(agent)
             .arg("--config")
             .arg(&config_path)
@@ -284,17 +276,11 @@ fn idle_rss(bins: &Bins, agent: &Path, dir: &Path, https: bool) -> Result<Idle> 
             .stderr(log)
             .spawn()
             .context("cannot start molt-agent run")?,
+        "molt-agent run",
+        log_path,
     );
-    let pid = daemon.0.id();
-    let alive = |d: &mut Guard| -> Result<()> {
-        if let Some(status) = d.0.try_wait()? {
-            bail!(
-                "molt-agent run exited ({status}):\n{}",
-                fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        Ok(())
-    };
+    let pid = daemon.pid();
+    let alive = |d: &mut Proc| d.check();
     thread::sleep(SETTLE);
     alive(&mut daemon)?;
     let (mut rss, mut samples) = (0, 0);

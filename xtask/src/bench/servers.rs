@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,65 +15,7 @@ use anyhow::{bail, Context, Result};
 use super::util::{quiet, require};
 use super::Bins;
 use crate::display;
-
-/// A child process stopped when dropped, by its pid: SIGTERM, then SIGKILL (and
-/// SIGKILL to its children, e.g. nginx's worker) if it has not exited after 5 s.
-pub(crate) struct Proc {
-    child: Child,
-    name: &'static str,
-    /// Where its stderr goes.
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails with the end of its log if it has exited.
-    pub fn check(&mut self) -> Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!("{} exited ({status}):\n{}", self.name, self.tail());
-        }
-        Ok(())
-    }
-
-    fn tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Stops it: SIGTERM lets molt-controller flush and nginx take its worker down.
-    pub fn stop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let pid = self.child.id().to_string();
-        let children =
-            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        for c in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", c]).status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+pub(crate) use crate::proc::Proc;
 
 /// A free loopback port (bound, then released for the server to take).
 pub(crate) fn free_port() -> Result<u16> {
@@ -118,11 +60,7 @@ impl Controller {
         // taskset execs the server, so the child's pid is the server's.
         let mut child = cmd.spawn().context("cannot start molt-controller")?;
         let stdout = child.stdout.take().context("controller stdout")?;
-        let mut proc = Proc {
-            child,
-            name: "molt-controller",
-            log,
-        };
+        let mut proc = Proc::new(child, "molt-controller", log);
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -357,11 +295,7 @@ impl Nginx {
             .stderr(File::create(&log)?);
         println!("$ {}", display(&cmd));
         let child = cmd.spawn().context("cannot start nginx")?;
-        let mut proc = Proc {
-            child,
-            name: "nginx",
-            log,
-        };
+        let mut proc = Proc::new(child, "nginx", log);
         let t = Instant::now();
         while TcpStream::connect(&addr).is_err() {
             proc.check()?;

@@ -186,18 +186,10 @@ fn build(entries: &[E], full: bool, specials: Specials) -> (Vec<u8>, [u8; 32]) {
                 reboot: false,
             },
         },
-        payload: Payload {
-            chunk_count: 0,
-            chunk_size: 0,
-            wire_len: 0,
-            raw_len: 0,
-            first_chunk: [0; 32],
-        },
+        payload: Payload::default(),
         entries: EntryTable {
-            count: 0,
-            digest: [0; 32],
-            file_bytes: 0,
             specials,
+            ..EntryTable::default()
         },
     };
     // The agent does not depend on ed25519-dalek; the encoder's `&[SigningKey]` parameter

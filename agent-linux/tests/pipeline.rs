@@ -115,19 +115,8 @@ fn bundle(
                 reboot: s.reboot,
             },
         },
-        payload: Payload {
-            chunk_count: 0,
-            chunk_size: 0,
-            wire_len: 0,
-            raw_len: 0,
-            first_chunk: [0; 32],
-        },
-        entries: EntryTable {
-            count: 0,
-            digest: [0; 32],
-            file_bytes: 0,
-            specials: Specials::default(),
-        },
+        payload: Payload::default(),
+        entries: EntryTable::default(),
     };
     let mut out = Vec::new();
     enc.finish(m, &[key()], &mut out).unwrap();

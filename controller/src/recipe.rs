@@ -650,10 +650,8 @@ impl Plan {
                 first_chunk: [0; 32],
             },
             entries: EntryTable {
-                count: 0,
-                digest: [0; 32],
-                file_bytes: 0,
                 specials: self.specials,
+                ..EntryTable::default()
             },
         })
     }

@@ -177,8 +177,9 @@ pub struct Specials {
     pub sockets: bool,
 }
 
-/// The payload as the signature binds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The payload as the signature binds it. The default (all zero) is what a
+/// manifest holds before the encoder fills it in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
     /// Number of chunks.
     pub chunk_count: u32,
@@ -192,8 +193,9 @@ pub struct Payload {
     pub first_chunk: Digest,
 }
 
-/// The entry table as the signature binds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The entry table as the signature binds it. The default (empty, no specials)
+/// is what a manifest holds before the encoder fills it in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryTable {
     /// Number of entries.
     pub count: u32,

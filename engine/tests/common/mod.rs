@@ -124,18 +124,10 @@ pub fn manifest<'a>(spec: &'a Spec) -> Manifest<'a> {
                 reboot: false,
             },
         },
-        payload: Payload {
-            chunk_count: 0,
-            chunk_size: 0,
-            wire_len: 0,
-            raw_len: 0,
-            first_chunk: [0; 32],
-        },
+        payload: Payload::default(),
         entries: EntryTable {
-            count: 0,
-            digest: [0; 32],
-            file_bytes: 0,
             specials: spec.specials,
+            ..EntryTable::default()
         },
     }
 }

@@ -20,8 +20,8 @@ use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
 use molt_engine::bundle::format::{EntryTable, Payload};
 use molt_engine::bundle::zstd::LibZstd;
 use molt_engine::bundle::{
-    Buffers, BundleKind, Decoder, EntryHeader, EntryKind, Manifest, Recipe, Rollback, Specials,
-    Trust, TrustedKey,
+    Buffers, BundleKind, Decoder, EntryHeader, EntryKind, Manifest, Recipe, Specials, Trust,
+    TrustedKey,
 };
 use molt_engine::Limits;
 
@@ -174,18 +174,7 @@ fn build(entries: &[E], full: bool, specials: Specials) -> (Vec<u8>, [u8; 32]) {
         },
         created: 0,
         comment: "fsops test",
-        recipe: Recipe {
-            before: None,
-            packages: Default::default(),
-            npm_prefix: None,
-            after: None,
-            health_check: None,
-            rollback: Rollback {
-                revert: true,
-                command: None,
-                reboot: false,
-            },
-        },
+        recipe: Recipe::default(),
         payload: Payload::default(),
         entries: EntryTable {
             specials,

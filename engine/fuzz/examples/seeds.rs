@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use molt_engine::bundle::encoder::{digest_reader, Encoder, EncoderOptions};
 use molt_engine::bundle::format::{EntryTable, Payload};
 use molt_engine::bundle::{
-    BundleKind, EntryHeader, EntryKind, Manifest, Recipe, Rollback, Specials, FUZZ_SEED,
+    BundleKind, EntryHeader, EntryKind, Manifest, Recipe, Specials, FUZZ_SEED,
 };
 
 /// One entry of a seed bundle, with owned content.
@@ -37,18 +37,7 @@ fn manifest(full: bool) -> Manifest<'static> {
         },
         created: 0,
         comment: "fuzz seed",
-        recipe: Recipe {
-            before: None,
-            packages: Default::default(),
-            npm_prefix: None,
-            after: None,
-            health_check: None,
-            rollback: Rollback {
-                revert: true,
-                command: None,
-                reboot: false,
-            },
-        },
+        recipe: Recipe::default(),
         // `Encoder::finish` fills in the payload and the entry table.
         payload: Payload::default(),
         entries: EntryTable::default(),

@@ -541,7 +541,7 @@ fn read_frame<S: Read + Seek>(spool: &mut S, c: &ChunkMeta, buf: &mut Vec<u8>) -
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::bundle::format::{BundleKind, Recipe, Rollback, MAX_PACKAGES};
+    use crate::bundle::format::{BundleKind, Recipe};
 
     fn manifest() -> Manifest<'static> {
         Manifest {
@@ -552,18 +552,7 @@ mod tests {
             kind: BundleKind::Full,
             created: 0,
             comment: "encoder paths",
-            recipe: Recipe {
-                before: None,
-                packages: heapless::Vec::<_, MAX_PACKAGES>::new(),
-                npm_prefix: None,
-                after: None,
-                health_check: None,
-                rollback: Rollback {
-                    revert: true,
-                    command: None,
-                    reboot: false,
-                },
-            },
+            recipe: Recipe::default(),
             payload: Payload::default(),
             entries: EntryTable::default(),
         }

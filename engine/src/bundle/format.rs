@@ -140,8 +140,21 @@ pub struct Rollback<'a> {
     pub reboot: bool,
 }
 
+/// The recipe's default (docs/recipe.md): revert to the previous snapshot's files,
+/// no command, no reboot.
+impl Default for Rollback<'_> {
+    fn default() -> Self {
+        Rollback {
+            revert: true,
+            command: None,
+            reboot: false,
+        }
+    }
+}
+
 /// The recipe's stages that the device executes (files are the payload's entries).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The default runs nothing, installs nothing and rolls back by reverting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipe<'a> {
     /// Run before anything changes.
     #[serde(borrow)]

@@ -5,11 +5,11 @@ use std::io::Cursor;
 
 use ed25519_dalek::SigningKey;
 use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
-use molt_engine::bundle::format::{EntryTable, Payload, MAX_PACKAGES};
+use molt_engine::bundle::format::{EntryTable, Payload};
 use molt_engine::bundle::zstd::{LibZstd, RuZstd};
 use molt_engine::bundle::{
     Buffers, BundleKind, Decoder, Decompressor, EntryHeader, EntryKind, Event, Manifest, Recipe,
-    Rollback, Specials, Trust, TrustedKey,
+    Specials, Trust, TrustedKey,
 };
 use molt_engine::{Error, Limits};
 
@@ -112,18 +112,7 @@ pub fn manifest<'a>(spec: &'a Spec) -> Manifest<'a> {
         },
         created: 0,
         comment: "test",
-        recipe: Recipe {
-            before: None,
-            packages: heapless::Vec::<_, MAX_PACKAGES>::new(),
-            npm_prefix: None,
-            after: None,
-            health_check: None,
-            rollback: Rollback {
-                revert: true,
-                command: None,
-                reboot: false,
-            },
-        },
+        recipe: Recipe::default(),
         payload: Payload::default(),
         entries: EntryTable {
             specials: spec.specials,

@@ -559,6 +559,14 @@ mod tests {
     }
 
     /// Files from empty to several chunks, text and noise.
+    /// The next byte of a xorshift stream: incompressible test content.
+    fn noise(x: &mut u64) -> u8 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x as u8
+    }
+
     fn files() -> Vec<(String, Vec<u8>)> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         [
@@ -575,13 +583,11 @@ mod tests {
         .map(|(i, &n)| {
             let data = (0..n)
                 .map(|k| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let n = noise(&mut x);
                     if i % 2 == 0 {
                         b"molt "[k % 5]
                     } else {
-                        x as u8
+                        n
                     }
                 })
                 .collect();
@@ -747,14 +753,7 @@ mod tests {
                 let mut x = 0x9e37_79b9_7f4a_7c15u64;
                 for i in 0..40 {
                     // Incompressible, so the spool fills.
-                    let data: Vec<u8> = (0..40_000)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect();
+                    let data: Vec<u8> = (0..40_000).map(|_| noise(&mut x)).collect();
                     let path = format!("f{i:02}");
                     if let Err(e) = enc.add_file_bytes(&header(&path, EntryKind::Dir), &data) {
                         failed = Some(e);

@@ -117,14 +117,17 @@ const LOCAL_BASE: &str = "`zstd -dc tree.tar.zst \\| tar -x -C slot && sync`";
 
 /// `bench install-local`.
 pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped(
+    let skipped = |why: &str| {
+        Ok(Outcome::skipped(
             "install-local",
             LOCAL_WHAT,
             LOCAL_BASE,
             "≤ 0.90×",
-            &why,
-        ));
+            why,
+        ))
+    };
+    if let Some(why) = cannot_install() {
+        return skipped(&why);
     }
     require(&[
         ("zstd", "zstd"),
@@ -138,16 +141,7 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
     let work = ctx.work("install-local")?;
     let dev = match Device::create(&work, &wl, "") {
         Ok(d) => d,
-        Err(e) => {
-            let why = format!("cannot set up a loop-mounted ext4: {e:#}");
-            return Ok(Outcome::skipped(
-                "install-local",
-                LOCAL_WHAT,
-                LOCAL_BASE,
-                "≤ 0.90×",
-                &why,
-            ));
-        }
+        Err(e) => return skipped(&format!("cannot set up a loop-mounted ext4: {e:#}")),
     };
     let big = &wl.big;
     let base_dir = dev.target.mnt.join("baseline");

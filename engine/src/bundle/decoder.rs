@@ -157,6 +157,8 @@ pub struct Decoder<'b, 'k, Z: Decompressor> {
     policy: Option<Policy>,
     /// After a resume inside a file: bytes of its content still to be re-hashed.
     prefix_need: u64,
+    /// Check the chunk chain only: no decompression, no entries ([`Decoder::chain_only`]).
+    chain_only: bool,
 }
 
 impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
@@ -193,7 +195,23 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             hasher: blake3::Hasher::new(),
             policy: None,
             prefix_need: 0,
+            chain_only: false,
         }
+    }
+
+    /// Makes this decoder check only what lies outside the compressed data: the head, the
+    /// signature, the manifest and, for every chunk, its digest in the chain, its lengths
+    /// and its frame header, then the payload's signed totals. Nothing is decompressed
+    /// and no entry is read, so the decompressor is never called, the raw buffer may be
+    /// empty and the only events are [`Event::ManifestVerified`] and [`Event::Done`]; no
+    /// checkpoint is offered.
+    ///
+    /// For a bundle whose entries were just produced by the encoder: `molt bundle build`
+    /// checks the file it wrote this way, at hashing speed. A device, and the controller
+    /// receiving an upload, always decode in full.
+    pub fn chain_only(mut self) -> Self {
+        self.chain_only = true;
+        self
     }
 
     /// The verified manifest (after [`Event::ManifestVerified`]).
@@ -433,7 +451,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 need: wire_need as u32,
             });
         }
-        if self.bufs.raw.len() < raw_need {
+        if self.bufs.raw.len() < raw_need && !self.chain_only {
             return Err(Error::BufferTooSmall {
                 need: raw_need as u32,
             });
@@ -509,17 +527,19 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 why: "frame content size differs from the chunk header",
             });
         }
-        let dst = self
-            .bufs
-            .raw
-            .get_mut(..r)
-            .ok_or(Error::BufferTooSmall { need: r as u32 })?;
-        let n = self
-            .z
-            .decompress_frame(frame, dst)
-            .map_err(|_| Error::Decompress { chunk })?;
-        if n != r {
-            return Err(Error::Decompress { chunk });
+        if !self.chain_only {
+            let dst = self
+                .bufs
+                .raw
+                .get_mut(..r)
+                .ok_or(Error::BufferTooSmall { need: r as u32 })?;
+            let n = self
+                .z
+                .decompress_frame(frame, dst)
+                .map_err(|_| Error::Decompress { chunk })?;
+            if n != r {
+                return Err(Error::Decompress { chunk });
+            }
         }
         self.wire_seen += self.chunk_need as u64;
         self.raw_seen += r as u64;
@@ -543,13 +563,24 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
         self.chunk_have = 0;
         self.chunk_need = CHUNK_HEADER_LEN;
         self.chunk_start = self.offset;
-        self.state = State::Raw;
+        // Chain only: no entry stream to walk, so straight on to the next chunk (the
+        // last one goes to `Raw`, which then checks the totals).
+        self.state = if self.chain_only && !last {
+            State::ChunkHeader
+        } else {
+            State::Raw
+        };
         Ok(())
     }
 
     /// Advances through the decompressed chunk; returns an event, or `None` after
     /// switching to the next chunk (or to the end).
     fn raw_step(&mut self) -> Result<Option<Emit>, Error> {
+        if self.chain_only {
+            self.payload_totals()?;
+            self.state = State::Done;
+            return Ok(Some(Emit::Done));
+        }
         let at = self.offset;
         match self.entry {
             EntryPhase::End => {
@@ -683,14 +714,20 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 what: "total file size differs",
             });
         }
+        self.payload_totals()?;
+        self.state = State::Done;
+        Ok(Some(Emit::Done))
+    }
+
+    /// After the last chunk: the payload's lengths must be the signed ones.
+    fn payload_totals(&self) -> Result<(), Error> {
         if self.wire_seen != self.payload.wire_len || self.raw_seen != self.payload.raw_len {
             return Err(Error::Malformed {
                 what: "payload (length differs from the signed one)",
                 at: self.offset,
             });
         }
-        self.state = State::Done;
-        Ok(Some(Emit::Done))
+        Ok(())
     }
 }
 

@@ -79,7 +79,10 @@ impl<Z: Decompressor> Decoder<'_, '_, Z> {
     /// such moments are). The checkpoint describes the bundle up to [`Resume::offset`]:
     /// bytes of the next chunk already buffered are simply read again after a resume.
     pub fn checkpoint(&self, out: &mut [u8]) -> Result<Option<usize>, Error> {
-        if !matches!(self.state, State::ChunkHeader | State::ChunkBody) || self.prefix_need > 0 {
+        if !matches!(self.state, State::ChunkHeader | State::ChunkBody)
+            || self.prefix_need > 0
+            || self.chain_only
+        {
             return Ok(None);
         }
         let file = match self.entry {

@@ -16,9 +16,10 @@ use indicatif::ProgressBar;
 use molt_engine::bundle::format::{
     KeyId, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
+use molt_engine::bundle::zstd::DecompressError;
 use molt_engine::bundle::{
-    Buffers, BundleKind, Command, Decoder, EntryHeader, EntryKind, Event, Manifest, PackageManager,
-    Trust, TrustedKey,
+    Buffers, BundleKind, Command, Decoder, Decompressor, EntryHeader, EntryKind, Event, Manifest,
+    PackageManager, Trust, TrustedKey,
 };
 use molt_engine::{Error, Limits};
 use serde_json::{json, Value};
@@ -211,7 +212,7 @@ pub fn decode(
     keep_entries: bool,
     progress: Option<&ProgressBar>,
 ) -> Result<Decoded> {
-    feed_file(path, keys, keep_entries, progress, Until::End)
+    feed_file(path, keys, keep_entries, progress, Depth::Full)
 }
 
 /// Reads the bundle at `path` only as far as its manifest: the file's head and, once
@@ -222,26 +223,45 @@ pub fn decode(
 /// controller already has, before uploading gigabytes; the controller verifies.
 /// Errors and refusals are reported as by [`decode`].
 pub fn read_manifest(path: &Path, keys: &[TrustedKey]) -> Result<Decoded> {
-    feed_file(path, keys, false, None, Until::Manifest)
+    feed_file(path, keys, false, None, Depth::Manifest)
 }
 
-/// How far [`feed_file`] reads.
+/// How far and how deep [`feed_file`] reads.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Until {
+enum Depth {
     /// Up to the accepted manifest.
     Manifest,
-    /// The whole file.
-    End,
+    /// The whole file, but only the chunk chain ([`Decoder::chain_only`]): no
+    /// decompression, no entries.
+    Chain,
+    /// The whole file, as a device decodes it.
+    Full,
 }
 
-/// The one place the decoder is set up and fed from a file, for [`decode`] and
-/// [`read_manifest`].
+/// The decompressor [`feed_file`] lends the decoder: chunks decompressed ahead for a
+/// full decode, none for the depths that never decompress.
+enum Unzstd {
+    Ahead(Ahead),
+    Never,
+}
+
+impl Decompressor for Unzstd {
+    fn decompress_frame(&mut self, src: &[u8], dst: &mut [u8]) -> Result<usize, DecompressError> {
+        match self {
+            Unzstd::Ahead(a) => a.decompress_frame(src, dst),
+            Unzstd::Never => Err(DecompressError),
+        }
+    }
+}
+
+/// The one place the decoder is set up and fed from a file, for [`decode`],
+/// [`read_manifest`] and [`verify_chain`].
 fn feed_file(
     path: &Path,
     keys: &[TrustedKey],
     keep_entries: bool,
     progress: Option<&ProgressBar>,
-    until: Until,
+    depth: Depth,
 ) -> Result<Decoded> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_len = file
@@ -265,16 +285,27 @@ fn feed_file(
     // once the manifest is read, and a few MiB is nothing on the operator's machine.
     let limits = Limits::DEFAULT;
     let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
-    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    // Chunks are decompressed ahead on a second thread; the decoder checks them.
-    let z = Ahead::start(path, &limits)
-        .with_context(|| format!("cannot start decompressing {}", path.display()))?;
+    let full = depth == Depth::Full;
+    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
+    let mut rb = if full { vec![0u8; r] } else { Vec::new() };
+    let z = if full {
+        // Chunks are decompressed ahead on a second thread; the decoder checks them.
+        Unzstd::Ahead(
+            Ahead::start(path, &limits)
+                .with_context(|| format!("cannot start decompressing {}", path.display()))?,
+        )
+    } else {
+        Unzstd::Never
+    };
     let bufs = Buffers {
         manifest: &mut mb,
         wire: &mut wb,
         raw: &mut rb,
     };
     let mut d = Decoder::new(trust, limits, z, bufs);
+    if !full {
+        d = d.chain_only();
+    }
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match file.read(&mut buf) {
@@ -306,7 +337,7 @@ fn feed_file(
                 Some(Event::ManifestVerified { key_id }) => {
                     out.verified_by = key_id;
                     out.manifest_bytes = Some(d.manifest_bytes().to_vec());
-                    if until == Until::Manifest {
+                    if depth == Depth::Manifest {
                         return Ok(out);
                     }
                 }
@@ -360,10 +391,32 @@ pub fn verify(
     keys: &[TrustedKey],
     progress: Option<&ProgressBar>,
 ) -> Result<Verified> {
+    verified(path, keys, progress, Depth::Full)
+}
+
+/// Verifies what lies outside the compressed data of the bundle at `path`: signature,
+/// manifest and every chunk's digest, lengths and frame header
+/// ([`Decoder::chain_only`]), at the speed of hashing the file. Entries and file
+/// digests are not read: for a bundle the encoder just wrote, whose entries it made.
+/// A refusal is an error wrapping [`Refusal`].
+pub fn verify_chain(
+    path: &Path,
+    keys: &[TrustedKey],
+    progress: Option<&ProgressBar>,
+) -> Result<Verified> {
+    verified(path, keys, progress, Depth::Chain)
+}
+
+fn verified(
+    path: &Path,
+    keys: &[TrustedKey],
+    progress: Option<&ProgressBar>,
+    depth: Depth,
+) -> Result<Verified> {
     if keys.is_empty() {
         return Err(anyhow!("verify needs at least one public key"));
     }
-    let d = decode(path, keys, false, progress)?;
+    let d = feed_file(path, keys, false, progress, depth)?;
     if let Some(r) = d.refusal {
         return Err(anyhow::Error::new(r));
     }
@@ -374,7 +427,12 @@ pub fn verify(
         version: m.version.to_owned(),
         compatible: m.compatible.to_owned(),
         release: m.release,
-        entries: d.entry_count,
+        // A chain-only check reads no entries: the count is the signed one.
+        entries: if depth == Depth::Full {
+            d.entry_count
+        } else {
+            u64::from(m.entries.count)
+        },
         file_bytes: m.entries.file_bytes,
         file_len: d.file_len,
         key_id: d.verified_by.unwrap_or_default(),
@@ -838,6 +896,7 @@ mod tests {
             &dir.join("recipe.toml"),
             &out,
             &[secret],
+            crate::build::Check::Full,
             &ProgressBar::hidden(),
         )
         .unwrap();
@@ -873,5 +932,45 @@ mod tests {
         let text = dir.path().join("recipe.toml");
         let r = read_manifest(&text, &[]).unwrap().refusal.unwrap();
         assert!(matches!(r.error, Error::BadMagic), "{r}");
+    }
+
+    #[test]
+    fn verify_chain_checks_every_byte_but_decompresses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = bundle(dir.path());
+        let keys = std::slice::from_ref(&key);
+        let full = verify(&path, keys, None).unwrap();
+        let chain = verify_chain(&path, keys, None).unwrap();
+        assert_eq!(
+            (chain.version.as_str(), chain.entries, chain.file_bytes),
+            (full.version.as_str(), full.entries, full.file_bytes)
+        );
+        assert_eq!((chain.key_id, chain.file_len), (full.key_id, full.file_len));
+
+        let bytes = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad.molt");
+        // A byte of the last frame, a truncated file, one byte too many.
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 100;
+        flipped[at] ^= 1;
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let refusal = |content: &[u8]| {
+            std::fs::write(&bad, content).unwrap();
+            let e = verify_chain(&bad, keys, None).unwrap_err();
+            e.downcast::<Refusal>().expect("a refusal").error
+        };
+        let e = refusal(&flipped);
+        assert!(matches!(e, Error::ChunkDigest { .. }), "{e}");
+        let e = refusal(&bytes[..bytes.len() - 1]);
+        assert!(matches!(e, Error::Truncated { .. }), "{e}");
+        let e = refusal(&longer);
+        assert!(matches!(e, Error::TrailingData { .. }), "{e}");
+        // A key that did not sign it.
+        let other = crate::keys::generate(&dir.path().join("other")).unwrap();
+        let other = crate::keys::read_public(&other.public).unwrap();
+        let e = verify_chain(&path, &[other], None).unwrap_err();
+        let r = e.downcast_ref::<Refusal>().expect("a refusal");
+        assert!(matches!(r.error, Error::UnknownKey { .. }), "{r}");
     }
 }

@@ -185,6 +185,24 @@ fn keygen_build_verify_inspect_round_trip() {
         "{out}"
     );
 
+    // `--verify` decodes in full before the rename; the bytes are the same bundle's
+    // but for the creation time, so compare everything the build reports.
+    let first = fs::read(f.bundle()).unwrap();
+    let o = molt(&[
+        "bundle",
+        "build",
+        s(&f.path("recipe.toml")),
+        "-o",
+        s(&f.bundle()),
+        "--key",
+        s(&f.path("key.secret")),
+        "--verify",
+    ]);
+    assert!(o.status.success(), "build --verify failed: {}", stderr(&o));
+    assert_eq!(fs::read(f.bundle()).unwrap().len(), first.len());
+    let again = stdout(&o);
+    assert!(again.contains("version 1.4.2 (patch)"), "{again}");
+
     let o = molt(&["bundle", "inspect", s(&f.bundle())]);
     assert!(o.status.success(), "inspect failed: {}", stderr(&o));
     let text = stdout(&o);

@@ -205,6 +205,11 @@ enum BundleCmd {
         /// A secret key from `molt keygen`; repeat to sign with up to 4 keys (key rotation).
         #[arg(long = "key", value_name = "SECRET", required = true)]
         keys: Vec<PathBuf>,
+        /// Before the bundle gets its name, decode it in full as a device would (every
+        /// entry and file digest), not only its signature and chunk chain. The controller
+        /// does this to every upload and a device to every install.
+        #[arg(long)]
+        verify: bool,
     },
     /// Show a bundle's manifest, recipe and entries.
     Inspect {
@@ -255,13 +260,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recipe,
             output,
             keys: key_files,
+            verify,
         }) => {
             let secrets = key_files
                 .iter()
                 .map(|p| keys::read_secret(p))
                 .collect::<Result<Vec<_>>>()?;
             let progress = progress_bar();
-            let built = build::build(&recipe, &output, &secrets, &progress);
+            let check = if verify {
+                build::Check::Full
+            } else {
+                build::Check::Chain
+            };
+            let built = build::build(&recipe, &output, &secrets, check, &progress);
             progress.finish_and_clear();
             let b = built?;
             let ids: Vec<String> = b.key_ids.iter().map(hex::encode).collect();

@@ -205,7 +205,14 @@ pub async fn build_received(
     let key = state.signing.clone();
     let out_path = output.path().to_path_buf();
     let built = tokio::task::spawn_blocking(move || {
-        let built = build::build(&recipe_path, &out_path, &[key], &ProgressBar::hidden());
+        // The chain is checked here; `ingest` below decodes the bundle in full.
+        let built = build::build(
+            &recipe_path,
+            &out_path,
+            &[key],
+            build::Check::Chain,
+            &ProgressBar::hidden(),
+        );
         // The directory goes only after the build is done with it.
         dir.release();
         drop(tmp);

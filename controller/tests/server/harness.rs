@@ -381,6 +381,7 @@ pub fn bundle(dir: &Path, version: &str, key: &ed25519_dalek::SigningKey) -> Vec
         &src.join("recipe.toml"),
         &out,
         std::slice::from_ref(key),
+        molt_controller::build::Check::Chain,
         &ProgressBar::hidden(),
     )
     .unwrap();

@@ -11,11 +11,10 @@
 //! CI runs it so the README's first command keeps working.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -206,35 +205,19 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
 /// prints on stdout (the `listening on` line, and the operator token on a first start).
 fn start_controller(bin: &Path, data: &Path, listen: &str) -> Result<(Proc, String)> {
     fs::create_dir_all(data)?;
-    let log = data.with_file_name("controller.log");
     let mut cmd = Command::new(bin.join("molt-controller"));
     cmd.arg("serve")
         .arg("--data")
         .arg(data)
-        .args(["--listen", listen, "--poll-interval", "2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&log)?);
+        .args(["--listen", listen, "--poll-interval", "2"]);
     println!("$ {}", display(&cmd));
-    let mut child = cmd.spawn().context("cannot start molt-controller")?;
-    let stdout = child.stdout.take().context("controller stdout")?;
-    let running = Proc::new(child, "molt-controller", log);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("  | {line}");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(url) => Ok((running, url)),
-        Err(_) => bail!(
-            "molt-controller did not start listening on {listen}:\n{}",
-            running.tail()
-        ),
-    }
+    Proc::spawn_listening(
+        &mut cmd,
+        "molt-controller",
+        data.with_file_name("controller.log"),
+        true,
+    )
+    .with_context(|| format!("molt-controller --listen {listen}"))
 }
 
 /// Writes the demo device's agent.toml, enrolls it in `demo` and starts `molt-agent run`.

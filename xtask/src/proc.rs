@@ -1,12 +1,14 @@
 //! A child process that is stopped, by its own pid, when dropped: the demo's controller and device, and the benchmarks' servers and agents.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// A child process stopped when dropped, by its pid: SIGTERM, then SIGKILL (and
 /// SIGKILL to its children, e.g. nginx's worker) if it has not exited after 5 s.
@@ -21,6 +23,45 @@ impl Proc {
     /// Guards `child`, called `name` in messages, whose output goes to `log`.
     pub fn new(child: Child, name: &'static str, log: PathBuf) -> Proc {
         Proc { child, name, log }
+    }
+
+    /// Spawns `cmd` (a server that prints `listening on URL` on stdout once it
+    /// accepts connections) with stderr to `log`, and waits up to 30 s for that line;
+    /// returns the guard and the URL. `echo` prints every stdout line, indented (the
+    /// demo shows the server's banner; benchmarks keep quiet).
+    pub fn spawn_listening(
+        cmd: &mut Command,
+        name: &'static str,
+        log: PathBuf,
+        echo: bool,
+    ) -> Result<(Proc, String)> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log)?);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut proc = Proc::new(child, name, log);
+        let (tx, rx) = mpsc::channel();
+        // Reads to the end, so the server never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if echo {
+                    println!("  | {line}");
+                }
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Ok((proc, url)),
+            Err(_) => {
+                proc.check()?;
+                bail!("{name} did not start listening:\n{}", proc.tail())
+            }
+        }
     }
 
     /// The process id.

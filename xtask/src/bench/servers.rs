@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,6 @@ impl Controller {
                 .with_context(|| format!("cannot remove {}", data.display()))?;
         }
         fs::create_dir_all(data)?;
-        let log = data.with_extension("log");
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", core])
             .arg(&bins.controller)
@@ -52,27 +50,15 @@ impl Controller {
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("MOLT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log)?);
+            .env("MOLT_LOG", "warn");
         println!("$ {}", display(&cmd));
         // taskset execs the server, so the child's pid is the server's.
-        let mut child = cmd.spawn().context("cannot start molt-controller")?;
-        let stdout = child.stdout.take().context("controller stdout")?;
-        let mut proc = Proc::new(child, "molt-controller", log);
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(rest.trim().to_string());
-                }
-            }
-        });
-        let Ok(url) = rx.recv_timeout(Duration::from_secs(30)) else {
-            proc.check()?;
-            bail!("molt-controller did not start listening:\n{}", proc.tail());
-        };
+        let (proc, url) = Proc::spawn_listening(
+            &mut cmd,
+            "molt-controller",
+            data.with_extension("log"),
+            false,
+        )?;
         let addr = url
             .split_once("://")
             .map_or(url.as_str(), |(_, a)| a)

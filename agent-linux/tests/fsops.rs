@@ -23,6 +23,7 @@ use molt_engine::bundle::{
     Buffers, BundleKind, Decoder, EntryHeader, EntryKind, Manifest, Recipe, Specials, Trust,
     TrustedKey,
 };
+use molt_engine::testing::noise;
 use molt_engine::Limits;
 
 // ---------------------------------------------------------------------------------------
@@ -103,19 +104,6 @@ impl E {
         self.mtime = mtime;
         self
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The bundle's path order: component by component, `/` lowest.

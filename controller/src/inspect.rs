@@ -874,16 +874,7 @@ mod tests {
 
     /// A signed bundle of one 1 MiB file that does not compress, and its public key.
     fn bundle(dir: &Path) -> (std::path::PathBuf, TrustedKey) {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let noise: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(dir.join("big.bin"), noise).unwrap();
+        std::fs::write(dir.join("big.bin"), molt_engine::testing::noise(1, 1 << 20)).unwrap();
         std::fs::write(
             dir.join("recipe.toml"),
             "version = \"2.1.0\"\ncompatible = \"acme\"\n\n[[files]]\nsource = \"big.bin\"\ndestination = \"/opt/big.bin\"\n",

@@ -164,13 +164,10 @@ fn truncation_at_every_length_is_a_specific_error() {
 #[test]
 fn bit_flips_anywhere_are_refused_without_panic() {
     let bytes = small();
-    let mut x: u64 = 0x1234_5678;
-    for _ in 0..3000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let pos = (x as usize) % bytes.len();
-        let bit = (x >> 40) as u8 % 8;
+    // 3000 flips sampled from noise: five bytes each, four for the position and one for the bit.
+    for f in noise(0x1234_5678, 3000 * 5).chunks_exact(5) {
+        let pos = u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize % bytes.len();
+        let bit = f[4] % 8;
         let mut b = bytes.clone();
         b[pos] ^= 1 << bit;
         let (_, r) = decode_ruzstd(&b, &[]);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use molt_engine::testing::noise;
 use molt_tests::*;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -14,16 +15,7 @@ fn bundle(dir: &Path, version: &str, secret: &Path) -> PathBuf {
     fs::create_dir_all(dir.join("app")).unwrap();
     fs::write(dir.join("app/hello.txt"), format!("hello {version}\n")).unwrap();
     // Incompressible, so the bundle is as large as the data.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(dir.join("app/data.bin"), data).unwrap();
+    fs::write(dir.join("app/data.bin"), noise(1, 4 << 20)).unwrap();
     fs::write(
         dir.join("recipe.toml"),
         format!(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use molt_engine::testing::noise;
 use molt_tests::*;
 use serde_json::json;
 
@@ -224,19 +225,6 @@ impl Ui {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-}
-
-/// Incompressible bytes, so a bundle is as large as its data.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn enrollment_token(ctl: &Controller, group: &str) -> String {
@@ -484,7 +472,8 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
 
     // Another deployment, aborted from its details page while the device downloads.
     let big = tmp.path().join("data.bin");
-    fs::write(&big, noise(4 << 20)).unwrap();
+    // Incompressible, so the bundle is as large as its data and slow to fetch through the throttled link.
+    fs::write(&big, noise(1, 4 << 20)).unwrap();
     link.throttle.store(true, Ordering::Relaxed);
     let third = new_update(
         &mut ui,

@@ -64,18 +64,9 @@ pub fn root_or_skip() -> bool {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift): incompressible test content without an RNG crate.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+// Not every test that includes this module uses it (as with `dead_code` above).
+#[allow(unused_imports)]
+pub use molt_engine::testing::noise;
 
 /// One entry of a test bundle.
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
+use molt_engine::testing::noise;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -358,15 +359,7 @@ pub fn bundle(dir: &Path, version: &str, key: &ed25519_dalek::SigningKey) -> Vec
     let src = dir.join(format!("src-{version}"));
     fs::create_dir_all(&src).unwrap();
     // Not compressible, so the bundle is big enough for ranges to mean something.
-    let mut content = Vec::with_capacity(200 * 1024);
-    let mut x: u32 = 0x2545_f491;
-    while content.len() < 200 * 1024 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        content.extend_from_slice(&x.to_le_bytes());
-    }
-    fs::write(src.join("app.bin"), &content).unwrap();
+    fs::write(src.join("app.bin"), noise(1, 200 * 1024)).unwrap();
     fs::write(
         src.join("recipe.toml"),
         format!(

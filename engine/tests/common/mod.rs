@@ -276,18 +276,9 @@ pub fn files(evs: &[Ev]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// A deterministic pseudo-random byte generator (xorshift), so tests need no RNG crate.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+// Not every test that includes this module uses it (as with `dead_code` above).
+#[allow(unused_imports)]
+pub use molt_engine::testing::noise;
 
 /// A small tree: directories, text, random data, a symlink, a file spanning several chunks.
 pub fn sample_tree() -> Vec<E> {

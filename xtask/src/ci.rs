@@ -43,6 +43,7 @@ const STEPS: &[Step] = &[
     ("test", test),
     ("demo", demo_smoke),
     ("qemu", qemu_step),
+    ("bench", bench_smoke),
 ];
 
 pub fn run(root: &Path) -> Result<()> {
@@ -111,6 +112,15 @@ fn fmt(root: &Path) -> Result<Outcome> {
 /// The README's first command and walkthrough, run unattended (`cargo xtask demo --smoke`).
 fn demo_smoke(root: &Path) -> Result<Outcome> {
     run_cmd(cargo(root).args(["xtask", "demo", "--smoke"]))?;
+    Ok(Outcome::Passed)
+}
+
+/// `cargo xtask bench --smoke`: every benchmark once, end to end, against its real
+/// baselines (nginx, wrk, SWUpdate, tar, zstd, b3sum), so that the measuring tool
+/// cannot rot between measurements; it writes no figures (docs/benchmarks.md comes
+/// from a quiet machine and 10 rounds).
+fn bench_smoke(root: &Path) -> Result<Outcome> {
+    run_cmd(cargo(root).args(["xtask", "bench", "--smoke"]))?;
     Ok(Outcome::Passed)
 }
 

@@ -26,14 +26,16 @@ cargo xtask TASK [ARGS]
 Tasks:
   ci                         run exactly what CI runs (fmt, tidy, clippy, no_std build,
                              docs, fuzz build, size example, test rootfs, tests, demo smoke,
-                             QEMU device test), stopping at the first failure
+                             QEMU device test, bench smoke), stopping at the first failure
   tidy                       check repository rules (every .rs file starts with a //! line)
   nostd                      build molt-engine without std for thumbv7em-none-eabihf
   fuzz [--seconds N] [--build-only]
                              build the `decode` fuzz target (engine/fuzz) and run it for
                              N seconds (default 60) from a generated seed corpus
   engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
-  bench [NAME…] [--rounds N] run benchmarks (all without NAME; `bench list` names them) and write docs/benchmarks.md
+  bench [NAME…] [--rounds N] [--smoke]
+                             run benchmarks (all without NAME; `bench list` names them) and write
+                             docs/benchmarks.md; --smoke: one round each, nothing written (CI)
   rootfs [--print-path] [--rebuild]
                              build (once, as root) the minimal Debian bookworm tree with
                              python3-pip and npm that package tests chroot into, cached in

@@ -117,8 +117,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
          ({} runs each).\n\n\
          molt's time is the whole command: read each file once, hash it (BLAKE3), pack 1 MiB \
          chunks, compress each into its own zstd frame (level 3) on one thread per core, hash \
-         each frame as it is written (after the prefix its manifest will need), chain and sign, \
-         fsync beside the read-back (the device's decoder over the head and the chunk chain, \
+         each frame as it is written (after the prefix its manifest will need) while a thread \
+         `fdatasync`s the file every 16 MiB of sources, chain and sign, fsync beside the read-back (the device's decoder over the head and the chunk chain, \
          `Decoder::chain_only`), rename. The baseline is two \
          processes, tar and `zstd -T1`. Both commands run in `target/bench/workload`.\n\n\
          Where the bytes differ: each chunk is an independent frame (so a device verifies and \

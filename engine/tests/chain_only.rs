@@ -96,6 +96,14 @@ fn a_good_bundle_passes_in_any_pieces_without_decompressing() {
 }
 
 #[test]
+fn an_empty_bundle_passes() {
+    let bytes = build(&Spec::default());
+    let (seen, r, _) = chain(&bytes, 4096);
+    assert_eq!(r, Ok(()));
+    assert_eq!(seen, [Seen::Manifest, Seen::Done]);
+}
+
+#[test]
 fn a_change_to_any_byte_is_refused() {
     // Every byte is under the signature (header, manifest), the chain (chunk headers
     // and frames) or is a key id or signature itself: flipping any one must fail.

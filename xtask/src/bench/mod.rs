@@ -284,24 +284,33 @@ pub struct Ctx {
     pub root: PathBuf,
     /// Measured rounds per side after the warm-up (at least 10 for a report).
     pub rounds: usize,
+    /// A `--smoke` run: the dev-profile binaries the tests already built will do.
+    smoke: bool,
     bins: Option<Bins>,
     workload: Option<std::rc::Rc<workload::Workload>>,
 }
 
 impl Ctx {
-    /// Builds molt, molt-agent and molt-controller in release mode (once).
+    /// Builds molt, molt-agent and molt-controller in release mode (once); a smoke run
+    /// takes the dev profile's, which `cargo xtask ci` has built by then (the smoke
+    /// checks that the benchmarks work, not how fast: no release build for it).
     pub fn bins(&mut self) -> Result<Bins> {
         if self.bins.is_none() {
-            run_cmd(cargo(&self.root).args([
+            let mut cmd = cargo(&self.root);
+            cmd.args([
                 "build",
-                "--release",
                 "-p",
                 "molt-controller",
                 "-p",
                 "molt-agent",
                 "--bins",
-            ]))?;
-            let dir = self.root.join("target/release");
+            ]);
+            if !self.smoke {
+                cmd.arg("--release");
+            }
+            run_cmd(&mut cmd)?;
+            let profile = if self.smoke { "debug" } else { "release" };
+            let dir = self.root.join("target").join(profile);
             self.bins = Some(Bins {
                 molt: dir.join("molt"),
                 agent: dir.join("molt-agent"),
@@ -390,6 +399,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut ctx = Ctx {
         root: root.to_path_buf(),
         rounds,
+        smoke,
         bins: None,
         workload: None,
     };

@@ -559,16 +559,7 @@ mod tests {
     }
 
     /// Files from empty to several chunks, text and noise.
-    /// The next byte of a xorshift stream: incompressible test content.
-    fn noise(x: &mut u64) -> u8 {
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        *x as u8
-    }
-
     fn files() -> Vec<(String, Vec<u8>)> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
         [
             0usize,
             1,
@@ -581,16 +572,11 @@ mod tests {
         .iter()
         .enumerate()
         .map(|(i, &n)| {
-            let data = (0..n)
-                .map(|k| {
-                    let n = noise(&mut x);
-                    if i % 2 == 0 {
-                        b"molt "[k % 5]
-                    } else {
-                        n
-                    }
-                })
-                .collect();
+            let data = if i % 2 == 0 {
+                (0..n).map(|k| b"molt "[k % 5]).collect()
+            } else {
+                crate::testing::noise(i as u64, n)
+            };
             (format!("d/f{i}"), data)
         })
         .collect()
@@ -750,10 +736,9 @@ mod tests {
                 // Enough chunks that the queue fills while the spool fails: the
                 // producer must get the error, not block on a queue nobody drains.
                 let mut failed = None;
-                let mut x = 0x9e37_79b9_7f4a_7c15u64;
                 for i in 0..40 {
                     // Incompressible, so the spool fills.
-                    let data: Vec<u8> = (0..40_000).map(|_| noise(&mut x)).collect();
+                    let data = crate::testing::noise(i, 40_000);
                     let path = format!("f{i:02}");
                     if let Err(e) = enc.add_file_bytes(&header(&path, EntryKind::Dir), &data) {
                         failed = Some(e);

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::util::{interleave, quiet, require, time, Side};
+use super::util::{interleave, require, time, Side};
 use super::workload::{mib, MIB};
 use super::{Ctx, Outcome, Row, Verdict};
 
@@ -52,8 +52,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         }
         c
     };
-    // A bundle for the self-check side to read before the first build runs.
-    quiet(&mut build(false))?;
     let stats = interleave(
         "bundle-build",
         ctx.rounds,
@@ -118,9 +116,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
          molt's time is the whole command: read each file once, hash it (BLAKE3), pack 1 MiB \
          chunks, compress each into its own zstd frame (level 3) on one thread per core, hash \
          each frame as it is written (after the prefix its manifest will need) while a thread \
-         `fdatasync`s the file every 16 MiB of sources, chain and sign, fsync beside the read-back (the device's decoder over the head and the chunk chain, \
-         `Decoder::chain_only`), rename. The baseline is two \
-         processes, tar and `zstd -T1`. Both commands run in `target/bench/workload`.\n\n\
+         `fdatasync`s the file every 16 MiB of sources, chain and sign, fsync beside the \
+         read-back (the device's decoder over the head and the chunk chain, \
+         `Decoder::chain_only`), rename. The baseline is two processes, tar and `zstd -T1`. \
+         Both commands run in `target/bench/workload`.\n\n\
          Where the bytes differ: each chunk is an independent frame (so a device verifies and \
          decompresses one chunk at a time in bounded memory, and resumes between chunks), which \
          loses the matches zstd's 2 MiB window would find across a chunk start; and every file's \

@@ -1,7 +1,10 @@
-//! `cargo xtask ci`: runs exactly what CI runs, step by step, stopping at the first failure.
+//! `cargo xtask ci`: runs exactly what CI runs, step by step.
 //!
-//! Cheap checks come first so a formatting slip fails in seconds. The test suite runs
-//! last and its summary is the last thing printed, as a plain
+//! Cheap checks come first and stop the run at the first failure, so a formatting
+//! slip fails in seconds. From the test suite on, no failure stops the others: every
+//! test binary runs (`--no-fail-fast`), and the demo, QEMU and benchmark steps run
+//! after a failed test step too, so one flaky test cannot hide the state of the rest.
+//! The suite's summary is the last thing printed, failed or not, as a plain
 //! `tests: N passed, N failed, N skipped` line, so whoever reads the end of the log
 //! sees how many tests ran.
 
@@ -28,60 +31,97 @@ enum Outcome {
     Tests(TestCounts),
 }
 
-/// A CI step: its name and what it runs from the workspace root.
-type Step = (&'static str, fn(&Path) -> Result<Outcome>);
+/// A CI step: its name, what it runs from the workspace root, and whether a failure
+/// stops the run (checks) or only marks it failed (tests).
+type Step = (&'static str, fn(&Path) -> Result<Outcome>, Stop);
+
+/// What a failed step does to the steps after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// A check, or what the tests need: nothing after it runs.
+    Run,
+    /// A test: the rest still run, and the run fails at the end.
+    No,
+}
 
 const STEPS: &[Step] = &[
-    ("fmt", fmt),
-    ("tidy", tidy_step),
-    ("clippy", clippy),
-    ("nostd", nostd_step),
-    ("doc", doc),
-    ("fuzz-build", fuzz_build),
-    ("engine-size", engine_size),
-    ("rootfs", rootfs_step),
-    ("test", test),
-    ("demo", demo_smoke),
-    ("qemu", qemu_step),
-    ("bench", bench_smoke),
+    ("fmt", fmt, Stop::Run),
+    ("tidy", tidy_step, Stop::Run),
+    ("clippy", clippy, Stop::Run),
+    ("nostd", nostd_step, Stop::Run),
+    ("doc", doc, Stop::Run),
+    ("fuzz-build", fuzz_build, Stop::Run),
+    ("engine-size", engine_size, Stop::Run),
+    ("rootfs", rootfs_step, Stop::Run),
+    ("test", test, Stop::No),
+    ("demo", demo_smoke, Stop::No),
+    ("qemu", qemu_step, Stop::No),
+    ("bench", bench_smoke, Stop::No),
 ];
+
+/// The error `run` returns once it has printed why: `main` exits non-zero without
+/// printing it again, so the test summary stays the last line.
+#[derive(Debug)]
+pub struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ci failed")
+    }
+}
+
+impl std::error::Error for Failed {}
 
 pub fn run(root: &Path) -> Result<()> {
     let start = Instant::now();
     let mut done: Vec<(&str, Duration, String)> = Vec::new();
     let mut tests = None;
-    for &(name, step) in STEPS {
+    let mut failures = Vec::new();
+    for &(name, step, stop) in STEPS {
         println!("\n==> ci: step `{name}`");
         let t = Instant::now();
         let result = step(root);
         let took = t.elapsed();
-        match result {
-            Ok(outcome) => {
-                let note = match outcome {
-                    Outcome::Passed => "ok".to_string(),
-                    Outcome::Skipped(why) => format!("skipped: {why}"),
-                    Outcome::Tests(counts) => {
-                        tests = Some(counts);
-                        "ok".to_string()
-                    }
-                };
-                println!("==> ci: step `{}` {note} ({})", name, secs(took));
-                done.push((name, took, note));
+        let note = match result {
+            Ok(Outcome::Passed) => "ok".to_string(),
+            Ok(Outcome::Skipped(why)) => format!("skipped: {why}"),
+            Ok(Outcome::Tests(counts)) => {
+                tests = Some(counts);
+                "ok".to_string()
             }
             Err(e) => {
-                print_timings(&done, start.elapsed());
-                bail!("ci: step `{}` FAILED after {}:\n{e:#}", name, secs(took));
+                if let Some(counts) = e.downcast_ref::<TestsFailed>() {
+                    tests = Some(counts.0.clone());
+                }
+                failures.push(format!(
+                    "ci: step `{name}` FAILED after {}:\n{e:#}",
+                    secs(took)
+                ));
+                if stop == Stop::Run {
+                    done.push((name, took, "FAILED".to_string()));
+                    break;
+                }
+                "FAILED".to_string()
             }
-        }
+        };
+        println!("==> ci: step `{}` {note} ({})", name, secs(took));
+        done.push((name, took, note));
     }
     print_timings(&done, start.elapsed());
+    for f in &failures {
+        println!("\n{f}");
+    }
     if let Some(t) = tests {
         println!(
             "tests: {} passed, {} failed, {} skipped",
             t.passed, t.failed, t.ignored
         );
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failed.into())
+    }
 }
 
 fn secs(d: Duration) -> String {
@@ -248,7 +288,7 @@ fn rootfs_step(root: &Path) -> Result<Outcome> {
 }
 
 /// Totals over every `test result:` line cargo test printed.
-#[derive(Default, Debug, PartialEq, Eq)]
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 struct TestCounts {
     passed: u64,
     failed: u64,
@@ -278,10 +318,23 @@ impl TestCounts {
     }
 }
 
-/// `cargo test --workspace`, its output passed through and counted.
+/// The test step failed; what it counted up to then.
+#[derive(Debug)]
+struct TestsFailed(TestCounts, String);
+
+impl std::fmt::Display for TestsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for TestsFailed {}
+
+/// `cargo test --workspace --no-fail-fast`, its output passed through and counted:
+/// every test binary runs even when an earlier one failed.
 fn test(root: &Path) -> Result<Outcome> {
     let mut cmd = cargo(root);
-    cmd.args(["test", "--workspace"]);
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
     // Set only when the `rootfs` step left a complete tree and we are root, which the
     // package tests need to chroot into it; without it they skip.
     if rootfs::is_root() {
@@ -307,11 +360,20 @@ fn test(root: &Path) -> Result<Outcome> {
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!(
-            "`{shown}` failed ({status}); {} passed, {} failed",
-            counts.passed,
-            counts.failed
+        // A binary that crashed or did not build prints no result line: it still
+        // counts as a failure in the summary.
+        let why = if counts.failed == 0 {
+            counts.failed = 1;
+            " (a test binary failed without a result line: it crashed or did not build; \
+             see cargo's errors above)"
+        } else {
+            ""
+        };
+        let msg = format!(
+            "`{shown}` failed ({status}); {} passed, {} failed{why}",
+            counts.passed, counts.failed
         );
+        return Err(TestsFailed(counts, msg).into());
     }
     if counts.passed == 0 {
         bail!("`{shown}` ran no test");

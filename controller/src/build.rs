@@ -33,7 +33,7 @@ use molt_engine::error::LimitKind;
 use molt_engine::Error;
 
 use crate::inspect::{self, Refusal};
-use crate::recipe::{self, Plan, PlannedKind};
+use crate::recipe::{self, BuildTime, Plan, PlannedKind};
 
 /// What was built.
 #[derive(Debug)]
@@ -69,14 +69,38 @@ pub enum Check {
     Full,
 }
 
+/// How to build: everything but the recipe, the output and the keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// How deep the bundle is read back before it gets its name.
+    pub check: Check,
+    /// The build's time ([`BuildTime::from_env`] honours `SOURCE_DATE_EPOCH`).
+    pub time: BuildTime,
+    /// Compression threads; `None` for the encoder's default. The bundle's bytes do
+    /// not depend on it.
+    pub threads: Option<usize>,
+}
+
+impl Options {
+    /// A build at `time`, read back as `check` says, on the default threads.
+    pub fn new(check: Check, time: BuildTime) -> Self {
+        Options {
+            check,
+            time,
+            threads: None,
+        }
+    }
+}
+
 /// Builds the bundle described by the recipe at `recipe_path` into `output`, signed with
-/// every key in `keys`, and reads it back as deep as `check` says. `progress` counts
-/// file bytes; pass `ProgressBar::hidden()` for none.
+/// every key in `keys`, and reads it back as deep as `opts.check` says. Its bytes depend
+/// only on the recipe, its sources, the keys and `opts.time`. `progress` counts file
+/// bytes; pass `ProgressBar::hidden()` for none.
 pub fn build(
     recipe_path: &Path,
     output: &Path,
     keys: &[SigningKey],
-    check: Check,
+    opts: Options,
     progress: &ProgressBar,
 ) -> Result<Built> {
     if keys.is_empty() || keys.len() > MAX_SIGNATURES {
@@ -85,7 +109,7 @@ pub fn build(
             keys.len()
         );
     }
-    let plan = recipe::load(recipe_path)?;
+    let plan = recipe::load(recipe_path, opts.time)?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -114,7 +138,7 @@ pub fn build(
         .context("cannot reopen the temporary file")?;
     let summary = std::thread::scope(|s| {
         let flush = EarlyFlush::start(s, tmp.as_file());
-        let summary = encode(&plan, file, keys, &flush, progress);
+        let summary = encode(&plan, file, keys, opts.threads, &flush, progress);
         let flushed = flush.finish();
         let summary = summary?;
         flushed.context("cannot flush the bundle to disk")?;
@@ -136,7 +160,7 @@ pub fn build(
     let (synced, verified) = std::thread::scope(|s| {
         let file = tmp.as_file();
         let sync = s.spawn(move || file.sync_all());
-        let verified = match check {
+        let verified = match opts.check {
             Check::Chain => inspect::verify_chain(tmp.path(), &public, Some(progress)),
             Check::Full => inspect::verify(tmp.path(), &public, Some(progress)),
         };
@@ -280,10 +304,14 @@ fn encode(
     plan: &Plan,
     file: File,
     keys: &[SigningKey],
+    threads: Option<usize>,
     flush: &EarlyFlush<'_>,
     progress: &ProgressBar,
 ) -> Result<molt_engine::bundle::encoder::Summary> {
-    let opts = EncoderOptions::default();
+    let mut opts = EncoderOptions::default();
+    if let Some(n) = threads {
+        opts.compress_threads = n;
+    }
     let mut enc = match prefix_hint(plan, &opts, keys.len()) {
         Some(at) => Encoder::new_in_place_at(file, opts, plan.is_full(), plan.specials, at),
         None => Encoder::new_in_place(file, opts, plan.is_full(), plan.specials),

@@ -887,7 +887,7 @@ mod tests {
             &dir.join("recipe.toml"),
             &out,
             &[secret],
-            crate::build::Check::Full,
+            crate::build::Options::new(crate::build::Check::Full, crate::recipe::BuildTime::now()),
             &ProgressBar::hidden(),
         )
         .unwrap();

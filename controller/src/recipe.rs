@@ -408,8 +408,8 @@ pub struct Plan {
     pub specials: Specials,
 }
 
-/// Reads, checks and plans the recipe at `path`.
-pub fn load(path: &Path) -> Result<Plan> {
+/// Reads, checks and plans the recipe at `path`, built at `time`.
+pub fn load(path: &Path, time: BuildTime) -> Result<Plan> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read recipe {}", path.display()))?;
     let file: RecipeFile = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -417,19 +417,74 @@ pub fn load(path: &Path) -> Result<Plan> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    plan(file, dir, now()).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    plan(file, dir, time).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The environment variable of the reproducible-builds convention: a build's time,
+/// in Unix seconds, given by whoever wants to rebuild the same bytes.
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+
+/// When a bundle is built, as far as its bytes are concerned.
+///
+/// The clock is the only input of a build that is not in the recipe, its sources or
+/// the key, so it is read once, here. With `SOURCE_DATE_EPOCH` set, the build does
+/// not read it at all, and no entry's mtime is later than that time: a fresh checkout
+/// stamps every file with the time of the checkout, and two checkouts of one commit
+/// must still build one bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildTime {
+    /// The manifest's `created`, the default `release`, and the mtime of the
+    /// directories and deletions the recipe implies.
+    pub created: u64,
+    /// Whether entries' mtimes are clamped to `created` (`SOURCE_DATE_EPOCH` given).
+    pub clamp: bool,
 }
 
-/// Plans `file`, resolving sources against `dir`, with `created` as the build time.
-pub fn plan(file: RecipeFile, dir: &Path, created: u64) -> Result<Plan> {
+impl BuildTime {
+    /// Now, with sources' mtimes kept as they are.
+    pub fn now() -> Self {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        BuildTime {
+            created,
+            clamp: false,
+        }
+    }
+
+    /// `SOURCE_DATE_EPOCH` when it is set (refused when it is not a number of seconds,
+    /// as the convention asks: a silent fallback to the clock would break the
+    /// reproducibility it was set for), else [`BuildTime::now`].
+    pub fn from_env() -> Result<Self> {
+        match std::env::var_os(SOURCE_DATE_EPOCH) {
+            None => Ok(Self::now()),
+            Some(v) => Self::parse_epoch(&v.to_string_lossy()),
+        }
+    }
+
+    /// A `SOURCE_DATE_EPOCH` value: decimal Unix seconds.
+    pub fn parse_epoch(value: &str) -> Result<Self> {
+        let digits = value.trim();
+        match digits.parse::<u64>() {
+            // i64 is what an entry's mtime holds.
+            Ok(created) if !digits.starts_with('+') && created <= i64::MAX as u64 => {
+                Ok(BuildTime {
+                    created,
+                    clamp: true,
+                })
+            }
+            _ => bail!(
+                "{SOURCE_DATE_EPOCH}={:?} is not a time in Unix seconds (e.g. `git log -1 --format=%ct`)",
+                value
+            ),
+        }
+    }
+}
+
+/// Plans `file`, resolving sources against `dir`, built at `time`.
+pub fn plan(file: RecipeFile, dir: &Path, time: BuildTime) -> Result<Plan> {
+    let created = time.created;
     let full = file.kind == Kind::Full;
     if full && file.base_version.is_some() {
         bail!("`base_version` applies to patch bundles only (this recipe has kind = \"full\")");
@@ -505,6 +560,7 @@ pub fn plan(file: RecipeFile, dir: &Path, created: u64) -> Result<Plan> {
         full,
         allow_setid: file.allow_setid,
         created: created as i64,
+        clamp: time.clamp,
         entries: Vec::new(),
         origins: Vec::new(),
         setid_used: false,
@@ -755,6 +811,8 @@ struct Planner<'a> {
     full: bool,
     allow_setid: bool,
     created: i64,
+    /// No mtime later than `created` (see [`BuildTime`]).
+    clamp: bool,
     entries: Vec<PlannedEntry>,
     origins: Vec<String>,
     setid_used: bool,
@@ -832,13 +890,18 @@ impl Planner<'_> {
     }
 
     fn push(&mut self, path: String, kind: PlannedKind, a: Attrs, origin: usize, rank: Rank) {
+        let mtime = if self.clamp {
+            a.mtime.min(self.created)
+        } else {
+            a.mtime
+        };
         self.entries.push(PlannedEntry {
             path,
             kind,
             mode: a.mode,
             uid: a.uid,
             gid: a.gid,
-            mtime: a.mtime,
+            mtime,
             origin,
             rank,
         });

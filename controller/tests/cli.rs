@@ -9,11 +9,20 @@ use tempfile::TempDir;
 
 /// Runs `molt` with `args`.
 fn molt(args: &[&str]) -> Output {
+    molt_env(args, &[])
+}
+
+/// Runs `molt` with `args` and the environment variables `env` added.
+fn molt_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_molt"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("molt runs")
 }
+
+/// A `SOURCE_DATE_EPOCH` for tests: 2023-11-14, before any file a test writes.
+const EPOCH: &str = "1700000000";
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -124,18 +133,18 @@ impl Fixture {
         self.path("out/app.bundle")
     }
 
-    /// Builds `recipe` into out/app.bundle.
+    /// Builds `recipe` into out/app.bundle, at [`EPOCH`].
     fn build(&self, recipe: &str) -> Output {
+        self.build_with(recipe, &[], &[("SOURCE_DATE_EPOCH", EPOCH)])
+    }
+
+    /// Builds `recipe` into out/app.bundle with `extra` arguments and `env`.
+    fn build_with(&self, recipe: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let r = self.write_recipe(recipe);
-        molt(&[
-            "bundle",
-            "build",
-            s(&r),
-            "-o",
-            s(&self.bundle()),
-            "--key",
-            s(&self.path("key.secret")),
-        ])
+        let (bundle, key) = (self.bundle(), self.path("key.secret"));
+        let mut args = vec!["bundle", "build", s(&r), "-o", s(&bundle), "--key", s(&key)];
+        args.extend_from_slice(extra);
+        molt_env(&args, env)
     }
 
     /// Asserts the build failed with a message containing every one of `needles`, and
@@ -185,21 +194,28 @@ fn keygen_build_verify_inspect_round_trip() {
         "{out}"
     );
 
-    // `--verify` decodes in full before the rename; the bytes are the same bundle's
-    // but for the creation time, so compare everything the build reports.
+    // `--verify` decodes in full before the rename; with the build's time given, the
+    // bytes are the first build's. (Without it they differed whenever the two builds
+    // fell in two seconds: a slow run under load.)
     let first = fs::read(f.bundle()).unwrap();
-    let o = molt(&[
-        "bundle",
-        "build",
-        s(&f.path("recipe.toml")),
-        "-o",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.secret")),
-        "--verify",
-    ]);
+    let o = molt_env(
+        &[
+            "bundle",
+            "build",
+            s(&f.path("recipe.toml")),
+            "-o",
+            s(&f.bundle()),
+            "--key",
+            s(&f.path("key.secret")),
+            "--verify",
+        ],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
     assert!(o.status.success(), "build --verify failed: {}", stderr(&o));
-    assert_eq!(fs::read(f.bundle()).unwrap().len(), first.len());
+    assert!(
+        fs::read(f.bundle()).unwrap() == first,
+        "--verify built other bytes"
+    );
     let again = stdout(&o);
     assert!(again.contains("version 1.4.2 (patch)"), "{again}");
 
@@ -307,6 +323,132 @@ fn keygen_build_verify_inspect_round_trip() {
     assert_eq!(v["entries"].as_array().unwrap().len(), 12);
     assert_eq!(v["signatures"][0]["key_id"], f.key_id());
     assert!(v["error"].is_null());
+}
+
+/// Sets the mtime of every file, directory and symlink's target under `dir` to `t`.
+fn touch_tree(dir: &Path, t: std::time::SystemTime) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            touch_tree(&p, t);
+        }
+        if !meta.file_type().is_symlink() {
+            let f = fs::File::open(&p).unwrap();
+            f.set_modified(t).unwrap();
+        }
+    }
+}
+
+/// Spins `n` threads until the returned flag is set: the CPU load under which builds
+/// once came out 7 bytes longer.
+fn busy(
+    n: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let threads = (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    (stop, threads)
+}
+
+#[test]
+fn one_recipe_builds_one_bundle_whatever_the_threads_the_load_and_the_checkout_time() {
+    let f = Fixture::new();
+    // Larger than one chunk, and not all alike, so several frames compress on
+    // several threads and finish out of order.
+    let mut big = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..(3u64 << 20) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.push(if i % 3 == 0 {
+            (x >> 56) as u8
+        } else {
+            b'a' + (i % 23) as u8
+        });
+    }
+    fs::write(f.path("app/big.bin"), &big).unwrap();
+    let env = [("SOURCE_DATE_EPOCH", EPOCH)];
+
+    let mut builds = Vec::new();
+    for threads in ["1", "2", "8", "0"] {
+        let o = f.build_with(RECIPE, &["--threads", threads], &env);
+        assert!(
+            o.status.success(),
+            "build --threads {threads}: {}",
+            stderr(&o)
+        );
+        builds.push((
+            format!("--threads {threads}"),
+            fs::read(f.bundle()).unwrap(),
+        ));
+    }
+    // Under load, with the sources stamped later (a fresh checkout): their mtimes are
+    // clamped to SOURCE_DATE_EPOCH, so they do not show.
+    touch_tree(
+        f.dir.path(),
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    );
+    let (stop, spinners) = busy(2);
+    for threads in ["8", "2"] {
+        let o = f.build_with(RECIPE, &["--threads", threads], &env);
+        assert!(o.status.success(), "loaded build: {}", stderr(&o));
+        builds.push((
+            format!("--threads {threads} under load, sources touched"),
+            fs::read(f.bundle()).unwrap(),
+        ));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
+    let (_, first) = &builds[0];
+    assert!(first.len() > 1 << 20, "the bundle holds the big file");
+    for (how, bytes) in &builds[1..] {
+        assert!(bytes == first, "{how}: not the bytes of --threads 1");
+    }
+
+    // The manifest says the given time.
+    let o = molt(&["bundle", "inspect", s(&f.bundle())]);
+    assert!(
+        stdout(&o).contains("created        2023-11-14"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Another time is another bundle: the time is an input, not ignored.
+    let o = f.build_with(RECIPE, &[], &[("SOURCE_DATE_EPOCH", "1700000001")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(f.bundle()).unwrap() != *first);
+}
+
+#[test]
+fn a_malformed_source_date_epoch_is_refused() {
+    let f = Fixture::new();
+    for bad in ["", "yesterday", "-1", "+5", "1.5", "99999999999999999999"] {
+        let o = f.build_with(RECIPE, &[], &[("SOURCE_DATE_EPOCH", bad)]);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        let err = stderr(&o);
+        assert!(
+            err.contains("SOURCE_DATE_EPOCH") && err.contains("Unix seconds"),
+            "{bad:?}: {err}"
+        );
+    }
+    assert!(!f.bundle().exists());
 }
 
 #[test]

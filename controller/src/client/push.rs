@@ -106,7 +106,7 @@ pub const MTIME_HEADER: &str = "X-Molt-Mtime";
 /// controller can rebuild the recipe's directory as it is here: the bundle records
 /// modes and times, and a walked directory keeps its symlinks.
 pub fn recipe_form(recipe_path: &Path) -> Result<RecipeForm> {
-    let plan = recipe::load(recipe_path)?;
+    let plan = recipe::load(recipe_path, recipe::BuildTime::now())?;
     let text = fs::read(recipe_path)
         .with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
     let parsed: RecipeFile = toml::from_str(&String::from_utf8_lossy(&text))

@@ -26,7 +26,7 @@ use super::updates_api::{ingest, UploadQuery};
 use super::AppState;
 use crate::api::Update;
 use crate::build;
-use crate::recipe::{PackageItem, RecipeFile};
+use crate::recipe::{BuildTime, PackageItem, RecipeFile};
 
 /// Every path the recipe reads, with the field that names it.
 fn named_paths(r: &RecipeFile) -> Vec<(String, PathBuf)> {
@@ -210,7 +210,9 @@ pub async fn build_received(
             &recipe_path,
             &out_path,
             &[key],
-            build::Check::Chain,
+            // The server's own clock: `SOURCE_DATE_EPOCH` in its environment would give
+            // every build one `release` and so stop the anti-rollback counter.
+            build::Options::new(build::Check::Chain, BuildTime::now()),
             &ProgressBar::hidden(),
         );
         // The directory goes only after the build is done with it.

@@ -374,7 +374,10 @@ pub fn bundle(dir: &Path, version: &str, key: &ed25519_dalek::SigningKey) -> Vec
         &src.join("recipe.toml"),
         &out,
         std::slice::from_ref(key),
-        molt_controller::build::Check::Chain,
+        molt_controller::build::Options::new(
+            molt_controller::build::Check::Chain,
+            molt_controller::recipe::BuildTime::now(),
+        ),
         &ProgressBar::hidden(),
     )
     .unwrap();

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use molt_engine::bundle::format::{EntryTable, Payload};
 use molt_engine::bundle::zstd::{LibZstd, RuZstd};
-use molt_engine::bundle::{Specials, Trust};
+use molt_engine::bundle::{Buffers, Decoder, Specials, Trust};
 use molt_engine::error::{LimitKind, Rule};
 use molt_engine::{Error, Limits};
 use proptest::prelude::*;
@@ -831,6 +831,96 @@ fn a_huge_zstd_window_is_refused_before_decompression() {
         matches!(r, Err(Error::BadFrame { chunk: 0, why }) if why.contains("window")),
         "{r:?}"
     );
+}
+
+/// A chunk of `raw` compressed as one frame, followed by `extra` bytes.
+fn frame_then(raw: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut frame = zstd::bulk::compress(raw, 3).unwrap();
+    frame.extend_from_slice(extra);
+    frame
+}
+
+/// Decodes `b` with both backends and with a chain-only decoder (which decompresses
+/// nothing): each must refuse chunk 0 with a frame error containing `why`.
+fn refused_by_every_decoder(b: &[u8], why: &str) {
+    let k = [trusted(&key(1))];
+    let pinned = || Trust::Pinned {
+        keys: &k,
+        revoked: &[],
+    };
+    let chain_only = {
+        let l = Limits::DEFAULT;
+        let (m, w, _) = Buffers::required(&l, 64 * 1024);
+        let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
+        let bufs = Buffers {
+            manifest: &mut mb,
+            wire: &mut wb,
+            raw: &mut [],
+        };
+        let mut d = Decoder::new(pinned(), l, RuZstd::new(), bufs).chain_only();
+        let mut rest = b;
+        loop {
+            match d.feed(rest) {
+                Err(e) => break Err(e),
+                Ok(f) if f.consumed == 0 && f.event.is_none() => break d.finish(),
+                Ok(f) => rest = &rest[f.consumed..],
+            }
+        }
+    };
+    for (how, r) in [
+        (
+            "ruzstd",
+            decode_with(b, &[], pinned(), Limits::DEFAULT, RuZstd::new()).1,
+        ),
+        (
+            "libzstd",
+            decode_with(b, &[], pinned(), Limits::DEFAULT, LibZstd::new().unwrap()).1,
+        ),
+        ("chain only", chain_only),
+    ] {
+        assert!(
+            matches!(r, Err(Error::BadFrame { chunk: 0, why: w }) if w.contains(why)),
+            "{how}, {why}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_chunk_is_exactly_one_zstd_frame() {
+    let spec = Spec::default();
+    let raw = b"hello, frames. ".repeat(20);
+    let n = raw.len() as u32;
+    let one = |extra: &[u8]| {
+        assemble(
+            crafted_manifest(&spec, 1),
+            &[(frame_then(&raw, extra), n)],
+            &spec.keys,
+        )
+    };
+    // The plain frame passes the frame check (the crafted entries fail later).
+    let plain = decode_limited(&one(&[]), Limits::DEFAULT);
+    assert!(!matches!(plain, Err(Error::BadFrame { .. })), "{plain:?}");
+
+    // An empty frame declaring a 96 MiB window after the real one: ruzstd allocated
+    // 128 MiB for it when only the first frame's header was checked.
+    let mut empty = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, (16 << 3) | 4];
+    empty.extend_from_slice(&[1, 0, 0]);
+    refused_by_every_decoder(&one(&empty), "after the zstd frame");
+    // A skippable frame: signed bytes that no decoder would ever look at.
+    let mut skip = 0x184D_2A50u32.to_le_bytes().to_vec();
+    skip.extend_from_slice(&4u32.to_le_bytes());
+    skip.extend_from_slice(b"hide");
+    refused_by_every_decoder(&one(&skip), "after the zstd frame");
+    // One stray byte, and the same frame twice.
+    refused_by_every_decoder(&one(&[0]), "after the zstd frame");
+    refused_by_every_decoder(&one(&frame_then(&raw, &[])), "after the zstd frame");
+    // A frame cut short.
+    for cut in [1, 4] {
+        let mut f = frame_then(&raw, &[]);
+        f.truncate(f.len() - cut);
+        let b = assemble(crafted_manifest(&spec, 1), &[(f, n)], &spec.keys);
+        refused_by_every_decoder(&b, "cut short");
+    }
 }
 
 #[test]

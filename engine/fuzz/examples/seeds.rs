@@ -1,4 +1,4 @@
-//! Writes a small seed corpus for the `decode` fuzz target: a few valid bundles signed with the fuzz key.
+//! Writes a small seed corpus for the `decode` fuzz target: valid bundles signed with the fuzz key, and signed chunks a decoder must refuse.
 //!
 //! Run by `cargo xtask fuzz` into `engine/fuzz/corpus/decode/` (gitignored), so the
 //! fuzzer starts from bundles that get past the signature check instead of having to
@@ -84,6 +84,28 @@ fn bundle(full: bool, entries: &[Seed], key: &SigningKey) -> std::io::Result<Vec
     Ok(out)
 }
 
+/// One zstd frame holding `raw` (under 256 bytes) as a single raw block, made by hand:
+/// the seeds need no compressor.
+fn raw_frame(raw: &[u8]) -> Vec<u8> {
+    let n = raw.len() as u32;
+    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0x20, n as u8];
+    f.extend_from_slice(&(1 | n << 3).to_le_bytes()[..3]);
+    f.extend_from_slice(raw);
+    f
+}
+
+/// A signed one-chunk bundle whose chunk is a valid frame followed by `tail`: the
+/// shapes a chunk must refuse (a chunk is exactly one frame).
+fn frame_then(tail: &[u8], key: &SigningKey) -> Vec<u8> {
+    let raw = b"fuzz seed: a chunk is exactly one zstd frame";
+    let mut chunk = raw_frame(raw);
+    chunk.extend_from_slice(tail);
+    let mut m = manifest(true);
+    m.payload.chunk_size = molt_engine::bundle::format::MIN_CHUNK_SIZE;
+    m.entries.count = 1;
+    molt_engine::testing::assemble(m, &[(chunk, raw.len() as u32)], std::slice::from_ref(key))
+}
+
 fn main() -> std::io::Result<()> {
     let out: PathBuf = std::env::args_os()
         .nth(1)
@@ -129,6 +151,23 @@ fn main() -> std::io::Result<()> {
                 ],
                 &fuzz_key,
             )?,
+        ),
+        ("one-frame", frame_then(&[], &fuzz_key)),
+        // An empty frame declaring a 96 MiB window after the real one.
+        (
+            "frame-then-window",
+            frame_then(
+                &[0x28, 0xB5, 0x2F, 0xFD, 0x00, (16 << 3) | 4, 1, 0, 0],
+                &fuzz_key,
+            ),
+        ),
+        // A skippable frame hiding four bytes.
+        (
+            "frame-then-skippable",
+            frame_then(
+                &[0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, b'h', b'i', b'd', b'e'],
+                &fuzz_key,
+            ),
         ),
         (
             "untrusted-key",

@@ -15,8 +15,8 @@
 //! 1. Header: magic, format major, manifest length against the limits.
 //! 2. Manifest: signatures against the pinned keys, then field validation.
 //! 3. Each chunk: buffered whole, its BLAKE3 digest compared with the one the
-//!    signed chain expects, and only then its zstd frame header checked and
-//!    the frame decompressed into exactly the signed size.
+//!    signed chain expects, and only then checked to be exactly one zstd frame
+//!    (header and block walk) and decompressed into exactly the signed size.
 //! 4. Each entry: the policy, the entry-table hash chain, and for files the
 //!    content digest at the end.
 //! 5. The end: exact chunk count, payload length, entry count, table digest
@@ -31,7 +31,7 @@ use crate::bundle::format::{
 };
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::{check_signatures, signed_message, Trust};
-use crate::bundle::zstd::{check_frame_header, Decompressor};
+use crate::bundle::zstd::{check_frame, Decompressor};
 use crate::error::{Error, LimitKind};
 use crate::Limits;
 
@@ -201,7 +201,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
 
     /// Makes this decoder check only what lies outside the compressed data: the head, the
     /// signature, the manifest and, for every chunk, its digest in the chain, its lengths
-    /// and its frame header, then the payload's signed totals. Nothing is decompressed
+    /// and that it is exactly one zstd frame, then the payload's signed totals. Nothing is decompressed
     /// and no entry is read, so the decompressor is never called, the raw buffer may be
     /// empty and the only events are [`Event::ManifestVerified`] and [`Event::Done`]; no
     /// checkpoint is offered.
@@ -519,7 +519,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             .wire
             .get(CHUNK_HEADER_LEN..self.chunk_need)
             .unwrap_or(&[]);
-        let info = check_frame_header(frame, u64::from(self.limits.max_chunk_size))
+        let info = check_frame(frame, u64::from(self.limits.max_chunk_size))
             .map_err(|why| Error::BadFrame { chunk, why })?;
         if info.content_size != r as u64 {
             return Err(Error::BadFrame {

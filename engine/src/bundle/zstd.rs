@@ -1,11 +1,15 @@
-//! The zstd seam: a `Decompressor` trait, the frame-header check both backends share, and the two backends.
+//! The zstd seam: a `Decompressor` trait, the frame check both backends share, and the two backends.
 //!
-//! Each payload chunk is one independent zstd frame. Before any backend sees a
-//! frame, [`check_frame_header`] insists on a plain frame with no dictionary,
-//! a declared content size equal to the signed chunk size and a window no
-//! larger than the limits allow, so a decompression bomb never reaches the
-//! decoder. Output goes into a slice of exactly the signed size, so a frame
-//! cannot inflate past it either.
+//! Each payload chunk is exactly one independent zstd frame. Before any backend
+//! sees a chunk, [`check_frame`] insists on a plain frame with no dictionary, a
+//! declared content size (the caller compares it with the signed chunk size), a
+//! window no larger than the limits allow, and block headers that end exactly
+//! at the chunk's end, so a decompression bomb never reaches the decoder. Both
+//! backends decode every frame they are given, one after the other: a second
+//! frame (a skippable one hiding bytes in a signed bundle, or an empty one
+//! declaring a 96 MiB window that ruzstd would allocate) is refused here, by
+//! the walk, without decompressing anything. Output goes into a slice of
+//! exactly the signed size, so a frame cannot inflate past it either.
 
 /// A backend failed to decompress a frame (corrupt data, or more output than `dst` holds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +33,63 @@ pub struct FrameInfo {
 
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 
-/// Parses and checks a zstd frame header (RFC 8878, section 3.1.1).
-pub fn check_frame_header(frame: &[u8], max_window: u64) -> Result<FrameInfo, &'static str> {
+/// The largest block a frame may hold (RFC 8878, 3.1.1.2.4: `Block_Maximum_Size`).
+const MAX_BLOCK: usize = 128 << 10;
+
+/// Checks that `frame` is exactly one zstd frame (RFC 8878, section 3.1.1): its
+/// header, then its block headers walked to the last block and the optional
+/// checksum, which must end exactly at the end of `frame`. Reads no compressed
+/// data: cheap enough for a chain-only check.
+pub fn check_frame(frame: &[u8], max_window: u64) -> Result<FrameInfo, &'static str> {
+    let (info, header_len, checksum) = check_frame_header(frame, max_window)?;
+    let mut pos = header_len;
+    loop {
+        let h = frame
+            .get(pos..pos + 3)
+            .ok_or("zstd frame cut short in a block header")?;
+        let (b0, b1, b2) = match *h {
+            [b0, b1, b2] => (b0, b1, b2),
+            _ => return Err("zstd frame cut short in a block header"),
+        };
+        let h = u32::from(b0) | u32::from(b1) << 8 | u32::from(b2) << 16;
+        pos += 3;
+        let size = (h >> 3) as usize;
+        if size > MAX_BLOCK {
+            return Err("zstd block larger than 128 KiB");
+        }
+        pos += match (h >> 1) & 3 {
+            // Raw and compressed blocks carry `size` bytes; an RLE block one byte
+            // repeated `size` times.
+            0 | 2 => size,
+            1 => 1,
+            _ => return Err("zstd block of the reserved type"),
+        };
+        if pos > frame.len() {
+            return Err("zstd frame cut short in a block");
+        }
+        if h & 1 != 0 {
+            break;
+        }
+    }
+    if checksum {
+        pos += 4;
+    }
+    if pos != frame.len() {
+        return Err(if pos > frame.len() {
+            "zstd frame cut short in its checksum"
+        } else {
+            "bytes after the zstd frame (a chunk is exactly one frame)"
+        });
+    }
+    Ok(info)
+}
+
+/// Parses and checks a zstd frame header (RFC 8878, section 3.1.1.1): what it
+/// says, the header's length, and whether a content checksum ends the frame.
+fn check_frame_header(
+    frame: &[u8],
+    max_window: u64,
+) -> Result<(FrameInfo, usize, bool), &'static str> {
     let magic = frame
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -86,10 +145,11 @@ pub fn check_frame_header(frame: &[u8], max_window: u64) -> Result<FrameInfo, &'
     if window_size > max_window {
         return Err("zstd window larger than the chunk size limit");
     }
-    Ok(FrameInfo {
+    let info = FrameInfo {
         content_size,
         window_size,
-    })
+    };
+    Ok((info, pos + fcs_len, fhd & 0x04 != 0))
 }
 
 /// The pure-Rust backend (ruzstd), for targets without libzstd.

@@ -21,6 +21,13 @@ pub const API_PREFIX: &str = "/api/v1";
 /// Largest log text one report may carry; the agent sends longer output in several reports.
 pub const MAX_REPORT_LOG: usize = 64 * 1024;
 
+/// Largest `message` a report may carry, in bytes: a sentence or a few, not a log
+/// (the agent shortens a longer one; the controller refuses it).
+pub const MAX_REPORT_MESSAGE: usize = 4 * 1024;
+
+/// Largest short string a device sends (name, compatible, versions, phase), in bytes.
+pub const MAX_DEVICE_FIELD: usize = 256;
+
 /// `POST /api/v1/device/enroll`: a device joins a group with the group's enrollment token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollRequest {

@@ -7,7 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use molt_engine::protocol::{deployment_number, DeviceState, Progress, Report, MAX_REPORT_LOG};
+use molt_engine::protocol::{
+    deployment_number, DeviceState, Progress, Report, MAX_REPORT_LOG, MAX_REPORT_MESSAGE,
+};
 use molt_engine::update::{AbortRefusal, DeploymentId, Outcome, Phase};
 
 use super::backoff::Wake;
@@ -47,6 +49,20 @@ fn cut(s: &str, max: usize) -> usize {
         Some(nl) if nl > 0 => nl + 1,
         _ => i,
     }
+}
+
+/// `m` cut to at most `max` bytes at a character boundary, with `…` marking the cut.
+fn shorten(mut m: String, max: usize) -> String {
+    const MARK: &str = "…";
+    if m.len() > max {
+        let mut i = max.saturating_sub(MARK.len());
+        while !m.is_char_boundary(i) {
+            i -= 1;
+        }
+        m.truncate(i);
+        m.push_str(MARK);
+    }
+    m
 }
 
 impl OutboxReporter {
@@ -114,7 +130,8 @@ impl OutboxReporter {
             state: cur.state,
             phase: cur.phase.to_owned(),
             progress,
-            message,
+            // The controller refuses a longer one: the whole text is in the log already.
+            message: message.map(|m| shorten(m, MAX_REPORT_MESSAGE)),
             log,
             active_version: cur.active_version.clone(),
         }
@@ -227,7 +244,19 @@ impl Reporter for OutboxReporter {
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::{cut, shorten, MAX_REPORT_MESSAGE};
+
+    #[test]
+    fn long_messages_are_shortened_at_a_char_boundary() {
+        assert_eq!(shorten("short".into(), 10), "short");
+        let m = shorten("é".repeat(5000), MAX_REPORT_MESSAGE);
+        assert!(
+            m.len() <= MAX_REPORT_MESSAGE && m.ends_with('…'),
+            "{}",
+            m.len()
+        );
+        assert_eq!(shorten("abcdefgh".into(), 6), "abc…");
+    }
 
     #[test]
     fn cuts_at_line_ends_and_char_boundaries() {

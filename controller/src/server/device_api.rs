@@ -6,7 +6,7 @@ use axum::response::Response;
 use axum::Json;
 use molt_engine::protocol::{
     EnrollRequest, EnrollResponse, Offer, PollAction, PollRequest, PollResponse, Report,
-    ReportResponse, API_PREFIX, MAX_REPORT_LOG,
+    ReportResponse, API_PREFIX, MAX_DEVICE_FIELD, MAX_REPORT_LOG, MAX_REPORT_MESSAGE,
 };
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -22,7 +22,7 @@ use crate::api::DeviceState;
 pub const MAX_LOG: u64 = 1024 * 1024;
 
 /// Longest name, version or compatible string a device may send.
-const MAX_FIELD: usize = 256;
+const MAX_FIELD: usize = MAX_DEVICE_FIELD;
 
 fn check_field(what: &str, v: &str, required: bool) -> Result<(), AppError> {
     if required && v.trim().is_empty() {
@@ -295,6 +295,16 @@ pub async fn report(
             rep.log.len()
         )));
     }
+    if let Some(m) = rep
+        .message
+        .as_deref()
+        .filter(|m| m.len() > MAX_REPORT_MESSAGE)
+    {
+        return Err(AppError::too_large(format!(
+            "`message` is {} bytes; a report carries at most {MAX_REPORT_MESSAGE}",
+            m.len()
+        )));
+    }
     if rep.seq == 0 {
         return Err(AppError::bad_request("`seq` starts at 1"));
     }
@@ -308,12 +318,8 @@ pub async fn report(
         .write(move |tx| {
             let (current, last_seq, log_bytes) = target_of(tx, dep, &device)?;
             let t = now();
-            // This writes the device's active version: its next poll writes its own again.
-            st.seen.forget(&device);
-            tx.execute(
-                "UPDATE devices SET last_seen = ?2, active_version = ?3 WHERE id = ?1",
-                params![device, t, rep.active_version],
-            )?;
+            // A refused report (stale, duplicate, or after the final one) changes
+            // nothing, not even the device's row: it may be a replay of an old one.
             let closes = match rollout::judge(current, last_seq, rep.seq, rep.state) {
                 Judgement::Closed => {
                     return Ok(ReportResponse {
@@ -329,6 +335,12 @@ pub async fn report(
                 }
                 Judgement::Accept { closes } => closes,
             };
+            // This writes the device's active version: its next poll writes its own again.
+            st.seen.forget(&device);
+            tx.execute(
+                "UPDATE devices SET last_seen = ?2, active_version = ?3 WHERE id = ?1",
+                params![device, t, rep.active_version],
+            )?;
             let (done, total) = match rep.progress {
                 Some(p) => (
                     Some(signed(p.done, "progress.done")?),

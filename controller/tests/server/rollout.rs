@@ -335,3 +335,68 @@ fn key_hex(f: &Fixture) -> String {
         .trim()
         .to_owned()
 }
+
+/// A report with every field given.
+fn report_with(r: &Rollout, seq: u64, state: &str, active: &str, message: &str) -> Answer {
+    post(
+        &r.c.api(&format!("/device/deployments/{}/report", r.dep)),
+        &r.a.cred,
+        json!({"seq": seq, "state": state, "phase": "fetching", "progress": null,
+               "message": message, "log": "", "active_version": active}),
+    )
+}
+
+/// The device `id` as the operator's listing shows it.
+fn device_row(r: &Rollout, id: &str) -> Value {
+    let all = get_ok(&r.c.api("/devices"), &r.token);
+    let d = all.as_array().unwrap().iter().find(|d| d["id"] == id);
+    d.cloned().unwrap_or_else(|| panic!("{id} not in {all}"))
+}
+
+#[test]
+fn a_refused_report_changes_nothing() {
+    let r = rollout();
+    let a = r.a.id.clone();
+    let ok = report_with(&r, 2, "downloading", "v-accepted", "fetching");
+    assert_eq!(ok.json(), json!({"accepted": true, "closed": false}));
+    assert_eq!(device_row(&r, &a)["active_version"], "v-accepted");
+
+    // A duplicate and a stale seq: refused, and the device row keeps what it had.
+    for seq in [2, 1] {
+        let old = report_with(&r, seq, "downloading", "v-replayed", "replayed");
+        assert_eq!(old.json(), json!({"accepted": false, "closed": false}));
+        assert_eq!(device_row(&r, &a)["active_version"], "v-accepted");
+    }
+    let fin = report_with(&r, 3, "success", "1.5.0", "done");
+    assert_eq!(fin.json(), json!({"accepted": true, "closed": true}));
+    // After the final report: closed, and still nothing written.
+    let late = report_with(&r, 4, "failed", "v-late", "late");
+    assert_eq!(late.json(), json!({"accepted": false, "closed": true}));
+    assert_eq!(device_row(&r, &a)["active_version"], "1.5.0");
+    let details = get_ok(&r.c.api(&format!("/deployments/{}", r.dep)), &r.token);
+    assert_eq!(state_of(&details, &a), "success");
+}
+
+#[test]
+fn device_supplied_strings_are_bounded() {
+    let r = rollout();
+    // `message`: at most MAX_REPORT_MESSAGE (4 KiB); the 900 KB one was stored whole.
+    let long = "m".repeat(molt_engine::protocol::MAX_REPORT_MESSAGE + 1);
+    let big = report_with(&r, 1, "downloading", "factory", &long);
+    assert_eq!(big.status, 413, "{}", big.text());
+    assert!(big.text().contains("`message`"), "{}", big.text());
+    let fits = "m".repeat(molt_engine::protocol::MAX_REPORT_MESSAGE);
+    let ok = report_with(&r, 1, "downloading", "factory", &fits);
+    assert_eq!(ok.json()["accepted"], true);
+    // The short fields: name, compatible, versions, phase.
+    let field = "v".repeat(molt_engine::protocol::MAX_DEVICE_FIELD + 1);
+    let bad = report_with(&r, 2, "downloading", &field, "x");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("active_version"), "{}", bad.text());
+    let bad = post(
+        &r.c.api("/device/poll"),
+        &r.a.cred,
+        json!({"compatible": "acme-gw", "agent_version": field, "active_version": "factory"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+}

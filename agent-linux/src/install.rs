@@ -38,6 +38,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,7 @@ use crate::fsops::{self, SlotDir};
 use crate::journal::Journal;
 use crate::mounts::{self, BindSpec, ChrootMounts};
 use crate::packages;
+use crate::perms;
 use crate::slotfile::FileStore;
 
 mod download;
@@ -194,7 +196,11 @@ fn boot_id() -> String {
 fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = perms::state_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         crate::durability::sync_all(&f)?;
     }
@@ -235,20 +241,36 @@ impl Device {
             );
         }
         let data = cfg.data_dir();
-        for d in [
-            data.clone(),
-            data.join(layout::SLOTS).join("a"),
-            data.join(layout::SLOTS).join("b"),
-            data.join(layout::STAGING),
+        // Explicit modes (perms.rs): the data directory and `slots/` are read by
+        // services through `current`; staging is the agent's alone. The slots'
+        // own modes are the snapshots' and are left as they are.
+        for (d, mode) in [
+            (data.clone(), perms::SHARED_DIR),
+            (data.join(layout::SLOTS), perms::SHARED_DIR),
+            (data.join(layout::STAGING), perms::PRIVATE_DIR),
         ] {
-            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            perms::dir(&d, mode).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        let lock = OpenOptions::new()
+        for slot in ["a", "b"] {
+            let d = data.join(layout::SLOTS).join(slot);
+            fs::DirBuilder::new()
+                .mode(perms::SHARED_DIR)
+                .create(&d)
+                .or_else(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        // 0600: flock needs no write access, so a lock file others can open is a
+        // lock any local user can hold, blocking every install and recovery.
+        let lock = perms::state_file()
             .create(true)
             .truncate(false)
             .write(true)
             .open(data.join(layout::LOCK))
             .context("cannot open the lock file")?;
+        perms::tighten(&lock, perms::STATE_FILE).context("cannot set the lock file's mode")?;
         rustix::fs::flock(
             lock.as_fd(),
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -553,7 +575,7 @@ impl Device {
                 let _ = fs::write(&path, &old[keep..]);
             }
         }
-        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) {
+        if let Ok(mut f) = perms::state_file().create(true).append(true).open(&path) {
             let _ = writeln!(f, "{line}");
         }
         if let Some(r) = &self.hooks.reporter {
@@ -583,7 +605,7 @@ impl Device {
                 self.state.phase().name()
             );
         }
-        fs::create_dir_all(self.data.join(layout::STAGING))?;
+        perms::dir(&self.data.join(layout::STAGING), perms::PRIVATE_DIR)?;
         write_durable(&self.data.join(layout::SOURCE), source.as_bytes())?;
         self.last_error = None;
         self.last_progress = None;

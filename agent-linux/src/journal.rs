@@ -18,7 +18,7 @@
 //! slot record (a separate file) still says which snapshot is active, so an
 //! unconfirmed snapshot is never activated by a lost journal.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -40,12 +40,13 @@ impl Journal {
     /// Opens (creating if needed) the journal and reads the newest valid state.
     pub fn open(path: &Path) -> io::Result<(Self, State)> {
         let existed = path.exists();
-        let file = OpenOptions::new()
+        let file = crate::perms::state_file()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
+        crate::perms::tighten(&file, crate::perms::STATE_FILE)?;
         if !existed {
             file.set_len(2 * COPY_LEN as u64)?;
             crate::durability::sync_all(&file)?;
@@ -56,6 +57,17 @@ impl Journal {
         let mut j = Journal { file, newest: None };
         let state = j.read_newest()?;
         Ok((j, state))
+    }
+
+    /// The newest valid state at `path`, read only: creates, repairs and locks
+    /// nothing (`molt-agent status`). A missing journal reads as idle.
+    pub fn peek(path: &Path) -> io::Result<State> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::IDLE),
+            Err(e) => return Err(e),
+        };
+        Journal { file, newest: None }.read_newest()
     }
 
     fn read_newest(&mut self) -> io::Result<State> {

@@ -18,4 +18,5 @@ pub mod journal;
 pub mod mounts;
 pub mod outbox;
 pub mod packages;
+pub mod perms;
 pub mod slotfile;

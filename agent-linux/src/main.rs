@@ -64,6 +64,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before anything is created: modes never depend on the inherited umask.
+    molt_agent::perms::set_umask();
     // MOLT_LOG: a level, or `target=level` directives separated by commas; info
     // when unset or unreadable. `Targets` rather than `EnvFilter`: no regex
     // engine in the static binary.
@@ -71,7 +73,12 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // Colour only for a person at a terminal who has not asked for none
+    // (no-color.org): escape codes in a journal or a log file are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -102,7 +109,7 @@ fn controller_status(cfg: &Config) -> String {
     let data = cfg.data_dir();
     match Enrollment::load(&data) {
         Ok(Some(e)) => {
-            let pending = Outbox::open(&data)
+            let pending = Outbox::peek(&data)
                 .and_then(|o| o.pending())
                 .map_or_else(|e| format!("unknown ({e:#})"), |n| n.to_string());
             format!(
@@ -129,14 +136,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        // Read-only: it takes no lock and settles nothing, so it never runs a
+        // script, spends a trial boot or creates a file. Only `recover`,
+        // `install` and `run` settle an interrupted install.
+        Cmd::Status => {
+            print!("{}", install::peek_status(&cfg)?);
+            print!("{}", controller_status(&cfg));
+            Ok(ExitCode::SUCCESS)
+        }
         // Opening the device already settled the journal; saying so is all that is left.
-        Cmd::Status | Cmd::Recover => {
+        Cmd::Recover => {
             match open(&cfg) {
                 Ok(dev) => print!("{}", dev.status()),
-                // The daemon holds the lock: show what the files say, settling nothing.
+                // The daemon holds the lock (and settled at its start): show what the
+                // files say, settling nothing.
                 Err(e) if e.downcast_ref::<Busy>().is_some() => {
                     print!("{}", install::peek_status(&cfg)?);
-                    println!("agent         running (another molt-agent holds the lock)");
                 }
                 Err(e) => return Err(e),
             }

@@ -1037,7 +1037,11 @@ impl Record {
         }
         let tmp = Self::tmp_path(&self.file);
         let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::perms::state_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(text.as_bytes())?;
             crate::durability::sync_all(&f)?;
             fs::rename(&tmp, &self.file)?;

@@ -90,10 +90,19 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl Outbox {
+    /// The outbox in `data` for reading only: creates nothing (`molt-agent status`).
+    pub fn peek(data: &Path) -> Result<Outbox> {
+        Ok(Outbox {
+            dir: data.join(DIR),
+            lock: Mutex::new(()),
+        })
+    }
+
     /// Opens (creating if needed) the outbox in `data`.
     pub fn open(data: &Path) -> Result<Outbox> {
         let dir = data.join(DIR);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::perms::dir(&dir, crate::perms::PRIVATE_DIR)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Outbox {
             dir,
             lock: Mutex::new(()),
@@ -162,7 +171,8 @@ impl Outbox {
         let _g = self.guard();
         let dir = self.dep_dir(deployment);
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::perms::dir(&dir, crate::perms::PRIVATE_DIR)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             if let Some(parent) = dir.parent() {
                 File::open(parent)
                     .and_then(|d| crate::durability::sync_all(&d))
@@ -239,7 +249,8 @@ impl Outbox {
         let _g = self.guard();
         let mut st = self.load_state(deployment)?;
         let dir = self.dep_dir(deployment);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::perms::dir(&dir, crate::perms::PRIVATE_DIR)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         st.closed = true;
         self.save_state(deployment, &st)?;
         for seq in Self::seqs(&dir)? {
@@ -277,6 +288,9 @@ impl Outbox {
     /// Reports waiting to be sent.
     pub fn pending(&self) -> Result<usize> {
         let _g = self.guard();
+        if !self.dir.exists() {
+            return Ok(0);
+        }
         let mut n = 0;
         for d in self.deployments()? {
             n += Self::seqs(&self.dep_dir(d))?.len();
@@ -289,7 +303,7 @@ impl Outbox {
         let _g = self.guard();
         fs::remove_dir_all(&self.dir)
             .with_context(|| format!("cannot remove {}", self.dir.display()))?;
-        fs::create_dir_all(&self.dir)
+        crate::perms::dir(&self.dir, crate::perms::PRIVATE_DIR)
             .with_context(|| format!("cannot create {}", self.dir.display()))
     }
 }

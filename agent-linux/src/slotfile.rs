@@ -5,7 +5,7 @@
 //! is never touched. The file is created at full size once (and its directory
 //! fsynced) so later saves never change its length or metadata.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -37,12 +37,13 @@ impl FileStore {
     /// Opens the record file, creating it (zero-filled, which the engine reads as a fresh device) if missing.
     pub fn open(path: &Path) -> io::Result<Self> {
         let existed = path.exists();
-        let file = OpenOptions::new()
+        let file = crate::perms::state_file()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
+        crate::perms::tighten(&file, crate::perms::STATE_FILE)?;
         if !existed || file.metadata()?.len() < REGION_LEN as u64 {
             file.set_len(REGION_LEN as u64)?;
             crate::durability::sync_all(&file)?;
@@ -54,6 +55,19 @@ impl FileStore {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the record file for reading only, `None` when it does not exist:
+    /// creates nothing (`molt-agent status`). Writes through it fail.
+    pub fn open_read_only(path: &Path) -> io::Result<Option<Self>> {
+        match File::open(path) {
+            Ok(file) => Ok(Some(FileStore {
+                file,
+                path: path.to_path_buf(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the record lives.

@@ -2,7 +2,7 @@
 //!
 //! `MOLT_TEST_CRASH_AFTER_OPS=N` (agent-linux/src/crashpoint.rs) makes the agent
 //! SIGKILL itself right after its N-th durable operation; the sweep runs N = 1, 2, …
-//! until an install survives. After each death the next start (`molt-agent status`)
+//! until an install survives. After each death the next start (`molt-agent recover`)
 //! settles the journal, and the test checks that `current` names a snapshot
 //! byte-identical to the old or the new version, that the record agrees with the
 //! link, and that the device still installs the next update.
@@ -85,7 +85,7 @@ fn sweep(after_ok: bool) {
             .find(|l| l.contains("test crash"))
             .unwrap_or("?")
             .to_string();
-        let st = d.status();
+        let st = d.recover();
         assert_eq!(
             install_phase(&st),
             "idle",

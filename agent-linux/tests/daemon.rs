@@ -550,7 +550,7 @@ fn enroll_stores_the_credential_and_a_bad_token_is_refused() {
     assert!(!body["name"].as_str().unwrap().is_empty());
     assert_eq!(body["agent_version"], env!("CARGO_PKG_VERSION"));
 
-    let st = d.status();
+    let st = d.recover();
     assert!(st.contains(&fake.url()) && st.contains("dev_fake1"), "{st}");
 
     let again = agent(
@@ -643,8 +643,8 @@ fn run_installs_an_offer_and_reports_every_phase() {
         );
     }
     // The journal was released only once the controller had the final report.
-    assert_eq!(install_phase(&d.status()), "idle");
-    assert!(d.status().contains("reports queued 0"), "{}", d.status());
+    assert_eq!(install_phase(&d.recover()), "idle");
+    assert!(d.recover().contains("reports queued 0"), "{}", d.recover());
 }
 
 #[test]
@@ -697,7 +697,7 @@ fn abort_during_a_slow_download_keeps_the_active_snapshot() {
     assert_eq!(final_state(&reports), DeviceState::Aborted, "{reports:#?}");
     assert_eq!(d.fingerprint(), before);
     assert!(all_logs(&reports).contains("aborted"), "{reports:#?}");
-    assert_eq!(install_phase(&d.status()), "idle");
+    assert_eq!(install_phase(&d.recover()), "idle");
 }
 
 #[test]
@@ -858,7 +858,7 @@ fn kill_9_mid_install_then_run_again_settles_and_reports() {
         "{reports:#?}"
     );
     assert_eq!(d.tree(), spec.tree());
-    assert_eq!(install_phase(&d.status()), "idle");
+    assert_eq!(install_phase(&d.recover()), "idle");
 }
 
 /// A private CA and a server certificate for `localhost` signed by it: the CA's

@@ -82,13 +82,13 @@ fn assert_tree(d: &Device, want: &Tree, what: &str) {
         "{what}: the active snapshot ({}) differs from the bundle:\n{}\n{}",
         d.current_link().display(),
         diff(want, &got),
-        d.status()
+        d.recover()
     );
 }
 
 /// `current` and the record agree on the active slot, and the journal is settled.
 fn assert_settled(d: &Device, what: &str) -> String {
-    let st = d.status();
+    let st = d.recover();
     assert_eq!(
         install_phase(&st),
         "idle",
@@ -128,7 +128,7 @@ fn a_full_install_then_a_patch_on_top() {
         return;
     }
     let d = Device::new();
-    let st = d.status();
+    let st = d.recover();
     assert!(
         st.contains("factory"),
         "a new device runs its factory slot:\n{st}"
@@ -656,7 +656,7 @@ fn a_snapshot_that_keeps_dying_in_its_trial_runs_out_of_trials() {
         .killed());
     let mut restarts = 0;
     loop {
-        let r = d.agent(&["status"], Some("after"));
+        let r = d.agent(&["recover"], Some("after"));
         if !r.killed() {
             assert_eq!(r.code, Some(0), "{}", r.out);
             break;
@@ -733,7 +733,7 @@ fn refuse_all(d: &Device, cases: Vec<(String, Vec<u8>, &str)>) {
         if !evil.is_empty() {
             problems.push(format!("entries landed: {evil:?}"));
         }
-        let st = d.status();
+        let st = d.recover();
         if install_phase(&st) != "idle" {
             problems.push(format!("journal not settled: {}", install_phase(&st)));
         }
@@ -1897,7 +1897,7 @@ fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
     );
     let s3 = v3_full();
     let r = d.install_bytes("v3.molt", &build(&s3), None);
-    assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.status());
+    assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.recover());
     assert_tree(&d, &s3.tree(), "v3 after a lost journal");
 }
 
@@ -1952,4 +1952,199 @@ fn a_non_durable_device_installs_the_same_snapshot_and_says_what_it_risks() {
         r.out
     );
     assert_tree(&d, &spec.tree(), "after a non-durable install");
+}
+
+// ---------------------------------------------------------------------------------------
+// Local users: `status` writes nothing, state is private whatever the umask
+// ---------------------------------------------------------------------------------------
+
+/// The bytes of the agent's state files (record, journal), to show a command left them alone.
+fn state_bytes(d: &Device) -> Vec<Option<Vec<u8>>> {
+    ["slot.rec", "journal", "status", "staging/source"]
+        .iter()
+        .map(|f| fs::read(d.data().join(f)).ok())
+        .collect()
+}
+
+#[test]
+fn status_is_read_only_after_a_crash_and_on_a_new_device() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    // A new device: the factory slot is shown, and nothing is created.
+    let st = d.status();
+    assert!(st.contains("factory"), "{st}");
+    assert!(!d.data().exists(), "status created {}", d.data().display());
+
+    d.install_ok(&v1());
+    let mut s2 = v2_full();
+    let ran = d.marker("after-ran");
+    s2.after = Some(sh(format!("echo ran >> {}", ran.display())));
+    // Killed right after journaling the after phase, before the command ran.
+    assert!(d
+        .install_bytes("v2.molt", &build(&s2), Some("after"))
+        .killed());
+    let before = state_bytes(&d);
+    for _ in 0..2 {
+        let st = d.status();
+        assert_eq!(install_phase(&st), "after", "{st}");
+        assert!(
+            st.contains("interrupted") && st.contains("molt-agent recover"),
+            "{st}"
+        );
+    }
+    assert!(!ran.exists(), "status ran the after command");
+    assert!(state_bytes(&d) == before, "status changed the state files");
+    // `recover` settles it: the after command runs once, and the install ends.
+    let st = d.recover();
+    assert_eq!(install_phase(&st), "idle", "{st}");
+    assert_eq!(fs::read_to_string(&ran).unwrap(), "ran\n");
+    assert!(d.last_result().contains("succeeded"), "{}", d.last_result());
+    assert!(!d.status().contains("agent         not running"));
+}
+
+/// Runs the agent with `args` under `umask 000`.
+fn agent_umask_000(d: &Device, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(AGENT);
+    c.arg("--config")
+        .arg(d.root().join("agent.toml"))
+        .args(args)
+        .env("MOLT_LOG", "warn");
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    c.output().unwrap()
+}
+
+/// Every path below `dir` (symlinks included), depth first.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            walk(&p, out);
+        }
+    }
+}
+
+/// The paths among `paths` that user `nobody` can write: a file it can append to,
+/// a directory it can create a file in.
+fn writable_by_nobody(paths: &[PathBuf]) -> String {
+    use std::os::unix::process::CommandExt;
+    let script = r#"for p in "$@"; do
+        if [ -L "$p" ]; then continue; fi
+        if [ -d "$p" ]; then (: > "$p/.nobody") 2>/dev/null && echo "dir $p"
+        else (: >> "$p") 2>/dev/null && echo "file $p"; fi
+    done; true"#;
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(paths)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn state_stays_private_under_umask_000_and_the_lock_is_root_only() {
+    if !root_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let d = Device::new();
+    // Let other users reach the data directory, as on a device (/var/lib/molt).
+    fs::set_permissions(d.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = d.data();
+    let during = d.marker("writable-during");
+    let mut s1 = v1();
+    // While the install runs (the new snapshot staged, the old one active): nothing
+    // in the data directory may be writable by group or others.
+    s1.before = Some(sh(format!(
+        "find {} ! -type l -perm /022 -printf '%m %p\\n' > {}",
+        data.display(),
+        during.display()
+    )));
+    let p = d.root().join("bundles/v1.molt");
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, build(&s1)).unwrap();
+    let o = agent_umask_000(&d, &["install", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        fs::read_to_string(&during).unwrap(),
+        "",
+        "writable during the install"
+    );
+
+    let mut paths = Vec::new();
+    walk(&data, &mut paths);
+    assert!(paths.len() > 10, "{paths:?}");
+    for p in &paths {
+        let m = fs::symlink_metadata(p).unwrap();
+        if !m.file_type().is_symlink() {
+            assert_eq!(
+                m.permissions().mode() & 0o022,
+                0,
+                "{} is {:o}",
+                p.display(),
+                m.permissions().mode()
+            );
+        }
+    }
+    for f in ["journal", "slot.rec", "lock", "status", "install.log"] {
+        let mode = fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} is {mode:o}");
+    }
+    for dir in ["staging", "outbox"] {
+        if let Ok(m) = fs::metadata(data.join(dir)) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{dir}");
+        }
+    }
+    paths.push(data.clone());
+    assert_eq!(
+        writable_by_nobody(&paths),
+        "",
+        "an unprivileged user wrote these"
+    );
+
+    // The lock: flock needs no write access, so only a file others cannot open at
+    // all keeps them from holding it and blocking every install.
+    let lock = data.join("lock");
+    let held = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("flock")
+            .args(["-n", lock.to_str().unwrap(), "true"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert!(!held.status.success(), "nobody took the lock: {held:?}");
+
+    // Files an older agent (or another umask) left wide are tightened at the next start.
+    for f in ["journal", "slot.rec", "lock"] {
+        fs::set_permissions(data.join(f), fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    fs::set_permissions(data.join("staging"), fs::Permissions::from_mode(0o777)).unwrap();
+    let o = agent_umask_000(&d, &["recover"]);
+    assert!(o.status.success(), "{o:?}");
+    for f in ["journal", "slot.rec", "lock"] {
+        let mode = fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} is {mode:o} after a restart");
+    }
+    let mode = fs::metadata(data.join("staging"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
 }

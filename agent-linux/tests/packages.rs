@@ -66,7 +66,7 @@ fn device(rootfs: &Path) -> (Option<Scratch>, Device) {
         .unwrap();
     assert!(st.success(), "copying the root filesystem");
     // The first start provisions the record and points `current` at the factory slot.
-    d.status();
+    d.recover();
     (scratch, d)
 }
 
@@ -438,7 +438,7 @@ fn kill_9_during_dpkg_leaves_no_mounts_or_processes_after_the_restart() {
     agent.wait().unwrap();
 
     // The restart kills what still runs in the chroot, unmounts, and settles the install.
-    let st = d.status();
+    let st = d.recover();
     assert_eq!(install_phase(&st), "idle", "{st}");
     assert_no_mounts(&d);
     let log = d.log();

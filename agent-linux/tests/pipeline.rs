@@ -172,8 +172,9 @@ impl Device {
     fn read(&self, rel: &str) -> Option<String> {
         fs::read_to_string(self.data().join("current").join(rel)).ok()
     }
-    fn status(&self) -> String {
-        self.agent(&["status"], None).1
+    /// `molt-agent recover`: settles an interrupted install, then prints the status.
+    fn recover(&self) -> String {
+        self.agent(&["recover"], None).1
     }
 }
 
@@ -234,7 +235,7 @@ fn full_then_patch_install() {
         fs::read_to_string(d.data().join(&first).join("app/a")).unwrap(),
         "A1"
     );
-    let st = d.status();
+    let st = d.recover();
     assert!(
         st.contains("2.0.0") && st.contains("1.0.0") && st.contains("succeeded"),
         "{st}"
@@ -314,7 +315,7 @@ fn a_failing_before_never_swaps() {
     );
     assert_eq!(code, 1, "{out}");
     assert_eq!(d.current(), old);
-    assert!(d.status().contains("status 7"), "{}", d.status());
+    assert!(d.recover().contains("status 7"), "{}", d.recover());
 }
 
 #[test]
@@ -354,9 +355,9 @@ fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
     assert_eq!(d.current(), old);
     assert_eq!(d.read("app/a").as_deref(), Some("A1"));
     assert!(
-        d.status().contains("does not match its signed digest"),
+        d.recover().contains("does not match its signed digest"),
         "{}",
-        d.status()
+        d.recover()
     );
 }
 
@@ -429,7 +430,7 @@ fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
                 "phase {phase}: the test hook should have killed the agent: {out}"
             );
             // The restart settles the journal.
-            let st = d.status();
+            let st = d.recover();
             assert!(st.contains("install       idle"), "phase {phase}: {st}");
             let (a, b) = (d.read("app/a").unwrap(), d.read("app/b").unwrap());
             assert!(
@@ -547,9 +548,9 @@ fn http_server_that_ignores_range_is_refused() {
     let (code, out) = d.agent(&["install", &url], None);
     assert_eq!(code, 1, "{out}");
     assert!(
-        d.status().contains("ignored the Range request"),
+        d.recover().contains("ignored the Range request"),
         "{}",
-        d.status()
+        d.recover()
     );
     assert_eq!(d.current(), old);
     assert_eq!(d.read("app/a").as_deref(), Some("A1"));

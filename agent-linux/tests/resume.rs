@@ -74,7 +74,7 @@ fn kill_9_anywhere_in_the_download_resumes_to_the_same_snapshot() {
             cut.out
         );
         // The next start settles the install: the download resumes and the install ends.
-        let status = d.status();
+        let status = d.recover();
         assert!(
             d.last_result().contains("succeeded"),
             "at {pct}%: {}\n{status}\n{}",
@@ -170,7 +170,7 @@ fn http_download_resumes_with_range_after_a_restart() {
         ],
     );
     assert!(cut.killed(), "{}", cut.out);
-    d.status();
+    d.recover();
     assert!(
         d.last_result().contains("succeeded"),
         "{}\n{}",
@@ -205,7 +205,7 @@ fn a_server_that_ignores_range_after_a_restart_means_starting_over() {
         ],
     );
     assert!(cut.killed(), "{}", cut.out);
-    d.status();
+    d.recover();
     let log = d.log();
     assert!(log.contains("cannot resume the download"), "{log}");
     assert!(log.contains("ignored the Range request"), "{log}");
@@ -266,7 +266,7 @@ fn a_patch_resumes_without_cloning_the_active_snapshot_again() {
     assert!(cut.killed(), "{}", cut.out);
     // Before the restart settles anything, the active snapshot is untouched.
     assert_eq!(d.fingerprint(), old);
-    d.status();
+    d.recover();
     let log = d.log();
     assert!(resumed_at(&log).is_some(), "{log}");
     assert_eq!(log.matches("starts as a copy of slot").count(), 1, "{log}");

@@ -49,26 +49,59 @@ pub(super) fn render(data: &Path, r: &SlotRecord, state: &State) -> String {
     s
 }
 
-/// The status without taking the lock or settling anything: for `molt-agent
-/// status` while a daemon runs (it only reads the record and the journal, which
-/// are written whole, two copies each).
+/// The status as the files say it, read only: `molt-agent status`. It takes no
+/// lock, settles nothing and creates nothing, so it is safe beside a running
+/// daemon (the record and the journal are written whole, two copies each) and
+/// after a crash (it reports the interrupted install; `recover` settles it).
 pub fn peek_status(cfg: &Config) -> Result<String> {
     let data = cfg.data_dir();
     let rec = data.join(layout::RECORD);
-    let mut store =
-        FileStore::open(&rec).with_context(|| format!("cannot open {}", rec.display()))?;
-    let record = match SlotRecord::load(&mut store)
-        .map_err(|e| anyhow!("slot record {}: {e}", rec.display()))?
-    {
-        Loaded::Found(r) => r,
-        Loaded::Fresh => {
-            return Ok(format!(
-                "data dir      {}\n(not set up yet)\n",
-                data.display()
-            ))
-        }
+    let store = FileStore::open_read_only(&rec)
+        .with_context(|| format!("cannot open {}", rec.display()))?;
+    let loaded = match store {
+        Some(mut store) => SlotRecord::load(&mut store)
+            .map_err(|e| anyhow!("slot record {}: {e}", rec.display()))?,
+        None => Loaded::Fresh,
     };
-    let (_, state) = Journal::open(&data.join(layout::JOURNAL))
-        .with_context(|| format!("cannot open the journal in {}", data.display()))?;
-    Ok(render(&data, &record, &state))
+    let record = match loaded {
+        Loaded::Found(r) => r,
+        // What the first `recover`, `install` or `run` will record: slot A is the
+        // factory snapshot. Shown, not saved.
+        Loaded::Fresh => SlotRecord::new(Slot::A, "factory", 0, [0; 32])
+            .map_err(|e| anyhow!("cannot describe a new device: {e}"))?,
+    };
+    let state = Journal::peek(&data.join(layout::JOURNAL))
+        .with_context(|| format!("cannot read the journal in {}", data.display()))?;
+    let mut s = render(&data, &record, &state);
+    let running = lock_held(&data.join(layout::LOCK));
+    if running {
+        s.push_str("agent         running (another molt-agent holds the lock)\n");
+    } else if state.phase() != molt_engine::update::Phase::Idle {
+        s.push_str(
+            "agent         not running: the install above was interrupted; \
+             `molt-agent recover` (or the daemon at its start) settles it\n",
+        );
+    }
+    Ok(s)
+}
+
+/// Whether a process holds `flock` on the lock file, read from `/proc/locks`
+/// rather than by trying the lock: a probe would hold it for an instant, and a
+/// daemon starting in that instant would find it taken.
+fn lock_held(lock: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(lock) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let Ok(locks) = fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; a waiter's line has `->`.
+    locks.lines().any(|l| {
+        let mut w = l.split_whitespace().skip(1);
+        w.next() == Some("FLOCK") && !l.contains("->") && w.nth(3) == Some(id.as_str())
+    })
 }

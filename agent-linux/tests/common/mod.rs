@@ -726,7 +726,15 @@ impl Device {
         fingerprint(&self.current_dir())
     }
 
-    /// `molt-agent status` (which also settles an interrupted install).
+    /// `molt-agent recover`: settles an interrupted install (the next start after a
+    /// crash), then prints the status.
+    pub fn recover(&self) -> String {
+        let r = self.agent(&["recover"], None);
+        assert_eq!(r.code, Some(0), "recover failed: {}", r.out);
+        r.out
+    }
+
+    /// `molt-agent status`: read only, settles nothing.
     pub fn status(&self) -> String {
         let r = self.agent(&["status"], None);
         assert_eq!(r.code, Some(0), "status failed: {}", r.out);

@@ -66,6 +66,16 @@ enum Cmd {
 fn main() -> ExitCode {
     // Before anything is created: modes never depend on the inherited umask.
     molt_agent::perms::set_umask();
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Run { .. }) {
+        // `molt-agent status | head` ends quietly, as Unix tools do (Rust ignores
+        // SIGPIPE, so the print would panic). Not the daemon: a journald restart
+        // must not kill it.
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // MOLT_LOG: a level, or `target=level` directives separated by commas; info
     // when unset or unreadable. `Targets` rather than `EnvFilter`: no regex
     // engine in the static binary.
@@ -85,7 +95,7 @@ fn main() -> ExitCode {
         .finish()
         .with(filter)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("molt-agent: error: {e:#}");

@@ -2148,3 +2148,22 @@ fn state_stays_private_under_umask_000_and_the_lock_is_root_only() {
         & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let p = d.root().join("v1.molt");
+    fs::write(&p, build(&v1())).unwrap();
+    // Neither to a pipe nor with NO_COLOR set does a log line carry an escape code.
+    for env in [
+        vec![("MOLT_LOG", "info")],
+        vec![("MOLT_LOG", "info"), ("NO_COLOR", "1")],
+    ] {
+        let r = d.agent_env(&["install", p.to_str().unwrap()], &env);
+        assert!(r.out.contains("INFO"), "no log lines to check: {}", r.out);
+        assert!(!r.out.contains('\x1b'), "colour codes in {:?}", r.out);
+    }
+}

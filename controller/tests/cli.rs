@@ -848,3 +848,31 @@ fn the_documented_example_recipe_builds() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_closed_pipe_ends_molt_quietly() {
+    // `molt bundle inspect … | head`: the reader goes away after one line.
+    let f = Fixture::new();
+    let o = f.build(RECIPE);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_molt"))
+        .args(["bundle", "inspect", s(&f.bundle())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once: every write then meets a closed pipe.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.success() || o.status.signal() == Some(SIGPIPE),
+        "{:?}: {err}",
+        o.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;

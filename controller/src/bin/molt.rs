@@ -239,6 +239,12 @@ enum BundleCmd {
 }
 
 fn main() -> ExitCode {
+    // As every Unix filter: when the reader goes away (`molt bundle inspect … | head`),
+    // end quietly. Rust ignores SIGPIPE, so a print to the closed pipe would panic.
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

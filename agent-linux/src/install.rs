@@ -48,6 +48,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use molt_engine::bundle::Manifest;
 use molt_engine::protocol::{deployment_id, deployment_number};
 use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
+use molt_engine::text::Escaped;
 use molt_engine::update::{
     step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Report, State,
 };
@@ -562,8 +563,12 @@ impl Device {
             .map_err(|e| anyhow!("cannot save the slot record: {e}"))
     }
 
-    /// Appends a line to the install log and to tracing.
+    /// Appends a line to the install log, to tracing and to the report, with every
+    /// control character escaped: a path or a script's output can neither split
+    /// the line nor reach a terminal as an escape sequence (molt_engine::text).
     pub fn log(&self, line: &str) {
+        let escaped = Escaped::new(line).to_string();
+        let line = escaped.as_str();
         tracing::info!("{line}");
         let path = self.data.join(layout::LOG);
         if fs::metadata(&path)
@@ -790,8 +795,14 @@ impl Device {
             }
             other => format!("{other:?}"),
         };
+        // One line, whatever paths or messages it quotes (molt_engine::text).
+        let line = Escaped::new(&line).to_string();
         self.log(&line);
-        let _ = write_durable(&self.data.join(layout::STATUS), line.as_bytes());
+        let status = self.data.join(layout::STATUS);
+        if let Err(e) = write_durable(&status, line.as_bytes()) {
+            // Reported, not silent: `status` would otherwise show an older result.
+            self.log(&format!("cannot write {}: {e}", status.display()));
+        }
         let version = self.active_version();
         if let Some(rep) = &self.hooks.reporter {
             match *r {

@@ -2167,3 +2167,52 @@ fn logs_carry_no_colour_codes_off_a_terminal() {
         assert!(!r.out.contains('\x1b'), "colour codes in {:?}", r.out);
     }
 }
+
+#[test]
+fn hostile_paths_and_script_output_reach_logs_and_status_escaped() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let evil = "app/x\nFORGED\u{1b}[31m\u{9b}2J";
+    let mut s1 = v1().with(evil, Node::File(b"boo".to_vec(), 0o644));
+    // A script printing escape sequences, then a refusal quoting the path: the
+    // before command fails naming the file, so the path reaches the status line.
+    s1.before = Some(sh(format!(
+        "printf 'out \\033]0;pwned\\007 \\033[2J\\n'; echo \"missing $MOLT_NEW_SLOT/{}\"; exit 3",
+        "app/x"
+    )));
+    let r = d.install_bytes("v1.molt", &build(&s1), None);
+    assert_eq!(r.code, Some(1), "{}", r.out);
+    for (what, text) in [
+        ("install.log", d.log()),
+        ("status", d.last_result()),
+        ("stderr", r.out.clone()),
+    ] {
+        for c in text.chars() {
+            assert!(
+                c == '\n' || !molt_engine::text::needs_escape(c),
+                "{what}: raw {c:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("\nFORGED"), "{what} forged a line:\n{text}");
+    }
+    assert!(
+        d.log().contains("out \\e]0;pwned\\u{7} \\e[2J"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        d.last_result().trim_end().lines().count(),
+        1,
+        "{}",
+        d.last_result()
+    );
+    let st = d.status();
+    for c in st.chars() {
+        assert!(
+            c == '\n' || !molt_engine::text::needs_escape(c),
+            "status: raw {c:?}"
+        );
+    }
+}

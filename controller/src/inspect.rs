@@ -21,6 +21,7 @@ use molt_engine::bundle::{
     Buffers, BundleKind, Command, Decoder, Decompressor, EntryHeader, EntryKind, Event, Manifest,
     PackageManager, Trust, TrustedKey,
 };
+use molt_engine::text::Escaped;
 use molt_engine::{Error, Limits};
 use serde_json::{json, Value};
 
@@ -122,9 +123,9 @@ impl std::fmt::Display for Refusal {
         // table errors it is only where reading had got to.
         match self.error {
             Error::Policy { .. } | Error::EntryDigest { .. } | Error::Limit { .. } => {
-                write!(f, " (entry `{}`)", self.path)
+                write!(f, " (entry `{}`)", Escaped::new(&self.path))
             }
-            _ => write!(f, " (last entry read: `{}`)", self.path),
+            _ => write!(f, " (last entry read: `{}`)", Escaped::new(&self.path)),
         }
     }
 }
@@ -508,7 +509,7 @@ fn where_runs(c: &Command<'_>) -> String {
 
 fn script_lines(out: &mut String, script: &str) {
     for line in script.lines() {
-        let _ = writeln!(out, "                 | {line}");
+        let _ = writeln!(out, "                 | {}", Escaped::new(line));
     }
 }
 
@@ -516,7 +517,7 @@ fn script_lines(out: &mut String, script: &str) {
 pub fn render_text(path: &Path, d: &Decoded) -> String {
     let mut o = String::new();
     let w = &mut o;
-    let _ = writeln!(w, "bundle {}", path.display());
+    let _ = writeln!(w, "bundle {}", Escaped::new(&path.to_string_lossy()));
     let format = d
         .format
         .map(|(a, b)| format!("format {a}.{b}, "))
@@ -575,8 +576,8 @@ pub fn render_text(path: &Path, d: &Decoded) -> String {
 }
 
 fn render_manifest(w: &mut String, m: &Manifest<'_>) {
-    let _ = writeln!(w, "  version        {}", m.version);
-    let _ = writeln!(w, "  compatible     {}", m.compatible);
+    let _ = writeln!(w, "  version        {}", Escaped::new(m.version));
+    let _ = writeln!(w, "  compatible     {}", Escaped::new(m.compatible));
     let _ = writeln!(w, "  release        {}", m.release);
     let kind = match m.kind {
         BundleKind::Full => "full (the new snapshot is exactly this tree)".to_owned(),
@@ -598,7 +599,9 @@ fn render_manifest(w: &mut String, m: &Manifest<'_>) {
         let _ = writeln!(
             w,
             "  comment        {}",
-            m.comment.replace('\n', "\n                 ")
+            Escaped::lines(m.comment)
+                .to_string()
+                .replace('\n', "\n                 ")
         );
     }
     let p = &m.payload;
@@ -729,8 +732,8 @@ fn render_entries(w: &mut String, entries: &[Entry]) {
             (format!("{:04o}", e.mode), format!("{}:{}", e.uid, e.gid))
         };
         let suffix = match &e.kind {
-            OwnedKind::Symlink { target } => format!(" -> {target}"),
-            OwnedKind::Hardlink { target } => format!(" => {target}"),
+            OwnedKind::Symlink { target } => format!(" -> {}", Escaped::new(target)),
+            OwnedKind::Hardlink { target } => format!(" => {}", Escaped::new(target)),
             OwnedKind::CharDevice { major, minor } | OwnedKind::BlockDevice { major, minor } => {
                 format!(" ({major}:{minor})")
             }
@@ -744,7 +747,7 @@ fn render_entries(w: &mut String, entries: &[Entry]) {
             owner,
             size,
             digest,
-            e.path
+            Escaped::new(&e.path)
         );
     }
 }

@@ -876,3 +876,39 @@ fn a_closed_pipe_ends_molt_quietly() {
 
 /// SIGPIPE's number on Linux.
 const SIGPIPE: i32 = 13;
+
+#[test]
+fn hostile_paths_cannot_forge_verify_or_inspect_output() {
+    // A file whose name ends one line and forges the next, in colour.
+    let f = Fixture::new();
+    let evil = "x\nOK forged.bundle: version 9.9.9\u{1b}[32m\u{9b}1m\u{202e}";
+    fs::write(f.path("app").join(evil), "boo").unwrap();
+    let o = f.build(RECIPE);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = molt(&[
+        "bundle",
+        "verify",
+        s(&f.bundle()),
+        "--key",
+        s(&f.path("key.pub")),
+    ]);
+    let inspect = molt(&["bundle", "inspect", s(&f.bundle())]);
+    for (what, out) in [
+        ("verify", stdout(&o) + &stderr(&o)),
+        ("inspect", stdout(&inspect) + &stderr(&inspect)),
+    ] {
+        for c in out.chars() {
+            assert!(
+                c == '\n' || !molt_engine::text::needs_escape(c),
+                "{what}: raw {c:?} in:\n{out}"
+            );
+        }
+        assert!(!out.contains("\nOK forged"), "{what} forged a line:\n{out}");
+    }
+    assert!(
+        stdout(&inspect)
+            .contains("opt/app/x\\nOK forged.bundle: version 9.9.9\\e[32m\\u{9b}1m\\u{202e}"),
+        "{}",
+        stdout(&inspect)
+    );
+}

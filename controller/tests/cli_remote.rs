@@ -1343,3 +1343,87 @@ fn https_controller_serving_a_ca_certificate_is_explained() {
         "{err}"
     );
 }
+
+/// Text meant to take over a terminal or forge a line: a newline, CSI and OSC
+/// sequences, BEL, a C1 CSI and a bidi override.
+const HOSTILE: &str = "gw\nFORGED ROW\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m\u{202e}xe";
+
+/// Asserts `out` carries no character a terminal acts on, beyond line breaks.
+fn inert(out: &str) {
+    for c in out.chars() {
+        assert!(
+            c == '\n' || !molt_engine::text::needs_escape(c),
+            "raw {c:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn hostile_strings_from_the_controller_are_escaped_everywhere() {
+    let fake = Fake::start(|r| {
+        let path = r.target.split('?').next().unwrap();
+        let h = HOSTILE;
+        match (r.method.as_str(), path) {
+            ("GET", "/api/v1/devices") => (
+                200,
+                json!([{"id": h, "name": h, "group": h, "agent_version": h,
+                        "compatible": h, "active_version": h,
+                        "last_seen": null, "status": "idle"}]),
+            ),
+            ("GET", "/api/v1/groups") => (200, json!([group(h, 1)])),
+            ("GET", "/api/v1/deployments") => {
+                let mut d = deployment(7);
+                d["version"] = json!(h);
+                d["comment"] = json!(h);
+                d["group"] = json!(h);
+                (200, json!([d]))
+            }
+            ("GET", "/api/v1/deployments/7") => {
+                let mut d = details(7);
+                d["version"] = json!(h);
+                d["created_by"] = json!(h);
+                d["comment"] = json!(h);
+                d["devices"][0]["name"] = json!(h);
+                d["devices"][0]["message"] = json!(h);
+                (200, d)
+            }
+            ("GET", "/api/v1/deployments/7/devices/dev_b/log") => {
+                (200, Value::String(format!("line one\n{h}\nlast")))
+            }
+            _ => (404, json!({"error": h})),
+        }
+    });
+    let home = logged_in(&fake);
+    for args in [
+        &["devices"][..],
+        &["groups"],
+        &["status"],
+        &["status", "7"],
+        &["logs", "7", "dev_b"],
+    ] {
+        let out = home.ok(args);
+        inert(&out);
+        // A log is lines of the device's own making; everywhere else a name or a
+        // message is one line.
+        if args[0] != "logs" {
+            assert!(
+                !out.contains("\nFORGED ROW"),
+                "{args:?} forged a line:\n{out}"
+            );
+        }
+    }
+    // Tables stay one row per device.
+    assert_eq!(home.ok(&["devices"]).lines().count(), 2);
+    // The log keeps its own line breaks, and escapes the rest.
+    let log = home.ok(&["logs", "7", "dev_b"]);
+    assert!(log.starts_with("line one\ngw\nFORGED ROW\\e[2J"), "{log}");
+    // JSON stays valid JSON, and as inert.
+    let json = home.ok(&["devices", "--json"]);
+    inert(&json);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["name"], HOSTILE);
+    // An error message from the server.
+    let o = home.molt(&["status", "99"]);
+    assert!(!o.status.success());
+    inert(&stderr(&o));
+}

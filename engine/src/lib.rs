@@ -35,6 +35,7 @@ pub mod limits;
 #[cfg(feature = "alloc")]
 pub mod protocol;
 pub mod slot;
+pub mod text;
 pub mod update;
 
 #[cfg(feature = "testing")]

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use molt_engine::slot::{Loaded, Slot, SlotRecord};
+use molt_engine::text::Escaped;
 use molt_engine::update::State;
 
 use super::{layout, slot_name};
@@ -38,12 +39,13 @@ pub(super) fn render(data: &Path, r: &SlotRecord, state: &State) -> String {
     }
     s.push_str(&format!("install       {}\n", state.phase().name()));
     let last = fs::read_to_string(data.join(layout::STATUS)).unwrap_or_else(|_| "none".into());
-    s.push_str(&format!("last result   {}\n", last.trim()));
+    s.push_str(&format!("last result   {}\n", Escaped::new(last.trim())));
     if let Ok(log) = fs::read_to_string(data.join(layout::LOG)) {
         let lines: Vec<&str> = log.lines().collect();
         s.push_str("log (last 15 lines)\n");
         for l in &lines[lines.len().saturating_sub(15)..] {
-            s.push_str(&format!("  {l}\n"));
+            // A log written by an older agent may hold raw control characters.
+            s.push_str(&format!("  {}\n", Escaped::new(l)));
         }
     }
     s

@@ -17,8 +17,28 @@ use molt_controller::client::{lookup, render, Client, RequestError};
 use molt_controller::inspect::{self, human};
 use molt_controller::{build, keys, recipe};
 use molt_engine::bundle::TrustedKey;
+use molt_engine::text::Escaped;
 use molt_engine::Error;
 use serde_json::Value;
+
+// Everything `molt` prints goes through these: text from bundles, devices and
+// scripts reaches the terminal with every control character but the line break
+// escaped (molt_engine::text). Fields that must stay on one line (table cells,
+// names, paths) are escaped on their own as well, so a `\n` cannot forge a row.
+macro_rules! out {
+    ($($t:tt)*) => { print!("{}", Escaped::lines(&format!($($t)*))) };
+}
+macro_rules! outln {
+    () => { println!() };
+    ($($t:tt)*) => { println!("{}", Escaped::lines(&format!($($t)*))) };
+}
+macro_rules! err {
+    ($($t:tt)*) => { eprint!("{}", Escaped::lines(&format!($($t)*))) };
+}
+macro_rules! errln {
+    () => { eprintln!() };
+    ($($t:tt)*) => { eprintln!("{}", Escaped::lines(&format!($($t)*))) };
+}
 
 /// molt: over-the-air updates for Linux edge devices (operator CLI).
 ///
@@ -249,7 +269,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -260,12 +280,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Top::Keygen { output } => {
             let g = keys::generate(&output)?;
-            eprintln!(
+            errln!(
                 "wrote {} (secret: keep it off devices and out of version control) and {}",
                 g.secret.display(),
                 g.public.display()
             );
-            println!("{}", hex::encode(g.id));
+            outln!("{}", hex::encode(g.id));
             Ok(ExitCode::SUCCESS)
         }
         Top::Bundle(BundleCmd::Build {
@@ -291,7 +311,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish_and_clear();
             let b = built?;
             let ids: Vec<String> = b.key_ids.iter().map(hex::encode).collect();
-            println!(
+            outln!(
                 "built {}: version {} ({}), {} entries, {} of files, {} in {} chunk(s), signed by {}",
                 b.path.display(),
                 b.version,
@@ -303,7 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ids.join(", ")
             );
             if let Some(g) = b.target_group {
-                println!(
+                outln!(
                     "target group: {g} (for the controller's deployment; not part of the bundle)"
                 );
             }
@@ -317,23 +337,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let trusted = public_keys(&key_files)?;
             let d = inspect::decode(&file, &trusted, true, None)?;
             if json {
-                let text = serde_json::to_string_pretty(&inspect::render_json(&file, &d))
-                    .context("cannot format JSON")?;
-                println!("{text}");
+                print_json(&inspect::render_json(&file, &d))?;
             } else {
-                print!("{}", inspect::render_text(&file, &d));
+                out!("{}", inspect::render_text(&file, &d));
             }
             match &d.refusal {
                 None => Ok(ExitCode::SUCCESS),
                 Some(r) => {
-                    eprintln!("error: {}: {r}", file.display());
+                    errln!("error: {}: {r}", Escaped::new(&file.to_string_lossy()));
                     if matches!(
                         r.error,
                         Error::UnknownKey { .. }
                             | Error::BadSignature { .. }
                             | Error::RevokedKey { .. }
                     ) {
-                        eprintln!("(inspect without --key shows the contents without checking the signature)");
+                        errln!("(inspect without --key shows the contents without checking the signature)");
                     }
                     Ok(ExitCode::FAILURE)
                 }
@@ -351,11 +369,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish_and_clear();
             match verified {
                 Ok(v) => {
-                    println!(
+                    outln!(
                         "OK {}: version {} for {} (release {}), {} entries, {} of files, {} bundle, signed by {}",
-                        file.display(),
-                        v.version,
-                        v.compatible,
+                        Escaped::new(&file.to_string_lossy()),
+                        Escaped::new(&v.version),
+                        Escaped::new(&v.compatible),
                         v.release,
                         v.entries,
                         human(v.file_bytes),
@@ -365,7 +383,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("FAILED {}: {e:#}", file.display());
+                    errln!(
+                        "FAILED {}: {}",
+                        Escaped::new(&file.to_string_lossy()),
+                        Escaped::new(&format!("{e:#}"))
+                    );
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -487,7 +509,7 @@ fn login(remote: &Remote) -> Result<ExitCode> {
             ca: target.ca,
         },
     )?;
-    println!(
+    outln!(
         "logged in to {} ({} group(s)); saved to {}",
         target.controller,
         groups.len(),
@@ -507,7 +529,7 @@ fn read_token(controller: &str) -> Result<String> {
             .context("cannot read the token from standard input")?;
         return Ok(text.trim().to_owned());
     }
-    eprint!("operator token for {controller}: ");
+    err!("operator token for {controller}: ");
     let _ = std::io::stderr().flush();
     // No password crate for one prompt: `stty` turns echo off and back on.
     let stty = |arg: &str| {
@@ -522,7 +544,7 @@ fn read_token(controller: &str) -> Result<String> {
     let read = stdin.read_line(&mut line);
     if hidden {
         stty("echo");
-        eprintln!();
+        errln!();
     }
     read.context("cannot read the token")?;
     Ok(line.trim().to_owned())
@@ -530,11 +552,28 @@ fn read_token(controller: &str) -> Result<String> {
 
 /// Prints a JSON value for scripts.
 fn print_json(v: &Value) -> Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).context("cannot format JSON")?
-    );
+    let text = serde_json::to_string_pretty(v).context("cannot format JSON")?;
+    std::io::stdout().write_all(json_safe(&text).as_bytes())?;
+    std::io::stdout().write_all(b"\n")?;
     Ok(())
+}
+
+/// `json` with the characters serde_json leaves raw in strings but a terminal acts
+/// on (DEL, C1 controls, bidi overrides) written as `\uXXXX` escapes: still the
+/// same JSON value, and safe to show.
+fn json_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if molt_engine::text::needs_escape(c) && c != '\n' {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Converts an answer already fetched as JSON into its message type.
@@ -557,7 +596,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             if json {
                 return print_json(&v);
             }
-            print!(
+            out!(
                 "{}",
                 render::groups_table(&typed::<Vec<Group>>(v, "groups")?)
             );
@@ -571,8 +610,8 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let g: Group = typed(v, "the new group")?;
-            println!("created group {}; devices enroll with its token:", g.name);
-            println!("{}", g.enrollment_token);
+            outln!("created group {}; devices enroll with its token:", g.name);
+            outln!("{}", g.enrollment_token);
         }
         Top::Devices { group, json } => {
             let v: Value = c.devices(group.as_deref())?;
@@ -580,14 +619,14 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let devices: Vec<Device> = typed(v, "devices")?;
-            print!("{}", render::devices_table(&devices, now()));
+            out!("{}", render::devices_table(&devices, now()));
         }
         Top::Updates { json } => {
             let v: Value = c.updates()?;
             if json {
                 return print_json(&v);
             }
-            print!(
+            out!(
                 "{}",
                 render::updates_table(&typed::<Vec<Update>>(v, "updates")?)
             );
@@ -629,8 +668,8 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: Deployment = typed(v, "the new deployment")?;
-            println!("{}", render::deployment_made(&d));
-            println!("watch it: molt status {}", d.id);
+            outln!("{}", render::deployment_made(&d));
+            outln!("watch it: molt status {}", d.id);
         }
         Top::DeployToOthers {
             deployment,
@@ -642,8 +681,8 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: Deployment = typed(v, "the new deployment")?;
-            println!("{}", render::deployment_made(&d));
-            println!("watch it: molt status {}", d.id);
+            outln!("{}", render::deployment_made(&d));
+            outln!("watch it: molt status {}", d.id);
         }
         Top::Status {
             deployment: None,
@@ -655,7 +694,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let list: Vec<Deployment> = typed(v, "deployments")?;
-            print!("{}", render::deployments_table(&list));
+            out!("{}", render::deployments_table(&list));
         }
         Top::Status {
             deployment: Some(id),
@@ -667,7 +706,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 return print_json(&v);
             }
             let d: DeploymentDetails = typed(v, "the deployment")?;
-            print!("{}", render::deployment_details(&d));
+            out!("{}", render::deployment_details(&d));
         }
         Top::Abort { deployment, json } => {
             let v: Value = c.abort(deployment)?;
@@ -685,7 +724,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                     .find(|d| d.id == id)
                     .map(|d| d.name.clone())
             };
-            print!("{}", render::abort_report(&r, &names));
+            out!("{}", render::abort_report(&r, &names));
         }
         Top::Logs { deployment, device } => {
             let id = if device.starts_with("dev_") {
@@ -698,10 +737,10 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                     .with_context(|| format!("deployment {deployment}"))?
             };
             let text = c.log(deployment, &id)?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
+            // Scripts' output: line breaks kept, every other control escaped.
+            out!("{}", Escaped::lines(&text));
             if !text.is_empty() && !text.ends_with('\n') {
-                out.write_all(b"\n")?;
+                outln!();
             }
         }
         Top::Keygen { .. } | Top::Bundle(_) | Top::Digest { .. } | Top::Login => {
@@ -747,7 +786,7 @@ fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()
     }
     let (v, target_group) = match upload {
         Upload::Bundle(info) => {
-            eprintln!(
+            errln!(
                 "uploading {}: version {} ({}) for {}, {}",
                 file.display(),
                 info.version,
@@ -759,7 +798,7 @@ fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()
             (c.push_bundle(file, comment, &progress)?, None)
         }
         Upload::Recipe(r) => {
-            eprintln!(
+            errln!(
                 "uploading recipe {} (version {}) with {} part(s), {}; the controller builds and signs it",
                 file.display(),
                 r.version,
@@ -774,8 +813,8 @@ fn push(c: &Client, file: &Path, comment: Option<&str>, json: bool) -> Result<()
         return print_json(&v);
     }
     let u: Update = typed(v, "the new update")?;
-    println!("{}", render::update_made(&u));
-    println!(
+    outln!("{}", render::update_made(&u));
+    outln!(
         "deploy it: molt deploy {} --group {}",
         u.id,
         target_group.as_deref().unwrap_or("GROUP")

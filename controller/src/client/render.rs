@@ -3,14 +3,22 @@
 use std::fmt::Write as _;
 
 use molt_engine::protocol::DeviceState;
+use molt_engine::text::Escaped;
 
 use crate::api::{AbortResult, Counts, Deployment, DeploymentDetails, Device, Group, Update};
 use crate::inspect::human;
 
 /// Lays out rows under a header, columns padded to their widest cell (the last column
-/// is not padded, so lines carry no trailing blanks).
+/// is not padded, so lines carry no trailing blanks). Cells hold what devices and
+/// operators named things: each is escaped to one line (molt_engine::text), so no
+/// name can forge a row or reach the terminal as a control sequence.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| Escaped::new(c).to_string()).collect())
+        .collect();
+    let rows = &rows[..];
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -280,11 +288,11 @@ pub fn deployment_details(d: &DeploymentDetails) -> String {
         "deployment {}: update {} (version {}) to {}",
         dep.id,
         dep.update,
-        dep.version,
+        Escaped::new(&dep.version),
         if dep.group.is_empty() {
             "a list of devices".to_owned()
         } else {
-            format!("group {}", dep.group)
+            format!("group {}", Escaped::new(&dep.group))
         }
     );
     let _ = writeln!(
@@ -297,10 +305,10 @@ pub fn deployment_details(d: &DeploymentDetails) -> String {
         out,
         "created  {} by {}",
         show_time(&dep.created),
-        dep.created_by
+        Escaped::new(&dep.created_by)
     );
     if !dep.comment.is_empty() {
-        let _ = writeln!(out, "comment  {}", dep.comment);
+        let _ = writeln!(out, "comment  {}", Escaped::new(&dep.comment));
     }
     out.push('\n');
     let rows: Vec<Vec<String>> = d
@@ -335,13 +343,13 @@ pub fn deployment_made(d: &Deployment) -> String {
     let to = if d.group.is_empty() {
         "the listed devices".to_owned()
     } else {
-        format!("group {}", d.group)
+        format!("group {}", Escaped::new(&d.group))
     };
     format!(
         "deployment {}: update {} (version {}) to {to}, {} device(s): {}",
         d.id,
         d.update,
-        d.version,
+        Escaped::new(&d.version),
         d.counts.total(),
         counts_text(&d.counts)
     )
@@ -350,8 +358,8 @@ pub fn deployment_made(d: &Deployment) -> String {
 /// `molt abort`'s report; `names` maps device ids to names where known.
 pub fn abort_report(r: &AbortResult, names: &dyn Fn(&str) -> Option<String>) -> String {
     let who = |id: &str| match names(id) {
-        Some(n) if n != id => format!("{n} ({id})"),
-        _ => id.to_owned(),
+        Some(n) if n != id => format!("{} ({})", Escaped::new(&n), Escaped::new(id)),
+        _ => Escaped::new(id).to_string(),
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -369,7 +377,7 @@ pub fn abort_report(r: &AbortResult, names: &dyn Fn(&str) -> Option<String>) -> 
             out,
             "  not aborted  {}: {} ({})",
             who(&n.device),
-            n.reason,
+            Escaped::new(&n.reason),
             n.state.name()
         );
     }
@@ -387,10 +395,10 @@ pub fn update_made(u: &Update) -> String {
     format!(
         "update {}: version {} ({}, {}) for {}",
         u.id,
-        u.version,
-        u.kind,
+        Escaped::new(&u.version),
+        Escaped::new(&u.kind),
         human(u.size),
-        u.compatible
+        Escaped::new(&u.compatible)
     )
 }
 

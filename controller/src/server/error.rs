@@ -69,7 +69,7 @@ impl AppError {
     /// 500: something on the server side, logged where it happens.
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();
-        tracing::error!("{message}");
+        tracing::error!("{}", molt_engine::text::Escaped::new(&message));
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }

@@ -78,7 +78,8 @@ async fn guard(req: Request, next: Next) -> Response {
     if req.method() == Method::POST {
         let authority = req.uri().authority().map(|a| a.as_str().to_owned());
         if let Err(e) = session::check_origin(req.headers(), authority.as_deref()) {
-            tracing::warn!("web UI: {}", e.message);
+            // The message quotes the request's Origin header: one line in the log.
+            tracing::warn!("web UI: {}", molt_engine::text::Escaped::new(&e.message));
             return session::refused(None, &e);
         }
     }

@@ -10,6 +10,8 @@ mod harness;
 mod api;
 #[path = "server/build.rs"]
 mod build;
+#[path = "server/conn.rs"]
+mod conn;
 #[path = "server/rollout.rs"]
 mod rollout;
 #[path = "server/tls.rs"]

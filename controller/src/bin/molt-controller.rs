@@ -47,6 +47,10 @@ struct ServeArgs {
     /// directory's signing key and `<data>/trusted-keys` are always trusted.
     #[arg(long, value_name = "HEX")]
     trusted_key: Vec<String>,
+    /// Most connections open at once; more are closed at once, and logged
+    /// (default 16384, and never more than the open-file limit leaves room for).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
     /// Largest bundle upload, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_MAX_BUNDLE_BYTES)]
     max_bundle_bytes: u64,
@@ -115,6 +119,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         listener,
         tls,
         server.router(),
+        args.max_connections.map(|n| n as usize),
         shutdown_signal(),
     ));
     // A verification or build still running on the blocking pool is not waited for

@@ -14,6 +14,7 @@
 mod auth;
 mod build_api;
 mod build_dir;
+pub mod conn;
 mod db;
 mod deployments;
 mod device_api;
@@ -199,6 +200,7 @@ impl Server {
             .fallback(web::fallback)
             .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
             .layer(axum::middleware::map_response(error::json_errors))
+            .layer(axum::middleware::from_fn(conn::body_timeout))
             .layer(axum::middleware::from_fn(log_request))
             .with_state(self.state.clone())
     }
@@ -313,13 +315,22 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
 }
 
 /// Serves `app` on `listener` (HTTPS when `tls` is given) until `shutdown`
-/// completes, then lets requests in flight finish for up to 10 seconds.
+/// completes, then lets requests in flight finish for up to 10 seconds. Idle and
+/// slow clients are cut off and open connections capped at `max_connections`
+/// (conn.rs), after raising the open-file limit.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
+    max_connections: Option<usize>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let fds = conn::raise_fd_limit();
+    let cap = conn::max_connections(max_connections, fds);
+    tracing::info!(
+        "at most {cap} connections (open-file limit {})",
+        fds.map_or("unknown".into(), |n| n.to_string())
+    );
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -332,20 +343,24 @@ pub async fn serve(
         https: tls.is_some(),
     }));
     let service = app.into_make_service();
+    let capped = conn::Capped::new(axum_server::accept::DefaultAcceptor, cap);
+    let mut server = axum_server::from_tcp(listener)?
+        .handle(handle)
+        .first_request_timeout(conn::FIRST_REQUEST)
+        // Refused connections (the cap) are logged by the acceptor, once a minute.
+        .accept_error_handler(|_, _| {});
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(conn::HEADER_READ);
     match tls {
         Some(config) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            axum_server::from_tcp_rustls(listener, config)?
-                .handle(handle)
-                .serve(service)
-                .await?
+            // The cap is the inner acceptor: a TLS handshake holds a permit too.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(capped);
+            server.acceptor(acceptor).serve(service).await?
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(service)
-                .await?
-        }
+        None => server.acceptor(capped).serve(service).await?,
     }
     Ok(())
 }

@@ -25,9 +25,27 @@ pub struct Controller {
 impl Controller {
     /// Starts the server on `data` with `extra` arguments and waits for its address.
     pub fn start(data: &Path, extra: &[&str]) -> Controller {
+        Controller::start_in(
+            Command::new(env!("CARGO_BIN_EXE_molt-controller")),
+            data,
+            extra,
+        )
+    }
+
+    /// [`Controller::start`] under a soft open-file limit of `nofile` (`ulimit -Sn`,
+    /// as systemd's default 1024), the hard limit left as it is.
+    pub fn start_with_nofile(data: &Path, extra: &[&str], nofile: u64) -> Controller {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -Sn {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_molt-controller"));
+        Controller::start_in(sh, data, extra)
+    }
+
+    fn start_in(mut cmd: Command, data: &Path, extra: &[&str]) -> Controller {
         let log = data.with_extension("stderr.log");
         let stderr = fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_molt-controller"))
+        let mut child = cmd
             .arg("serve")
             .arg("--data")
             .arg(data)
@@ -127,7 +145,11 @@ impl Fixture {
 
     /// Starts a controller on this fixture's data directory; returns it and the operator token.
     pub fn start(&self, extra: &[&str]) -> (Controller, String) {
-        let c = Controller::start(&self.data(), extra);
+        self.started(Controller::start(&self.data(), extra))
+    }
+
+    /// The operator token of `c`, started on this fixture's data directory.
+    pub fn started(&self, c: Controller) -> (Controller, String) {
         let token = fs::read_to_string(self.data().join("operator-token"))
             .unwrap()
             .trim()

@@ -2216,3 +2216,33 @@ fn hostile_paths_and_script_output_reach_logs_and_status_escaped() {
         );
     }
 }
+
+#[test]
+fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    d.install_ok(&v1());
+    d.install_ok(&v2_full());
+    // v1 is now the inactive slot: the rollback target.
+    let good = build(&v3_full());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut flipped = good.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 1;
+    let cut = good[..good.len() - 1].to_vec();
+    for (name, bad) in [("trailing", trailing), ("flipped", flipped), ("cut", cut)] {
+        let r = d.install_bytes(&format!("{name}.molt"), &bad, None);
+        assert_ne!(r.code, Some(0), "{name}: installed:\n{}", r.out);
+        let st = d.status();
+        assert!(
+            st.contains("version 1.0.0"),
+            "{name}: the rollback target is gone:\n{st}"
+        );
+    }
+    let r = d.agent(&["rollback"], None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert_tree(&d, &v1().tree(), "rolled back after three refused files");
+}

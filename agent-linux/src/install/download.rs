@@ -26,7 +26,7 @@
 //! recipe has run, and the active slot was never touched). It also hands the
 //! bundle position to the reporter, which sends progress at most once a second.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use molt_engine::bundle::{
 use molt_engine::slot::{Slot, Status};
 use molt_engine::update::{CauseKind, Plan};
 use molt_engine::Error as BundleError;
+use molt_engine::Limits;
 use serde::{Deserialize, Serialize};
 
 use super::writer::{Flusher, Writer};
@@ -99,6 +100,48 @@ fn bundle_failure(e: BundleError, path: &str) -> Failure {
         why.push_str(&format!(" (`{path}`)"));
     }
     (kind, why)
+}
+
+/// Checks the local bundle file at `path` as far as it can be without decompressing:
+/// head, signature, manifest, and every chunk's digest in the signed chain.
+fn chain_check(
+    path: &str,
+    trust: Trust<'_>,
+    limits: Limits,
+    buf: &mut [u8],
+) -> Result<(), Failure> {
+    let mut f = File::open(path).map_err(|e| {
+        (
+            CauseKind::Network,
+            format!("cannot open bundle file {path}: {e}"),
+        )
+    })?;
+    let (m, w, _) = Buffers::required(&limits, limits.max_chunk_size);
+    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
+    let z = LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}")))?;
+    let bufs = Buffers {
+        manifest: &mut mb,
+        wire: &mut wb,
+        raw: &mut [],
+    };
+    let mut dec = Decoder::new(trust, limits, z, bufs).chain_only();
+    let refused = |dec: &Decoder<'_, '_, LibZstd>, e| bundle_failure(e, dec.failed_path());
+    loop {
+        let n = f.read(buf).map_err(|e| {
+            (
+                CauseKind::Io,
+                format!("cannot read bundle file {path}: {e}"),
+            )
+        })?;
+        if n == 0 {
+            return dec.finish().map_err(|e| refused(&dec, e));
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let fed = dec.feed(rest).map(|f| f.consumed);
+            rest = &rest[fed.map_err(|e| refused(&dec, e))?..];
+        }
+    }
 }
 
 impl Device {
@@ -261,6 +304,13 @@ impl Device {
         // Where the bytes come from, and the extractor continuing or starting the slot.
         let (mut reader, validator, total, extractor) = match saved {
             None => {
+                if !source.starts_with("http://") && !source.starts_with("https://") {
+                    // A local file can be read twice: its whole chunk chain is checked
+                    // (hashing only) before the inactive slot is emptied, so a file a
+                    // device refuses (cut short, one byte appended, a chunk altered)
+                    // costs nothing and the rollback target survives.
+                    fail!(chain_check(source, trust, limits, &mut buf));
+                }
                 let src =
                     match fetch::open_at(source, &self.cfg, self.hooks.bearer.as_ref(), 0, None) {
                         Ok(s) => s,

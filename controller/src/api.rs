@@ -50,6 +50,15 @@ pub struct DevicePatch {
     pub group: Option<String>,
 }
 
+/// `DELETE /api/v1/devices/{id}` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRemoved {
+    /// The removed device.
+    pub device: String,
+    /// Its unfinished deployment targets, now aborted.
+    pub cancelled: u64,
+}
+
 /// A stored update (a signed bundle).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Update {

@@ -296,6 +296,9 @@ fn scripted() -> Fake {
                         "compatible": "acme-gw", "active_version": "1.4.1",
                         "last_seen": null, "status": "idle"}]),
             ),
+            ("DELETE", "/api/v1/devices/dev_a") => {
+                (200, json!({"device": "dev_a", "cancelled": 1}))
+            }
             ("GET", "/api/v1/updates") => (200, json!([update(3, "1.5.0"), update(2, "1.4.1")])),
             ("POST", "/api/v1/updates") | ("POST", "/api/v1/updates/build") => {
                 (201, update(4, "1.6.0"))
@@ -1426,4 +1429,22 @@ fn hostile_strings_from_the_controller_are_escaped_everywhere() {
     let o = home.molt(&["status", "99"]);
     assert!(!o.status.success());
     inert(&stderr(&o));
+}
+
+#[test]
+fn devices_remove_finds_the_device_by_name_and_says_what_it_did() {
+    let fake = scripted();
+    let home = logged_in(&fake);
+    let out = home.ok(&["devices", "remove", "gw-1"]);
+    assert_eq!(
+        out,
+        "removed device dev_a: its credential is refused from now on; 1 unfinished deployment \
+         target(s) cancelled\n"
+    );
+    assert_eq!(
+        fake.last("DELETE", "/api/v1/devices/dev_a").target,
+        "/api/v1/devices/dev_a"
+    );
+    let err = home.fails(&["devices", "remove", "no-such"]);
+    assert!(err.contains("no-such"), "{err}");
 }

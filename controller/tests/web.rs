@@ -564,3 +564,47 @@ fn hostile_names_comments_and_logs_are_escaped() {
     );
     assert!(!g.body.contains("<b onmouseover"));
 }
+
+#[test]
+fn a_device_is_removed_from_the_devices_page_after_a_confirmation() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "gw-web", "acme-gw");
+    poll(&c, &dev, None);
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let list = b.get("/devices").body;
+    let path = format!("/devices/{}/remove", dev.id);
+    assert!(list.contains(&format!("action=\"{path}\"")), "{list}");
+    assert!(
+        list.contains("data-confirm=\"Remove device gw-web"),
+        "{list}"
+    );
+
+    // Without JavaScript: a confirmation page, and nothing removed yet.
+    let ask = b.post(&path, &[("csrf", &csrf)]);
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("Yes, remove"), "{}", ask.body);
+    assert!(b.get("/devices").body.contains("gw-web"));
+    // Confirmed: post/redirect/get back to the list, which says so.
+    let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let to = done.location.unwrap();
+    assert_eq!(to, format!("/devices?removed={}", dev.id));
+    let after = b.get(&to).body;
+    assert!(
+        after.contains("removed: its credential is refused"),
+        "{after}"
+    );
+    assert!(!after.contains("gw-web"), "{after}");
+    let polled = post(
+        &c.api("/device/poll"),
+        &dev.cred,
+        json!({"compatible": "acme-gw", "agent_version": "0.1.0", "active_version": "factory"}),
+    );
+    assert_eq!(polled.status, 401);
+    // Without the form token: refused, as every form.
+    assert_eq!(b.post(&path, &[("confirmed", "yes")]).status, 403);
+}

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use molt_controller::api::{
-    AbortResult, Deployment, DeploymentDetails, Device, Group, NewDeployment, Update,
+    AbortResult, Deployment, DeploymentDetails, Device, DeviceRemoved, Group, NewDeployment, Update,
 };
 use molt_controller::client::login::{self, Given, SavedLogin, Target};
 use molt_controller::client::push::{self, PushKind};
@@ -107,6 +107,8 @@ enum Top {
     },
     /// List devices: id, name, group, status, active version, agent version, last seen.
     Devices {
+        #[command(subcommand)]
+        action: Option<DevicesCmd>,
         /// Only this group's devices.
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
@@ -193,6 +195,16 @@ enum GroupsCmd {
         /// Print the controller's JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Remove a device: its credential is refused from now on (a stolen or retired
+    /// device), what it has not started is cancelled, and it leaves every list.
+    Remove {
+        /// The device's id, or its name when that is unique.
+        device: String,
     },
 }
 
@@ -613,7 +625,28 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             outln!("created group {}; devices enroll with its token:", g.name);
             outln!("{}", g.enrollment_token);
         }
-        Top::Devices { group, json } => {
+        Top::Devices {
+            action: Some(DevicesCmd::Remove { device }),
+            ..
+        } => {
+            let v: Value = c.devices(None)?;
+            let devices: Vec<Device> = typed(v, "devices")?;
+            let pairs: Vec<(String, String)> =
+                devices.into_iter().map(|d| (d.id, d.name)).collect();
+            let id = lookup::find_device(&pairs, &device)?;
+            let r: DeviceRemoved = c.remove_device(&id)?;
+            outln!(
+                "removed device {}: its credential is refused from now on; {} unfinished \
+                 deployment target(s) cancelled",
+                Escaped::new(&r.device),
+                r.cancelled
+            );
+        }
+        Top::Devices {
+            action: None,
+            group,
+            json,
+        } => {
             let v: Value = c.devices(group.as_deref())?;
             if json {
                 return print_json(&v);

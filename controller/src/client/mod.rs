@@ -283,6 +283,15 @@ impl Client {
         }
     }
 
+    /// `DELETE /devices/{id}`.
+    pub fn remove_device<T: DeserializeOwned>(&self, id: &str) -> Result<T, RequestError> {
+        self.json(
+            "DELETE",
+            &format!("/devices/{}", encode_component(id)),
+            None,
+        )
+    }
+
     /// `GET /updates`.
     pub fn updates<T: DeserializeOwned>(&self) -> Result<T, RequestError> {
         self.get("/updates")

@@ -102,7 +102,7 @@ async fn device_of(state: &AppState, secret: &str) -> Result<Option<String>, App
         .db
         .call(move |c| {
             Ok(c.query_row(
-                "SELECT id FROM devices WHERE credential_hash = ?1",
+                "SELECT id FROM devices WHERE credential_hash = ?1 AND removed = 0",
                 [h.as_bytes().as_slice()],
                 |r| r.get(0),
             )

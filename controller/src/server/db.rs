@@ -114,6 +114,12 @@ CREATE TABLE sessions (
 ) WITHOUT ROWID;
 CREATE INDEX sessions_by_expiry ON sessions(expires);
 "#,
+    r#"
+-- A removed device (`DELETE /devices/{id}`): its credential hash is replaced by
+-- random bytes no secret hashes to, and it leaves every listing; its rows in
+-- past deployments stay, so their history and counts do not change.
+ALTER TABLE devices ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The database handle, cheap to clone: the connection every change goes

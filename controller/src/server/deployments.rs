@@ -63,7 +63,8 @@ pub fn create(
         (Some(g), None) => {
             let gid = group_id(tx, g)?;
             let mut st = tx.prepare(
-                "SELECT id, name, compatible FROM devices WHERE group_id = ?1 ORDER BY id",
+                "SELECT id, name, compatible FROM devices WHERE group_id = ?1 AND removed = 0
+                 ORDER BY id",
             )?;
             for m in st.query_map([gid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
                 members.push(m?);
@@ -84,7 +85,7 @@ pub fn create(
                 }
                 let row = tx
                     .query_row(
-                        "SELECT id, name, compatible FROM devices WHERE id = ?1",
+                        "SELECT id, name, compatible FROM devices WHERE id = ?1 AND removed = 0",
                         [id],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )

@@ -169,7 +169,10 @@ impl Server {
                 get(operator_api::list_groups).post(operator_api::create_group),
             )
             .route("/devices", get(operator_api::list_devices))
-            .route("/devices/{id}", patch(operator_api::patch_device))
+            .route(
+                "/devices/{id}",
+                patch(operator_api::patch_device).delete(operator_api::remove_device),
+            )
             .route(
                 "/updates",
                 get(updates_api::list)

@@ -15,7 +15,7 @@ use super::db::{now, rfc3339, unsigned};
 use super::error::{AppError, JsonBody, PathParams, QueryParams};
 use super::rollout;
 use super::AppState;
-use crate::api::{Device, DevicePatch, Group, NewGroup};
+use crate::api::{Device, DevicePatch, DeviceRemoved, Group, NewGroup};
 
 /// Checks a group name: 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn check_group_name(name: &str) -> Result<(), AppError> {
@@ -53,7 +53,7 @@ pub async fn list_groups(
 pub fn groups(tx: &Transaction<'_>) -> Result<Vec<Group>, AppError> {
     let mut st = tx.prepare(
         "SELECT g.name, g.enrollment_token,
-                (SELECT count(*) FROM devices d WHERE d.group_id = g.id)
+                (SELECT count(*) FROM devices d WHERE d.group_id = g.id AND d.removed = 0)
          FROM groups g ORDER BY g.name",
     )?;
     let rows = st.query_map([], |r| {
@@ -70,7 +70,8 @@ pub fn groups(tx: &Transaction<'_>) -> Result<Vec<Group>, AppError> {
 pub fn group_compatibles(tx: &Transaction<'_>, name: &str) -> Result<Vec<String>, AppError> {
     let gid = group_id(tx, name)?;
     let mut st = tx.prepare(
-        "SELECT DISTINCT compatible FROM devices WHERE group_id = ?1 ORDER BY compatible",
+        "SELECT DISTINCT compatible FROM devices WHERE group_id = ?1 AND removed = 0
+         ORDER BY compatible",
     )?;
     let rows = st.query_map([gid], |r| r.get(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -174,7 +175,7 @@ pub fn devices(
         let gid = group_id(tx, g)?;
         let mut st = tx.prepare(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
-             WHERE d.group_id = ?1 ORDER BY d.name, d.id"
+             WHERE d.group_id = ?1 AND d.removed = 0 ORDER BY d.name, d.id"
         ))?;
         for d in st.query_map([gid], |r| device_row(r, t, interval))? {
             out.push(d?);
@@ -182,7 +183,7 @@ pub fn devices(
     } else {
         let mut st = tx.prepare(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
-             ORDER BY g.name, d.name, d.id"
+             WHERE d.removed = 0 ORDER BY g.name, d.name, d.id"
         ))?;
         for d in st.query_map([], |r| device_row(r, t, interval))? {
             out.push(d?);
@@ -197,13 +198,61 @@ fn device(tx: &Transaction<'_>, id: &str, interval: u32) -> Result<Device, AppEr
     tx.query_row(
         &format!(
             "SELECT {DEVICE_COLUMNS} FROM devices d JOIN groups g ON g.id = d.group_id
-             WHERE d.id = ?1"
+             WHERE d.id = ?1 AND d.removed = 0"
         ),
         [id],
         |r| device_row(r, t, interval),
     )
     .optional()?
     .ok_or_else(|| AppError::not_found(format!("device {id} does not exist")))
+}
+
+/// `DELETE /devices/{id}`: revokes the device at once (its credential gets 401 from
+/// the next request on, the in-memory cache included), cancels what it has not
+/// started, and drops it from every listing; past deployments keep its rows.
+pub async fn remove_device(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<DeviceRemoved>, AppError> {
+    Ok(Json(remove(&state, id).await?))
+}
+
+/// Removes device `id` (404 when it does not exist or is removed already); the
+/// API and the web UI both come here.
+pub async fn remove(state: &AppState, id: String) -> Result<DeviceRemoved, AppError> {
+    let interval = state.poll_interval;
+    let st = state.clone();
+    state
+        .db
+        .write(move |tx| {
+            device(tx, &id, interval)?;
+            let mut random = [0u8; 32];
+            getrandom::getrandom(&mut random)
+                .map_err(|e| AppError::internal(format!("no random bytes: {e}")))?;
+            tx.execute(
+                "UPDATE devices SET removed = 1, credential_hash = ?2 WHERE id = ?1",
+                params![id, random.as_slice()],
+            )?;
+            // Pending targets are cancelled; one in flight is aborted as an
+            // operator's abort would be, and is final at once: the device can no
+            // longer report.
+            let cancelled = tx.execute(
+                "UPDATE targets SET state = 'aborted', message = 'device removed',
+                     final_reported = 1, updated = ?2
+                 WHERE device_id = ?1 AND state IN ('pending', 'downloading', 'installing')",
+                params![id, now()],
+            )?;
+            // Still under the writer's lock: no request can find the credential
+            // in the database and put it back in the cache after this.
+            st.seen.revoke(&id);
+            tracing::info!("device {id} removed; {cancelled} unfinished target(s) cancelled");
+            Ok(DeviceRemoved {
+                device: id,
+                cancelled: cancelled as u64,
+            })
+        })
+        .await
 }
 
 /// `PATCH /devices/{id}`.

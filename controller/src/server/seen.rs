@@ -59,6 +59,15 @@ impl Seen {
         creds.get(cred.as_bytes()).cloned()
     }
 
+    /// Forgets `device` entirely: its credential no longer finds it (call under the
+    /// database's write lock, once the removal is written).
+    pub fn revoke(&self, device: &str) {
+        let mut creds = self.creds.write().unwrap_or_else(|e| e.into_inner());
+        creds.retain(|_, d| d != device);
+        drop(creds);
+        self.devices().remove(device);
+    }
+
     /// Remembers that `cred` is `device`'s credential.
     pub fn remember(&self, cred: &blake3::Hash, device: &str) {
         let mut creds = self.creds.write().unwrap_or_else(|e| e.into_inner());

@@ -400,3 +400,70 @@ fn device_supplied_strings_are_bounded() {
     );
     assert_eq!(bad.status, 400, "{}", bad.text());
 }
+
+#[test]
+fn a_removed_device_is_refused_at_once_and_its_unfinished_targets_cancelled() {
+    let mut r = rollout();
+    // Device a has its credential cached (a poll) and is in flight.
+    assert_eq!(poll(&r.c, &r.a, None)["action"], "install");
+    let ok = report(&r.c, &r.a, r.dep, 1, "downloading", "fetching\n");
+    assert_eq!(ok.json()["accepted"], true);
+
+    let url = r.c.api(&format!("/devices/{}", r.a.id));
+    // Only an operator removes devices.
+    assert_eq!(
+        request("DELETE", &url, Some(&r.b.cred), &[], None).status,
+        403
+    );
+    let gone = request("DELETE", &url, Some(&r.token), &[], None);
+    assert_eq!(gone.status, 200, "{}", gone.text());
+    assert_eq!(gone.json(), json!({"device": r.a.id, "cancelled": 1}));
+
+    // Refused at once, although its credential was in the cache.
+    let polled = post(
+        &r.c.api("/device/poll"),
+        &r.a.cred,
+        json!({"compatible": "acme-gw", "agent_version": "0.1.0", "active_version": "factory"}),
+    );
+    assert_eq!(polled.status, 401, "{}", polled.text());
+    assert_eq!(report(&r.c, &r.a, r.dep, 2, "success", "").status, 401);
+    let bundle = request(
+        "GET",
+        &r.c.api(&format!("/device/deployments/{}/bundle", r.dep)),
+        Some(&r.a.cred),
+        &[],
+        None,
+    );
+    assert_eq!(bundle.status, 401);
+
+    // Gone from the lists; its history stays, cancelled.
+    let devices = get_ok(&r.c.api("/devices"), &r.token);
+    assert!(!devices.to_string().contains(&r.a.id), "{devices}");
+    let groups = get_ok(&r.c.api("/groups"), &r.token);
+    let test = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "test")
+        .unwrap();
+    assert_eq!(test["devices"], 1);
+    let details = get_ok(&r.c.api(&format!("/deployments/{}", r.dep)), &r.token);
+    assert_eq!(state_of(&details, &r.a.id), "aborted");
+    // The other device goes on.
+    assert_eq!(poll(&r.c, &r.b, None)["action"], "install");
+    assert_eq!(
+        request("DELETE", &url, Some(&r.token), &[], None).status,
+        404
+    );
+
+    // And after a restart.
+    r.c.kill();
+    let (c, _) = r.f.start(&[]);
+    let polled = post(
+        &c.api("/device/poll"),
+        &r.a.cred,
+        json!({"compatible": "acme-gw", "agent_version": "0.1.0", "active_version": "factory"}),
+    );
+    assert_eq!(polled.status, 401);
+    assert_eq!(poll(&c, &r.b, None)["action"], "install");
+}

@@ -1,6 +1,6 @@
 //! The groups page (with their enrollment tokens and a form to create one) and the devices page (status, active version, agent version, last seen).
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -94,10 +94,64 @@ pub async fn create_group(
     }
 }
 
-/// `?group=` of the devices page.
+/// `?group=` of the devices page, and `?removed=` after a removal.
 #[derive(Deserialize)]
 pub struct DeviceFilter {
     group: Option<String>,
+    removed: Option<String>,
+}
+
+/// The remove form: the token, and `confirmed=yes` once the operator confirmed
+/// (app.js adds it after `confirm()`; without JavaScript a confirmation page asks).
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    csrf: Option<String>,
+    confirmed: Option<String>,
+}
+
+/// `POST /devices/{id}/remove`: post/redirect/get back to the device list.
+pub async fn remove_device(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<RemoveForm>,
+) -> Response {
+    if let Err(e) = session.check_token(form.csrf.as_deref()) {
+        return session::refused(Some(&session), &e);
+    }
+    if form.confirmed.as_deref() != Some("yes") {
+        let body = html! {
+            h1 { "Remove device " code { (id) } "?" }
+            p { "Its credential is refused from then on, its unfinished deployments are cancelled, and it leaves every list. Past deployments keep its rows." }
+            form.inline method="post" action={ "/devices/" (id) "/remove" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="confirmed" value="yes";
+                button.danger type="submit" { "Yes, remove" }
+                a href="/devices" { "No, go back" }
+            }
+        };
+        return layout::page("Remove?", Some(&session), Nav::Devices, body).into_response();
+    }
+    match operator_api::remove(&state, id).await {
+        Ok(r) => Redirect::to(&format!(
+            "/devices?removed={}",
+            form_urlencoded_component(&r.device)
+        ))
+        .into_response(),
+        Err(e) => layout::error_page(Some(&session), e.status, &e.message),
+    }
+}
+
+/// `s` for a query string (device ids are `dev_` and hex, but say so in code).
+fn form_urlencoded_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `GET /devices`.
@@ -126,6 +180,9 @@ pub async fn devices(
     };
     let body = html! {
         h1 { "Devices" }
+        @if let Some(r) = &q.removed {
+            p.notice.ok role="status" { "Device " code { (r) } " removed: its credential is refused from now on." }
+        }
         form.inline method="get" action="/devices" {
             label for="filter" { "Group" }
             select #filter name="group" {
@@ -144,6 +201,7 @@ pub async fn devices(
                     th scope="col" { "Device" } th scope="col" { "Group" } th scope="col" { "Status" }
                     th scope="col" { "Active version" } th scope="col" { "Agent version" }
                     th scope="col" { "Hardware" } th scope="col" { "Last seen" }
+                    th scope="col" { span.visually-hidden { "Remove" } }
                 } }
                 tbody {
                     @for d in &devices {
@@ -155,6 +213,13 @@ pub async fn devices(
                             td { (d.agent_version) }
                             td { code { (d.compatible) } }
                             td { @match &d.last_seen { Some(t) => (layout::time(t)), None => span.muted { "never" } } }
+                            td {
+                                form.inline method="post" action={ "/devices/" (d.id) "/remove" }
+                                    data-confirm={ "Remove device " (d.name) " (" (d.id) ")? Its credential is refused from then on and what it has not started is cancelled." } {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    button.danger.small type="submit" { "Remove" }
+                                }
+                            }
                         }
                     }
                 }

@@ -66,6 +66,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/groups", get(fleet::groups).post(fleet::create_group))
         .route("/devices", get(fleet::devices))
+        .route(
+            "/devices/{id}/remove",
+            axum::routing::post(fleet::remove_device),
+        )
         .route("/assets/style.css", get(style))
         .route("/assets/app.js", get(script))
         .layer(axum::middleware::from_fn(guard))

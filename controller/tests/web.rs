@@ -532,6 +532,10 @@ fn hostile_names_comments_and_logs_are_escaped() {
         pages[3]
     );
 
+    // A crafted link cannot show an abort's result for a deployment nobody aborted.
+    let spoof = b.get(&format!("/deployments/{id}?abort=sent")).body;
+    assert!(!spoof.contains("Abort sent"), "{spoof}");
+
     // Abort without JavaScript: a confirmation page first, then the result.
     let path = format!("/deployments/{id}/abort");
     let ask = b.post(&path, &[("csrf", &csrf)]);
@@ -540,9 +544,21 @@ fn hostile_names_comments_and_logs_are_escaped() {
     let live = b.get(&format!("/deployments/{id}/live")).body;
     assert!(live.contains("class=\"abort\""), "not aborted yet: {live}");
     let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
+    // Post/redirect/get: a reload cannot send the abort again.
+    assert_eq!(done.status, 303, "{}", done.body);
+    let to = done.location.unwrap();
+    assert_eq!(to, format!("/deployments/{id}?abort=sent"));
+    let done = b.get(&to);
     assert_eq!(done.status, 200, "{}", done.body);
     assert!(done.body.contains("Abort sent"), "{}", done.body);
     assert!(done.body.contains(&dev.id), "{}", done.body);
+    // The abort's address typed or reloaded: the details page, not an API answer.
+    let typed = b.get(&path);
+    assert_eq!(typed.status, 303);
+    assert_eq!(
+        typed.location.as_deref(),
+        Some(format!("/deployments/{id}").as_str())
+    );
     let live = b.get(&format!("/deployments/{id}/live")).body;
     assert!(live.contains("Aborted at"), "{live}");
     assert!(

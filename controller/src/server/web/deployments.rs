@@ -5,7 +5,6 @@
 //! pages are complete as they are and a reload refreshes them.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::{html, Markup};
@@ -17,7 +16,7 @@ use super::super::operator_api;
 use super::super::AppState;
 use super::layout::{self, badge, counts, Nav};
 use super::session::{self, Session};
-use crate::api::{AbortResult, Deployment, DeploymentDetails, DeviceState};
+use crate::api::{AbortResult, Deployment, DeploymentDetails, DeviceState, NotAborted};
 
 /// How many deployments the recent-updates table shows.
 const RECENT: u32 = 50;
@@ -231,11 +230,54 @@ pub async fn details(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<u64>,
+    Query(q): Query<DetailsQuery>,
 ) -> Response {
     match load(&state, id, true).await {
-        Ok(v) => details_page(&session, &v, None).into_response(),
+        Ok(v) => {
+            // After the abort's redirect: what it did, from the stored states (so a
+            // crafted link cannot show it for a deployment nobody aborted).
+            let note = (q.abort.as_deref() == Some("sent") && v.aborted.is_some())
+                .then(|| abort_note(&abort_outcome(&v.details)));
+            details_page(&session, &v, note).into_response()
+        }
         Err(e) => layout::error_page(Some(&session), e.status, &e.message),
     }
+}
+
+/// `?abort=sent`: the details page right after an abort.
+#[derive(Deserialize)]
+pub struct DetailsQuery {
+    abort: Option<String>,
+}
+
+/// Which devices an abort of `d` applies to, as its devices' states now tell.
+fn abort_outcome(d: &DeploymentDetails) -> AbortResult {
+    let mut r = AbortResult {
+        deployment: d.deployment.id,
+        aborted: Vec::new(),
+        not_aborted: Vec::new(),
+    };
+    for t in &d.devices {
+        let reason = match t.state {
+            DeviceState::Success => "already committed",
+            DeviceState::Failed | DeviceState::RolledBack => "already finished",
+            _ => {
+                r.aborted.push(t.id.clone());
+                continue;
+            }
+        };
+        r.not_aborted.push(NotAborted {
+            device: t.id.clone(),
+            state: t.state,
+            reason: reason.to_owned(),
+        });
+    }
+    r
+}
+
+/// `GET /deployments/{id}/abort` (a reload, a typed address): the details page.
+pub async fn abort_get(Path(id): Path<u64>) -> Response {
+    Redirect::to(&format!("/deployments/{id}")).into_response()
 }
 
 /// `GET /deployments/{id}/live`: the summary and device table alone.
@@ -297,14 +339,16 @@ pub async fn abort(
         };
         return layout::page("Abort?", Some(&session), Nav::None, body).into_response();
     }
-    let result = state.db.write(move |tx| api::abort_in(tx, id)).await;
-    let (status, note) = match result {
-        Ok(r) => (StatusCode::OK, abort_note(&r)),
-        Err(e) => (e.status, layout::notice("error", &e.message)),
-    };
-    match load(&state, id, true).await {
-        Ok(v) => (status, details_page(&session, &v, Some(note))).into_response(),
-        Err(e) => layout::error_page(Some(&session), e.status, &e.message),
+    match state.db.write(move |tx| api::abort_in(tx, id)).await {
+        // Post/redirect/get: a reload shows the page again instead of re-sending.
+        Ok(_) => Redirect::to(&format!("/deployments/{id}?abort=sent")).into_response(),
+        Err(e) => match load(&state, id, true).await {
+            Ok(v) => {
+                let note = layout::notice("error", &e.message);
+                (e.status, details_page(&session, &v, Some(note))).into_response()
+            }
+            Err(e) => layout::error_page(Some(&session), e.status, &e.message),
+        },
     }
 }
 

@@ -50,7 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/deployments/{id}/live", get(deployments::details_live))
         .route(
             "/deployments/{id}/abort",
-            axum::routing::post(deployments::abort),
+            get(deployments::abort_get).post(deployments::abort),
         )
         .route(
             "/deployments/{id}/deploy-to-others",

@@ -624,3 +624,41 @@ fn a_device_is_removed_from_the_devices_page_after_a_confirmation() {
     // Without the form token: refused, as every form.
     assert_eq!(b.post(&path, &[("confirmed", "yes")]).status, 403);
 }
+
+#[test]
+fn small_things_a_browser_notices() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "solo");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    // The icon every page load asks for, before and after login.
+    let icon = b.get("/favicon.ico");
+    assert_eq!(icon.status, 200);
+    assert!(
+        icon.content_type.starts_with("image/svg+xml"),
+        "{}",
+        icon.content_type
+    );
+    b.login(&token);
+    // "1 device", not "1 devices".
+    let form = b.get("/updates/new").body;
+    assert!(form.contains("solo (1 device)"), "{form}");
+    // The group name's pattern compiles under the `v` flag browsers use for it (with a
+    // bare `-` in the class it did not, and the browser's check silently did nothing).
+    let groups = b.get("/groups").body;
+    let at = groups.find("pattern=\"").expect("a pattern attribute") + "pattern=\"".len();
+    let pattern = &groups[at..at + groups[at..].find('"').unwrap()];
+    assert_eq!(pattern, r"[A-Za-z0-9._\-]+");
+    let js = format!(
+        "const r = new RegExp('^(?:' + {pattern:?} + ')$', 'v'); \
+         if (!r.test('prod-1.a_b') || r.test('bad name')) process.exit(3);"
+    );
+    match std::process::Command::new("node")
+        .args(["-e", &js])
+        .output()
+    {
+        Ok(o) => assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) => println!("node not installed: the pattern was checked as text only"),
+    }
+}

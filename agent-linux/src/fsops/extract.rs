@@ -57,6 +57,25 @@ pub struct ExtractStats {
     pub internal: u64,
 }
 
+/// `3 files (12345 bytes), 2 directories, 1 symlink`: what a device log says.
+impl std::fmt::Display for ExtractStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        super::write_counts(
+            f,
+            &[
+                (self.files, "file", "files"),
+                (self.dirs, "directory", "directories"),
+                (self.symlinks, "symlink", "symlinks"),
+                (self.hardlinks, "hardlink", "hardlinks"),
+                (self.specials, "special file", "special files"),
+                (self.deleted, "deletion", "deletions"),
+                (self.internal, "package file staged", "package files staged"),
+            ],
+        )?;
+        write!(f, "; {} bytes of file content", self.bytes)
+    }
+}
+
 /// Which directory handle an entry goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Target {

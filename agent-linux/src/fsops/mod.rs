@@ -34,3 +34,63 @@ pub use durable::{
 pub use error::{ErrorKind, FsError};
 pub use extract::{ExtractState, ExtractStats, Extractor, TMP_PREFIX};
 pub use snapshot::{clone_tree, CloneReport, CopyMethod};
+
+/// Writes `counts` for people: the non-zero ones, as `3 files, 1 directory`, or
+/// `nothing` when all are zero. Summaries of extracts and clones use it, so device
+/// logs read as sentences, not as Rust's `Debug` output.
+pub(crate) fn write_counts(
+    f: &mut std::fmt::Formatter<'_>,
+    counts: &[(u64, &str, &str)],
+) -> std::fmt::Result {
+    let mut first = true;
+    for &(n, one, many) in counts.iter().filter(|c| c.0 > 0) {
+        if !first {
+            f.write_str(", ")?;
+        }
+        first = false;
+        write!(f, "{n} {}", if n == 1 { one } else { many })?;
+    }
+    if first {
+        f.write_str("nothing")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CloneReport, CopyMethod, ExtractStats};
+
+    #[test]
+    fn summaries_read_as_sentences() {
+        let s = ExtractStats {
+            files: 1,
+            bytes: 42,
+            dirs: 2,
+            ..ExtractStats::default()
+        };
+        assert_eq!(
+            s.to_string(),
+            "1 file, 2 directories; 42 bytes of file content"
+        );
+        assert_eq!(
+            ExtractStats::default().to_string(),
+            "nothing; 0 bytes of file content"
+        );
+        let c = CloneReport {
+            method: Some(CopyMethod::CopyFileRange),
+            files: 3,
+            reflinked: 0,
+            range_copied: 3,
+            read_written: 0,
+            bytes: 9,
+            dirs: 1,
+            symlinks: 1,
+            specials: 0,
+            hardlinks_split: 0,
+        };
+        assert_eq!(
+            c.to_string(),
+            "3 files, 1 directory, 1 symlink; 9 bytes, by copy_file_range"
+        );
+    }
+}

@@ -83,6 +83,31 @@ pub struct CloneReport {
     pub hardlinks_split: u64,
 }
 
+/// `12 files (3 reflinked), 4 directories, 2 symlinks; 5678 bytes, by reflink`.
+impl fmt::Display for CloneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        super::write_counts(
+            f,
+            &[
+                (self.files, "file", "files"),
+                (self.dirs, "directory", "directories"),
+                (self.symlinks, "symlink", "symlinks"),
+                (self.specials, "special file", "special files"),
+                (
+                    self.hardlinks_split,
+                    "hardlinked file copied on its own",
+                    "hardlinked files copied on their own",
+                ),
+            ],
+        )?;
+        write!(f, "; {} bytes", self.bytes)?;
+        match self.method {
+            Some(m) => write!(f, ", by {m}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Makes `target` a copy of the tree at `active`, first emptying `target` completely (it
 /// may hold a failed earlier attempt kept for inspection).
 ///

@@ -246,7 +246,7 @@ impl Device {
             let report =
                 fsops::clone_tree(&self.slot_path(active), slot_dir).map_err(fs_failure)?;
             self.log(&format!(
-                "patch: slot {} starts as a copy of slot {} ({report:?})",
+                "patch: slot {} starts as a copy of slot {} ({report})",
                 slot_name(slot),
                 slot_name(active)
             ));
@@ -532,7 +532,7 @@ impl Device {
             // again later for whatever the before script and packages wrote.
             fail!(fsops::sync_tree(&slot_dir).map_err(fs_failure));
             fail!(fsops::sync_tree(&staging).map_err(fs_failure));
-            self.log(&format!("extracted {stats:?}"));
+            self.log(&format!("extracted {stats}"));
             match plan {
                 Some(p) => Attempt::Done(p),
                 None => Attempt::Failed((CauseKind::BadBundle, "bundle has no manifest".into())),

@@ -371,7 +371,7 @@ fn others_page(
             label for="other-group" { "Group" }
             select #other-group name="group" required {
                 @for g in groups.iter().filter(|g| g.name != d.group) {
-                    option value=(g.name) { (g.name) " (" (g.devices) " devices)" }
+                    option value=(g.name) { (g.name) " (" (layout::devices_count(g.devices)) ")" }
                 }
             }
             button type="submit" { "Deploy" }

@@ -44,7 +44,9 @@ fn groups_page(session: &Session, groups: &[Group], name: &str, error: Option<&s
                 input type="hidden" name="csrf" value=(session.csrf);
                 label for="group-name" { "Name" }
                 input #group-name type="text" name="name" value=(name) required maxlength="64"
-                    pattern="[A-Za-z0-9._-]+" title="A-Z, a-z, 0-9, . _ and -";
+                    // Browsers compile `pattern` with the `v` flag, under which a
+                    // bare `-` in a class is a syntax error (the check then does nothing).
+                    pattern="[A-Za-z0-9._\\-]+" title="A-Z, a-z, 0-9, . _ and -";
                 button type="submit" { "Create group" }
             }
         }

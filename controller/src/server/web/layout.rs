@@ -128,6 +128,15 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// `1 device`, `3 devices`.
+pub fn devices_count(n: u64) -> String {
+    if n == 1 {
+        "1 device".to_owned()
+    } else {
+        format!("{n} devices")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,7 +156,7 @@ fn form_page(session: &Session, groups: &[Group], f: &Fields, error: Option<&str
                     select #group name="group" required {
                         option value="" { "Choose a group" }
                         @for g in groups {
-                            option value=(g.name) selected[f.group == g.name] { (g.name) " (" (g.devices) " devices)" }
+                            option value=(g.name) selected[f.group == g.name] { (g.name) " (" (layout::devices_count(g.devices)) ")" }
                         }
                     }
                 }

@@ -246,7 +246,7 @@ mod tests {
             ("fetching (streaming)".to_string(), true)
         );
         let mut more = lines.clone();
-        more.push(" INFO extracted ExtractStats { files: 2 }".into());
+        more.push(" INFO extracted 2 files; 10 bytes of file content".into());
         more.push(" INFO deployment 7: sealing".into());
         assert_eq!(
             landing(&more, 7, Kind::Streaming),

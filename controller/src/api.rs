@@ -94,6 +94,10 @@ pub struct NewDeployment {
     /// A comment for later reference.
     #[serde(default)]
     pub comment: String,
+    /// Deploy even to devices that an unfinished deployment of the same update
+    /// already targets (otherwise `409`).
+    #[serde(default)]
+    pub again: bool,
 }
 
 /// `POST /api/v1/deployments/{id}/deploy-to-others` body.

@@ -143,6 +143,10 @@ enum Top {
         /// A comment for later reference.
         #[arg(long)]
         comment: Option<String>,
+        /// Deploy even to devices an unfinished deployment of this update already
+        /// targets (refused otherwise: they would install it twice).
+        #[arg(long)]
+        again: bool,
         /// Print the controller's JSON.
         #[arg(long)]
         json: bool,
@@ -674,6 +678,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             group,
             devices,
             comment,
+            again,
             json,
         } => {
             let updates: Vec<Update> = c.updates()?;
@@ -696,6 +701,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 group,
                 devices,
                 comment: comment.unwrap_or_default(),
+                again,
             })?;
             if json {
                 return print_json(&v);

@@ -35,13 +35,16 @@ const OPERATOR: &str = "operator";
 
 /// Makes a deployment of `update` to `group` or `devices`, each device `pending`.
 /// Without a comment of its own it takes the update's (the recipe's), which is
-/// what recent updates should show for it.
+/// what recent updates should show for it. Unless `again`, a device that an
+/// unfinished deployment of the same update already targets makes it a 409: two
+/// deploys of one update made every device install it twice.
 pub fn create(
     tx: &Transaction<'_>,
     update: u64,
     group: Option<&str>,
     devices: Option<&[String]>,
     comment: &str,
+    again: bool,
 ) -> Result<Deployment, AppError> {
     let uid = signed(update, "update")?;
     let (compatible, update_comment): (String, String) = tx
@@ -120,6 +123,33 @@ pub fn create(
             wrong.join(", ")
         )));
     }
+    if !again {
+        let mut busy = tx.prepare(
+            "SELECT t.deployment_id FROM targets t JOIN deployments d ON d.id = t.deployment_id
+             WHERE d.update_id = ?1 AND t.device_id = ?2
+               AND t.state IN ('pending', 'downloading', 'installing')
+             LIMIT 1",
+        )?;
+        let mut overlap: Vec<(String, i64)> = Vec::new();
+        for m in &members {
+            if let Some(dep) = busy
+                .query_row(params![uid, m.0], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                overlap.push((m.0.clone(), dep));
+            }
+        }
+        if let Some((_, first)) = overlap.first() {
+            let names: Vec<&str> = overlap.iter().map(|o| o.0.as_str()).collect();
+            return Err(AppError::conflict(format!(
+                "update {update} is already being deployed to {} of these devices \
+                 (deployment {first}: {}); wait for it, abort it, or deploy again explicitly \
+                 (`\"again\": true`, `molt deploy --again`)",
+                overlap.len(),
+                names.join(", ")
+            )));
+        }
+    }
     let t = now();
     tx.execute(
         "INSERT INTO deployments (update_id, group_name, comment, created, created_by)
@@ -155,6 +185,7 @@ pub async fn deploy(
                 req.group.as_deref(),
                 req.devices.as_deref(),
                 &req.comment,
+                req.again,
             )
         })
         .await?;
@@ -190,7 +221,7 @@ pub fn deploy_to_others_in(
         )
         .optional()?
         .ok_or_else(|| AppError::not_found(format!("deployment {id} does not exist")))?;
-    create(tx, unsigned(update), Some(group), None, &comment)
+    create(tx, unsigned(update), Some(group), None, &comment, false)
 }
 
 /// `POST /deployments/{id}/abort`.

@@ -197,7 +197,8 @@ fn abort_stops_what_has_not_committed() {
     let d = post_ok(
         &c.api("/deployments"),
         &r.token,
-        json!({"update": u, "devices": [r.a.id, r.b.id, late.id]}),
+        // Asked explicitly: a and b are still in the first deployment of this update.
+        json!({"update": u, "devices": [r.a.id, r.b.id, late.id], "again": true}),
         201,
     );
     assert_eq!(d["group"], "");
@@ -466,4 +467,52 @@ fn a_removed_device_is_refused_at_once_and_its_unfinished_targets_cancelled() {
     );
     assert_eq!(polled.status, 401);
     assert_eq!(poll(&c, &r.b, None)["action"], "install");
+}
+
+#[test]
+fn a_second_unfinished_deployment_of_one_update_is_refused_unless_asked() {
+    let r = rollout();
+    let c = &r.c;
+    let u = get_ok(&c.api("/updates"), &r.token)[0]["id"].clone();
+    // Deployment 1 (the group `test`: a and b) is unfinished: a second one of the
+    // same update to an overlapping set of devices would install it twice.
+    for body in [
+        json!({"update": u, "group": "test"}),
+        json!({"update": u, "devices": [r.b.id]}),
+    ] {
+        let a = post(&c.api("/deployments"), &r.token, body);
+        assert_eq!(a.status, 409, "{}", a.text());
+        let msg = a.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains("already being deployed")
+                && msg.contains(&r.b.id)
+                && msg.contains("again"),
+            "{msg}"
+        );
+    }
+    // Other devices are fine, and so is an explicit repeat.
+    post_ok(
+        &c.api("/deployments"),
+        &r.token,
+        json!({"update": u, "group": "production"}),
+        201,
+    );
+    post_ok(
+        &c.api("/deployments"),
+        &r.token,
+        json!({"update": u, "devices": [r.a.id], "again": true}),
+        201,
+    );
+    // Once a device's targets are final, the update may go to it again.
+    for (dev, seq) in [(&r.a, 1), (&r.b, 1)] {
+        poll(c, dev, None);
+        let done = report(c, dev, r.dep, seq, "success", "");
+        assert_eq!(done.json()["closed"], true);
+    }
+    let a = post(
+        &c.api("/deployments"),
+        &r.token,
+        json!({"update": u, "devices": [r.b.id]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.text());
 }

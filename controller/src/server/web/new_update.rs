@@ -562,7 +562,7 @@ async fn build_and_deploy(
     let comment = update.comment.clone();
     let made = state
         .db
-        .write(move |tx| deployments::create(tx, update.id, Some(&group), None, &comment))
+        .write(move |tx| deployments::create(tx, update.id, Some(&group), None, &comment, false))
         .await;
     match made {
         Ok(d) => Ok(d.id),

@@ -177,6 +177,11 @@ pub struct Device {
     abort_fed: Option<DeploymentId>,
     /// When the last progress report went out.
     last_progress: Option<Instant>,
+    /// The outcome of the last final report made by this process.
+    last_final: Option<Outcome>,
+    /// The source of the interrupted install that opening the device settled, and
+    /// how it ended (see [`Device::nothing_to_install`]).
+    settled: Option<(String, Outcome)>,
     _lock: File,
 }
 
@@ -317,6 +322,8 @@ impl Device {
             hooks,
             abort_fed: None,
             last_progress: None,
+            last_final: None,
+            settled: None,
             cfg,
             _lock: lock,
         };
@@ -350,6 +357,9 @@ impl Device {
     /// [`Device::acknowledge`] when a reporter is attached.
     pub fn settle(&mut self) -> Result<()> {
         let rebooted = self.note_boot()?;
+        let interrupted = (!matches!(self.state.phase(), Phase::Idle | Phase::Done))
+            .then(|| fs::read_to_string(self.data.join(layout::SOURCE)).ok())
+            .flatten();
         // Done too: a crash right after journaling Done may have lost the final report,
         // and Restarted sends it again (reports are idempotent).
         if self.state.phase() != Phase::Idle {
@@ -369,7 +379,43 @@ impl Device {
                 }
             }
         }
+        if let (Some(source), Some(outcome)) = (interrupted, self.last_final) {
+            self.settled = Some((source, outcome));
+        }
         self.settle_orphaned_trial()
+    }
+
+    /// Why installing `source` now would change nothing, if it would not: the
+    /// install of this very source that a crash interrupted has just been finished
+    /// by opening the device, or (for a local file) the bundle is the active
+    /// snapshot already. Installing it again would put the same version in both
+    /// slots, lose the rollback target and run its scripts twice. A source that
+    /// cannot be read is not judged here: the install reports it.
+    pub fn nothing_to_install(&self, source: &str) -> Option<String> {
+        if let Some((s, Outcome::Succeeded)) = &self.settled {
+            if s == source {
+                return Some(format!(
+                    "the install of {source} that was interrupted has just been finished; \
+                     it is not installed again"
+                ));
+            }
+        }
+        if source.starts_with("http://") || source.starts_with("https://") {
+            return None;
+        }
+        let (version, digest) =
+            download::peek_manifest(source, &self.cfg, self.record.floor()).ok()?;
+        let active = self.record.slot(self.record.active());
+        (active.status == Status::Good
+            && active.version.as_str() == version
+            && active.digest == digest)
+            .then(|| {
+                format!(
+                    "{source} is version {version}, the active snapshot already (slot {}); \
+                     nothing to do",
+                    slot_name(self.record.active())
+                )
+            })
     }
 
     /// The controller deployment being installed or awaiting the acknowledgement
@@ -781,6 +827,7 @@ impl Device {
                 cause,
                 rollback_error,
             } => {
+                self.last_final = Some(*outcome);
                 let mut s = format!("deployment {}: {outcome}", label(*deployment));
                 if let Some(c) = cause {
                     s.push_str(&format!(" ({c})"));

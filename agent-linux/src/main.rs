@@ -138,6 +138,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Install { source } => {
             let mut dev = open(&cfg)?;
+            if let Some(why) = dev.nothing_to_install(&source) {
+                println!("{}", molt_engine::text::Escaped::new(&why));
+                return Ok(ExitCode::SUCCESS);
+            }
             let outcome = dev.install(&source)?;
             println!("{outcome}");
             Ok(if outcome == Outcome::Succeeded {

@@ -2155,13 +2155,13 @@ fn logs_carry_no_colour_codes_off_a_terminal() {
         return;
     }
     let d = Device::new();
-    let p = d.root().join("v1.molt");
-    fs::write(&p, build(&v1())).unwrap();
     // Neither to a pipe nor with NO_COLOR set does a log line carry an escape code.
-    for env in [
-        vec![("MOLT_LOG", "info")],
-        vec![("MOLT_LOG", "info"), ("NO_COLOR", "1")],
+    for (spec, env) in [
+        (v1(), vec![("MOLT_LOG", "info")]),
+        (v2_full(), vec![("MOLT_LOG", "info"), ("NO_COLOR", "1")]),
     ] {
+        let p = d.root().join(format!("{}.molt", spec.version));
+        fs::write(&p, build(&spec)).unwrap();
         let r = d.agent_env(&["install", p.to_str().unwrap()], &env);
         assert!(r.out.contains("INFO"), "no log lines to check: {}", r.out);
         assert!(!r.out.contains('\x1b'), "colour codes in {:?}", r.out);
@@ -2245,4 +2245,46 @@ fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
     let r = d.agent(&["rollback"], None);
     assert_eq!(r.code, Some(0), "{}", r.out);
     assert_tree(&d, &v1().tree(), "rolled back after three refused files");
+}
+
+#[test]
+fn installing_what_is_already_active_changes_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    let ran = d.marker("after-count");
+    let mut s1 = v1();
+    s1.after = Some(sh(format!("echo ran >> {}", ran.display())));
+    let bundle = build(&s1);
+    let r = d.install_bytes("v1.molt", &bundle, None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    let st = d.status();
+    // The same file again: a no-op that says so, not a second install into the
+    // other slot (which would lose the rollback target and run `after` twice).
+    let again = d.install_bytes("v1.molt", &bundle, None);
+    assert_eq!(again.code, Some(0), "{}", again.out);
+    assert!(
+        again.out.contains("the active snapshot already"),
+        "{}",
+        again.out
+    );
+    assert_eq!(fs::read_to_string(&ran).unwrap(), "ran\n");
+    assert_eq!(d.status(), st, "the second install changed the device");
+
+    // Interrupted by a kill -9 in `after`, then the same command again: opening the
+    // device finishes the interrupted install, and that is all.
+    let mut s2 = v2_full();
+    s2.after = Some(sh(format!("echo ran2 >> {}", ran.display())));
+    let b2 = build(&s2);
+    assert!(d.install_bytes("v2.molt", &b2, Some("after")).killed());
+    let r = d.install_bytes("v2.molt", &b2, None);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert!(r.out.contains("has just been finished"), "{}", r.out);
+    assert_eq!(fs::read_to_string(&ran).unwrap(), "ran\nran2\n");
+    let st = d.status();
+    assert!(
+        st.contains("version 2.0.0") && st.contains("version 1.0.0"),
+        "both slots on 2.0.0:\n{st}"
+    );
 }

@@ -102,6 +102,54 @@ fn bundle_failure(e: BundleError, path: &str) -> Failure {
     (kind, why)
 }
 
+/// The version and entry-table digest of the local bundle file at `path`, from its
+/// verified manifest (its head only is read), if this device would accept it
+/// (compatible, not below the release floor `floor`).
+pub(super) fn peek_manifest(
+    path: &str,
+    cfg: &crate::config::Config,
+    floor: u64,
+) -> anyhow::Result<(String, [u8; 32])> {
+    let mut f = File::open(path)?;
+    let limits = cfg.limits;
+    let (m, w, _) = Buffers::required(&limits, limits.max_chunk_size);
+    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
+    let trust = Trust::Pinned {
+        keys: &cfg.trusted_keys,
+        revoked: &cfg.revoked_keys,
+    };
+    let bufs = Buffers {
+        manifest: &mut mb,
+        wire: &mut wb,
+        raw: &mut [],
+    };
+    let mut dec = Decoder::new(trust, limits, LibZstd::new()?, bufs).chain_only();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "{path} ends before its manifest");
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let fed = dec.feed(rest).map(|f| {
+                (
+                    f.consumed,
+                    matches!(f.event, Some(BundleEvent::ManifestVerified { .. })),
+                )
+            });
+            let (consumed, verified) = fed.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if verified {
+                let m =
+                    Manifest::decode(dec.manifest_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                m.check_compatible(&cfg.compatible)
+                    .and_then(|()| m.check_floor(floor))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                return Ok((m.version.to_owned(), m.entries.digest));
+            }
+            rest = &rest[consumed..];
+        }
+    }
+}
+
 /// Checks the local bundle file at `path` as far as it can be without decompressing:
 /// head, signature, manifest, and every chunk's digest in the signed chain.
 fn chain_check(

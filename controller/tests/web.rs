@@ -662,3 +662,14 @@ fn small_things_a_browser_notices() {
         Err(_) => println!("node not installed: the pattern was checked as text only"),
     }
 }
+
+#[test]
+fn without_a_signing_key_the_form_says_builds_are_off() {
+    let f = Fixture::new();
+    let (_, public) = key(f.dir.path(), "release");
+    let (c, token) = f.start(&["--no-signing-key", "--trusted-key", &public]);
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let form = b.get("/updates/new").body;
+    assert!(form.contains("server-side builds are off"), "{form}");
+}

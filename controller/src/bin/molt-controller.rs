@@ -47,6 +47,12 @@ struct ServeArgs {
     /// directory's signing key and `<data>/trusted-keys` are always trusted.
     #[arg(long, value_name = "HEX")]
     trusted_key: Vec<String>,
+    /// Hold no private key: server-side builds (`molt update push RECIPE`, the web
+    /// form) are refused, and only bundles signed elsewhere with a --trusted-key (or
+    /// a key in `<data>/trusted-keys`) are accepted. See docs/api.md on what the
+    /// controller's own key means for the fleet.
+    #[arg(long)]
+    no_signing_key: bool,
     /// Most connections open at once; more are closed at once, and logged
     /// (default 16384, and never more than the open-file limit leaves room for).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -87,6 +93,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         poll_interval_secs: args.poll_interval,
         max_bundle_bytes: args.max_bundle_bytes,
         trusted_keys: args.trusted_key,
+        no_signing_key: args.no_signing_key,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),

@@ -146,6 +146,10 @@ pub async fn build(
     QueryParams(q): QueryParams<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Update>), AppError> {
+    // Before a byte of the sources is received.
+    if state.signing.is_none() {
+        return Err(AppError::forbidden(NO_SIGNING_KEY));
+    }
     let mut multipart = multipart.map_err(|e| {
         AppError::new(
             e.status(),
@@ -157,6 +161,11 @@ pub async fn build(
     let update = build_received(state, tmp, dir, received, q.comment).await?;
     Ok((StatusCode::CREATED, Json(update)))
 }
+
+/// Why a controller started with `--no-signing-key` builds nothing.
+pub const NO_SIGNING_KEY: &str = "server-side builds are off: this controller holds no signing \
+     key (--no-signing-key); build and sign the bundle elsewhere (`molt bundle build`) and \
+     upload it (`molt update push BUNDLE`)";
 
 /// A fresh temporary directory beneath `<data>/tmp/` and the empty build directory in it.
 pub fn new_build_dir(state: &AppState) -> Result<(TempDir, BuildDir), AppError> {
@@ -201,8 +210,11 @@ pub async fn build_received(
         }
     };
 
+    let Some(key) = state.signing.clone() else {
+        dir.release();
+        return Err(AppError::forbidden(NO_SIGNING_KEY));
+    };
     let output = state.store.temp_file()?;
-    let key = state.signing.clone();
     let out_path = output.path().to_path_buf();
     let built = tokio::task::spawn_blocking(move || {
         // The chain is checked here; `ingest` below decodes the bundle in full.

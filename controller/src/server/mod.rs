@@ -7,7 +7,7 @@
 //! bundles/<blake3>.bundle  stored, verified bundles (store.rs)
 //! tmp/                     uploads and builds in progress; emptied at every start
 //! operator-token           the operator's bearer token (mode 0600); only its hash is in the database
-//! signing.secret, .pub     the key server-side builds are signed with (always trusted)
+//! signing.secret, .pub     the key server-side builds are signed with (trusted); none with --no-signing-key
 //! trusted-keys             more public keys that uploads may be signed with, one hex key per line
 //! ```
 
@@ -63,6 +63,8 @@ pub struct Config {
     pub max_bundle_bytes: u64,
     /// Public keys (64 hex digits) trusted beside the data directory's.
     pub trusted_keys: Vec<String>,
+    /// Hold no private key: no server-side builds, only uploads signed elsewhere.
+    pub no_signing_key: bool,
 }
 
 /// The data directory when none is given: `/var/lib/molt-controller` for root,
@@ -86,8 +88,8 @@ pub struct Shared {
     store: Store,
     /// Keys uploads are verified with: the signing key's public half first.
     keys: Vec<TrustedKey>,
-    /// Signs server-side builds.
-    signing: SigningKey,
+    /// Signs server-side builds; `None` (`--no-signing-key`) refuses them.
+    signing: Option<SigningKey>,
     operator_hash: blake3::Hash,
     /// Device credentials found, versions stored, and poll times not yet written.
     seen: seen::Seen,
@@ -125,8 +127,25 @@ impl Server {
         let db = Db::open(&data.join("molt.db"))?;
         let store = Store::open(data)?;
         store.sweep(&db)?;
-        let signing = signing_key(data)?;
-        let keys = trusted_keys(data, &signing, &config.trusted_keys)?;
+        let signing = if config.no_signing_key {
+            if data.join("signing.secret").exists() {
+                tracing::warn!(
+                    "--no-signing-key: {} is neither used nor trusted; delete it",
+                    data.join("signing.secret").display()
+                );
+            }
+            None
+        } else {
+            Some(signing_key(data)?)
+        };
+        let keys = trusted_keys(data, signing.as_ref(), &config.trusted_keys)?;
+        if keys.is_empty() {
+            bail!(
+                "--no-signing-key: no key to verify uploads with; give --trusted-key HEX \
+                 or list public keys in {}",
+                data.join("trusted-keys").display()
+            );
+        }
         let (operator_hash, new_operator_token) = auth::operator_token(&db.lock(), data)?;
         let _ = store::sync_dir(data);
         tracing::info!(
@@ -259,11 +278,20 @@ fn signing_key(data: &Path) -> Result<SigningKey> {
     keys::read_secret(&secret)
 }
 
-/// The signing key's public half, `<data>/trusted-keys` and the `--trusted-key`s.
-fn trusted_keys(data: &Path, signing: &SigningKey, extra: &[String]) -> Result<Vec<TrustedKey>> {
-    let own = TrustedKey::from_bytes(signing.verifying_key().as_bytes())
-        .map_err(|e| anyhow!("the signing key: {e}"))?;
-    let mut keys = vec![own];
+/// The signing key's public half (if the controller has one), `<data>/trusted-keys`
+/// and the `--trusted-key`s.
+fn trusted_keys(
+    data: &Path,
+    signing: Option<&SigningKey>,
+    extra: &[String],
+) -> Result<Vec<TrustedKey>> {
+    let mut keys = Vec::new();
+    if let Some(s) = signing {
+        keys.push(
+            TrustedKey::from_bytes(s.verifying_key().as_bytes())
+                .map_err(|e| anyhow!("the signing key: {e}"))?,
+        );
+    }
     let parse = |text: &str, origin: &str| -> Result<TrustedKey> {
         let mut b = [0u8; 32];
         hex::decode_to_slice(text, &mut b)

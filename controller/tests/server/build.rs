@@ -215,3 +215,45 @@ fn recipes_cannot_reach_outside_their_parts() {
     assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
     assert!(listing(&f.data().join("tmp")).is_empty());
 }
+
+#[test]
+fn without_a_signing_key_the_controller_builds_nothing_and_takes_signed_uploads() {
+    let f = Fixture::new();
+    let (k, public) = key(f.dir.path(), "release");
+    // No key to verify uploads with: refused at start, with what to do.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_molt-controller"))
+        .args([
+            "serve",
+            "--no-signing-key",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(f.data())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--trusted-key"), "{err}");
+
+    let (c, token) = f.start(&["--no-signing-key", "--trusted-key", &public]);
+    assert!(
+        !f.data().join("signing.secret").exists(),
+        "a private key was created"
+    );
+    // A server-side build: refused before the sources are read, saying what to do.
+    let body = form(&[("recipe", &[], RECIPE.as_bytes())]);
+    let a = send(&c, &token, &body);
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("molt bundle build"),
+        "{}",
+        a.text()
+    );
+    // A bundle signed elsewhere is accepted.
+    let up = upload(&c, &token, &bundle(f.dir.path(), "3.0.0", &k));
+    assert_eq!(up.status, 201, "{}", up.text());
+}

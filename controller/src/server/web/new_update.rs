@@ -246,7 +246,12 @@ async fn groups(state: &AppState) -> Vec<Group> {
 /// `GET /updates/new`.
 pub async fn show(State(state): State<AppState>, session: Session) -> Response {
     let groups = groups(&state).await;
-    form_page(&session, &groups, &Fields::blank(), None).into_response()
+    // A controller without a signing key builds nothing: say so before the form is filled.
+    let error = state
+        .signing
+        .is_none()
+        .then_some(super::super::build_api::NO_SIGNING_KEY);
+    form_page(&session, &groups, &Fields::blank(), error).into_response()
 }
 
 fn part_error(e: MultipartError) -> AppError {

@@ -668,8 +668,63 @@ fn without_a_signing_key_the_form_says_builds_are_off() {
     let f = Fixture::new();
     let (_, public) = key(f.dir.path(), "release");
     let (c, token) = f.start(&["--no-signing-key", "--trusted-key", &public]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
     let mut b = Browser::new(&c);
     b.login(&token);
     let form = b.get("/updates/new").body;
     assert!(form.contains("server-side builds are off"), "{form}");
+    // Submitted anyway: the form again, saying why (not a session refusal page).
+    let csrf = b.csrf();
+    let sent = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"1.0.0"),
+            ("group", None, b"test"),
+        ],
+    );
+    assert_eq!(sent.status, 409, "{}", sent.body);
+    assert!(
+        sent.body.contains("server-side builds are off"),
+        "{}",
+        sent.body
+    );
+}
+
+#[test]
+fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let send = |b: &mut Browser, compatible: &[u8]| {
+        b.post_multipart(
+            "/updates/new",
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                ("version", None, b"1.0.0"),
+                ("compatible", None, compatible),
+                ("group", None, b"test"),
+                ("dest1", None, b"/opt/app/hello.txt"),
+                ("files1", Some("hello.txt"), b"hello\n"),
+            ],
+        )
+    };
+    let wrong = send(&mut b, b"other-board");
+    assert_eq!(wrong.status, 400, "{}", wrong.body);
+    assert!(wrong.body.contains("nothing was built"), "{}", wrong.body);
+    assert!(
+        wrong.body.contains("value=\"other-board\""),
+        "input kept: {}",
+        wrong.body
+    );
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    // Fixed and sent again: the same version is still free.
+    let ok = send(&mut b, b"acme-gw");
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert_eq!(get_ok(&c.api("/updates"), &token)[0]["version"], "1.0.0");
 }

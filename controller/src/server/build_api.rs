@@ -148,7 +148,7 @@ pub async fn build(
 ) -> Result<(StatusCode, Json<Update>), AppError> {
     // Before a byte of the sources is received.
     if state.signing.is_none() {
-        return Err(AppError::forbidden(NO_SIGNING_KEY));
+        return Err(AppError::conflict(NO_SIGNING_KEY));
     }
     let mut multipart = multipart.map_err(|e| {
         AppError::new(
@@ -212,7 +212,7 @@ pub async fn build_received(
 
     let Some(key) = state.signing.clone() else {
         dir.release();
-        return Err(AppError::forbidden(NO_SIGNING_KEY));
+        return Err(AppError::conflict(NO_SIGNING_KEY));
     };
     let output = state.store.temp_file()?;
     let out_path = output.path().to_path_buf();

@@ -244,7 +244,7 @@ fn without_a_signing_key_the_controller_builds_nothing_and_takes_signed_uploads(
     // A server-side build: refused before the sources are read, saying what to do.
     let body = form(&[("recipe", &[], RECIPE.as_bytes())]);
     let a = send(&c, &token, &body);
-    assert_eq!(a.status, 403, "{}", a.text());
+    assert_eq!(a.status, 409, "{}", a.text());
     assert!(
         a.json()["error"]
             .as_str()

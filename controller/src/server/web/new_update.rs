@@ -509,21 +509,44 @@ async fn compatible_for(state: &AppState, f: &Fields) -> Result<String, AppError
         .read(move |tx| operator_api::group_compatibles(tx, &group))
         .await?;
     let typed = f.compatible.trim();
-    if !typed.is_empty() {
-        return Ok(typed.to_owned());
-    }
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(AppError::bad_request(format!(
-            "group `{}` has no devices",
-            f.group
-        ))),
-        many => Err(AppError::bad_request(format!(
-            "group `{}` holds devices of several kinds of hardware ({}); type the one this update is for",
+    let want = match (typed, found.as_slice()) {
+        (_, []) => {
+            return Err(AppError::bad_request(format!(
+                "group `{}` has no devices",
+                f.group
+            )))
+        }
+        ("", [one]) => one.clone(),
+        ("", many) => {
+            return Err(AppError::bad_request(format!(
+                "group `{}` holds devices of several kinds of hardware ({}); a deployment \
+                 goes to one kind: use a group of one kind",
+                f.group,
+                many.join(", ")
+            )))
+        }
+        (typed, _) => typed.to_owned(),
+    };
+    // The deployment refuses a group with any other hardware; found out after the
+    // build, that would use up the version number for an update nobody sees.
+    let other: Vec<&str> = found
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != want)
+        .collect();
+    if !other.is_empty() {
+        return Err(AppError::bad_request(format!(
+            "group `{}` holds devices of hardware {} and this update is for `{want}`: \
+             nothing was built",
             f.group,
-            many.join(", ")
-        ))),
+            other
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
+    Ok(want)
 }
 
 /// Receives, builds, stores and deploys; the new deployment's id.

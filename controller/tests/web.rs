@@ -728,3 +728,83 @@ fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
     assert_eq!(ok.status, 303, "{}", ok.body);
     assert_eq!(get_ok(&c.api("/updates"), &token)[0]["version"], "1.0.0");
 }
+
+#[test]
+fn a_refused_form_comes_back_exactly_as_typed() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    // A comment one byte over 64 KiB, then every other kind of field after it.
+    let long = "c".repeat(64 * 1024 + 1);
+    let send = |b: &mut Browser, comment: &[u8]| {
+        b.post_multipart(
+            "/updates/new",
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                ("version", None, b"1.0.0"),
+                ("group", None, b"test"),
+                ("compatible", None, b"acme-gw"),
+                ("kind", None, b"full"),
+                ("comment", None, comment),
+                ("before_run", None, b"echo before"),
+                ("dest1", None, b"/opt/app/hello.txt"),
+                ("files1", Some("hello.txt"), b"hello\n"),
+                ("apt", None, b"jq\ncurl"),
+                ("after_run", None, b"echo after"),
+                ("health_run", None, b"true"),
+                ("health_attempts", None, b"7"),
+                ("health_interval", None, b"11"),
+                ("health_timeout", None, b"13"),
+                ("rollback_revert", None, b"on"),
+                ("rollback_run", None, b"echo back"),
+                ("rollback_reboot", None, b"on"),
+            ],
+        )
+    };
+    let refused = send(&mut b, long.as_bytes());
+    assert_eq!(
+        refused.status,
+        413,
+        "{}",
+        &refused.body[..2000.min(refused.body.len())]
+    );
+    let page = &refused.body;
+    assert!(
+        page.contains("field `comment` is 65537 bytes"),
+        "no reason given"
+    );
+    for kept in [
+        format!(">{long}</textarea>").as_str(),
+        "value=\"1.0.0\"",
+        "<option value=\"test\" selected>",
+        "value=\"acme-gw\"",
+        "<option value=\"full\" selected>",
+        "echo before</textarea>",
+        "value=\"/opt/app/hello.txt\"",
+        "jq\ncurl</textarea>",
+        "echo after</textarea>",
+        "value=\"7\"",
+        "value=\"11\"",
+        "value=\"13\"",
+        "echo back</textarea>",
+        "name=\"rollback_revert\" value=\"on\" checked",
+        "name=\"rollback_reboot\" value=\"on\" checked",
+    ] {
+        assert!(
+            page.contains(kept),
+            "lost `{}`",
+            &kept[..kept.len().min(60)]
+        );
+    }
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    // Shortened and sent again: deployed with revert and reboot as they were ticked.
+    let ok = send(&mut b, b"short");
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let recipe = &get_ok(&c.api("/updates"), &token)[0]["recipe"];
+    assert_eq!(recipe["rollback"]["revert"], true, "{recipe}");
+    assert_eq!(recipe["rollback"]["reboot"], true, "{recipe}");
+}

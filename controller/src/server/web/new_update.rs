@@ -321,6 +321,10 @@ async fn receive(
 ) -> Result<(), AppError> {
     let mut token_ok = false;
     let mut total: u64 = 0;
+    // A refused field does not end the reading: every field after it still comes
+    // back into the form as typed (once, a long comment came back with every later
+    // field empty and Revert unticked, and the fixed form deployed without revert).
+    let mut refused: Option<AppError> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(part_error)? {
         let name = field.name().unwrap_or("").to_owned();
         let upload = row_of(&name, "files")
@@ -332,10 +336,15 @@ async fn receive(
                     "the form carries no token before its files; reload the page and try again",
                 ));
             }
-            // An empty file input still sends a part, with no file name.
+            // An empty file input still sends a part, with no file name. After a
+            // refusal, files are read past (a browser cannot refill file inputs).
             let Some(file_name) = field.file_name().filter(|n| !n.is_empty()) else {
                 continue;
             };
+            if refused.is_some() {
+                while field.chunk().await.map_err(part_error)?.is_some() {}
+                continue;
+            }
             let rel = relative_name(file_name, from_dir);
             let part = format!("u{}/{rel}", i + 1);
             total += store_file(&mut field, dir, &part, max.saturating_sub(total)).await?;
@@ -344,20 +353,30 @@ async fn receive(
             row.from_dir |= from_dir;
             continue;
         }
-        let bytes = field.bytes().await.map_err(part_error)?;
-        if bytes.len() > MAX_FIELD {
-            return Err(AppError::too_large(format!(
-                "field `{name}` is longer than {} KiB",
+        let (bytes, len) = read_text(&mut field).await?;
+        if len > MAX_FIELD && refused.is_none() {
+            refused = Some(AppError::too_large(format!(
+                "field `{name}` is {len} bytes, longer than {} KiB",
                 MAX_FIELD / 1024
             )));
         }
-        let value = String::from_utf8(bytes.to_vec())
-            .map_err(|_| AppError::bad_request(format!("field `{name}` is not UTF-8 text")))?;
+        let value = match String::from_utf8(bytes) {
+            Ok(v) => v,
+            // Cut inside a character past the kept length, or not text at all.
+            Err(e) => {
+                if len <= MAX_FIELD && refused.is_none() {
+                    refused = Some(AppError::bad_request(format!(
+                        "field `{name}` is not UTF-8 text"
+                    )));
+                }
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        };
         if name == "csrf" {
             session.check_token(Some(&value))?;
             token_ok = true;
-        } else if !fields.set(&name, value) {
-            return Err(AppError::bad_request(format!(
+        } else if !fields.set(&name, value) && refused.is_none() {
+            refused = Some(AppError::bad_request(format!(
                 "the form has no field `{name}`"
             )));
         }
@@ -365,7 +384,24 @@ async fn receive(
     if !token_ok {
         session.check_token(None)?;
     }
-    Ok(())
+    refused.map_or(Ok(()), Err)
+}
+
+/// The most of one text field kept to show back in the form (the limit is
+/// [`MAX_FIELD`]; an over-long field comes back whole up to this, so the operator
+/// sees what to shorten, and the server's memory stays bounded).
+const ECHO_MAX: usize = 4 * MAX_FIELD;
+
+/// Reads a text field: its first [`ECHO_MAX`] bytes, and its whole length.
+async fn read_text(field: &mut Field<'_>) -> Result<(Vec<u8>, usize), AppError> {
+    let mut kept = Vec::new();
+    let mut len = 0usize;
+    while let Some(chunk) = field.chunk().await.map_err(part_error)? {
+        len = len.saturating_add(chunk.len());
+        let room = ECHO_MAX.saturating_sub(kept.len()).min(chunk.len());
+        kept.extend_from_slice(&chunk[..room]);
+    }
+    Ok((kept, len))
 }
 
 /// One package per non-empty line.

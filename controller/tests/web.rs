@@ -808,3 +808,37 @@ fn a_refused_form_comes_back_exactly_as_typed() {
     assert_eq!(recipe["rollback"]["revert"], true, "{recipe}");
     assert_eq!(recipe["rollback"]["reboot"], true, "{recipe}");
 }
+
+#[test]
+fn a_long_comment_is_clipped_in_the_list_and_whole_on_its_page() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let key = molt_controller::keys::read_secret(&f.data().join("signing.secret")).unwrap();
+    let up = upload(&c, &token, &bundle(f.dir.path(), "1.0.0", &key)).json();
+    let comment = "word ".repeat(600);
+    let d = post_ok(
+        &c.api("/deployments"),
+        &token,
+        json!({"update": up["id"], "group": "test", "comment": comment}),
+        201,
+    );
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let list = b.get("/deployments/table").body;
+    assert!(!list.contains(&comment), "the whole comment is in the row");
+    assert!(list.contains(&format!("{}…", &comment[..160])), "{list}");
+    assert!(
+        list.contains(&format!(
+            "href=\"/deployments/{}\" title=\"the whole comment\"",
+            d["id"]
+        )),
+        "{list}"
+    );
+    let page = b.get(&format!("/deployments/{}", d["id"])).body;
+    assert!(
+        page.contains(&comment),
+        "the details page lacks the whole comment"
+    );
+}

@@ -48,7 +48,13 @@ fn table(rows: &[Deployment]) -> Markup {
                             td { @if d.group.is_empty() { span.muted { "device list" } } @else { (d.group) } }
                             td.status { (badge(&d.state)) " " (counts(&d.counts)) }
                             td { (layout::time(&d.created)) }
-                            td.comment { (d.comment) }
+                            td.comment {
+                                // A 3,000-character comment made a row 100 lines tall:
+                                // the row shows its start, the details page all of it.
+                                @let (short, cut) = layout::clip(&d.comment, COMMENT_CLIP_CHARS, COMMENT_CLIP_LINES);
+                                (short)
+                                @if cut { " " a.more href={ "/deployments/" (d.id) } title="the whole comment" { "more" } }
+                            }
                             td.actions {
                                 a href={ "/deployments/" (d.id) } { "Details" }
                                 a href={ "/deployments/" (d.id) "/deploy-to-others" } { "Deploy to others" }
@@ -157,6 +163,11 @@ fn live(session: &Session, d: &DeploymentDetails, aborted: Option<&str>) -> Mark
         }
     }
 }
+
+/// How much of a comment a row of recent updates shows.
+const COMMENT_CLIP_CHARS: usize = 160;
+/// … and at most this many of its lines.
+const COMMENT_CLIP_LINES: usize = 3;
 
 /// Every device's log, each in a collapsible section.
 fn logs(d: &DeploymentDetails, texts: &[String]) -> Markup {

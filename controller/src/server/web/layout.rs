@@ -128,6 +128,31 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// `text` cut to at most `chars` characters and `lines` lines, with `…` where it
+/// was cut, and whether it was.
+pub fn clip(text: &str, chars: usize, lines: usize) -> (String, bool) {
+    let mut out = String::new();
+    let mut cut = false;
+    for (i, line) in text.lines().enumerate() {
+        if i == lines {
+            cut = true;
+            break;
+        }
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(line);
+    }
+    if out.chars().count() > chars {
+        out = out.chars().take(chars).collect();
+        cut = true;
+    }
+    if cut {
+        out.push('…');
+    }
+    (out, cut)
+}
+
 /// `1 device`, `3 devices`.
 pub fn devices_count(n: u64) -> String {
     if n == 1 {
@@ -139,6 +164,16 @@ pub fn devices_count(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clips_long_and_tall_text() {
+        assert_eq!(super::clip("short", 10, 3), ("short".to_owned(), false));
+        assert_eq!(super::clip("abcdef", 3, 3), ("abc…".to_owned(), true));
+        assert_eq!(
+            super::clip("1\n2\n3\n4", 99, 3),
+            ("1\n2\n3…".to_owned(), true)
+        );
+    }
+
     use super::*;
 
     #[test]

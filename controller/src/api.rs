@@ -95,8 +95,9 @@ pub struct NewDeployment {
     #[serde(default)]
     pub comment: String,
     /// Deploy even to devices that an unfinished deployment of the same update
-    /// already targets (otherwise `409`).
-    #[serde(default)]
+    /// already targets (otherwise `409`). Left out of the JSON when false, so a
+    /// plain request reads as it always did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub again: bool,
 }
 

@@ -13,6 +13,7 @@ use super::super::AppState;
 use super::layout::{self, badge, Nav};
 use super::session::{self, Session};
 use crate::api::Group;
+use crate::client::encode_component;
 
 fn groups_page(session: &Session, groups: &[Group], name: &str, error: Option<&str>) -> Markup {
     let body = html! {
@@ -135,25 +136,10 @@ pub async fn remove_device(
         return layout::page("Remove?", Some(&session), Nav::Devices, body).into_response();
     }
     match operator_api::remove(&state, id).await {
-        Ok(r) => Redirect::to(&format!(
-            "/devices?removed={}",
-            form_urlencoded_component(&r.device)
-        ))
-        .into_response(),
+        Ok(r) => Redirect::to(&format!("/devices?removed={}", encode_component(&r.device)))
+            .into_response(),
         Err(e) => layout::error_page(Some(&session), e.status, &e.message),
     }
-}
-
-/// `s` for a query string (device ids are `dev_` and hex, but say so in code).
-fn form_urlencoded_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `GET /devices`.

@@ -16,6 +16,7 @@ use indicatif::ProgressBar;
 use molt_engine::bundle::format::{
     KeyId, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
+use molt_engine::bundle::links::Hardlinks;
 use molt_engine::bundle::zstd::DecompressError;
 use molt_engine::bundle::{
     Buffers, BundleKind, Command, Decoder, Decompressor, EntryHeader, EntryKind, Event, Manifest,
@@ -307,6 +308,7 @@ fn feed_file(
     if !full {
         d = d.chain_only();
     }
+    let mut links: Option<Hardlinks> = None;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match file.read(&mut buf) {
@@ -341,8 +343,23 @@ fn feed_file(
                     if depth == Depth::Manifest {
                         return Ok(out);
                     }
+                    links = d.manifest().ok().map(|m| {
+                        Hardlinks::new(matches!(m.kind, BundleKind::Full), m.entries.specials)
+                    });
                 }
                 Some(Event::EntryStart(h)) => {
+                    // What the bounded decoder cannot check and a device's filesystem
+                    // would refuse: a hardlink to anything but an earlier regular file.
+                    if let Some(rule) = links.as_mut().and_then(|l| l.check(&h).err()) {
+                        out.refusal = Some(Refusal {
+                            error: Error::Policy {
+                                rule,
+                                entry: u32::try_from(out.entry_count).unwrap_or(u32::MAX),
+                            },
+                            path: h.path.to_owned(),
+                        });
+                        return Ok(out);
+                    }
                     out.entry_count += 1;
                     if keep_entries {
                         out.entries.push(Entry::from(&h));

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use molt_engine::bundle::format::{
     EntryTable, Payload, DEFAULT_CHUNK_SIZE, MAX_PACKAGES, RESERVED_DIR,
 };
-use molt_engine::bundle::policy::{check_path, compare_paths, symlink_stays_inside, BadPath};
+use molt_engine::bundle::policy::{check_path, compare_paths, BadPath};
 use molt_engine::bundle::{
     BundleKind, Command, HealthCheck, Manifest, Package, PackageManager, Recipe, Rollback, Specials,
 };
@@ -843,6 +843,27 @@ fn snapshot_path(raw: &str) -> Result<String, String> {
     Ok(p.to_owned())
 }
 
+/// Where a relative symlink at `link` pointing to `target` lands in the snapshot when its
+/// `..` climbs above the root (where resolution stops, as the kernel's does at `/`), or
+/// `None` if it never does. Read lexically: the build-time lint of [`Plan`], not a device
+/// rule (see docs/bundle-format.md, "Links").
+fn climbs_above_root(link: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut at: Vec<&str> = link.split('/').collect();
+    at.pop();
+    let mut climbed = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => climbed |= at.pop().is_none(),
+            c => at.push(c),
+        }
+    }
+    climbed.then(|| at.join("/"))
+}
+
 fn join(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_owned()
@@ -1030,11 +1051,20 @@ impl Planner<'_> {
                     .to_str()
                     .ok_or_else(|| anyhow!("{}: link target is not UTF-8", path.display()))?
                     .to_owned();
-                // The encoder would refuse it too, but only by entry number; here the
-                // message can name the link on disk and its target.
-                if target.is_empty() || !symlink_stays_inside(&child, &target) {
+                // The encoder would refuse an empty target too, but only by entry number;
+                // here the message can name the link on disk.
+                if target.is_empty() {
+                    bail!("{}: symlink with an empty target", path.display());
+                }
+                // Devices accept any target (a link is only followed inside the
+                // snapshot). A relative one that climbs above the root, though, names
+                // something on this machine that the device will not have: almost
+                // always a link into the build tree shipped by mistake.
+                if let Some(lands) = climbs_above_root(&child, &target) {
                     bail!(
-                        "{}: symlink target `{target}` leads out of the snapshot (as `{child}`)",
+                        "{}: symlink target `{target}` climbs above the snapshot root (as `{child}`): \
+                         on the device `..` stops at `/`, so it would point at `/{lands}`; \
+                         write the target as the snapshot sees it (absolute if need be)",
                         path.display()
                     );
                 }

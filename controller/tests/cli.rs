@@ -756,8 +756,9 @@ fn build_refuses_an_escaping_symlink_and_special_files() {
         RECIPE,
         &[
             "app/lib/evil",
-            "`../../../../etc/shadow` leads out of the snapshot",
+            "`../../../../etc/shadow` climbs above the snapshot root",
             "(as `opt/app/lib/evil`)",
+            "it would point at `/etc/shadow`",
         ],
     );
     fs::remove_file(f.path("app/lib/evil")).unwrap();

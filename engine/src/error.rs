@@ -63,10 +63,21 @@ pub enum Rule {
     BeneathNonDirectory,
     /// In a full bundle, the entry's parent directory is not an entry of the bundle.
     MissingParent,
-    /// A symlink target that resolves outside the snapshot.
-    SymlinkEscapes,
-    /// A hardlink whose target is invalid or does not come earlier in the bundle.
+    /// A path component longer than [`crate::limits::MAX_NAME_LEN`] bytes (`NAME_MAX`): no
+    /// Linux filesystem can create it.
+    LongComponent,
+    /// A symlink target that is empty or holds a NUL byte. Targets are not otherwise
+    /// checked: a link means something only inside the snapshot (see docs/bundle-format.md).
+    BadSymlinkTarget,
+    /// A hardlink whose target is not a valid path sorting before the link, or lies under
+    /// the reserved `.molt/` directory (which never reaches the snapshot).
     BadHardlink,
+    /// In a full bundle, a hardlink whose target is not an earlier regular file of the bundle.
+    HardlinkTargetMissing,
+    /// A hardlink whose target is an entry of the bundle other than a regular file.
+    HardlinkTargetNotFile,
+    /// A hardlink whose target lies beneath a symlink, file or deletion of the bundle.
+    HardlinkTargetBeneathNonDirectory,
     /// A hardlink that the manifest does not declare.
     UndeclaredHardlink,
     /// A device node that the manifest does not declare.
@@ -99,8 +110,20 @@ impl Rule {
                 "path lies beneath a symlink, file or deletion of the bundle"
             }
             Rule::MissingParent => "parent directory is not in the full bundle",
-            Rule::SymlinkEscapes => "symlink target leaves the snapshot",
-            Rule::BadHardlink => "hardlink target is invalid or not an earlier entry",
+            Rule::LongComponent => "a path component is longer than 255 bytes",
+            Rule::BadSymlinkTarget => "symlink target is empty or contains a NUL byte",
+            Rule::BadHardlink => {
+                "hardlink target is not a valid path sorting before the link, or lies under `.molt/`"
+            }
+            Rule::HardlinkTargetMissing => {
+                "hardlink target is not an earlier regular file of the full bundle"
+            }
+            Rule::HardlinkTargetNotFile => {
+                "hardlink target is a directory, symlink, deletion or special file of the bundle, not a regular file"
+            }
+            Rule::HardlinkTargetBeneathNonDirectory => {
+                "hardlink target lies beneath a symlink, file or deletion of the bundle"
+            }
             Rule::UndeclaredHardlink => "hardlink not declared in the manifest",
             Rule::UndeclaredDevice => "device node not declared in the manifest",
             Rule::UndeclaredFifo => "FIFO not declared in the manifest",

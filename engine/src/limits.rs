@@ -3,6 +3,11 @@
 /// Capacity of the engine's path buffers. No limit may exceed it.
 pub const PATH_CAPACITY: usize = 4096;
 
+/// Longest path component, in bytes: Linux's `NAME_MAX`, which every filesystem a
+/// device could extract to enforces. A fixed rule rather than a [`Limits`] field, so
+/// that no configuration lets through a name that no device can create.
+pub const MAX_NAME_LEN: usize = 255;
+
 /// Bounds enforced on every bundle, in the decoder and in the entry policy.
 ///
 /// A bundle that exceeds any of them is refused with [`crate::Error::Limit`]

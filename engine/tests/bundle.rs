@@ -399,32 +399,42 @@ fn policy_duplicates_and_order() {
     );
 }
 
+/// Symlink targets are data: one rule (non-empty, no NUL, within `max_path_len`), not a
+/// lexical guess at where a chain of links leads. `d/s -> ..` plus
+/// `d/t -> s/d/s/../../canary` passed the old link-by-link check and resolved outside the
+/// slot on the host; now every target is accepted and molt never follows one on the host.
 #[test]
-fn policy_symlink_escape() {
-    assert_eq!(
-        rule(refused(
-            vec![symlink("l", "../outside")],
-            false,
-            Specials::default()
-        )),
-        Rule::SymlinkEscapes
-    );
-    assert_eq!(
-        rule(refused(
-            vec![dir("a"), symlink("a/l", "../../x")],
+fn symlink_targets_are_data_only_empty_and_nul_are_refused() {
+    for (entries, full) in [
+        (vec![symlink("l", "../outside")], false),
+        (vec![dir("a"), symlink("a/l", "../../x")], true),
+        (vec![symlink("l", "/../etc")], false),
+        (
+            vec![
+                dir("d"),
+                symlink("d/s", ".."),
+                symlink("d/t", "s/d/s/d/s/d/s/../../../../../../canary"),
+            ],
             true,
-            Specials::default()
-        )),
-        Rule::SymlinkEscapes
-    );
-    assert_eq!(
-        rule(refused(
-            vec![symlink("l", "/../etc")],
-            false,
-            Specials::default()
-        )),
-        Rule::SymlinkEscapes
-    );
+        ),
+    ] {
+        let bytes = build(&Spec {
+            entries,
+            full,
+            ..Spec::default()
+        });
+        decode(&bytes).1.unwrap();
+    }
+    for target in ["", "a\0b"] {
+        assert_eq!(
+            rule(refused(
+                vec![symlink("l", target)],
+                false,
+                Specials::default()
+            )),
+            Rule::BadSymlinkTarget
+        );
+    }
 }
 
 #[test]
@@ -585,6 +595,39 @@ fn policy_hardlink_target_must_come_earlier() {
         mode: 0o644,
     };
     assert_eq!(rule(refused(vec![hl], false, all)), Rule::BadHardlink);
+    let into_molt = E {
+        path: "a".into(),
+        kind: K::Hardlink(".molt/p".into()),
+        mode: 0o644,
+    };
+    assert_eq!(
+        rule(refused(vec![into_molt], false, all)),
+        Rule::BadHardlink
+    );
+}
+
+#[test]
+fn policy_path_components_are_at_most_255_bytes() {
+    let long = E {
+        path: format!("a{}", "n".repeat(255)),
+        kind: K::File(b"x".to_vec()),
+        mode: 0o644,
+    };
+    assert_eq!(
+        rule(refused(vec![long], false, Specials::default())),
+        Rule::LongComponent
+    );
+    let ok = E {
+        path: "n".repeat(255),
+        kind: K::File(b"x".to_vec()),
+        mode: 0o644,
+    };
+    let bytes = build(&Spec {
+        entries: vec![ok],
+        full: false,
+        ..Spec::default()
+    });
+    decode(&bytes).1.unwrap();
 }
 
 #[test]

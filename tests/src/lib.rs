@@ -391,6 +391,18 @@ impl Device {
         self.daemon = Some(Proc::new(format!("agent {}", self.name), child));
     }
 
+    /// `molt-agent install FILE`, as an operator at the device would type it.
+    pub fn install(&self, bundle: &Path) -> Out {
+        let o = self
+            .agent()
+            .arg("install")
+            .arg(bundle)
+            .stdin(Stdio::null())
+            .output()
+            .expect("molt-agent install");
+        Out::from(o)
+    }
+
     /// `kill -9` of the daemon.
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.daemon.take() {

@@ -20,6 +20,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A path argument is not a relative path ending in a normal component.
     BadPath,
+    /// A hardlink's target is missing or not a regular file (a directory, symlink, device
+    /// node, FIFO or socket): the bundle names something the slot does not have.
+    LinkTarget,
     /// Calls arrived out of order (for example `Data` without a file entry): a caller bug.
     Sequence,
     /// A test double ([`CrashAfter`](super::CrashAfter), [`Extractor::stop_after`](super::Extractor::stop_after))

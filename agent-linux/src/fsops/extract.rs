@@ -27,7 +27,9 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use super::beneath::{fstat, join, mode, owner, remove_at, resolve_dir, secs, times, SlotDir};
+use super::beneath::{
+    fstat, join, lstat_at, mode, owner, remove_at, resolve_dir, secs, times, SlotDir,
+};
 use super::error::{ErrorKind, FsError};
 
 /// Prefix of the temporary names entries are created under before the rename into place.
@@ -528,6 +530,32 @@ impl<'a> Extractor<'a> {
                 let tdir = self
                     .parent(t, tparent)
                     .map_err(|e| self.resolve_err(t, "link", target, e))?;
+                // Only a regular file: a directory cannot be linked anyway, and a
+                // second name for a symlink, device node or FIFO is nothing a bundle
+                // needs. The host's `molt bundle verify` checks the same rule
+                // (`links::Hardlinks`), so a verified full bundle does not fail here.
+                match lstat_at(tdir.as_fd(), tname) {
+                    Ok(Some(m)) if m.kind == FileType::RegularFile => {}
+                    Ok(Some(_)) => {
+                        return Err(FsError::other(
+                            ErrorKind::LinkTarget,
+                            "link",
+                            h.path,
+                            self.label(t),
+                            "refused: the hardlink's target is not a regular file",
+                        ))
+                    }
+                    Ok(None) => {
+                        return Err(FsError::other(
+                            ErrorKind::LinkTarget,
+                            "link",
+                            h.path,
+                            self.label(t),
+                            "refused: the hardlink's target does not exist",
+                        ))
+                    }
+                    Err(e) => return Err(self.err(t, "link", target, e)),
+                }
                 self.tick(t, "link", h.path)?;
                 // Flags 0: a symlink as the target is linked itself, not followed.
                 let (tmp, ()) = self

@@ -21,6 +21,7 @@ use crate::bundle::format::{
     CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
     MAX_SIGNATURES, MIN_CHUNK_SIZE, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
+use crate::bundle::links::Hardlinks;
 use crate::bundle::packer::{ChunkMeta, Packer, Spool};
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::signed_message;
@@ -82,6 +83,8 @@ pub struct Encoder<S: Read + Write + Seek> {
     file_bytes: u64,
     specials: Specials,
     policy: Option<Policy>,
+    /// The hardlink rule the bounded policy cannot check (see `links`).
+    links: Option<Hardlinks>,
     header_buf: Vec<u8>,
     copy_buf: Vec<u8>,
 }
@@ -146,6 +149,7 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
             policy: opts
                 .check_policy
                 .then(|| Policy::new(opts.limits, specials, full)),
+            links: opts.check_policy.then(|| Hardlinks::new(full, specials)),
             header_buf: Vec::new(),
             copy_buf: vec![0u8; 256 * 1024],
         })
@@ -225,6 +229,10 @@ impl<S: Read + Write + Seek + Send + 'static> Encoder<S> {
         if let Some(p) = self.policy.as_mut() {
             p.check(header)
                 .map_err(|e| invalid(format!("{}: {e}", header.path)))?;
+        }
+        if let Some(l) = self.links.as_mut() {
+            l.check(header)
+                .map_err(|r| invalid(format!("{}: {}", header.path, r.describe())))?;
         }
         self.header_buf.clear();
         self.header_buf.extend_from_slice(&[0, 0]);

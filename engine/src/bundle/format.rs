@@ -588,12 +588,16 @@ impl EntryHeader<'_> {
 
     /// Whether the entry is a bundle-internal artifact under `.molt/` rather than part of the snapshot.
     pub fn is_internal(&self) -> bool {
-        self.path == RESERVED_DIR
-            || self
-                .path
-                .strip_prefix(RESERVED_DIR)
-                .is_some_and(|r| r.starts_with('/'))
+        is_internal_path(self.path)
     }
+}
+
+/// Whether `path` is `.molt` or lies beneath it: bundle-internal, never in the snapshot.
+pub fn is_internal_path(path: &str) -> bool {
+    path == RESERVED_DIR
+        || path
+            .strip_prefix(RESERVED_DIR)
+            .is_some_and(|r| r.starts_with('/'))
 }
 
 /// One step of the entry-table hash chain: `next = BLAKE3(prev || encoded_header)`.

@@ -4,6 +4,8 @@ pub mod decoder;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod format;
+#[cfg(feature = "alloc")]
+pub mod links;
 #[cfg(feature = "encoder")]
 mod frame_hash;
 #[cfg(feature = "encoder")]

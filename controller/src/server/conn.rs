@@ -15,6 +15,10 @@
 //!   at once and logged (once a minute), so the descriptors left serve the
 //!   database, the bundle store and the connections already accepted;
 //! * [`raise_fd_limit`] lifts the soft descriptor limit to the hard one at start.
+//!
+//! And one rule for what hyper answers by itself: a request head it cannot parse
+//! (400, 414, 431) is answered with the JSON `{"error": …}` body like every other
+//! error ([`JsonHeadErrors`], in conn/head_errors.rs).
 
 use std::future::Future;
 use std::io;
@@ -32,6 +36,9 @@ use axum_server::accept::Accept;
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+mod head_errors;
+pub use head_errors::JsonHeadErrors;
 
 /// A new connection's first complete request, TLS handshake excluded.
 pub const FIRST_REQUEST: Duration = Duration::from_secs(10);

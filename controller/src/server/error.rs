@@ -4,12 +4,15 @@
 //! rejections (bad paths, wrong methods, body limits) answer plain text, so the
 //! extractors here wrap axum's and say what was wrong in our words, and
 //! [`json_errors`] catches whatever still slips through (a 405, an unknown route).
+//! hyper's own answers to a request it cannot parse (400, 414, 431) never reach
+//! the router; conn/head_errors.rs gives them the body.
 
 use axum::body::{to_bytes, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use molt_engine::protocol::ApiError;
@@ -151,8 +154,12 @@ pub async fn no_route(req: Request) -> AppError {
 
 /// Turns an error answer that is not JSON (axum's 405, a rejection's text) into
 /// the `ApiError` body, keeping its status, its headers (a 405's `Allow`) and its
-/// text as the message.
-pub async fn json_errors(res: Response) -> Response {
+/// text as the message; a bodyless one is named by its status and the request
+/// (`method DELETE is not allowed on /api/v1/groups; allowed: GET, HEAD, POST`).
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
     let status = res.status();
     // The web UI's error pages are HTML on purpose; only other bodies are rewritten.
     let is_json_or_page = res
@@ -169,10 +176,19 @@ pub async fn json_errors(res: Response) -> Response {
         Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
         Err(_) => String::new(),
     };
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_lowercase()
-    } else {
+    let message = if !text.is_empty() {
         text
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::trim).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!("method {method} is not allowed on {path}; allowed: {allowed}")
+    } else {
+        let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+        format!("{reason}: {method} {path}")
     };
     let json = AppError::new(status, message).into_response();
     let (json_parts, json_body) = json.into_parts();

@@ -216,15 +216,19 @@ impl Server {
                 "/deployments/{id}/devices/{device}/log",
                 get(deployments::log),
             );
-        Router::new()
+        let app = Router::new()
             .nest(API_PREFIX, api)
             .merge(web::routes())
             .fallback(web::fallback)
             .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
-            .layer(axum::middleware::map_response(error::json_errors))
             .layer(axum::middleware::from_fn(conn::body_timeout))
             .layer(axum::middleware::from_fn(log_request))
-            .with_state(self.state.clone())
+            .with_state(self.state.clone());
+        // Around the whole router rather than each route (as `Router::layer`
+        // does), so it sees a 405 whole: axum adds its `Allow` outside the route.
+        Router::new()
+            .fallback_service(app)
+            .layer(axum::middleware::from_fn(error::json_errors))
     }
 }
 
@@ -348,7 +352,8 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
 /// Serves `app` on `listener` (HTTPS when `tls` is given) until `shutdown`
 /// completes, then lets requests in flight finish for up to 10 seconds. Idle and
 /// slow clients are cut off and open connections capped at `max_connections`
-/// (conn.rs), after raising the open-file limit.
+/// (conn.rs), after raising the open-file limit; hyper's own answers to requests
+/// it cannot parse get the JSON error body (conn/head_errors.rs).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -389,9 +394,14 @@ pub async fn serve(
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
             // The cap is the inner acceptor: a TLS handshake holds a permit too.
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(capped);
+            // hyper's own answers are rewritten in plain text, above TLS.
+            let acceptor = conn::JsonHeadErrors::new(acceptor);
             server.acceptor(acceptor).serve(service).await?
         }
-        None => server.acceptor(capped).serve(service).await?,
+        None => {
+            let acceptor = conn::JsonHeadErrors::new(capped);
+            server.acceptor(acceptor).serve(service).await?
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 //!                          checkpoint and `.molt/` files
 //!   install.log            what every phase and command did (bounded)
 //!   status                 the last report, one line
+//!   slot-note              what became of the inactive slot's previous snapshot
 //!   boot_id                the boot this agent last ran in (trial counting)
 //!   lock                   one agent at a time
 //! ```
@@ -64,6 +65,7 @@ use crate::slotfile::FileStore;
 
 mod download;
 mod hooks;
+mod note;
 mod status;
 mod writer;
 
@@ -102,6 +104,8 @@ pub mod layout {
     pub const LOCK: &str = "lock";
     /// The bind mounts of a packages stage in progress (removed when they are undone).
     pub const MOUNTS: &str = "mounts";
+    /// What became of the inactive slot's previous snapshot, and why (install/note.rs).
+    pub const SLOT_NOTE: &str = "slot-note";
 }
 
 /// The slot directory's name (`a` or `b`).
@@ -179,6 +183,8 @@ pub struct Device {
     last_progress: Option<Instant>,
     /// The outcome of the last final report made by this process.
     last_final: Option<Outcome>,
+    /// That report's line.
+    last_final_line: Option<String>,
     /// The source of the interrupted install that opening the device settled, and
     /// how it ended (see [`Device::nothing_to_install`]).
     settled: Option<(String, Outcome)>,
@@ -323,6 +329,7 @@ impl Device {
             abort_fed: None,
             last_progress: None,
             last_final: None,
+            last_final_line: None,
             settled: None,
             cfg,
             _lock: lock,
@@ -788,9 +795,18 @@ impl Device {
                     let _ = self.record.cancel_staging();
                     self.save_record()?;
                 }
+                self.note_failure(slot);
+                // A download that failed for lack of space left nothing (download.rs).
+                let empty =
+                    fs::read_dir(self.slot_path(slot)).is_ok_and(|mut d| d.next().is_none());
                 self.log(&format!(
-                    "reverted: slot {} is not used; its files are kept for inspection until the next update",
-                    slot_name(slot)
+                    "reverted: slot {} is not used; {}",
+                    slot_name(slot),
+                    if empty {
+                        "it is empty"
+                    } else {
+                        "its files are kept for inspection until the next update"
+                    }
                 ));
                 Some(Event::Completed(Phase::Reverting))
             }
@@ -814,6 +830,37 @@ impl Device {
                 None
             }
         })
+    }
+
+    /// Completes the slot note of this install with why it failed, when a phase after
+    /// the download failed (a failed download completed it already): `status` and
+    /// `rollback` then say what replaced the previous snapshot, and why it is gone.
+    fn note_failure(&self, slot: Slot) {
+        let deployment = self.state.deployment().map(label).unwrap_or_default();
+        let Some(mut note) =
+            note::SlotNote::load(&self.data).filter(|n| n.is_for(slot, &deployment))
+        else {
+            return;
+        };
+        if note.why.is_some() {
+            return;
+        }
+        let Some(why) = &self.last_error else {
+            return;
+        };
+        note.why = Some(why.clone());
+        if let Err(e) = note.save(&self.data) {
+            self.log(&format!(
+                "cannot write {}: {e}",
+                self.data.join(layout::SLOT_NOTE).display()
+            ));
+        }
+    }
+
+    /// The final report this process made last (`deployment 12: failed (…): …`), as the
+    /// status file and the controller got it.
+    pub fn last_final_line(&self) -> Option<&str> {
+        self.last_final_line.as_deref()
     }
 
     fn report(&mut self, r: &Report) {
@@ -844,6 +891,9 @@ impl Device {
         };
         // One line, whatever paths or messages it quotes (molt_engine::text).
         let line = Escaped::new(&line).to_string();
+        if matches!(r, Report::Final { .. }) {
+            self.last_final_line = Some(line.clone());
+        }
         self.log(&line);
         let status = self.data.join(layout::STATUS);
         if let Err(e) = write_durable(&status, line.as_bytes()) {

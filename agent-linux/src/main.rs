@@ -144,6 +144,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let outcome = dev.install(&source)?;
             println!("{outcome}");
+            // Why, where the person who ran it looks: "failed" alone sends them to
+            // `status` or the log.
+            if outcome != Outcome::Succeeded {
+                if let Some(line) = dev.last_final_line() {
+                    eprintln!("molt-agent: {line}");
+                }
+            }
             Ok(if outcome == Outcome::Succeeded {
                 ExitCode::SUCCESS
             } else {

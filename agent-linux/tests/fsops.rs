@@ -1254,10 +1254,26 @@ fn no_space_is_reported_and_the_other_slot_is_untouched() {
         leftovers(&d.join("slots/b")).is_empty(),
         "the temporary file was removed"
     );
-    // The clone into a full slot fails the same way.
+    // The clone into a full slot fails the same way, and (hardening item 9) leaves no
+    // file cut short under its own name and no temporary file: what is there is whole.
     let err = clone_tree(&d.join("slots/a"), &b).unwrap_err();
     assert!(err.is_no_space(), "{err}");
     println!("{err}");
+    assert!(
+        leftovers(&d.join("slots/b")).is_empty(),
+        "a temporary file was left"
+    );
+    // Directories of a clone cut short keep their working mode; files must be whole.
+    for (path, what) in tree(&d.join("slots/b")) {
+        if !matches!(what, Node::File { .. }) {
+            continue;
+        }
+        assert_eq!(
+            a_tree.get(&path),
+            Some(&what),
+            "{path} in slot b is not a whole copy of slot a's"
+        );
+    }
 
     assert_eq!(tree(&d.join("slots/a")), a_tree);
     assert_eq!(ctimes(&d.join("slots/a")), a_ctimes);

@@ -2406,3 +2406,179 @@ fn installing_what_is_already_active_changes_nothing() {
         "both slots on 2.0.0:\n{st}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. A full disk during a patch's clone (hardening item 9)
+// ---------------------------------------------------------------------------------------
+
+/// A tmpfs mounted for one test, unmounted (lazily if still busy) even when it fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &std::ffi::CStr) -> Tmpfs {
+        rustix::mount::mount(
+            "tmpfs",
+            at,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            options,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", at.display()));
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Bytes an unprivileged writer could still use.
+    fn free(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.0).unwrap();
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()).is_err() {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// Every regular file below `dir` whose content is not that of the same path below
+/// `like`: a file cut short by a full disk, or anything else that is not a whole copy.
+fn not_whole_copies(dir: &Path, like: &Path) -> Vec<String> {
+    let (got, want) = (scan(dir), scan(like));
+    got.into_iter()
+        .filter(|(p, k)| matches!(k, Kind::File(..)) && want.get(p) != Some(k))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The data directory on a 10 MiB file system whose active snapshot holds 6 MiB: the
+/// clone a patch starts with cannot fit. The install must fail saying "no space", leave
+/// no file cut short under its final name, give the space back, and say in `status`
+/// what happened to the inactive slot; the active snapshot and `current` stay as they were.
+#[test]
+fn a_full_disk_during_a_patch_clone_frees_the_space_and_says_why() {
+    if !root_or_skip() {
+        return;
+    }
+    let small = tempfile::tempdir().unwrap();
+    let fs_ = Tmpfs::mount(small.path(), c"size=10m");
+    let d = Device::in_dir(small.path());
+    // Bundles stay off the small file system: only the device's data is on it.
+    let bundles = tempfile::tempdir().unwrap();
+    let install = |spec: &Spec| {
+        let p = bundles.path().join(format!("{}.molt", spec.version));
+        fs::write(&p, build(spec)).unwrap();
+        d.agent(&["install", p.to_str().unwrap()], None)
+    };
+    let s1 = Spec::full(
+        "1.0.0",
+        1,
+        &[
+            ("app/a", b"A1\n"),
+            ("app/big1.bin", &noise(91, 3 << 20)),
+            ("app/big2.bin", &noise(92, 3 << 20)),
+            ("etc/app.conf", b"port=80\n"),
+        ],
+    );
+    let r = install(&s1);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.out, d.log());
+    let link = d.current_link();
+    let fp = d.fingerprint();
+    let active = d.current_dir();
+    let inactive_name = if link.ends_with("a") { "b" } else { "a" };
+    let inactive = d.data().join("slots").join(inactive_name);
+    let free_before = fs_.free();
+    assert!(
+        free_before < 6 << 20,
+        "the test needs less free space ({free_before} bytes) than the active snapshot"
+    );
+
+    let mut s2 = Spec::patch("2.0.0", 2, &[("app/a", b"A2\n")], &[]);
+    s2.base_version = "1.0.0".into();
+    let r = install(&s2);
+    assert_eq!(r.code, Some(1), "the patch cannot fit:\n{}", r.out);
+    let said = r.out.to_lowercase();
+    assert!(
+        said.contains("no space"),
+        "the install's own output should say why it failed:\n{}",
+        r.out
+    );
+
+    let cut = not_whole_copies(&inactive, &active);
+    assert!(
+        cut.is_empty(),
+        "files of slot {inactive_name} that are not whole copies: {cut:?}\n{}",
+        d.log()
+    );
+    let free_after = fs_.free();
+    assert!(
+        free_after + (256 << 10) >= free_before,
+        "the partial copy still holds space: {free_before} bytes free before, {free_after} after\n{}",
+        d.log()
+    );
+
+    let st = d.status();
+    let last = d.last_result();
+    println!("{}\n{st}", r.out);
+    for want in [
+        "no space left",
+        &format!("slot {inactive_name}"),
+        "app/big",
+        "partial copy was removed",
+    ] {
+        assert!(
+            last.contains(want),
+            "the final report does not say `{want}`: {last}"
+        );
+    }
+    let note = st
+        .lines()
+        .find(|l| l.starts_with(&format!("slot {inactive_name} empty")))
+        .unwrap_or_else(|| panic!("status does not say why slot {inactive_name} is empty:\n{st}"));
+    assert!(
+        note.contains("no space left") && note.contains("2.0.0"),
+        "{note}"
+    );
+
+    assert_eq!(d.current_link(), link, "current moved");
+    assert_eq!(d.fingerprint(), fp, "the active snapshot changed");
+    assert_settled(&d, "a patch that did not fit");
+
+    // A full bundle that does not fit either: the extraction runs out of space after one
+    // whole file, and what it wrote goes too.
+    let s3 = Spec::full(
+        "3.0.0",
+        3,
+        &[
+            ("app/big3.bin", &noise(93, 3 << 20)),
+            ("app/big4.bin", &noise(94, 3 << 20)),
+        ],
+    );
+    let r = install(&s3);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "the full bundle cannot fit:
+{}",
+        r.out
+    );
+    let last = d.last_result();
+    assert!(
+        last.contains("no space left") && last.contains("removed to free the space"),
+        "{last}"
+    );
+    assert!(
+        not_whole_copies(&inactive, &active).is_empty() && scan(&inactive).is_empty(),
+        "slot {inactive_name} should be empty: {:?}",
+        scan(&inactive)
+    );
+    let free_after = fs_.free();
+    assert!(
+        free_after + (256 << 10) >= free_before,
+        "the partial extraction still holds space: {free_before} bytes free before, {free_after} after"
+    );
+    assert_eq!(d.current_link(), link, "current moved");
+    assert_eq!(d.fingerprint(), fp, "the active snapshot changed");
+    assert_settled(&d, "a full bundle that did not fit");
+}

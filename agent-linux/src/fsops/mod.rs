@@ -33,7 +33,7 @@ pub use durable::{
 };
 pub use error::{ErrorKind, FsError};
 pub use extract::{ExtractState, ExtractStats, Extractor, TMP_PREFIX};
-pub use snapshot::{clone_tree, CloneReport, CopyMethod};
+pub use snapshot::{clone_tree, content_bytes, CloneReport, CopyMethod};
 
 /// Writes `counts` for people: the non-zero ones, as `3 files, 1 directory`, or
 /// `nothing` when all are zero. Summaries of extracts and clones use it, so device

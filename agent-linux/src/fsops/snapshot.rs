@@ -19,6 +19,7 @@
 //! (file capabilities, ACLs, SELinux labels). Not preserved: xattrs of symlinks and
 //! special files, and times of nanosecond precision on filesystems without them.
 
+use std::ffi::CString;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -28,6 +29,7 @@ use rustix::io::Errno;
 
 use super::beneath::{fstat, is_dot, lstat_at, mode, owner, times, Meta, SlotDir, RESOLVE};
 use super::error::{ErrorKind, FsError};
+use super::extract::TMP_PREFIX;
 
 /// How file content was copied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +125,15 @@ impl fmt::Display for CloneReport {
 /// descriptors per level (an explicit stack, no recursion); directory modes and times are
 /// set once their contents are in.
 ///
-/// On the target: `mkdirat`, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)`, the copy (see the
-/// module docs), `symlinkat`, `mknodat`, then `fchown` (as root), `fchmod`,
-/// `fsetxattr`, `futimens` (or their `*at` forms with `AT_SYMLINK_NOFOLLOW`). Nothing is
-/// fsynced.
+/// On the target: `mkdirat`, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` of a temporary
+/// name, the copy (see the module docs), `symlinkat`, `mknodat`, then `fchown` (as
+/// root), `fchmod`, `fsetxattr`, `futimens` (or their `*at` forms with
+/// `AT_SYMLINK_NOFOLLOW`), and for a file `renameat` to its name. Nothing is fsynced.
+///
+/// On error (a full disk is the usual one) no file is left under its own name with less
+/// than its content, and the temporary file being written is removed; what was copied
+/// before stays, for the caller to remove ([`SlotDir::clear`]) so that the space is
+/// freed. [`content_bytes`] says how much the copy needed.
 pub fn clone_tree(active: &Path, target: &SlotDir) -> Result<CloneReport, FsError> {
     let active_label = active.display().to_string();
     let src_root = open_noatime(|extra| {
@@ -160,6 +167,7 @@ pub fn clone_tree(active: &Path, target: &SlotDir) -> Result<CloneReport, FsErro
         report: CloneReport::default(),
         target_id: (dst_meta.dev, dst_meta.ino),
         path: String::new(),
+        tmp_seq: 0,
     };
     c.walk(src_root, src_meta)?;
     Ok(c.report)
@@ -193,6 +201,8 @@ struct Cloner<'t> {
     target_id: ((u32, u32), u64),
     /// The relative path of the entry being copied, for error messages.
     path: String,
+    /// The number of the last temporary file name tried.
+    tmp_seq: u64,
 }
 
 /// Errors that mean "this filesystem (pair) cannot do that copy method": fall back.
@@ -335,20 +345,52 @@ impl Cloner<'_> {
             )
         })
         .map_err(|e| self.src_err("open", e))?;
-        let dst = rfs::openat(
-            ddir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| self.dst_err("create", e))?;
-        if m.size > 0 {
-            self.copy_data(&src, &dst, m.size)?;
+        // Written under a temporary name and renamed once complete, as the extractor
+        // does: a copy cut short (a full disk, an I/O error, a crash) must never sit in
+        // the snapshot under the name of the file it failed to copy.
+        let (tmp, dst) = self.create_tmp(ddir)?;
+        let copied = self.fill(&src, &dst, m).and_then(|()| {
+            rfs::renameat(ddir, tmp.as_c_str(), ddir, name).map_err(|e| self.dst_err("rename", e))
+        });
+        if let Err(e) = copied {
+            // Frees the space at once, which matters after `ENOSPC`.
+            let _ = rfs::unlinkat(ddir, tmp.as_c_str(), AtFlags::empty());
+            return Err(e);
         }
         self.report.files += 1;
         self.report.bytes += m.size;
         if m.nlink > 1 {
             self.report.hardlinks_split += 1;
+        }
+        Ok(())
+    }
+
+    /// Creates a new temporary file in `ddir` (`O_CREAT | O_EXCL`, mode 0600) named
+    /// `.molt-tmp.clone.<n>`: the extractor's prefix ([`TMP_PREFIX`]), so the sweep of a
+    /// resumed download treats both alike. A name the active tree itself uses in that
+    /// directory is skipped.
+    fn create_tmp(&mut self, ddir: BorrowedFd<'_>) -> Result<(CString, OwnedFd), FsError> {
+        loop {
+            self.tmp_seq += 1;
+            let tmp = CString::new(format!("{TMP_PREFIX}clone.{}", self.tmp_seq))
+                .map_err(|_| self.dst_err("create", Errno::INVAL))?;
+            match rfs::openat(
+                ddir,
+                tmp.as_c_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => return Ok((tmp, fd)),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(self.dst_err("create", e)),
+            }
+        }
+    }
+
+    /// The content and metadata of a file being copied, into its temporary file.
+    fn fill(&mut self, src: &OwnedFd, dst: &OwnedFd, m: &Meta) -> Result<(), FsError> {
+        if m.size > 0 {
+            self.copy_data(src, dst, m.size)?;
         }
         self.set_meta(dst.as_fd(), Some(src.as_fd()), m)
     }
@@ -528,4 +570,29 @@ fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<(), Errno> {
         )?;
     }
     Ok(())
+}
+
+/// The bytes of regular-file content in the tree at `dir` (symlinks not followed, each
+/// hardlink counted, as [`clone_tree`] copies it): what a byte copy of the tree needs,
+/// for the message after a clone ran out of space.
+pub fn content_bytes(dir: &Path) -> Result<u64, FsError> {
+    let label = dir.display().to_string();
+    let mut total = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let rel = d.strip_prefix(dir).unwrap_or(&d).display().to_string();
+        let entries = std::fs::read_dir(&d).map_err(|e| FsError::io("list", &rel, &label, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| FsError::io("list", &rel, &label, e))?;
+            let m = entry
+                .metadata()
+                .map_err(|e| FsError::io("stat", &rel, &label, e))?;
+            if m.is_dir() {
+                todo.push(entry.path());
+            } else if m.is_file() {
+                total = total.saturating_add(m.len());
+            }
+        }
+    }
+    Ok(total)
 }

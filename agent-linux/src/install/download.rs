@@ -28,6 +28,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use molt_engine::bundle::zstd::LibZstd;
@@ -40,6 +41,7 @@ use molt_engine::Error as BundleError;
 use molt_engine::Limits;
 use serde::{Deserialize, Serialize};
 
+use super::note::SlotNote;
 use super::writer::{Flusher, Writer};
 use super::{layout, slot_name, write_durable, Device};
 use crate::fetch;
@@ -226,11 +228,14 @@ impl Device {
                 }
             }
         };
-        if result.is_ok() {
-            // Nothing left to resume: a later restart goes on with the next phase.
-            let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
+        match result {
+            Ok(plan) => {
+                // Nothing left to resume: a later restart goes on with the next phase.
+                let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
+                Ok(plan)
+            }
+            Err(f) => Err(self.fetch_failed(slot, f)),
         }
-        result
     }
 
     fn load_checkpoint(&self) -> Option<(Vec<u8>, Saved)> {
@@ -267,6 +272,21 @@ impl Device {
     /// emptied (or, for a patch, started from the active snapshot).
     fn begin(&mut self, slot: Slot, slot_dir: &SlotDir, m: &Manifest<'_>) -> Result<(), Failure> {
         let active = self.record.active();
+        // What the slot holds now, before the record forgets it: a fresh download after
+        // an interrupted one of the same install finds the slot Staging, and the first
+        // attempt's note already says what was there.
+        let deployment = self
+            .state
+            .deployment()
+            .map(super::label)
+            .unwrap_or_default();
+        let previous = match SlotNote::load(&self.data).filter(|n| n.is_for(slot, &deployment)) {
+            Some(n) => n.previous,
+            None => {
+                let info = self.record.slot(slot);
+                (info.status == Status::Good).then(|| info.version.as_str().to_owned())
+            }
+        };
         if let BundleKind::Patch { base_version } = m.kind {
             let have = self.record.slot(active).version.as_str();
             if !base_version.is_empty() && base_version != have {
@@ -287,12 +307,33 @@ impl Device {
             })?;
         self.save_record()
             .map_err(|e| (CauseKind::Io, format!("{e:#}")))?;
+        // Durably before the slot is emptied, so that `status`, `rollback` and the final
+        // report can say what was lost even after a crash.
+        let note = SlotNote {
+            slot: slot_name(slot).to_owned(),
+            deployment,
+            previous,
+            version: m.version.to_owned(),
+            source: fs::read_to_string(self.data.join(layout::SOURCE)).unwrap_or_default(),
+            why: None,
+        };
+        if let Err(e) = note.save(&self.data) {
+            self.log(&format!(
+                "cannot write {}: {e}; `status` will not say what slot {} held",
+                self.data.join(layout::SLOT_NOTE).display(),
+                slot_name(slot)
+            ));
+            // An older note must not speak for this install.
+            let _ = SlotNote::remove(&self.data);
+        }
         // The slot is emptied only now that the manifest verified and the record says it
         // is being staged: a refused bundle must not wipe the snapshot a manual rollback
         // needs.
         if let BundleKind::Patch { .. } = m.kind {
-            let report =
-                fsops::clone_tree(&self.slot_path(active), slot_dir).map_err(fs_failure)?;
+            let report = match fsops::clone_tree(&self.slot_path(active), slot_dir) {
+                Ok(r) => r,
+                Err(e) => return Err(self.clone_failed(slot, slot_dir, m.version, e)),
+            };
             self.log(&format!(
                 "patch: slot {} starts as a copy of slot {} ({report})",
                 slot_name(slot),
@@ -301,6 +342,107 @@ impl Device {
         } else {
             slot_dir.clear().map_err(fs_failure)?;
         }
+        Ok(())
+    }
+
+    /// The failure of a patch's copy of the active slot into `slot`: the partial copy is
+    /// removed at once (on a full disk it holds the space everything else needs, the
+    /// status file included), and the reason says what ran out, where, and by how much.
+    fn clone_failed(
+        &self,
+        slot: Slot,
+        slot_dir: &SlotDir,
+        version: &str,
+        e: fsops::FsError,
+    ) -> Failure {
+        let active = self.record.active();
+        let (s, a) = (slot_name(slot), slot_name(active));
+        let (kind, mut why) = if e.is_no_space() {
+            (
+                CauseKind::NoSpace,
+                format!("no space left to copy slot {a} into slot {s} for patch {version}: {e}"),
+            )
+        } else {
+            (
+                CauseKind::Io,
+                format!("cannot copy slot {a} into slot {s} for patch {version}: {e}"),
+            )
+        };
+        let cleared = slot_dir.clear();
+        if e.is_no_space() {
+            if let Ok(need) = fsops::content_bytes(&self.slot_path(active)) {
+                why.push_str(&format!("; the copy needs {need} bytes of file content"));
+            }
+            if let Ok(st) = rustix::fs::statvfs(self.slot_path(slot)) {
+                why.push_str(&format!(
+                    "; {} bytes are free on the file system of slot {s}",
+                    st.f_bavail.saturating_mul(st.f_frsize)
+                ));
+            }
+        }
+        match cleared {
+            Ok(()) => why.push_str(&format!(
+                "; the partial copy was removed, slot {s} is empty"
+            )),
+            Err(c) => why.push_str(&format!("; the partial copy could not be removed: {c}")),
+        }
+        (kind, why)
+    }
+
+    /// Completes the note of an install that emptied `slot` and failed while fetching.
+    /// After a full disk, what was written is removed so that the space comes back.
+    fn fetch_failed(&self, slot: Slot, (kind, mut why): Failure) -> Failure {
+        let deployment = self
+            .state
+            .deployment()
+            .map(super::label)
+            .unwrap_or_default();
+        let Some(mut note) = SlotNote::load(&self.data).filter(|n| n.is_for(slot, &deployment))
+        else {
+            // This install never emptied the slot: whatever it held is still there.
+            return (kind, why);
+        };
+        if kind == CauseKind::NoSpace {
+            let path = self.slot_path(slot);
+            let written = fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some());
+            if written {
+                match self.free_slot(&path) {
+                    Ok(()) => why.push_str(&format!(
+                        "; what was written of slot {} was removed to free the space",
+                        slot_name(slot)
+                    )),
+                    Err(e) => why.push_str(&format!(
+                        "; what was written of slot {} could not be removed: {e}",
+                        slot_name(slot)
+                    )),
+                }
+            }
+        }
+        note.why = Some(why.clone());
+        if let Err(e) = note.save(&self.data) {
+            self.log(&format!(
+                "cannot write {}: {e}",
+                self.data.join(layout::SLOT_NOTE).display()
+            ));
+        }
+        (kind, why)
+    }
+
+    /// Empties a slot a failed download wrote into, the resume checkpoint first (durably):
+    /// a checkpoint must never describe files that are gone.
+    fn free_slot(&self, path: &Path) -> anyhow::Result<()> {
+        let cp = self.data.join(layout::CHECKPOINT);
+        match fs::remove_file(&cp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(anyhow::anyhow!("cannot remove {}: {e}", cp.display()))
+            }
+            _ => {}
+        }
+        let staging = self.data.join(layout::STAGING);
+        File::open(&staging)
+            .and_then(|d| crate::durability::sync_all(&d))
+            .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", staging.display()))?;
+        SlotDir::open(path)?.clear()?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use molt_engine::slot::{Loaded, Slot, SlotRecord};
 use molt_engine::text::Escaped;
 use molt_engine::update::State;
 
+use super::note::SlotNote;
 use super::{layout, slot_name};
 use crate::config::Config;
 use crate::fsops;
@@ -36,6 +37,14 @@ pub(super) fn render(data: &Path, r: &SlotRecord, state: &State) -> String {
             i.release,
             if slot == r.active() { "  (active)" } else { "" }
         ));
+    }
+    if let Some(n) = SlotNote::load(data).filter(|n| n.applies(r)) {
+        let hint = if n.previous.is_some() {
+            "; `molt-agent rollback` has nothing to switch to until an update succeeds"
+        } else {
+            ""
+        };
+        s.push_str(&format!("slot {} empty  {}{hint}\n", n.slot, n.sentence()));
     }
     s.push_str(&format!("install       {}\n", state.phase().name()));
     let last = fs::read_to_string(data.join(layout::STATUS)).unwrap_or_else(|_| "none".into());

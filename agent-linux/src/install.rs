@@ -1182,10 +1182,14 @@ impl Device {
                 self.state.phase().name()
             );
         }
-        let to = self
-            .record
-            .switch_back()
-            .map_err(|e| anyhow!("cannot roll back: {e}"))?;
+        let to = self.record.switch_back().map_err(|e| {
+            // "Nothing to roll back to" alone hides that a failed install overwrote
+            // the previous snapshot a moment ago: say which, and why.
+            match note::SlotNote::load(&self.data).filter(|n| n.applies(&self.record)) {
+                Some(n) => anyhow!("cannot roll back: {e}: {}", n.sentence()),
+                None => anyhow!("cannot roll back: {e}"),
+            }
+        })?;
         self.save_record()?;
         fsops::swap_current(&self.data, &self.slot_rel(to))?;
         self.log(&format!(

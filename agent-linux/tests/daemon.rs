@@ -768,6 +768,43 @@ fn abort_after_the_commit_is_refused_and_the_install_succeeds() {
     assert_eq!(d.tree(), spec.tree());
 }
 
+/// Hardening item 10: a bundle refused near its end has already overwritten the
+/// inactive slot; the final report the controller gets says the previous snapshot is
+/// gone, which version it was, and why.
+#[test]
+fn a_bundle_refused_part_way_reports_that_the_rollback_target_was_overwritten() {
+    if !root_or_skip() {
+        return;
+    }
+    let fake = Fake::start();
+    let d = Device::new();
+    d.install_ok(&v1());
+    d.install_ok(&v2("true"));
+    let before = d.fingerprint();
+    enroll(&d, &fake);
+    let mut bad = build(&Spec::full("3.0.0", 3, &[("app/a", b"A3\n")]));
+    bad.push(0);
+    fake.offer(DEPLOYMENT, "3.0.0", bad);
+
+    run_once(&d, &[]);
+    let reports = distinct(&fake.reports(DEPLOYMENT));
+    assert_eq!(final_state(&reports), DeviceState::Failed, "{reports:#?}");
+    let message = reports.last().unwrap().message.clone().unwrap_or_default();
+    for want in [
+        "bundle refused",
+        "the previous snapshot (version 1.0.0)",
+        "already overwritten",
+        "nothing to switch to",
+    ] {
+        assert!(
+            message.contains(want),
+            "the final report does not say `{want}`: {message}"
+        );
+    }
+    assert_eq!(reports.last().unwrap().active_version, "2.0.0");
+    assert_eq!(d.fingerprint(), before);
+}
+
 #[test]
 fn a_controller_that_is_down_at_first_is_retried_with_backoff() {
     if !root_or_skip() {

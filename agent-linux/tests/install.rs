@@ -2582,3 +2582,104 @@ fn a_full_disk_during_a_patch_clone_frees_the_space_and_says_why() {
     assert_eq!(d.fingerprint(), fp, "the active snapshot changed");
     assert_settled(&d, "a full bundle that did not fit");
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. A download refused part-way (hardening item 10)
+// ---------------------------------------------------------------------------------------
+
+/// A streamed bundle is verified as it is written into the inactive slot, so one refused
+/// near its end (one byte appended, one byte of its last chunk flipped) has already
+/// overwritten the previous snapshot there. The device cannot keep it, but it must say
+/// so: in the final report (the status file, what the controller gets), in `status`,
+/// and in `molt-agent rollback`'s refusal, each naming the lost version and the refusal.
+#[test]
+fn a_download_refused_part_way_says_the_rollback_target_was_overwritten() {
+    if !root_or_skip() {
+        return;
+    }
+    let good = build(&v3_full());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut flipped = good.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 1;
+    for (name, bad) in [
+        ("one byte appended", trailing),
+        ("last chunk flipped", flipped),
+    ] {
+        let d = Device::new();
+        d.install_ok(&v1());
+        d.install_ok(&v2_full());
+        // v1 is now the inactive slot: the rollback target.
+        let link = d.current_link();
+        let fp = d.fingerprint();
+        let target = if link.ends_with("a") { "b" } else { "a" };
+        let server = serve(bad, vec![], Serve::Honest);
+        let r = d.agent(&["install", &server.url], None);
+        assert_eq!(r.code, Some(1), "{name}: installed:\n{}", r.out);
+
+        let last = d.last_result();
+        for want in [
+            "failed (fetching: bundle refused)",
+            &format!("the previous snapshot (version 1.0.0) in slot {target}"),
+            "already overwritten",
+            "nothing to switch to",
+        ] {
+            assert!(
+                last.contains(want),
+                "{name}: the final report does not say `{want}`: {last}"
+            );
+            assert!(
+                r.out.contains(want),
+                "{name}: the install's output does not say `{want}`: {}",
+                r.out
+            );
+        }
+
+        let st = d.status();
+        let note = st
+            .lines()
+            .find(|l| l.starts_with(&format!("slot {target} empty")))
+            .unwrap_or_else(|| {
+                panic!("{name}: status does not say what slot {target} lost:\n{st}")
+            });
+        for want in [
+            "previous snapshot (version 1.0.0)",
+            "install of 3.0.0",
+            server.url.as_str(),
+            "overwrote it",
+            "bundle refused",
+        ] {
+            assert!(
+                note.contains(want),
+                "{name}: status does not say `{want}`: {note}"
+            );
+        }
+
+        let rb = d.agent(&["rollback"], None);
+        assert_ne!(rb.code, Some(0), "{name}: rolled back to what?\n{}", rb.out);
+        for want in [
+            "nothing to roll back to",
+            &format!("slot {target} held the previous snapshot (version 1.0.0)"),
+            "install of 3.0.0",
+            "bundle refused",
+        ] {
+            assert!(
+                rb.out.contains(want),
+                "{name}: `rollback` does not say `{want}`: {}",
+                rb.out
+            );
+        }
+        assert_eq!(d.current_link(), link, "{name}: current moved");
+        assert_eq!(d.fingerprint(), fp, "{name}: the active snapshot changed");
+        assert_settled(&d, name);
+
+        // The next good install takes the slot, and the note no longer speaks.
+        d.install_ok(&v3_full());
+        let st = d.status();
+        assert!(
+            !st.lines().any(|l| l.contains(" empty  ")),
+            "{name}: a stale note after a good install:\n{st}"
+        );
+    }
+}

@@ -389,8 +389,10 @@ impl Device {
         (kind, why)
     }
 
-    /// Completes the note of an install that emptied `slot` and failed while fetching.
-    /// After a full disk, what was written is removed so that the space comes back.
+    /// Completes the note of an install that emptied `slot` and failed while fetching,
+    /// and says in the failure what the slot lost: a bundle is verified as it is written,
+    /// so one refused part-way has already replaced the rollback target. After a full
+    /// disk, what was written is removed so that the space comes back.
     fn fetch_failed(&self, slot: Slot, (kind, mut why): Failure) -> Failure {
         let deployment = self
             .state
@@ -423,6 +425,20 @@ impl Device {
             self.log(&format!(
                 "cannot write {}: {e}",
                 self.data.join(layout::SLOT_NOTE).display()
+            ));
+        }
+        if let Some(v) = &note.previous {
+            let how = if kind == CauseKind::BadBundle {
+                " (a bundle is verified as it streams into the slot, so one refused \
+                 part-way has already replaced what was there)"
+            } else {
+                ""
+            };
+            why.push_str(&format!(
+                "; the previous snapshot (version {v}) in slot {}, the rollback target, was already \
+                 overwritten by this install{how}, so `molt-agent rollback` has nothing to \
+                 switch to until an update succeeds",
+                slot_name(slot)
             ));
         }
         (kind, why)

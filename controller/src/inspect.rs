@@ -13,9 +13,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use indicatif::ProgressBar;
-use molt_engine::bundle::format::{
-    KeyId, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
-};
+use molt_engine::bundle::chunk::{could_be_bundle, Head as BundleHead};
+use molt_engine::bundle::format::KeyId;
 use molt_engine::bundle::links::Hardlinks;
 use molt_engine::bundle::zstd::DecompressError;
 use molt_engine::bundle::{
@@ -180,28 +179,18 @@ struct Head {
 }
 
 fn read_head(path: &Path) -> std::io::Result<Head> {
-    let cap = HEADER_LEN + SIG_BLOCK_PREFIX + MAX_SIGNATURES * SIG_RECORD_LEN;
-    let mut head = Vec::with_capacity(cap);
-    File::open(path)?.take(cap as u64).read_to_end(&mut head)?;
-    let magic = head.get(..MAGIC.len()).unwrap_or(&head);
-    let mut out = Head {
-        format: None,
-        signatures: Vec::new(),
-        magic_prefix: MAGIC.starts_with(magic),
-    };
-    if head.len() < HEADER_LEN + SIG_BLOCK_PREFIX || magic != MAGIC {
-        return Ok(out);
-    }
-    let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
-    out.format = Some((u16_at(8), u16_at(10)));
-    let count = usize::from(head[HEADER_LEN]).min(MAX_SIGNATURES);
-    out.signatures = (0..count)
-        .filter_map(|i| {
-            let at = HEADER_LEN + SIG_BLOCK_PREFIX + i * SIG_RECORD_LEN;
-            head.get(at..at + 8)?.try_into().ok()
-        })
-        .collect();
-    Ok(out)
+    let mut head = Vec::with_capacity(BundleHead::MAX_WITH_SIGNATURES);
+    File::open(path)?
+        .take(BundleHead::MAX_WITH_SIGNATURES as u64)
+        .read_to_end(&mut head)?;
+    let parsed = BundleHead::parse(&head).ok();
+    Ok(Head {
+        format: parsed.map(|h| (h.major, h.minor)),
+        signatures: parsed
+            .map(|h| h.key_ids(&head).collect())
+            .unwrap_or_default(),
+        magic_prefix: could_be_bundle(&head),
+    })
 }
 
 /// Feeds the bundle at `path` through the engine's decoder with libzstd.
@@ -290,14 +279,14 @@ fn feed_file(
     let full = depth == Depth::Full;
     let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
     let mut rb = if full { vec![0u8; r] } else { Vec::new() };
-    let z = if full {
-        // Chunks are decompressed ahead on a second thread; the decoder checks them.
-        Unzstd::Ahead(
-            Ahead::start(path, &limits)
-                .with_context(|| format!("cannot start decompressing {}", path.display()))?,
-        )
+    let (mut go, z) = if full {
+        // Chunks are decompressed ahead on a second thread, once the manifest that
+        // signs their digests is verified; the decoder checks them again.
+        let (go, ahead) = Ahead::start(path, &limits)
+            .with_context(|| format!("cannot start decompressing {}", path.display()))?;
+        (Some(go), Unzstd::Ahead(ahead))
     } else {
-        Unzstd::Never
+        (None, Unzstd::Never)
     };
     let bufs = Buffers {
         manifest: &mut mb,
@@ -342,6 +331,11 @@ fn feed_file(
                     out.manifest_bytes = Some(d.manifest_bytes().to_vec());
                     if depth == Depth::Manifest {
                         return Ok(out);
+                    }
+                    if let (Some(go), Ok(m)) = (go.take(), d.manifest()) {
+                        // The decoder has consumed exactly the head, signatures and
+                        // manifest: the first chunk starts here.
+                        go.go(d.position(), m.payload);
                     }
                     links = d.manifest().ok().map(|m| {
                         Hardlinks::new(matches!(m.kind, BundleKind::Full), m.entries.specials)

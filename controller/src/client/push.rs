@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use molt_engine::bundle::format::MAGIC;
+use molt_engine::bundle::chunk::{starts_with_magic, Head};
 use molt_engine::bundle::BundleKind;
 
 use super::multipart::{Multipart, Part, PartBody};
@@ -35,11 +35,11 @@ pub fn push_kind(path: &Path) -> Result<PushKind> {
             path.display()
         );
     }
-    let mut head = Vec::with_capacity(MAGIC.len());
+    let mut head = Vec::with_capacity(Head::LEN);
     File::open(path)
-        .and_then(|f| f.take(MAGIC.len() as u64).read_to_end(&mut head))
+        .and_then(|f| f.take(Head::LEN as u64).read_to_end(&mut head))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(if head == MAGIC {
+    Ok(if starts_with_magic(&head) {
         PushKind::Bundle
     } else {
         PushKind::Recipe

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use axum::body::Body;
 use futures_util::StreamExt;
-use molt_engine::bundle::format::MAGIC;
+use molt_engine::bundle::chunk::{could_be_bundle, Head};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tempfile::{NamedTempFile, TempDir};
 use tokio::io::AsyncWriteExt;
@@ -134,7 +134,7 @@ pub async fn receive(store: &Store, body: Body, max: u64) -> Result<Received, Ap
     let mut out = tokio::fs::File::from_std(std_file);
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
-    let mut magic_seen = 0;
+    let mut prefix = Vec::with_capacity(Head::LEN);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| AppError::bad_request(format!("upload interrupted: {e}")))?;
@@ -146,16 +146,15 @@ pub async fn receive(store: &Store, body: Body, max: u64) -> Result<Received, Ap
         }
         // Refuse what is plainly not a bundle at its first bytes, rather than after
         // gigabytes; everything else is the decoder's job once the body is complete.
-        if magic_seen < MAGIC.len() {
-            let n = (MAGIC.len() - magic_seen).min(chunk.len());
-            let want = MAGIC.get(magic_seen..magic_seen + n).unwrap_or(&[]);
-            if chunk.get(..n) != Some(want) {
+        if prefix.len() < Head::LEN {
+            let n = (Head::LEN - prefix.len()).min(chunk.len());
+            prefix.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+            if !could_be_bundle(&prefix) {
                 return Err(AppError::bad_request(format!(
                     "bundle refused: {}",
                     molt_engine::Error::BadMagic
                 )));
             }
-            magic_seen += n;
         }
         hasher.update(&chunk);
         out.write_all(&chunk)

@@ -24,6 +24,7 @@
 //!
 //! [`PATH_CAPACITY`]: crate::limits::PATH_CAPACITY
 
+use crate::bundle::chunk::Chain;
 use crate::bundle::format::{
     max_wire_chunk, BundleKind, Digest, EntryHeader, EntryKind, EntryTable, KeyId, Manifest,
     Payload, CHUNK_HEADER_LEN, FORMAT_MAJOR, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX,
@@ -31,7 +32,7 @@ use crate::bundle::format::{
 };
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::{check_signatures, signed_message, Trust};
-use crate::bundle::zstd::{check_frame, Decompressor};
+use crate::bundle::zstd::Decompressor;
 use crate::error::{Error, LimitKind};
 use crate::Limits;
 
@@ -140,13 +141,11 @@ pub struct Decoder<'b, 'k, Z: Decompressor> {
     key_id: Option<KeyId>,
     payload: Payload,
     table: EntryTable,
-    chunk_index: u32,
+    /// The chunk chain: what the next chunk must hash to, and what was seen.
+    chunks: Chain,
     chunk_start: u64,
     chunk_have: usize,
     chunk_need: usize,
-    expected: Digest,
-    wire_seen: u64,
-    raw_seen: u64,
     raw_pos: usize,
     raw_len: usize,
     entry: EntryPhase,
@@ -179,13 +178,10 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             key_id: None,
             payload: Payload::default(),
             table: EntryTable::default(),
-            chunk_index: 0,
+            chunks: Chain::new(Payload::default(), 0),
             chunk_start: 0,
             chunk_have: 0,
             chunk_need: CHUNK_HEADER_LEN,
-            expected: [0; 32],
-            wire_seen: 0,
-            raw_seen: 0,
             raw_pos: 0,
             raw_len: 0,
             entry: EntryPhase::Header,
@@ -241,7 +237,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
 
     /// Index of the chunk being read, and how many chunks the bundle has.
     pub fn chunk_progress(&self) -> (u32, u32) {
-        (self.chunk_index, self.payload.chunk_count)
+        (self.chunks.index(), self.payload.chunk_count)
     }
 
     /// The path of the last entry the policy looked at: after a policy error, the offending one.
@@ -458,7 +454,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
         }
         self.payload = m.payload;
         self.table = m.entries;
-        self.expected = m.payload.first_chunk;
+        self.chunks = Chain::new(m.payload, u64::from(self.limits.max_chunk_size));
         self.policy = Some(Policy::new(
             self.limits,
             m.entries.specials,
@@ -474,65 +470,25 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
     }
 
     fn on_chunk_header(&mut self) -> Result<(), Error> {
-        let at = self.chunk_start;
-        let c = le_u32(self.bufs.wire, 0);
-        let r = le_u32(self.bufs.wire, 4);
-        if c == 0 || c > max_wire_chunk(self.payload.chunk_size) {
-            return Err(Error::Malformed {
-                what: "chunk header (compressed length)",
-                at,
-            });
-        }
-        if r == 0 || r > self.payload.chunk_size {
-            return Err(Error::Malformed {
-                what: "chunk header (raw length)",
-                at,
-            });
-        }
-        let end = self.wire_seen + CHUNK_HEADER_LEN as u64 + u64::from(c);
-        if end > self.payload.wire_len {
-            return Err(Error::Malformed {
-                what: "chunk header (runs past the signed payload length)",
-                at,
-            });
-        }
-        self.chunk_need = CHUNK_HEADER_LEN + c as usize;
+        let h = self.chunks.header(self.bufs.wire, self.chunk_start)?;
+        self.chunk_need = h.chunk_len();
         self.state = State::ChunkBody;
         Ok(())
     }
 
     fn on_chunk_body(&mut self) -> Result<(), Error> {
         let at = self.chunk_start;
-        let chunk = self.chunk_index;
+        let chunk = self.chunks.index();
         let bytes = self.bufs.wire.get(..self.chunk_need).unwrap_or(&[]);
-        // The digest is checked before the frame is even parsed: nothing unsigned reaches zstd.
-        if blake3::hash(bytes).as_bytes() != &self.expected {
-            return Err(Error::ChunkDigest { chunk, at });
-        }
-        let r = le_u32(self.bufs.wire, 4) as usize;
-        let mut next = [0u8; 32];
-        if let Some(n) = self.bufs.wire.get(8..40) {
-            next.copy_from_slice(n);
-        }
-        let frame = self
-            .bufs
-            .wire
-            .get(CHUNK_HEADER_LEN..self.chunk_need)
-            .unwrap_or(&[]);
-        let info = check_frame(frame, u64::from(self.limits.max_chunk_size))
-            .map_err(|why| Error::BadFrame { chunk, why })?;
-        if info.content_size != r as u64 {
-            return Err(Error::BadFrame {
-                chunk,
-                why: "frame content size differs from the chunk header",
-            });
-        }
+        // Digest, frame shape and chain end, in that order: nothing unsigned reaches zstd.
+        let (h, frame) = self.chunks.chunk(bytes, at)?;
+        let r = h.raw as usize;
         if !self.chain_only {
             let dst = self
                 .bufs
                 .raw
                 .get_mut(..r)
-                .ok_or(Error::BufferTooSmall { need: r as u32 })?;
+                .ok_or(Error::BufferTooSmall { need: h.raw })?;
             let n = self
                 .z
                 .decompress_frame(frame, dst)
@@ -541,23 +497,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
                 return Err(Error::Decompress { chunk });
             }
         }
-        self.wire_seen += self.chunk_need as u64;
-        self.raw_seen += r as u64;
-        if self.raw_seen > self.payload.raw_len {
-            return Err(Error::Malformed {
-                what: "chunk (more data than the signed raw length)",
-                at,
-            });
-        }
-        self.chunk_index += 1;
-        let last = self.chunk_index == self.payload.chunk_count;
-        if last != (next == [0; 32]) {
-            return Err(Error::Malformed {
-                what: "chunk header (chain end does not match the chunk count)",
-                at,
-            });
-        }
-        self.expected = next;
+        let last = self.chunks.is_done();
         self.raw_pos = 0;
         self.raw_len = r;
         self.chunk_have = 0;
@@ -690,7 +630,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
     }
 
     fn next_chunk_or_end(&mut self) -> Result<Option<Emit>, Error> {
-        if self.chunk_index < self.payload.chunk_count {
+        if !self.chunks.is_done() {
             self.state = State::ChunkHeader;
             return Ok(None);
         }
@@ -721,7 +661,8 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
 
     /// After the last chunk: the payload's lengths must be the signed ones.
     fn payload_totals(&self) -> Result<(), Error> {
-        if self.wire_seen != self.payload.wire_len || self.raw_seen != self.payload.raw_len {
+        let (wire_seen, raw_seen) = self.chunks.seen();
+        if wire_seen != self.payload.wire_len || raw_seen != self.payload.raw_len {
             return Err(Error::Malformed {
                 what: "payload (length differs from the signed one)",
                 at: self.offset,

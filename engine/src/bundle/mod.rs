@@ -1,13 +1,14 @@
 //! Bundle format v1: layout and manifest types, the streaming decoder, signature and policy checks, the zstd seam and the encoder.
 
+pub mod chunk;
 pub mod decoder;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod format;
-#[cfg(feature = "alloc")]
-pub mod links;
 #[cfg(feature = "encoder")]
 mod frame_hash;
+#[cfg(feature = "alloc")]
+pub mod links;
 #[cfg(feature = "encoder")]
 mod packer;
 pub mod policy;

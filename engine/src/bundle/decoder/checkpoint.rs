@@ -25,6 +25,7 @@ use crc::{Crc, CRC_32_ISCSI};
 use serde::{Deserialize, Serialize};
 
 use super::{Decoder, EntryPhase, State};
+use crate::bundle::chunk::Chain;
 use crate::bundle::format::Digest;
 use crate::bundle::zstd::Decompressor;
 use crate::error::Error;
@@ -103,10 +104,10 @@ impl<Z: Decompressor> Decoder<'_, '_, Z> {
             first_chunk: self.payload.first_chunk,
             table: self.table.digest,
             offset: self.chunk_start,
-            chunk_index: self.chunk_index,
-            expected: self.expected,
-            wire_seen: self.wire_seen,
-            raw_seen: self.raw_seen,
+            chunk_index: self.chunks.index(),
+            expected: self.chunks.expected(),
+            wire_seen: self.chunks.seen().0,
+            raw_seen: self.chunks.seen().1,
             file,
             entries_seen: self.entries_seen,
             chain: self.chain,
@@ -135,7 +136,7 @@ impl<Z: Decompressor> Decoder<'_, '_, Z> {
     /// Then feed the file prefix back if [`Resume::file_prefix`] is not 0, and continue
     /// feeding the bundle from [`Resume::offset`].
     pub fn resume(&mut self, checkpoint: &[u8]) -> Result<Resume, Error> {
-        if self.state != State::ChunkHeader || self.chunk_index != 0 || self.chunk_have != 0 {
+        if self.state != State::ChunkHeader || self.chunks.index() != 0 || self.chunk_have != 0 {
             return Err(bad("resume (only right after the manifest)"));
         }
         let split = checkpoint
@@ -175,10 +176,13 @@ impl<Z: Decompressor> Decoder<'_, '_, Z> {
         policy.restore(rec.policy)?;
         self.offset = rec.offset;
         self.chunk_start = rec.offset;
-        self.chunk_index = rec.chunk_index;
-        self.expected = rec.expected;
-        self.wire_seen = rec.wire_seen;
-        self.raw_seen = rec.raw_seen;
+        self.chunks = Chain::resume(
+            self.payload,
+            u64::from(self.limits.max_chunk_size),
+            rec.chunk_index,
+            rec.expected,
+            (rec.wire_seen, rec.raw_seen),
+        );
         self.entries_seen = rec.entries_seen;
         self.chain = rec.chain;
         self.file_bytes = rec.file_bytes;

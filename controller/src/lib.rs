@@ -1,6 +1,5 @@
-//! molt-controller's library: signing keys, recipes, and building, inspecting and verifying bundles for the `molt` CLI (and later the server).
+//! molt-controller's library: signing keys, recipes, and building, inspecting and verifying bundles, shared by the `molt` CLI and the server (`server`).
 
-mod ahead;
 pub mod api;
 pub mod build;
 pub mod client;

@@ -1327,3 +1327,54 @@ fn the_encoder_refuses_what_devices_would() {
     let err = build_with(&spec, m).unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
 }
+
+/// `bundle::chunk` reads what host tools need without the decoder: the head (key ids,
+/// where the payload starts) and the chunk chain, checked a whole chunk at a time, the
+/// digest before anything else, so a flipped byte stops the walk at that chunk.
+#[test]
+fn the_head_and_the_chain_read_without_the_decoder() {
+    use molt_engine::bundle::chunk::{could_be_bundle, Chain, ChunkHeader, Head};
+    use molt_engine::bundle::Manifest;
+    let bytes = build(&Spec {
+        entries: vec![file("a", &molt_engine::testing::noise(3, 100_000))],
+        chunk_size: 16 * 1024,
+        ..Spec::default()
+    });
+    assert!(could_be_bundle(&bytes[..3]) && !could_be_bundle(b"MOLTX"));
+    assert_eq!(Head::parse(b"not a bundle at all!"), Err(Error::BadMagic));
+    assert!(matches!(
+        Head::parse(&bytes[..12]),
+        Err(Error::Truncated { .. })
+    ));
+    let head = Head::parse(&bytes).unwrap();
+    assert!(head.supported());
+    let ids: Vec<_> = head.key_ids(&bytes).collect();
+    assert_eq!(
+        ids,
+        vec![molt_engine::bundle::format::key_id(
+            &key(1).verifying_key().to_bytes()
+        )]
+    );
+    let start = head.payload_start() as usize;
+    let manifest = Manifest::decode(&bytes[start - head.manifest_len as usize..start]).unwrap();
+    let walk = |bytes: &[u8]| -> Result<u32, Error> {
+        let mut chain = Chain::new(manifest.payload, 1 << 20);
+        let mut at = start;
+        while !chain.is_done() {
+            let h = chain.header(&bytes[at..at + ChunkHeader::LEN], at as u64)?;
+            chain.chunk(&bytes[at..at + h.chunk_len()], at as u64)?;
+            at += h.chunk_len();
+        }
+        assert_eq!(at, bytes.len());
+        Ok(chain.index())
+    };
+    let chunks = walk(&bytes).unwrap();
+    assert!(chunks > 2, "{chunks} chunks");
+    let mut bad = bytes.clone();
+    let second = start + ChunkHeader::parse(&bytes[start..]).chunk_len() + ChunkHeader::LEN + 10;
+    bad[second] ^= 1;
+    assert!(matches!(
+        walk(&bad),
+        Err(Error::ChunkDigest { chunk: 1, .. })
+    ));
+}

@@ -90,14 +90,28 @@ fn past_the_connection_cap_new_sockets_are_closed_and_logged() {
     let (c, token) = f.start(&["--max-connections", "40"]);
     let t = group(&c, &token, "test");
     let _dev = enroll(&c, &t, "gw-1", "acme-gw");
-    let held: Vec<TcpStream> = (0..40)
+    let mut held: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(addr(&c)).unwrap())
         .collect();
-    // Accepted by the kernel, then closed at once by the controller.
-    let mut extra = TcpStream::connect(addr(&c)).unwrap();
-    let took = closed_within(&mut extra, Duration::from_secs(5))
-        .expect("a connection past the cap stayed open");
-    assert!(took < Duration::from_secs(5));
+    // Accepted by the kernel, then closed at once by the controller. The keep-alive
+    // connections the set-up above left in its HTTP client's pool count against the
+    // cap until the server sees them end, which under load can be just after the 40
+    // were opened: a socket that then gets the freed place is rightly served (it
+    // stays open). Hold it and try again; only a few such connections exist, so a
+    // cap that does not close anything still fails here.
+    let mut took = None;
+    for _ in 0..4 {
+        let mut extra = TcpStream::connect(addr(&c)).unwrap();
+        match closed_within(&mut extra, Duration::from_secs(3)) {
+            Some(t) => {
+                took = Some(t);
+                break;
+            }
+            None => held.push(extra),
+        }
+    }
+    let took = took.expect("every connection past the cap stayed open");
+    assert!(took < Duration::from_secs(3));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = std::fs::read_to_string(&c.log).unwrap();

@@ -24,11 +24,10 @@
 //!
 //! [`PATH_CAPACITY`]: crate::limits::PATH_CAPACITY
 
-use crate::bundle::chunk::Chain;
+use crate::bundle::chunk::{Chain, Head};
 use crate::bundle::format::{
     max_wire_chunk, BundleKind, Digest, EntryHeader, EntryKind, EntryTable, KeyId, Manifest,
-    Payload, CHUNK_HEADER_LEN, FORMAT_MAJOR, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX,
-    SIG_RECORD_LEN,
+    Payload, CHUNK_HEADER_LEN, HEADER_LEN, MAGIC, MAX_SIGNATURES, SIG_BLOCK_PREFIX, SIG_RECORD_LEN,
 };
 use crate::bundle::policy::Policy;
 use crate::bundle::verify::{check_signatures, signed_message, Trust};
@@ -369,16 +368,16 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
 
     fn on_head(&mut self) -> Result<(), Error> {
         let at = self.offset;
-        if self.head.get(..8) != Some(&MAGIC[..]) {
-            return Err(Error::BadMagic);
+        // The same reading of the fixed header that host tools use (`chunk::Head`).
+        let h = Head::parse(&self.head)?;
+        if !h.supported() {
+            return Err(Error::UnsupportedVersion {
+                major: h.major,
+                minor: h.minor,
+            });
         }
-        let major = le_u16(&self.head, 8);
-        let minor = le_u16(&self.head, 10);
-        if major != FORMAT_MAJOR {
-            return Err(Error::UnsupportedVersion { major, minor });
-        }
-        if self.head_need == HEADER_LEN + SIG_BLOCK_PREFIX {
-            let count = self.head.get(HEADER_LEN).copied().unwrap_or(0);
+        if self.head_need == Head::LEN {
+            let count = h.signatures;
             if count == 0 || usize::from(count) > MAX_SIGNATURES {
                 return Err(Error::BadSignatureCount { count });
             }
@@ -391,7 +390,7 @@ impl<'b, 'k, Z: Decompressor> Decoder<'b, 'k, Z> {
             self.head_need += usize::from(count) * SIG_RECORD_LEN;
             return Ok(());
         }
-        let len = le_u32(&self.head, 12);
+        let len = h.manifest_len;
         if len > self.limits.max_manifest_len {
             return Err(Error::Limit {
                 limit: LimitKind::ManifestLen,
@@ -688,12 +687,5 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
     b.get(at..at + 2)
         .and_then(|s| s.try_into().ok())
         .map(u16::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
         .unwrap_or(0)
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use molt_tests::*;
+use molt_test_support::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use molt_engine::testing::noise;
-use molt_tests::*;
+use molt_test_support::*;
 
 const LONG: Duration = Duration::from_secs(180);
 

@@ -15,7 +15,7 @@ use ed25519_dalek::SigningKey;
 use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
 use molt_engine::bundle::format::{EntryTable, Payload};
 use molt_engine::bundle::{BundleKind, EntryHeader, EntryKind, Manifest, Recipe, Specials};
-use molt_tests::{molt_with, root_or_skip, Device, BOARD};
+use molt_test_support::{molt_with, root_or_skip, Device, BOARD};
 
 /// A bundle's entries, in stream order.
 type Entries = Vec<(String, Node)>;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use molt_engine::testing::noise;
-use molt_tests::*;
+use molt_test_support::*;
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(180);

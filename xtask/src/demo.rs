@@ -73,6 +73,8 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
     build.args([
         "build",
         "-p",
+        "molt-cli",
+        "-p",
         "molt-controller",
         "-p",
         "molt-agent",

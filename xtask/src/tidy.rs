@@ -68,7 +68,7 @@ const LAYOUT_ALLOWED: &[(&str, &str)] = &[
          the shared test-support crate (issue 17)",
     ),
     (
-        "controller/tests/server/api.rs",
+        "controller/server/tests/server/api.rs",
         "an upload body that starts like a bundle, so the streaming size limit is what stops it",
     ),
 ];

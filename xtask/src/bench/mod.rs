@@ -300,6 +300,8 @@ impl Ctx {
             cmd.args([
                 "build",
                 "-p",
+                "molt-cli",
+                "-p",
                 "molt-controller",
                 "-p",
                 "molt-agent",

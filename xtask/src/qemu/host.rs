@@ -27,7 +27,7 @@ pub struct Bins {
 impl Bins {
     /// Builds `molt-controller` and `molt` if needed.
     pub fn build(root: &Path) -> Result<Bins> {
-        run_cmd(cargo(root).args(["build", "-p", "molt-controller", "--bins"]))?;
+        run_cmd(cargo(root).args(["build", "-p", "molt-cli", "-p", "molt-controller", "--bins"]))?;
         let dir = root.join("target/debug");
         Ok(Bins {
             controller: dir.join("molt-controller"),

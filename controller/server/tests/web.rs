@@ -1,0 +1,844 @@
+//! The web UI over plain HTTP, without a browser: login and its cookie, pages that need a session, CSRF refusals, the recipe form's build-and-deploy, and escaping of hostile names, comments and log lines.
+//!
+//! The browser itself (headless Chromium) drives the UI in tests/tests/web.rs.
+
+// The server tests' harness; this binary uses only part of it.
+#[allow(dead_code)]
+#[path = "server/harness.rs"]
+mod harness;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::*;
+use serde_json::json;
+
+/// A browser-like client: no automatic redirects (the tests look at them), a cookie
+/// jar of one cookie.
+struct Browser {
+    base: String,
+    agent: ureq::Agent,
+    cookie: Option<String>,
+}
+
+/// An HTML answer.
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    content_type: String,
+    body: String,
+}
+
+impl Browser {
+    fn new(c: &Controller) -> Browser {
+        Browser::with_agent(c, ureq::AgentBuilder::new())
+    }
+
+    fn with_agent(c: &Controller, builder: ureq::AgentBuilder) -> Browser {
+        Browser {
+            base: c.url.clone(),
+            agent: builder
+                .redirects(0)
+                .timeout(Duration::from_secs(60))
+                .build(),
+            cookie: None,
+        }
+    }
+
+    fn send(&mut self, req: ureq::Request, body: Option<(&str, Vec<u8>)>) -> Page {
+        let req = match &self.cookie {
+            Some(c) => req.set("Cookie", c),
+            None => req,
+        };
+        let res = match body {
+            Some((ct, b)) => req.set("Content-Type", ct).send_bytes(&b),
+            None => req.call(),
+        };
+        let res = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let set_cookie = res.header("set-cookie").map(str::to_owned);
+        if let Some(sc) = &set_cookie {
+            let pair = sc.split(';').next().unwrap_or("").trim().to_owned();
+            self.cookie = (!pair.ends_with('=')).then_some(pair);
+        }
+        let page = Page {
+            status: res.status(),
+            location: res.header("location").map(str::to_owned),
+            set_cookie,
+            content_type: res.header("content-type").unwrap_or("").to_owned(),
+            body: {
+                let mut s = String::new();
+                res.into_reader().read_to_string(&mut s).unwrap();
+                s
+            },
+        };
+        page
+    }
+
+    fn get(&mut self, path: &str) -> Page {
+        let req = self.agent.get(&format!("{}{path}", self.base));
+        self.send(req, None)
+    }
+
+    /// A form POST with the browser's `Origin`.
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        self.post_from(path, fields, Some(&self.base.clone()))
+    }
+
+    fn post_from(&mut self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> Page {
+        let mut req = self.agent.post(&format!("{}{path}", self.base));
+        if let Some(o) = origin {
+            req = req.set("Origin", o);
+        }
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.send(
+            req,
+            Some(("application/x-www-form-urlencoded", body.into_bytes())),
+        )
+    }
+
+    /// A multipart POST: (name, file name if a file, content).
+    fn post_multipart(&mut self, path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Page {
+        const B: &str = "web-test-boundary-93a1";
+        let mut body = Vec::new();
+        for (name, file, content) in parts {
+            body.extend_from_slice(format!("--{B}\r\n").as_bytes());
+            let disp = match file {
+                Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
+                None => format!("form-data; name=\"{name}\""),
+            };
+            body.extend_from_slice(format!("Content-Disposition: {disp}\r\n\r\n").as_bytes());
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{B}--\r\n").as_bytes());
+        let req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Origin", &self.base);
+        self.send(
+            req,
+            Some((&format!("multipart/form-data; boundary={B}"), body)),
+        )
+    }
+
+    /// Logs in with `token`; the page answered.
+    fn login(&mut self, token: &str) -> Page {
+        self.post("/login", &[("token", token), ("next", "/")])
+    }
+
+    /// The session's form token, read from a page's hidden field.
+    fn csrf(&mut self) -> String {
+        let page = self.get("/groups");
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field");
+        let rest = &page.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+/// Percent-encoding for a form body.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn login_sets_a_session_cookie_and_a_wrong_token_is_401() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let mut b = Browser::new(&c);
+
+    let form = b.get("/login");
+    assert_eq!(form.status, 200);
+    assert!(
+        form.content_type.starts_with("text/html"),
+        "{}",
+        form.content_type
+    );
+    assert!(form.body.contains("Operator token"), "{}", form.body);
+
+    let wrong = b.login("mop_not-the-token");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.content_type.starts_with("text/html"));
+    assert!(
+        wrong.body.contains("That is not the operator token."),
+        "{}",
+        wrong.body
+    );
+    assert!(wrong.set_cookie.is_none());
+
+    let ok = b.login(&token);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert_eq!(ok.location.as_deref(), Some("/"));
+    let cookie = ok.set_cookie.unwrap();
+    for attr in ["molt_session=", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP cookie marked Secure: {cookie}"
+    );
+    // Only the hash is stored: the secret itself is nowhere in the database.
+    let secret = b
+        .cookie
+        .clone()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    let db = std::fs::read(f.data().join("molt.db")).unwrap_or_default();
+    let wal = std::fs::read(f.data().join("molt.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the session secret is stored in clear"
+        );
+    }
+
+    let home = b.get("/");
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Recent updates"), "{}", home.body);
+    assert!(
+        home.body.contains("No updates deployed yet"),
+        "{}",
+        home.body
+    );
+    assert_eq!(b.get("/assets/style.css").status, 200);
+
+    // Logout ends the session on the server, not only in this browser.
+    let old = b.cookie.clone();
+    let csrf = b.csrf();
+    let out = b.post("/logout", &[("csrf", &csrf)]);
+    assert_eq!(out.status, 303);
+    assert!(out.set_cookie.unwrap().contains("Max-Age=0"));
+    b.cookie = old;
+    let after = b.get("/");
+    assert_eq!(after.status, 303);
+    assert_eq!(after.location.as_deref(), Some("/login"));
+}
+
+#[test]
+fn pages_need_a_session() {
+    let f = Fixture::new();
+    let (c, _) = f.start(&[]);
+    let mut b = Browser::new(&c);
+    for path in [
+        "/",
+        "/groups",
+        "/devices",
+        "/updates/new",
+        "/deployments/1",
+        "/deployments/table",
+    ] {
+        let p = b.get(path);
+        assert_eq!(p.status, 303, "GET {path}");
+        let to = p.location.unwrap();
+        assert!(to.starts_with("/login"), "GET {path} -> {to}");
+    }
+    assert_eq!(
+        b.get("/devices?group=x").location.as_deref(),
+        Some("/login?next=/devices%3Fgroup%3Dx")
+    );
+    let p = b.post("/groups", &[("csrf", "x"), ("name", "g")]);
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.as_deref(), Some("/login"));
+    // A made-up cookie is no session.
+    b.cookie = Some("molt_session=00ff".into());
+    assert_eq!(b.get("/groups").status, 303);
+    // Unknown paths: a page outside the API, the JSON error inside it.
+    let missing = b.get("/no/such/page");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.content_type.starts_with("text/html"),
+        "{}",
+        missing.content_type
+    );
+    let missing = b.get("/api/v1/no/such/route");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.content_type.starts_with("application/json"),
+        "{}",
+        missing.content_type
+    );
+    // The API is not opened by the web UI: it still wants its bearer token.
+    assert_eq!(b.get("/api/v1/groups").status, 401);
+}
+
+#[test]
+fn cross_site_posts_are_refused() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let mut b = Browser::new(&c);
+    assert_eq!(b.login(&token).status, 303);
+    let csrf = b.csrf();
+
+    let wrong = b.post("/groups", &[("csrf", "0123"), ("name", "evil1")]);
+    assert_eq!(wrong.status, 403);
+    assert!(
+        wrong.body.contains("does not match this session"),
+        "{}",
+        wrong.body
+    );
+    let missing = b.post("/groups", &[("name", "evil2")]);
+    assert_eq!(missing.status, 403);
+    let elsewhere = b.post_from(
+        "/groups",
+        &[("csrf", &csrf), ("name", "evil3")],
+        Some("http://evil.example"),
+    );
+    assert_eq!(elsewhere.status, 403);
+    assert!(
+        elsewhere.body.contains("cross-site form post refused"),
+        "{}",
+        elsewhere.body
+    );
+    // Login is guarded too (a site cannot log a browser into its own session).
+    let login = b.post_from("/login", &[("token", &token)], Some("http://evil.example"));
+    assert_eq!(login.status, 403);
+    // The multipart form checks its token before storing any file.
+    let up = b.post_multipart(
+        "/updates/new",
+        &[
+            ("files1", Some("a.txt"), b"x"),
+            ("csrf", None, csrf.as_bytes()),
+        ],
+    );
+    assert_eq!(up.status, 403, "{}", up.body);
+    assert!(listing(&f.data().join("tmp")).is_empty());
+
+    let groups = get_ok(&c.api("/groups"), &token);
+    assert_eq!(groups, json!([]), "a refused post changed something");
+    let ok = b.post("/groups", &[("csrf", &csrf), ("name", "test")]);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let groups = get_ok(&c.api("/groups"), &token);
+    assert_eq!(groups[0]["name"], "test");
+}
+
+#[test]
+fn https_marks_the_cookie_secure() {
+    let f = Fixture::new();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_pem, key_pem) = (f.path("cert.pem"), f.path("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let (c, token) = f.start(&[
+        "--tls-cert",
+        cert_pem.to_str().unwrap(),
+        "--tls-key",
+        key_pem.to_str().unwrap(),
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut b = Browser::with_agent(&c, ureq::AgentBuilder::new().tls_config(Arc::new(config)));
+    let ok = b.login(&token);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert!(ok.set_cookie.unwrap().contains("; Secure"));
+}
+
+#[test]
+fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let form = b.get("/updates/new");
+    for stage in [
+        "1. General details",
+        "2. Before update",
+        "3. Files and directories",
+        "4. Install dependencies",
+        "5. After update",
+        "6. Rollback",
+    ] {
+        assert!(form.body.contains(stage), "{stage} missing");
+    }
+
+    // A bad version: the form again, with the message and the input kept.
+    let bad = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"not a version!"),
+            ("group", None, b"test"),
+            ("comment", None, b"keep me <please>"),
+            ("dest1", None, b"/opt/app/hello.txt"),
+            ("files1", Some("hello.txt"), b"hello\n"),
+            ("after_run", None, b"echo after"),
+        ],
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("build failed"), "{}", bad.body);
+    assert!(bad.body.contains("keep me &lt;please&gt;"), "{}", bad.body);
+    assert!(
+        bad.body.contains("value=\"/opt/app/hello.txt\""),
+        "{}",
+        bad.body
+    );
+    assert!(bad.body.contains("echo after</textarea>"), "{}", bad.body);
+
+    let ok = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"1.0.0"),
+            ("group", None, b"test"),
+            ("comment", None, b"from the form"),
+            ("dest1", None, b"/opt/app/hello.txt"),
+            ("files1", Some("hello.txt"), b"hello\n"),
+            ("dest2", None, b"/srv/site/"),
+            ("dir2", Some("site/index.html"), b"<h1>hi</h1>\n"),
+            ("dir2", Some("site/css/a.css"), b"h1{}\n"),
+            ("after_run", None, b"echo after"),
+            ("rollback_revert", None, b"on"),
+        ],
+    );
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let to = ok.location.unwrap();
+    assert!(to.starts_with("/?created="), "{to}");
+    let ups = get_ok(&c.api("/updates"), &token);
+    let recipe = &ups[0]["recipe"];
+    assert_eq!(ups[0]["version"], "1.0.0");
+    assert_eq!(
+        ups[0]["compatible"], "acme-gw",
+        "taken from the group's device"
+    );
+    assert_eq!(recipe["after"]["script"], "echo after", "{recipe}");
+    let deps = get_ok(&c.api("/deployments"), &token);
+    assert_eq!(deps[0]["group"], "test");
+    assert_eq!(deps[0]["comment"], "from the form");
+    let offer = poll(&c, &dev, None);
+    assert!(offer.to_string().contains("install"), "{offer}");
+    let home = b.get(&to);
+    assert!(home.body.contains("Deployment 1 created"), "{}", home.body);
+
+    // The same version again: refused by the store, with its message.
+    let again = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"1.0.0"),
+            ("group", None, b"test"),
+        ],
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.body.contains("version 1.0.0 exists already"),
+        "{}",
+        again.body
+    );
+    // An empty group is refused before a version is used up.
+    b.post("/groups", &[("csrf", &csrf), ("name", "empty")]);
+    let empty = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"1.0.1"),
+            ("group", None, b"empty"),
+        ],
+    );
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    assert!(
+        empty.body.contains("group `empty` has no devices"),
+        "{}",
+        empty.body
+    );
+    assert_eq!(
+        get_ok(&c.api("/updates"), &token).as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn hostile_names_comments_and_logs_are_escaped() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "<script>alert('device')</script>", "acme-gw");
+    let key = molt_bundle::keys::read_secret(&f.data().join("signing.secret")).unwrap();
+    let bundle = bundle(f.dir.path(), "1.0.0", &key);
+    let up = upload(&c, &token, &bundle).json();
+    let comment = "<img src=x onerror=alert('comment')>";
+    let d = post_ok(
+        &c.api("/deployments"),
+        &token,
+        json!({"update": up["id"], "group": "test", "comment": comment}),
+        201,
+    );
+    let id = d["id"].as_u64().unwrap();
+    poll(&c, &dev, None);
+    let log = "</pre><script>alert('log')</script>\n";
+    assert_eq!(report(&c, &dev, id, 1, "downloading", log).status, 200);
+
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let pages = [
+        b.get("/").body,
+        b.get("/deployments/table").body,
+        b.get(&format!("/deployments/{id}")).body,
+        b.get("/devices").body,
+    ];
+    for (i, html) in pages.iter().enumerate() {
+        for raw in ["<script>alert", "<img src=x", "</pre><script>"] {
+            assert!(
+                !html.contains(raw),
+                "page {i} carries `{raw}` unescaped:\n{html}"
+            );
+        }
+    }
+    assert!(
+        pages[0].contains("&lt;img src=x onerror=alert('comment')&gt;"),
+        "{}",
+        pages[0]
+    );
+    assert!(
+        pages[2].contains("&lt;/pre&gt;&lt;script&gt;alert('log')&lt;/script&gt;"),
+        "{}",
+        pages[2]
+    );
+    assert!(
+        pages[3].contains("&lt;script&gt;alert('device')&lt;/script&gt;"),
+        "{}",
+        pages[3]
+    );
+
+    // A crafted link cannot show an abort's result for a deployment nobody aborted.
+    let spoof = b.get(&format!("/deployments/{id}?abort=sent")).body;
+    assert!(!spoof.contains("Abort sent"), "{spoof}");
+
+    // Abort without JavaScript: a confirmation page first, then the result.
+    let path = format!("/deployments/{id}/abort");
+    let ask = b.post(&path, &[("csrf", &csrf)]);
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("Yes, abort"), "{}", ask.body);
+    let live = b.get(&format!("/deployments/{id}/live")).body;
+    assert!(live.contains("class=\"abort\""), "not aborted yet: {live}");
+    let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
+    // Post/redirect/get: a reload cannot send the abort again.
+    assert_eq!(done.status, 303, "{}", done.body);
+    let to = done.location.unwrap();
+    assert_eq!(to, format!("/deployments/{id}?abort=sent"));
+    let done = b.get(&to);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Abort sent"), "{}", done.body);
+    assert!(done.body.contains(&dev.id), "{}", done.body);
+    // The abort's address typed or reloaded: the details page, not an API answer.
+    let typed = b.get(&path);
+    assert_eq!(typed.status, 303);
+    assert_eq!(
+        typed.location.as_deref(),
+        Some(format!("/deployments/{id}").as_str())
+    );
+    let live = b.get(&format!("/deployments/{id}/live")).body;
+    assert!(live.contains("Aborted at"), "{live}");
+    assert!(
+        !live.contains("class=\"abort\""),
+        "Abort still offered: {live}"
+    );
+
+    // A hostile group name is refused by the API's own rule, and echoed escaped.
+    let g = b.post(
+        "/groups",
+        &[("csrf", &csrf), ("name", "<b onmouseover=x>g</b>")],
+    );
+    assert_eq!(g.status, 400);
+    assert!(
+        g.body
+            .contains("group name `&lt;b onmouseover=x&gt;g&lt;/b&gt;` must be"),
+        "{}",
+        g.body
+    );
+    assert!(!g.body.contains("<b onmouseover"));
+}
+
+#[test]
+fn a_device_is_removed_from_the_devices_page_after_a_confirmation() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let dev = enroll(&c, &t, "gw-web", "acme-gw");
+    poll(&c, &dev, None);
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let list = b.get("/devices").body;
+    let path = format!("/devices/{}/remove", dev.id);
+    assert!(list.contains(&format!("action=\"{path}\"")), "{list}");
+    assert!(
+        list.contains("data-confirm=\"Remove device gw-web"),
+        "{list}"
+    );
+
+    // Without JavaScript: a confirmation page, and nothing removed yet.
+    let ask = b.post(&path, &[("csrf", &csrf)]);
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("Yes, remove"), "{}", ask.body);
+    assert!(b.get("/devices").body.contains("gw-web"));
+    // Confirmed: post/redirect/get back to the list, which says so.
+    let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let to = done.location.unwrap();
+    assert_eq!(to, format!("/devices?removed={}", dev.id));
+    let after = b.get(&to).body;
+    assert!(
+        after.contains("removed: its credential is refused"),
+        "{after}"
+    );
+    assert!(!after.contains("gw-web"), "{after}");
+    let polled = post(
+        &c.api("/device/poll"),
+        &dev.cred,
+        json!({"compatible": "acme-gw", "agent_version": "0.1.0", "active_version": "factory"}),
+    );
+    assert_eq!(polled.status, 401);
+    // Without the form token: refused, as every form.
+    assert_eq!(b.post(&path, &[("confirmed", "yes")]).status, 403);
+}
+
+#[test]
+fn small_things_a_browser_notices() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "solo");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    // The icon every page load asks for, before and after login.
+    let icon = b.get("/favicon.ico");
+    assert_eq!(icon.status, 200);
+    assert!(
+        icon.content_type.starts_with("image/svg+xml"),
+        "{}",
+        icon.content_type
+    );
+    b.login(&token);
+    // "1 device", not "1 devices".
+    let form = b.get("/updates/new").body;
+    assert!(form.contains("solo (1 device)"), "{form}");
+    // The group name's pattern compiles under the `v` flag browsers use for it (with a
+    // bare `-` in the class it did not, and the browser's check silently did nothing).
+    let groups = b.get("/groups").body;
+    let at = groups.find("pattern=\"").expect("a pattern attribute") + "pattern=\"".len();
+    let pattern = &groups[at..at + groups[at..].find('"').unwrap()];
+    assert_eq!(pattern, r"[A-Za-z0-9._\-]+");
+    let js = format!(
+        "const r = new RegExp('^(?:' + {pattern:?} + ')$', 'v'); \
+         if (!r.test('prod-1.a_b') || r.test('bad name')) process.exit(3);"
+    );
+    match std::process::Command::new("node")
+        .args(["-e", &js])
+        .output()
+    {
+        Ok(o) => assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) => println!("node not installed: the pattern was checked as text only"),
+    }
+}
+
+#[test]
+fn without_a_signing_key_the_form_says_builds_are_off() {
+    let f = Fixture::new();
+    let (_, public) = key(f.dir.path(), "release");
+    let (c, token) = f.start(&["--no-signing-key", "--trusted-key", &public]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let form = b.get("/updates/new").body;
+    assert!(form.contains("server-side builds are off"), "{form}");
+    // Submitted anyway: the form again, saying why (not a session refusal page).
+    let csrf = b.csrf();
+    let sent = b.post_multipart(
+        "/updates/new",
+        &[
+            ("csrf", None, csrf.as_bytes()),
+            ("version", None, b"1.0.0"),
+            ("group", None, b"test"),
+        ],
+    );
+    assert_eq!(sent.status, 409, "{}", sent.body);
+    assert!(
+        sent.body.contains("server-side builds are off"),
+        "{}",
+        sent.body
+    );
+}
+
+#[test]
+fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let send = |b: &mut Browser, compatible: &[u8]| {
+        b.post_multipart(
+            "/updates/new",
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                ("version", None, b"1.0.0"),
+                ("compatible", None, compatible),
+                ("group", None, b"test"),
+                ("dest1", None, b"/opt/app/hello.txt"),
+                ("files1", Some("hello.txt"), b"hello\n"),
+            ],
+        )
+    };
+    let wrong = send(&mut b, b"other-board");
+    assert_eq!(wrong.status, 400, "{}", wrong.body);
+    assert!(wrong.body.contains("nothing was built"), "{}", wrong.body);
+    assert!(
+        wrong.body.contains("value=\"other-board\""),
+        "input kept: {}",
+        wrong.body
+    );
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    // Fixed and sent again: the same version is still free.
+    let ok = send(&mut b, b"acme-gw");
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert_eq!(get_ok(&c.api("/updates"), &token)[0]["version"], "1.0.0");
+}
+
+#[test]
+fn a_refused_form_comes_back_exactly_as_typed() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    // A comment one byte over 64 KiB, then every other kind of field after it.
+    let long = "c".repeat(64 * 1024 + 1);
+    let send = |b: &mut Browser, comment: &[u8]| {
+        b.post_multipart(
+            "/updates/new",
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                ("version", None, b"1.0.0"),
+                ("group", None, b"test"),
+                ("compatible", None, b"acme-gw"),
+                ("kind", None, b"full"),
+                ("comment", None, comment),
+                ("before_run", None, b"echo before"),
+                ("dest1", None, b"/opt/app/hello.txt"),
+                ("files1", Some("hello.txt"), b"hello\n"),
+                ("apt", None, b"jq\ncurl"),
+                ("after_run", None, b"echo after"),
+                ("health_run", None, b"true"),
+                ("health_attempts", None, b"7"),
+                ("health_interval", None, b"11"),
+                ("health_timeout", None, b"13"),
+                ("rollback_revert", None, b"on"),
+                ("rollback_run", None, b"echo back"),
+                ("rollback_reboot", None, b"on"),
+            ],
+        )
+    };
+    let refused = send(&mut b, long.as_bytes());
+    assert_eq!(
+        refused.status,
+        413,
+        "{}",
+        &refused.body[..2000.min(refused.body.len())]
+    );
+    let page = &refused.body;
+    assert!(
+        page.contains("field `comment` is 65537 bytes"),
+        "no reason given"
+    );
+    for kept in [
+        format!(">{long}</textarea>").as_str(),
+        "value=\"1.0.0\"",
+        "<option value=\"test\" selected>",
+        "value=\"acme-gw\"",
+        "<option value=\"full\" selected>",
+        "echo before</textarea>",
+        "value=\"/opt/app/hello.txt\"",
+        "jq\ncurl</textarea>",
+        "echo after</textarea>",
+        "value=\"7\"",
+        "value=\"11\"",
+        "value=\"13\"",
+        "echo back</textarea>",
+        "name=\"rollback_revert\" value=\"on\" checked",
+        "name=\"rollback_reboot\" value=\"on\" checked",
+    ] {
+        assert!(
+            page.contains(kept),
+            "lost `{}`",
+            &kept[..kept.len().min(60)]
+        );
+    }
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    // Shortened and sent again: deployed with revert and reboot as they were ticked.
+    let ok = send(&mut b, b"short");
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let recipe = &get_ok(&c.api("/updates"), &token)[0]["recipe"];
+    assert_eq!(recipe["rollback"]["revert"], true, "{recipe}");
+    assert_eq!(recipe["rollback"]["reboot"], true, "{recipe}");
+}
+
+#[test]
+fn a_long_comment_is_clipped_in_the_list_and_whole_on_its_page() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    enroll(&c, &t, "gw-1", "acme-gw");
+    let key = molt_bundle::keys::read_secret(&f.data().join("signing.secret")).unwrap();
+    let up = upload(&c, &token, &bundle(f.dir.path(), "1.0.0", &key)).json();
+    let comment = "word ".repeat(600);
+    let d = post_ok(
+        &c.api("/deployments"),
+        &token,
+        json!({"update": up["id"], "group": "test", "comment": comment}),
+        201,
+    );
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let list = b.get("/deployments/table").body;
+    assert!(!list.contains(&comment), "the whole comment is in the row");
+    assert!(list.contains(&format!("{}…", &comment[..160])), "{list}");
+    assert!(
+        list.contains(&format!(
+            "href=\"/deployments/{}\" title=\"the whole comment\"",
+            d["id"]
+        )),
+        "{list}"
+    );
+    let page = b.get(&format!("/deployments/{}", d["id"])).body;
+    assert!(
+        page.contains(&comment),
+        "the details page lacks the whole comment"
+    );
+}

@@ -469,26 +469,18 @@ pub fn human(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (days-to-civil from Howard Hinnant's
-/// `chrono`-compatible algorithms; a date crate would be the only reason to add one).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`, or the bare number past year 9999
+/// (a manifest's `created` is any u64 its signer chose, and RFC 3339 stops there).
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // 10000-01-01T00:00:00Z: humantime formats years up to 9999 only.
+    const YEAR_10000: u64 = 253_402_300_800;
+    if secs >= YEAR_10000 {
+        return format!("{secs} s after 1970 (past year 9999)");
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    // `2024-02-29T23:59:59Z` → `2024-02-29 23:59:59 UTC`.
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 /// A package as the manager's own syntax writes it.
@@ -645,17 +637,13 @@ fn render_manifest(w: &mut String, m: &Manifest<'_>) {
         let _ = writeln!(w, "  specials       {}", declared.join(", "));
     }
 
-    let r = &m.recipe;
+    render_recipe(w, &m.recipe);
+}
+
+/// The recipe's stages, in the order a device runs them.
+fn render_recipe(w: &mut String, r: &Recipe<'_>) {
     let _ = writeln!(w, "\nrecipe");
-    match &r.before {
-        None => {
-            let _ = writeln!(w, "  before         -");
-        }
-        Some(c) => {
-            let _ = writeln!(w, "  before         {}", where_runs(c));
-            script_lines(w, c.script);
-        }
-    }
+    render_command(w, "before", r.before.as_ref());
     if r.packages.is_empty() {
         let _ = writeln!(w, "  packages       -");
     }
@@ -667,7 +655,7 @@ fn render_manifest(w: &mut String, m: &Manifest<'_>) {
         };
         let shipped = p
             .file
-            .map(|f| format!("  (shipped: {f})"))
+            .map(|f| format!("  (shipped: {})", Escaped::new(f)))
             .unwrap_or_default();
         let _ = writeln!(
             w,
@@ -677,17 +665,9 @@ fn render_manifest(w: &mut String, m: &Manifest<'_>) {
         );
     }
     if let Some(prefix) = r.npm_prefix {
-        let _ = writeln!(w, "  npm prefix     {prefix}");
+        let _ = writeln!(w, "  npm prefix     {}", Escaped::new(prefix));
     }
-    match &r.after {
-        None => {
-            let _ = writeln!(w, "  after          -");
-        }
-        Some(c) => {
-            let _ = writeln!(w, "  after          {}", where_runs(c));
-            script_lines(w, c.script);
-        }
-    }
+    render_command(w, "after", r.after.as_ref());
     match &r.health_check {
         None => {
             let _ = writeln!(w, "  health check   -");
@@ -719,6 +699,19 @@ fn render_manifest(w: &mut String, m: &Manifest<'_>) {
     }
     if rb.reboot {
         let _ = writeln!(w, "                 then reboot the device");
+    }
+}
+
+/// A `before` or `after` stage: where it runs and its script, or `-`.
+fn render_command(w: &mut String, stage: &str, c: Option<&Command<'_>>) {
+    match c {
+        None => {
+            let _ = writeln!(w, "  {stage:<15}-");
+        }
+        Some(c) => {
+            let _ = writeln!(w, "  {stage:<15}{}", where_runs(c));
+            script_lines(w, c.script);
+        }
     }
 }
 
@@ -888,6 +881,11 @@ mod tests {
     fn dates_and_sizes_read_naturally() {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(253_402_300_799), "9999-12-31 23:59:59 UTC");
+        assert_eq!(
+            utc(u64::MAX),
+            "18446744073709551615 s after 1970 (past year 9999)"
+        );
         assert_eq!(human(512), "512 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");

@@ -82,6 +82,55 @@ pub struct RecipeFile {
     pub rollback: RollbackSpec,
 }
 
+impl RecipeFile {
+    /// Every path the recipe reads, with the field that names it (`[before] script`,
+    /// `[[files]] #2 source`, `packages.apt #1 file`), in recipe order: what a client
+    /// must send beside the recipe for a server-side build, and what the server checks
+    /// it received.
+    pub fn named_paths(&self) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        let scripts = [
+            (
+                "[before]",
+                self.before.as_ref().and_then(|c| c.script.clone()),
+            ),
+            (
+                "[after]",
+                self.after.as_ref().and_then(|c| c.script.clone()),
+            ),
+            (
+                "[health_check]",
+                self.health_check.as_ref().and_then(|c| c.script.clone()),
+            ),
+            ("[rollback]", self.rollback.script.clone()),
+        ];
+        for (table, script) in scripts {
+            if let Some(s) = script {
+                out.push((format!("{table} script"), s));
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            out.push((format!("[[files]] #{} source", i + 1), f.source.clone()));
+        }
+        let p = &self.packages;
+        for (mgr, items) in [
+            ("apt", &p.apt),
+            ("pip", &p.pip),
+            ("pip3", &p.pip3),
+            ("npm", &p.npm),
+        ] {
+            for (i, item) in items.iter().enumerate() {
+                if let PackageItem::Long(t) = item {
+                    if let Some(file) = &t.file {
+                        out.push((format!("packages.{mgr} #{} file", i + 1), file.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether the bundle patches the active snapshot or replaces it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -609,72 +609,40 @@ fn now() -> i64 {
 /// The commands that talk to the controller.
 fn remote_run(c: &Client, command: Top) -> Result<()> {
     match command {
-        Top::Groups { action: None, json } => {
-            let v: Value = c.groups()?;
-            if json {
-                return print_json(&v);
-            }
-            out!(
-                "{}",
-                render::groups_table(&typed::<Vec<Group>>(v, "groups")?)
-            );
-        }
+        Top::Groups { action: None, json } => show(c.groups()?, json, "groups", |g: Vec<Group>| {
+            render::groups_table(&g)
+        }),
         Top::Groups {
             action: Some(GroupsCmd::Create { name, json }),
             ..
-        } => {
-            let v: Value = c.create_group(&name)?;
-            if json {
-                return print_json(&v);
-            }
-            let g: Group = typed(v, "the new group")?;
-            outln!("created group {}; devices enroll with its token:", g.name);
-            outln!("{}", g.enrollment_token);
-        }
+        } => show(c.create_group(&name)?, json, "the new group", |g: Group| {
+            format!(
+                "created group {}; devices enroll with its token:\n{}\n",
+                g.name, g.enrollment_token
+            )
+        }),
         Top::Devices {
             action: Some(DevicesCmd::Remove { device }),
             ..
-        } => {
-            let v: Value = c.devices(None)?;
-            let devices: Vec<Device> = typed(v, "devices")?;
-            let pairs: Vec<(String, String)> =
-                devices.into_iter().map(|d| (d.id, d.name)).collect();
-            let id = lookup::find_device(&pairs, &device)?;
-            let r: DeviceRemoved = c.remove_device(&id)?;
-            outln!(
-                "removed device {}: its credential is refused from now on; {} unfinished \
-                 deployment target(s) cancelled",
-                Escaped::new(&r.device),
-                r.cancelled
-            );
-        }
+        } => remove_device(c, &device),
         Top::Devices {
             action: None,
             group,
             json,
-        } => {
-            let v: Value = c.devices(group.as_deref())?;
-            if json {
-                return print_json(&v);
-            }
-            let devices: Vec<Device> = typed(v, "devices")?;
-            out!("{}", render::devices_table(&devices, now()));
-        }
-        Top::Updates { json } => {
-            let v: Value = c.updates()?;
-            if json {
-                return print_json(&v);
-            }
-            out!(
-                "{}",
-                render::updates_table(&typed::<Vec<Update>>(v, "updates")?)
-            );
-        }
+        } => show(
+            c.devices(group.as_deref())?,
+            json,
+            "devices",
+            |d: Vec<Device>| render::devices_table(&d, now()),
+        ),
+        Top::Updates { json } => show(c.updates()?, json, "updates", |u: Vec<Update>| {
+            render::updates_table(&u)
+        }),
         Top::Update(UpdateCmd::Push {
             file,
             comment,
             json,
-        }) => push(c, &file, comment.as_deref(), json)?,
+        }) => push(c, &file, comment.as_deref(), json),
         Top::Deploy {
             update,
             group,
@@ -688,105 +656,136 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             let devices = if devices.is_empty() {
                 None
             } else {
-                let all: Vec<Device> = c.devices(None)?;
-                let pairs: Vec<(String, String)> =
-                    all.into_iter().map(|d| (d.id, d.name)).collect();
-                Some(
-                    devices
-                        .iter()
-                        .map(|d| lookup::find_device(&pairs, d))
-                        .collect::<Result<Vec<_>>>()?,
-                )
+                Some(device_ids(c, &devices)?)
             };
-            let v: Value = c.deploy(&NewDeployment {
+            let made = c.deploy(&NewDeployment {
                 update: u.id,
                 group,
                 devices,
                 comment: comment.unwrap_or_default(),
                 again,
             })?;
-            if json {
-                return print_json(&v);
-            }
-            let d: Deployment = typed(v, "the new deployment")?;
-            outln!("{}", render::deployment_made(&d));
-            outln!("watch it: molt status {}", d.id);
+            show(made, json, "the new deployment", deployment_made)
         }
         Top::DeployToOthers {
             deployment,
             group,
             json,
-        } => {
-            let v: Value = c.deploy_to_others(deployment, &group)?;
-            if json {
-                return print_json(&v);
-            }
-            let d: Deployment = typed(v, "the new deployment")?;
-            outln!("{}", render::deployment_made(&d));
-            outln!("watch it: molt status {}", d.id);
-        }
+        } => show(
+            c.deploy_to_others(deployment, &group)?,
+            json,
+            "the new deployment",
+            deployment_made,
+        ),
         Top::Status {
             deployment: None,
             limit,
             json,
-        } => {
-            let v: Value = c.deployments(limit)?;
-            if json {
-                return print_json(&v);
-            }
-            let list: Vec<Deployment> = typed(v, "deployments")?;
-            out!("{}", render::deployments_table(&list));
-        }
+        } => show(
+            c.deployments(limit)?,
+            json,
+            "deployments",
+            |d: Vec<Deployment>| render::deployments_table(&d),
+        ),
         Top::Status {
             deployment: Some(id),
             json,
             ..
-        } => {
-            let v: Value = c.deployment(id)?;
-            if json {
-                return print_json(&v);
-            }
-            let d: DeploymentDetails = typed(v, "the deployment")?;
-            out!("{}", render::deployment_details(&d));
-        }
-        Top::Abort { deployment, json } => {
-            let v: Value = c.abort(deployment)?;
-            if json {
-                return print_json(&v);
-            }
-            let r: AbortResult = typed(v, "the abort")?;
-            // Names make the report readable; without them it still says everything.
-            let details: Option<DeploymentDetails> = c.deployment(deployment).ok();
-            let names = |id: &str| {
-                details
-                    .as_ref()?
-                    .devices
-                    .iter()
-                    .find(|d| d.id == id)
-                    .map(|d| d.name.clone())
-            };
-            out!("{}", render::abort_report(&r, &names));
-        }
-        Top::Logs { deployment, device } => {
-            let id = if device.starts_with("dev_") {
-                device
-            } else {
-                let d: DeploymentDetails = c.deployment(deployment)?;
-                let pairs: Vec<(String, String)> =
-                    d.devices.into_iter().map(|d| (d.id, d.name)).collect();
-                lookup::find_device(&pairs, &device)
-                    .with_context(|| format!("deployment {deployment}"))?
-            };
-            let text = c.log(deployment, &id)?;
-            // Scripts' output: line breaks kept, every other control escaped.
-            out!("{}", Escaped::lines(&text));
-            if !text.is_empty() && !text.ends_with('\n') {
-                outln!();
-            }
-        }
+        } => show(
+            c.deployment(id)?,
+            json,
+            "the deployment",
+            |d: DeploymentDetails| render::deployment_details(&d),
+        ),
+        Top::Abort { deployment, json } => abort(c, deployment, json),
+        Top::Logs { deployment, device } => logs(c, deployment, device),
         Top::Keygen { .. } | Top::Bundle(_) | Top::Digest { .. } | Top::Login => {
             unreachable!("local commands are handled by run")
         }
+    }
+}
+
+/// Prints an answer: as it came (JSON) for scripts, else typed and rendered for people.
+fn show<T: serde::de::DeserializeOwned>(
+    answer: Value,
+    json: bool,
+    what: &str,
+    render: impl FnOnce(T) -> String,
+) -> Result<()> {
+    if json {
+        return print_json(&answer);
+    }
+    out!("{}", render(typed(answer, what)?));
+    Ok(())
+}
+
+/// What `deploy` and `deploy-to-others` say about the deployment they made.
+fn deployment_made(d: Deployment) -> String {
+    format!(
+        "{}\nwatch it: molt status {}\n",
+        render::deployment_made(&d),
+        d.id
+    )
+}
+
+/// The ids of `devices`, each given by id or name.
+fn device_ids(c: &Client, devices: &[String]) -> Result<Vec<String>> {
+    let all: Vec<Device> = c.devices(None)?;
+    let pairs: Vec<(String, String)> = all.into_iter().map(|d| (d.id, d.name)).collect();
+    devices
+        .iter()
+        .map(|d| lookup::find_device(&pairs, d))
+        .collect()
+}
+
+/// `molt devices remove`: by id or name.
+fn remove_device(c: &Client, device: &str) -> Result<()> {
+    let id = device_ids(c, &[device.to_owned()])?.remove(0);
+    let r: DeviceRemoved = c.remove_device(&id)?;
+    outln!(
+        "removed device {}: its credential is refused from now on; {} unfinished \
+         deployment target(s) cancelled",
+        Escaped::new(&r.device),
+        r.cancelled
+    );
+    Ok(())
+}
+
+/// `molt abort`: the report names devices when the deployment can still be read.
+fn abort(c: &Client, deployment: u64, json: bool) -> Result<()> {
+    let v: Value = c.abort(deployment)?;
+    if json {
+        return print_json(&v);
+    }
+    let r: AbortResult = typed(v, "the abort")?;
+    // Names make the report readable; without them it still says everything.
+    let details: Option<DeploymentDetails> = c.deployment(deployment).ok();
+    let names = |id: &str| {
+        details
+            .as_ref()?
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.name.clone())
+    };
+    out!("{}", render::abort_report(&r, &names));
+    Ok(())
+}
+
+/// `molt logs`: one device's log in a deployment, the device by id or by name.
+fn logs(c: &Client, deployment: u64, device: String) -> Result<()> {
+    let id = if device.starts_with("dev_") {
+        device
+    } else {
+        let d: DeploymentDetails = c.deployment(deployment)?;
+        let pairs: Vec<(String, String)> = d.devices.into_iter().map(|d| (d.id, d.name)).collect();
+        lookup::find_device(&pairs, &device).with_context(|| format!("deployment {deployment}"))?
+    };
+    let text = c.log(deployment, &id)?;
+    // Scripts' output: line breaks kept, every other control escaped.
+    out!("{}", Escaped::lines(&text));
+    if !text.is_empty() && !text.ends_with('\n') {
+        outln!();
     }
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! `../signing.secret` would otherwise ship the server's own files to a fleet.
 
 use std::fs;
-use std::path::PathBuf;
 
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::extract::State;
@@ -25,51 +24,7 @@ use super::updates_api::{ingest, UploadQuery};
 use super::AppState;
 use molt_api::Update;
 use molt_bundle::build;
-use molt_bundle::recipe::{BuildTime, PackageItem, RecipeFile};
-
-/// Every path the recipe reads, with the field that names it.
-fn named_paths(r: &RecipeFile) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    for (i, f) in r.files.iter().enumerate() {
-        out.push((format!("[[files]] #{} source", i + 1), f.source.clone()));
-    }
-    let scripts = [
-        (
-            "[before] script",
-            r.before.as_ref().and_then(|c| c.script.clone()),
-        ),
-        (
-            "[after] script",
-            r.after.as_ref().and_then(|c| c.script.clone()),
-        ),
-        (
-            "[health_check] script",
-            r.health_check.as_ref().and_then(|c| c.script.clone()),
-        ),
-        ("[rollback] script", r.rollback.script.clone()),
-    ];
-    for (field, s) in scripts {
-        if let Some(s) = s {
-            out.push((field.to_owned(), s));
-        }
-    }
-    let p = &r.packages;
-    for (mgr, list) in [
-        ("apt", &p.apt),
-        ("pip", &p.pip),
-        ("pip3", &p.pip3),
-        ("npm", &p.npm),
-    ] {
-        for (i, item) in list.iter().enumerate() {
-            if let PackageItem::Long(t) = item {
-                if let Some(f) = &t.file {
-                    out.push((format!("packages.{mgr} #{} file", i + 1), f.clone()));
-                }
-            }
-        }
-    }
-    out
-}
+use molt_bundle::recipe::{BuildTime, RecipeFile};
 
 fn part_error(e: MultipartError) -> AppError {
     AppError::new(
@@ -192,7 +147,7 @@ pub async fn build_received(
         dir.finish()?;
         let parsed: RecipeFile =
             toml::from_str(&recipe).map_err(|e| AppError::bad_request(format!("recipe: {e}")))?;
-        for (field, path) in named_paths(&parsed) {
+        for (field, path) in parsed.named_paths() {
             dir.check_named(&field, &path)?;
         }
         let recipe_path = src.join(RECIPE_NAME);

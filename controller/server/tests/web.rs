@@ -39,9 +39,15 @@ impl Browser {
     fn with_agent(c: &Controller, builder: ureq::AgentBuilder) -> Browser {
         Browser {
             base: c.url.clone(),
+            // No pooled connections: the server closes a connection whose request
+            // body it refused unread (a cross-site post), and a POST that ureq sent
+            // on such a connection fails with "Unexpected EOF" instead of being
+            // retried, as a browser would. A new connection per request is what
+            // the tests mean.
             agent: builder
                 .redirects(0)
                 .timeout(Duration::from_secs(60))
+                .max_idle_connections(0)
                 .build(),
             cookie: None,
         }

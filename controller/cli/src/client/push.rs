@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use molt_engine::bundle::chunk::{starts_with_magic, Head};
@@ -16,7 +16,7 @@ use molt_engine::bundle::BundleKind;
 
 use super::multipart::{Multipart, Part, PartBody};
 use molt_bundle::inspect;
-use molt_bundle::recipe::{self, PackageItem, RecipeFile};
+use molt_bundle::recipe::{self, RecipeFile};
 
 /// What `molt update push` was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub fn recipe_form(recipe_path: &Path) -> Result<RecipeForm> {
         body: PartBody::Bytes(text),
     })?;
     let mut seen = BTreeSet::new();
-    for (label, source) in recipe_sources(&parsed) {
+    for (label, source) in parsed.named_paths() {
         let name = source
             .to_str()
             .ok_or_else(|| anyhow!("{label}: `{}` is not UTF-8", source.display()))?
@@ -173,47 +173,6 @@ pub struct RecipeForm {
     pub version: String,
     /// The recipe's `target_group` (not part of the bundle, so the stored update does not carry it).
     pub target_group: Option<String>,
-}
-
-/// Every path the recipe names, with a label for messages, in recipe order.
-fn recipe_sources(r: &RecipeFile) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let scripts = [
-        ("[before]", r.before.as_ref().and_then(|c| c.script.clone())),
-        ("[after]", r.after.as_ref().and_then(|c| c.script.clone())),
-        (
-            "[health_check]",
-            r.health_check.as_ref().and_then(|c| c.script.clone()),
-        ),
-        ("[rollback]", r.rollback.script.clone()),
-    ];
-    for (table, script) in scripts {
-        if let Some(s) = script {
-            out.push((format!("{table} script"), s));
-        }
-    }
-    for (i, f) in r.files.iter().enumerate() {
-        out.push((
-            format!("[[files]] #{} (source `{}`)", i + 1, f.source.display()),
-            f.source.clone(),
-        ));
-    }
-    let p = &r.packages;
-    for (mgr, items) in [
-        ("apt", &p.apt),
-        ("pip", &p.pip),
-        ("pip3", &p.pip3),
-        ("npm", &p.npm),
-    ] {
-        for (i, item) in items.iter().enumerate() {
-            if let PackageItem::Long(t) = item {
-                if let Some(file) = &t.file {
-                    out.push((format!("packages.{mgr} #{}", i + 1), file.clone()));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! What the remote commands print: aligned tables, times as people read them, and one-line summaries of what the controller did.
 
 use std::fmt::Write as _;
+use std::time::UNIX_EPOCH;
 
 use molt_engine::protocol::DeviceState;
 use molt_engine::text::Escaped;
@@ -59,43 +60,28 @@ pub fn shorten(s: &str, max: usize) -> String {
 /// Parses the API's RFC 3339 UTC times (`2026-11-26T10:00:00Z`, fractions and `+00:00`
 /// allowed) into Unix seconds.
 pub fn parse_time(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
+    let (utc, offset) = split_offset(s)?;
+    let t = humantime::parse_rfc3339_weak(utc).ok()?;
+    let secs = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    Some(secs - offset)
+}
+
+/// `s` without its zone, and the zone's offset from UTC in seconds: humantime reads
+/// UTC times only, and the controller writes `Z`, but RFC 3339 allows `±hh:mm`.
+fn split_offset(s: &str) -> Option<(&str, i64)> {
+    if let Some(utc) = s.strip_suffix(['Z', 'z']) {
+        return Some((utc, 0));
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = s.get(19..)?;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = frac.get(digits..)?;
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
+    let at = s.len().checked_sub(6)?;
+    let (time, zone) = (s.get(..at)?, s.get(at..)?.as_bytes());
+    let sign = match zone {
+        [b'+', _, _, b':', _, _] => 1,
+        [b'-', _, _, b':', _, _] => -1,
+        _ => return None,
     };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+    let num = |d: &[u8]| -> Option<i64> { std::str::from_utf8(d).ok()?.parse().ok() };
+    let (h, m) = (num(zone.get(1..3)?)?, num(zone.get(4..6)?)?);
+    Some((time, sign * (h * 3600 + m * 60)))
 }
 
 /// An API time as `2026-11-26 10:00:00` (UTC), or the text as it came if it does not parse.
@@ -417,6 +403,13 @@ mod tests {
         );
         assert_eq!(parse_time("2026-11-26T11:00:00+01:00"), Some(1_795_687_200));
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(
+            parse_time("2026-11-26T10:00:00"),
+            None,
+            "a zone is required"
+        );
+        assert_eq!(parse_time("2026-11-26T10:00:00é:00"), None);
+        assert_eq!(parse_time("ééé"), None);
         assert_eq!(show_time("2026-11-26T10:00:00Z"), "2026-11-26 10:00:00");
         assert_eq!(show_time("soon"), "soon");
         let t = 1_795_687_200;

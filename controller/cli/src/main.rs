@@ -22,6 +22,7 @@ use molt_engine::bundle::TrustedKey;
 use molt_engine::text::Escaped;
 use molt_engine::Error;
 use serde_json::Value;
+use termion::input::TermRead;
 
 // Everything `molt` prints goes through these: text from bundles, devices and
 // scripts reaches the terminal with every control character but the line break
@@ -549,23 +550,16 @@ fn read_token(controller: &str) -> Result<String> {
     }
     err!("operator token for {controller}: ");
     let _ = std::io::stderr().flush();
-    // No password crate for one prompt: `stty` turns echo off and back on.
-    let stty = |arg: &str| {
-        std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::process::Stdio::inherit())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let hidden = stty("-echo");
-    let mut line = String::new();
-    let read = stdin.read_line(&mut line);
-    if hidden {
-        stty("echo");
-        errln!();
+    // termion reads it in raw mode on the terminal and restores the mode when done:
+    // nothing is echoed, and Ctrl-C or Ctrl-D arrive as bytes that end the prompt
+    // (no signal kills us with echo still off, as `stty -echo` left it).
+    let mut tty = termion::get_tty().context("cannot open the terminal")?;
+    let read = stdin.lock().read_passwd(&mut tty);
+    errln!();
+    match read.context("cannot read the token")? {
+        Some(line) => Ok(line.trim().to_owned()),
+        None => bail!("no token given (the prompt was interrupted)"),
     }
-    read.context("cannot read the token")?;
-    Ok(line.trim().to_owned())
 }
 
 /// Prints a JSON value for scripts.

@@ -901,30 +901,18 @@ fn kill_9_mid_install_then_run_again_settles_and_reports() {
 /// A private CA and a server certificate for `localhost` signed by it: the CA's
 /// PEM, and the server's TLS configuration.
 fn private_ca() -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "molt test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
+    let ca = molt_test_support::tls::private_ca();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            vec![ca.leaf_der.into()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(ca.leaf_key_der.into()),
         )
         .unwrap();
-    (ca.pem(), Arc::new(cfg))
+    (ca.ca_pem, Arc::new(cfg))
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use molt_agent::exec::{self, CommandSpec, Status, Stream, LINE_MAX};
+use molt_test_support::root_or_skip;
 
 /// Reads a pid a script wrote to `file`.
 fn read_pid(file: &Path) -> i32 {
@@ -445,8 +446,7 @@ fn which(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn chroot_runs_inside_the_directory_and_cannot_chroot_again() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root (chroot(2) requires CAP_SYS_CHROOT)");
+    if !root_or_skip() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -505,8 +505,7 @@ fn chroot_runs_inside_the_directory_and_cannot_chroot_again() {
 
 #[test]
 fn chroot_errors_are_reported_at_start() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root (chroot(2) requires CAP_SYS_CHROOT)");
+    if !root_or_skip() {
         return;
     }
     let missing =

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs;
-use std::io::Cursor;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,166 +15,34 @@ use molt_agent::fsops::{
     CopyMethod, CrashAfter, ErrorKind, ExtractStats, Extractor, FsError, RealFs, Recorder, SlotDir,
     Step, CURRENT, CURRENT_NEW, TMP_PREFIX,
 };
-use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
-use molt_engine::bundle::format::{EntryTable, Payload};
+use molt_engine::bundle::policy::compare_paths;
 use molt_engine::bundle::zstd::LibZstd;
-use molt_engine::bundle::{
-    Buffers, BundleKind, Decoder, EntryHeader, EntryKind, Manifest, Recipe, Specials, Trust,
-    TrustedKey,
-};
-use molt_engine::testing::noise;
+use molt_engine::bundle::{Buffers, Decoder, EntryHeader, EntryKind, Specials, Trust, TrustedKey};
 use molt_engine::Limits;
+use molt_test_support::bundle::{
+    self, delete, dir, fifo, file, hardlink, symlink as link, Spec, E, K,
+};
+use molt_test_support::scratch::Scratch;
+use molt_test_support::{noise, root_or_skip};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// True if running as root; otherwise says so (never a silent pass).
-fn root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        true
-    } else {
-        println!("skipped: needs root");
-        false
-    }
-}
-
-/// An entry with owned fields.
-#[derive(Clone, Debug)]
-struct E {
-    path: String,
-    kind: K,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-}
-
-#[derive(Clone, Debug)]
-enum K {
-    File(Vec<u8>),
-    Dir,
-    Symlink(String),
-    Hardlink(String),
-    Delete,
-    Fifo,
-}
-
-fn entry(path: &str, kind: K, mode: u32) -> E {
-    E {
-        path: path.into(),
-        kind,
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime: 1_700_000_000,
-    }
-}
-fn file(path: &str, content: &[u8]) -> E {
-    entry(path, K::File(content.to_vec()), 0o644)
-}
-fn dir(path: &str) -> E {
-    entry(path, K::Dir, 0o755)
-}
-fn link(path: &str, target: &str) -> E {
-    entry(path, K::Symlink(target.into()), 0o777)
-}
-fn hardlink(path: &str, target: &str) -> E {
-    entry(path, K::Hardlink(target.into()), 0o644)
-}
-fn delete(path: &str) -> E {
-    entry(path, K::Delete, 0)
-}
-fn fifo(path: &str) -> E {
-    entry(path, K::Fifo, 0o640)
-}
-
-impl E {
-    fn mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
-        self
-    }
-    fn owner(mut self, uid: u32, gid: u32) -> Self {
-        self.uid = uid;
-        self.gid = gid;
-        self
-    }
-    fn mtime(mut self, mtime: i64) -> Self {
-        self.mtime = mtime;
-        self
-    }
-}
-
-/// The bundle's path order: component by component, `/` lowest.
-fn sort_key(p: &str) -> Vec<u8> {
-    p.bytes().map(|b| if b == b'/' { 0 } else { b }).collect()
-}
-
-const SEED: [u8; 32] = [1; 32];
-
-/// Builds a signed bundle of `entries` (sorted here) with the engine's encoder, and returns
+/// Builds a signed bundle of `entries` (sorted here) with the shared builder, and returns
 /// it with the signer's public key.
 fn build(entries: &[E], full: bool, specials: Specials) -> (Vec<u8>, [u8; 32]) {
     let mut entries = entries.to_vec();
-    entries.sort_by_key(|e| sort_key(&e.path));
-    let opts = EncoderOptions {
-        chunk_size: 16 * 1024,
-        ..EncoderOptions::default()
+    entries.sort_by(|a, b| compare_paths(&a.path, &b.path));
+    let spec = Spec {
+        entries,
+        full,
+        specials,
+        comment: "fsops test".into(),
+        ..Spec::default()
     };
-    let mut enc = Encoder::new(Cursor::new(Vec::new()), opts, full, specials).expect("encoder");
-    for e in &entries {
-        let (kind, content) = match &e.kind {
-            K::File(c) => (
-                EntryKind::File {
-                    size: c.len() as u64,
-                    digest: *blake3::hash(c).as_bytes(),
-                },
-                Some(c.as_slice()),
-            ),
-            K::Dir => (EntryKind::Dir, None),
-            K::Symlink(t) => (EntryKind::Symlink { target: t }, None),
-            K::Hardlink(t) => (EntryKind::Hardlink { target: t }, None),
-            K::Delete => (EntryKind::Delete, None),
-            K::Fifo => (EntryKind::Fifo, None),
-        };
-        let h = EntryHeader {
-            path: &e.path,
-            kind,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-        };
-        let mut c = content.map(Cursor::new);
-        enc.add(&h, c.as_mut().map(|c| c as &mut dyn std::io::Read))
-            .unwrap_or_else(|err| panic!("encoder refused {}: {err}", e.path));
-    }
-    let manifest = Manifest {
-        version: "1.0.0",
-        compatible: "test-board",
-        release: 5,
-        allow_downgrade: false,
-        kind: if full {
-            BundleKind::Full
-        } else {
-            BundleKind::Patch { base_version: "" }
-        },
-        created: 0,
-        comment: "fsops test",
-        recipe: Recipe::default(),
-        payload: Payload::default(),
-        entries: EntryTable {
-            specials,
-            ..EntryTable::default()
-        },
-    };
-    // The agent does not depend on ed25519-dalek; the encoder's `&[SigningKey]` parameter
-    // names the type, and `SigningKey: From<&[u8; 32]>` builds it from a seed.
-    let keys = [From::from(&SEED)];
-    let mut out = Vec::new();
-    enc.finish(manifest, &keys, &mut out).expect("finish");
-    let public = *keys[0].verifying_key().as_bytes();
-    (out, public)
+    let public = *spec.keys[0].verifying_key().as_bytes();
+    (bundle::build(&spec), public)
 }
 
 /// What stopped an extraction.
@@ -464,6 +331,7 @@ fn expected(e: &E) -> Option<Node> {
             rdev: 0,
         }),
         K::Hardlink(_) | K::Delete => None,
+        K::Socket | K::CharDev => unreachable!("these tests ship no sockets or devices"),
     }
 }
 
@@ -472,7 +340,7 @@ fn expected(e: &E) -> Option<Node> {
 /// temporary names are left.
 #[test]
 fn full_bundle_extracts_exactly() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -520,7 +388,7 @@ fn full_bundle_extracts_exactly() {
 /// to the outside is removed, not followed) and a missing path.
 #[test]
 fn patch_over_existing_tree() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -594,7 +462,7 @@ fn patch_over_existing_tree() {
 /// itself do so without following it.
 #[test]
 fn symlinks_in_the_slot_never_redirect_entries() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -676,7 +544,7 @@ fn header<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
 /// later entry outside.
 #[test]
 fn hostile_events_cannot_leave_the_slot() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -746,7 +614,7 @@ fn hostile_events_cannot_leave_the_slot() {
 /// names are debris.
 #[test]
 fn interrupted_patch_never_leaves_a_half_file() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -936,7 +804,7 @@ fn make_active(active: &Path, outside: &Path) {
 /// slot) leaves the active file unchanged: no hardlinks between slots.
 #[test]
 fn clone_copies_everything_and_never_writes_the_active_slot() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -1065,7 +933,7 @@ fn clone_copies_everything_and_never_writes_the_active_slot() {
 /// refuses the clone: the mounted filesystem is neither emptied nor copied.
 #[test]
 fn clone_refuses_to_cross_mount_points() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -1110,7 +978,7 @@ fn data_dir(root: &Path) -> PathBuf {
 /// running the swap again afterwards completes it (a stale `current.new` included).
 #[test]
 fn swap_every_prefix_leaves_old_or_new() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -1220,7 +1088,7 @@ fn swap_every_prefix_leaves_old_or_new() {
 /// and unmodified. The tmpfs is unmounted even if the test fails.
 #[test]
 fn no_space_is_reported_and_the_other_slot_is_untouched() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();
@@ -1285,39 +1153,14 @@ fn no_space_is_reported_and_the_other_slot_is_untouched() {
 /// the active file unchanged (copy-on-write).
 #[test]
 fn clone_reflinks_where_the_filesystem_can() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
-    let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs", "/usr/bin/mkfs.xfs"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(mkfs) = mkfs else {
-        println!("skipped: mkfs.xfs not installed, the reflink path is not exercised here");
+    let Some(scratch) = Scratch::xfs(512 << 20) else {
+        println!("skipped: the reflink path is not exercised here");
         return;
     };
-    let env = env();
-    let img = env.root.join("xfs.img");
-    fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
-    let ok = Command::new(mkfs)
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&img)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mkfs.xfs failed");
-    let mnt = env.root.join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    // util-linux mount sets up the loop device with autoclear: unmounting frees it.
-    let st = Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    if !st.success() {
-        println!("skipped: cannot loop-mount an XFS image here");
-        return;
-    }
-    let _m = Mount(mnt.clone());
+    let mnt = scratch.path();
     let active = mnt.join("a");
     fs::create_dir_all(active.join("d")).unwrap();
     fs::write(active.join("d/big"), noise(11, 4 << 20)).unwrap();
@@ -1352,7 +1195,7 @@ fn clone_reflinks_where_the_filesystem_can() {
 /// still produces an identical tree with the fallback.
 #[test]
 fn clone_falls_back_across_filesystems() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let env = env();

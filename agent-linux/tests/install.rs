@@ -1276,7 +1276,7 @@ fn path_link_and_special_file_attacks_are_refused() {
         .into_iter()
         .map(|(name, entries, specials, want)| {
             let mut s = armed(Spec::full("2.0.0", 2, &[]), &d);
-            s.entries = entries;
+            s.entries = entries.into_iter().map(|(p, n)| n.at(&p)).collect();
             s.raw_order = true;
             s.check_policy = false;
             s.specials = specials;
@@ -1602,10 +1602,7 @@ fn malicious_manifest_fields_are_refused() {
 fn bomb(d: &Device) -> Vec<u8> {
     let mut spec = good_v2(d);
     spec.chunk_size = 4 * 1024 * 1024;
-    spec.entries = vec![(
-        "zeros".into(),
-        Node::File(vec![0; 4 * 1024 * 1024 - 64], 0o644),
-    )];
+    spec.entries = vec![file("zeros", &vec![0; 4 * 1024 * 1024 - 64])];
     spec.check_policy = false;
     let p = parse(&build(&spec));
     assert_eq!(p.chunks.len(), 1);

@@ -7,16 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use molt_agent::mounts::{cleanup_stale, mounts_below, BindSpec, ChrootMounts};
-
-/// Whether the test can mount; prints why not when it cannot.
-fn can_mount() -> bool {
-    if rustix::process::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipped: needs root (mount)");
-        false
-    }
-}
+use molt_test_support::root_or_skip;
 
 /// Last line of defence, declared right after a temporary directory so it drops
 /// first: whatever a failing test left mounted beneath the directory is detached
@@ -103,7 +94,7 @@ fn is_erofs(e: &std::io::Error) -> bool {
 
 #[test]
 fn mounts_what_a_package_manager_needs_and_teardown_removes_it_all() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -208,7 +199,7 @@ fn mounts_what_a_package_manager_needs_and_teardown_removes_it_all() {
 
 #[test]
 fn existing_mount_points_are_kept_and_a_missing_resolv_conf_is_created_then_removed() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -237,7 +228,7 @@ fn existing_mount_points_are_kept_and_a_missing_resolv_conf_is_created_then_remo
 
 #[test]
 fn read_only_bind_refuses_writes() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -274,7 +265,7 @@ fn read_only_bind_refuses_writes() {
 
 #[test]
 fn a_busy_mount_is_detached_after_retries() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -311,7 +302,7 @@ fn a_busy_mount_is_detached_after_retries() {
 
 #[test]
 fn a_symlinked_mount_point_is_refused_without_mounting_anything() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -381,7 +372,7 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let Some(host) = host_resolv() else {
@@ -465,7 +456,7 @@ fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
 
 #[test]
 fn cleanup_stale_unmounts_what_a_crash_left_behind() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();
@@ -549,7 +540,7 @@ fn cleanup_stale_unmounts_what_a_crash_left_behind() {
 
 #[test]
 fn setup_refuses_while_the_record_exists() {
-    if !can_mount() {
+    if !root_or_skip() {
         return;
     }
     let (tmp, _net) = tempdir();

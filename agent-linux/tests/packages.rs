@@ -203,7 +203,7 @@ fn patch(version: &str, release: u64) -> Spec {
 
 fn ship(mut s: Spec, manager: PackageManager, name: &str, file: &str, bytes: Vec<u8>) -> Spec {
     let dir = format!(".molt/packages/{}", manager.name());
-    if !s.entries.iter().any(|(p, _)| *p == dir) {
+    if !s.entries.iter().any(|e| e.path == dir) {
         s = s.with(&dir, Node::Dir(0o755));
     }
     let path = format!("{dir}/{file}");

@@ -1,23 +1,15 @@
 //! The install pipeline through the real `molt-agent` binary: success, rollback policies, a crash in every phase, a tampered bundle.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ed25519_dalek::SigningKey;
-use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
-use molt_engine::bundle::format::{EntryTable, Payload};
-use molt_engine::bundle::{
-    BundleKind, Command as Cmd, EntryHeader, EntryKind, Manifest, Recipe, Rollback, Specials,
-};
+use molt_engine::bundle::encoder::EncoderOptions;
+use molt_test_support::bundle::{build, delete, dir, file, sh, Spec};
+use molt_test_support::keys::{key, pub_hex};
+use molt_test_support::root_or_skip;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_molt-agent");
-
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[42; 32])
-}
 
 struct Stages<'a> {
     before: Option<&'a str>,
@@ -33,14 +25,6 @@ const PLAIN: Stages<'static> = Stages {
     reboot: false,
 };
 
-fn cmd(script: &str) -> Cmd<'_> {
-    Cmd {
-        script,
-        chroot: false,
-        timeout_secs: 10,
-    }
-}
-
 /// A bundle of `files` (path → content, parents created) for `version`.
 fn bundle(
     version: &str,
@@ -50,77 +34,27 @@ fn bundle(
     deletes: &[&str],
     s: &Stages<'_>,
 ) -> Vec<u8> {
-    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut entries = Vec::new();
     for (p, c) in files {
+        // A patch names the parents too, as a full bundle does.
         let mut parent = Path::new(p).parent();
         while let Some(d) = parent.filter(|d| !d.as_os_str().is_empty()) {
-            entries.insert(d.to_string_lossy().into_owned(), None);
+            entries.push(dir(&d.to_string_lossy()));
             parent = d.parent();
         }
-        entries.insert(p.to_string(), Some(c.as_bytes().to_vec()));
+        entries.push(file(p, c.as_bytes()));
     }
-    let mut sorted: Vec<(String, Option<Vec<u8>>, bool)> =
-        entries.into_iter().map(|(p, c)| (p, c, false)).collect();
-    sorted.extend(deletes.iter().map(|d| (d.to_string(), None, true)));
-    sorted.sort_by(|a, b| molt_engine::bundle::policy::compare_paths(&a.0, &b.0));
-    let mut enc = Encoder::new(
-        Cursor::new(Vec::new()),
-        EncoderOptions::default(),
+    entries.extend(deletes.iter().map(|d| delete(d)));
+    build(&Spec {
         full,
-        Specials::default(),
-    )
-    .unwrap();
-    for (path, content, delete) in &sorted {
-        let kind = match (content, delete) {
-            (_, true) => EntryKind::Delete,
-            (Some(c), _) => EntryKind::File {
-                size: c.len() as u64,
-                digest: *blake3::hash(c).as_bytes(),
-            },
-            (None, _) => EntryKind::Dir,
-        };
-        let h = EntryHeader {
-            path,
-            kind,
-            mode: if content.is_some() { 0o644 } else { 0o755 },
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-        };
-        let mut r = content.as_deref().map(Cursor::new);
-        enc.add(&h, r.as_mut().map(|c| c as &mut dyn std::io::Read))
-            .unwrap();
-    }
-    let m = Manifest {
-        version,
-        compatible: "test-board",
-        release,
-        allow_downgrade: false,
-        kind: if full {
-            BundleKind::Full
-        } else {
-            BundleKind::Patch { base_version: "" }
-        },
-        created: 0,
-        comment: "",
-        recipe: Recipe {
-            before: s.before.map(cmd),
-            packages: Default::default(),
-            npm_prefix: None,
-            after: s.after.map(cmd),
-            health_check: None,
-            rollback: Rollback {
-                revert: true,
-                command: s.rollback.map(cmd),
-                reboot: s.reboot,
-            },
-        },
-        payload: Payload::default(),
-        entries: EntryTable::default(),
-    };
-    let mut out = Vec::new();
-    enc.finish(m, &[key()], &mut out).unwrap();
-    out
+        entries: entries.into_iter().map(|e| e.mtime(0)).collect(),
+        before: s.before.map(sh),
+        after: s.after.map(sh),
+        rollback_command: s.rollback.map(sh),
+        reboot: s.reboot,
+        chunk_size: EncoderOptions::default().chunk_size,
+        ..Spec::full(version, release, &[])
+    })
 }
 
 struct Device {
@@ -133,7 +67,7 @@ impl Device {
         let cfg = format!(
             "root = \"{root}\"\ncompatible = \"test-board\"\ntrusted_keys = [\"{key}\"]\nreboot_command = \"touch {root}/rebooted\"\n",
             root = dir.path().display(),
-            key = hex::encode(key().verifying_key().as_bytes())
+            key = pub_hex(&key())
         );
         fs::write(dir.path().join("agent.toml"), cfg).unwrap();
         Device { dir }
@@ -178,18 +112,9 @@ impl Device {
     }
 }
 
-fn needs_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        true
-    } else {
-        println!("skipped: needs root (openat2 beneath slot handles, chown)");
-        false
-    }
-}
-
 #[test]
 fn full_then_patch_install() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();
@@ -248,7 +173,7 @@ fn full_then_patch_install() {
 
 #[test]
 fn failing_after_rolls_back_and_runs_the_policy() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();
@@ -290,7 +215,7 @@ fn failing_after_rolls_back_and_runs_the_policy() {
 
 #[test]
 fn a_failing_before_never_swaps() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();
@@ -320,7 +245,7 @@ fn a_failing_before_never_swaps() {
 
 #[test]
 fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();
@@ -365,7 +290,7 @@ fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
 /// device is on a whole old or new snapshot with the journal settled.
 #[test]
 fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let ok = Stages {
@@ -506,7 +431,7 @@ fn serve(
 
 #[test]
 fn http_download_resumes_after_a_drop() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();
@@ -526,7 +451,7 @@ fn http_download_resumes_after_a_drop() {
 
 #[test]
 fn http_server_that_ignores_range_is_refused() {
-    if !needs_root() {
+    if !root_or_skip() {
         return;
     }
     let d = Device::new();

@@ -508,11 +508,7 @@ fn policy_delete_only_in_patch() {
 
 #[test]
 fn policy_specials_need_declaration() {
-    let hl = E {
-        path: "b".into(),
-        kind: K::Hardlink("a".into()),
-        mode: 0o644,
-    };
+    let hl = entry("b", K::Hardlink("a".into()), 0o644);
     assert_eq!(
         rule(refused(
             vec![file("a", b"x"), hl.clone()],
@@ -521,47 +517,27 @@ fn policy_specials_need_declaration() {
         )),
         Rule::UndeclaredHardlink
     );
-    let dev = E {
-        path: "null".into(),
-        kind: K::CharDev,
-        mode: 0o666,
-    };
+    let dev = entry("null", K::CharDev, 0o666);
     assert_eq!(
         rule(refused(vec![dev.clone()], false, Specials::default())),
         Rule::UndeclaredDevice
     );
-    let fifo = E {
-        path: "p".into(),
-        kind: K::Fifo,
-        mode: 0o644,
-    };
+    let fifo = entry("p", K::Fifo, 0o644);
     assert_eq!(
         rule(refused(vec![fifo.clone()], false, Specials::default())),
         Rule::UndeclaredFifo
     );
-    let sock = E {
-        path: "s".into(),
-        kind: K::Socket,
-        mode: 0o644,
-    };
+    let sock = entry("s", K::Socket, 0o644);
     assert_eq!(
         rule(refused(vec![sock.clone()], false, Specials::default())),
         Rule::UndeclaredSocket
     );
-    let suid = E {
-        path: "su".into(),
-        kind: K::File(b"x".to_vec()),
-        mode: 0o4755,
-    };
+    let suid = entry("su", K::File(b"x".to_vec()), 0o4755);
     assert_eq!(
         rule(refused(vec![suid.clone()], false, Specials::default())),
         Rule::UndeclaredSetid
     );
-    let sgid = E {
-        path: "sg".into(),
-        kind: K::File(b"x".to_vec()),
-        mode: 0o2755,
-    };
+    let sgid = entry("sg", K::File(b"x".to_vec()), 0o2755);
     assert_eq!(
         rule(refused(vec![sgid], false, Specials::default())),
         Rule::UndeclaredSetid
@@ -589,17 +565,9 @@ fn policy_hardlink_target_must_come_earlier() {
         hardlinks: true,
         ..Specials::default()
     };
-    let hl = E {
-        path: "a".into(),
-        kind: K::Hardlink("z".into()),
-        mode: 0o644,
-    };
+    let hl = entry("a", K::Hardlink("z".into()), 0o644);
     assert_eq!(rule(refused(vec![hl], false, all)), Rule::BadHardlink);
-    let into_molt = E {
-        path: "a".into(),
-        kind: K::Hardlink(".molt/p".into()),
-        mode: 0o644,
-    };
+    let into_molt = entry("a", K::Hardlink(".molt/p".into()), 0o644);
     assert_eq!(
         rule(refused(vec![into_molt], false, all)),
         Rule::BadHardlink
@@ -608,20 +576,16 @@ fn policy_hardlink_target_must_come_earlier() {
 
 #[test]
 fn policy_path_components_are_at_most_255_bytes() {
-    let long = E {
-        path: format!("a{}", "n".repeat(255)),
-        kind: K::File(b"x".to_vec()),
-        mode: 0o644,
-    };
+    let long = entry(
+        &format!("a{}", "n".repeat(255)),
+        K::File(b"x".to_vec()),
+        0o644,
+    );
     assert_eq!(
         rule(refused(vec![long], false, Specials::default())),
         Rule::LongComponent
     );
-    let ok = E {
-        path: "n".repeat(255),
-        kind: K::File(b"x".to_vec()),
-        mode: 0o644,
-    };
+    let ok = entry(&"n".repeat(255), K::File(b"x".to_vec()), 0o644);
     let bytes = build(&Spec {
         entries: vec![ok],
         full: false,
@@ -632,11 +596,7 @@ fn policy_path_components_are_at_most_255_bytes() {
 
 #[test]
 fn policy_bad_mode_and_reserved_dir() {
-    let m = E {
-        path: "a".into(),
-        kind: K::File(b"x".to_vec()),
-        mode: 0o100644,
-    };
+    let m = entry("a", K::File(b"x".to_vec()), 0o100644);
     assert_eq!(
         rule(refused(vec![m], false, Specials::default())),
         Rule::BadMode

@@ -8,13 +8,13 @@
 //! let through while claiming to stop escapes (now accepted by both, as data).
 
 use std::fs;
-use std::io::Cursor;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use molt_engine::bundle::encoder::{Encoder, EncoderOptions};
-use molt_engine::bundle::format::{EntryTable, Payload};
-use molt_engine::bundle::{BundleKind, EntryHeader, EntryKind, Manifest, Recipe, Specials};
+use molt_engine::bundle::encoder::EncoderOptions;
+use molt_engine::bundle::Specials;
+use molt_test_support::bundle::{build, dir, file, hardlink, symlink, Spec};
+use molt_test_support::keys::{pub_hex, seeded};
 use molt_test_support::{molt_with, root_or_skip, Device, BOARD};
 
 /// A bundle's entries, in stream order.
@@ -29,60 +29,30 @@ enum Node {
 
 /// A full bundle of `entries` (in the order given, unchecked), signed with `key`.
 fn bundle(entries: &Entries, key: &SigningKey) -> Vec<u8> {
-    let specials = Specials {
-        hardlinks: true,
-        ..Specials::default()
-    };
-    let opts = EncoderOptions {
-        check_policy: false,
-        ..EncoderOptions::default()
-    };
-    let mut enc = Encoder::new(Cursor::new(Vec::new()), opts, true, specials).expect("encoder");
-    for (path, node) in entries {
-        let (kind, content, mode) = match node {
-            Node::File(c) => (
-                EntryKind::File {
-                    size: c.len() as u64,
-                    digest: *blake3::hash(c).as_bytes(),
-                },
-                Some(*c),
-                0o644,
-            ),
-            Node::Dir => (EntryKind::Dir, None, 0o755),
-            Node::Symlink(t) => (EntryKind::Symlink { target: t }, None, 0o777),
-            Node::Hardlink(t) => (EntryKind::Hardlink { target: t }, None, 0o644),
-        };
-        let h = EntryHeader {
-            path,
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: 1_700_000_000,
-        };
-        let mut c = content.map(Cursor::new);
-        enc.add(&h, c.as_mut().map(|c| c as &mut dyn std::io::Read))
-            .expect("add");
-    }
-    let m = Manifest {
-        version: "2.0.0",
-        compatible: BOARD,
+    let entries = entries
+        .iter()
+        .map(|(p, node)| match node {
+            Node::File(c) => file(p, c),
+            Node::Dir => dir(p),
+            Node::Symlink(t) => symlink(p, t),
+            Node::Hardlink(t) => hardlink(p, t),
+        })
+        .collect();
+    build(&Spec {
+        version: "2.0.0".into(),
         release: 2,
-        allow_downgrade: false,
-        kind: BundleKind::Full,
-        created: 0,
-        comment: "",
-        recipe: Recipe::default(),
-        payload: Payload::default(),
-        entries: EntryTable {
-            specials,
-            ..EntryTable::default()
+        compatible: BOARD.into(),
+        comment: String::new(),
+        entries,
+        check_policy: false,
+        specials: Specials {
+            hardlinks: true,
+            ..Specials::default()
         },
-    };
-    let mut out = Vec::new();
-    enc.finish(m, std::slice::from_ref(key), &mut out)
-        .expect("finish");
-    out
+        keys: vec![key.clone()],
+        chunk_size: EncoderOptions::default().chunk_size,
+        ..Spec::default()
+    })
 }
 
 fn s(p: &Path) -> &str {
@@ -94,8 +64,8 @@ fn a_full_bundle_that_verifies_installs_and_one_a_device_refuses_does_not_verify
     if !root_or_skip() {
         return;
     }
-    let key = SigningKey::from_bytes(&[9; 32]);
-    let public = hex::encode(key.verifying_key().as_bytes());
+    let key = seeded(9);
+    let public = pub_hex(&key);
     let work = tempfile::tempdir().expect("tempdir");
     let pubfile = work.path().join("key.pub");
     fs::write(&pubfile, format!("{public}\n")).expect("key.pub");

@@ -1,9 +1,28 @@
-//! What molt's test suites share: the real controller, agents and CLI as processes on loopback, each device in its own temp root, and the root check.
+//! What molt's test suites share, so that no suite keeps a copy: the bundle builder, the raw assembler and parser, keys, TLS certificates, loop-mounted scratch file systems, the root check, and the real controller, agents and CLI as processes on loopback, each device in its own temp root.
+//!
+//! The modules are light (the engine, ed25519, BLAKE3, rcgen, rustix, tempfile)
+//! and never link the agent or the controller crates: the engine's own tests use
+//! them. What a suite needs of one crate alone stays in that suite.
+//!
+//! Root-only tests start with `if !root_or_skip() { return; }`; without root the
+//! test is logged to `$MOLT_TEST_SKIP_LOG`, and `cargo xtask ci` counts it as
+//! skipped, not passed ([`root`]).
 //!
 //! Every process a test starts is owned by a guard that kills it (by its pid) when
 //! dropped, so a failing test leaves nothing running. Binaries are built once per
 //! test process with `cargo build` (a no-op when `cargo test --workspace` already
 //! built them).
+
+pub mod bundle;
+pub mod keys;
+pub mod raw;
+pub mod root;
+pub mod scratch;
+pub mod tls;
+pub mod tree;
+
+pub use molt_engine::testing::noise;
+pub use root::root_or_skip;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,24 +99,6 @@ fn profile_of(dir: &Path) -> &str {
     match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev",
         Some(name) => name,
-    }
-}
-
-/// Whether we run as root (agents need it to chown, chroot and mount); prints the skip.
-pub fn root_or_skip() -> bool {
-    let uid = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .unwrap_or_default();
-    if uid == "0" {
-        true
-    } else {
-        println!("skipped: needs root (the agents write slots as root)");
-        false
     }
 }
 

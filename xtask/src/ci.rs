@@ -17,6 +17,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cargo, display, fuzz, qemu, rootfs, run_cmd, tidy};
 
+/// The environment variable naming the file root-only tests log their skips to
+/// (`molt_test_support::root::SKIP_LOG`).
+const SKIP_LOG: &str = "MOLT_TEST_SKIP_LOG";
+
 /// The embedded target the engine must build for without `std`.
 const NOSTD_TARGET: &str = "thumbv7em-none-eabihf";
 
@@ -114,7 +118,7 @@ pub fn run(root: &Path) -> Result<()> {
     if let Some(t) = tests {
         println!(
             "tests: {} passed, {} failed, {} skipped",
-            t.passed, t.failed, t.ignored
+            t.passed, t.failed, t.skipped
         );
     }
     if failures.is_empty() {
@@ -292,7 +296,8 @@ fn rootfs_step(root: &Path) -> Result<Outcome> {
 struct TestCounts {
     passed: u64,
     failed: u64,
-    ignored: u64,
+    /// `#[ignore]`d tests, and root-only tests that returned early without root.
+    skipped: u64,
 }
 
 impl TestCounts {
@@ -311,11 +316,27 @@ impl TestCounts {
             match what {
                 "passed" => self.passed += n,
                 "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
+                "ignored" => self.skipped += n,
                 _ => {}
             }
         }
     }
+}
+
+/// Moves the tests named in `log` (the skip log: one test name a line, written by
+/// `molt_test_support::root_or_skip`) from passed to skipped: libtest counted them
+/// as passed because they returned early. Returns their names.
+fn move_root_skips(counts: &mut TestCounts, log: &str) -> Vec<String> {
+    let skipped: Vec<String> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let n = skipped.len() as u64;
+    counts.passed = counts.passed.saturating_sub(n);
+    counts.skipped += n;
+    skipped
 }
 
 /// The test step failed; what it counted up to then.
@@ -335,6 +356,11 @@ impl std::error::Error for TestsFailed {}
 fn test(root: &Path) -> Result<Outcome> {
     let mut cmd = cargo(root);
     cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    // Root-only tests log themselves here when they skip (molt_test_support::root).
+    let skip_log = std::env::temp_dir().join(format!("molt-test-skips-{}", std::process::id()));
+    std::fs::write(&skip_log, "")
+        .with_context(|| format!("cannot create {}", skip_log.display()))?;
+    cmd.env(SKIP_LOG, &skip_log);
     // Set only when the `rootfs` step left a complete tree and we are root, which the
     // package tests need to chroot into it; without it they skip.
     if rootfs::is_root() {
@@ -359,6 +385,22 @@ fn test(root: &Path) -> Result<Outcome> {
         }
     }
     let status = child.wait()?;
+    let log = std::fs::read_to_string(&skip_log)
+        .with_context(|| format!("cannot read {}", skip_log.display()))?;
+    let _ = std::fs::remove_file(&skip_log);
+    let root_skips = move_root_skips(&mut counts, &log);
+    let mut failures = Vec::new();
+    if !root_skips.is_empty() && rootfs::is_root() {
+        // As root nothing may skip for lack of it: a root check that is wrong here
+        // would hide those tests from CI for good. They count as failed, not skipped.
+        let n = root_skips.len() as u64;
+        counts.skipped -= n;
+        counts.failed += n;
+        failures.push(format!(
+            "{n} test(s) skipped for lack of root although running as root:\n  {}",
+            root_skips.join("\n  ")
+        ));
+    }
     if !status.success() {
         // A binary that crashed or did not build prints no result line: it still
         // counts as a failure in the summary.
@@ -369,10 +411,16 @@ fn test(root: &Path) -> Result<Outcome> {
         } else {
             ""
         };
-        let msg = format!(
-            "`{shown}` failed ({status}); {} passed, {} failed{why}",
-            counts.passed, counts.failed
+        failures.insert(
+            0,
+            format!(
+                "`{shown}` failed ({status}); {} passed, {} failed{why}",
+                counts.passed, counts.failed
+            ),
         );
+    }
+    if !failures.is_empty() {
+        let msg = failures.join("\n");
         return Err(TestsFailed(counts, msg).into());
     }
     if counts.passed == 0 {
@@ -396,8 +444,27 @@ mod tests {
             TestCounts {
                 passed: 13,
                 failed: 1,
-                ignored: 2
+                skipped: 2
             }
         );
+    }
+
+    #[test]
+    fn root_skips_move_from_passed_to_skipped() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 10 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        let names = move_root_skips(&mut c, "fsops::extract\ninstall_full\n\n");
+        assert_eq!(names, ["fsops::extract", "install_full"]);
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 8,
+                failed: 0,
+                skipped: 3
+            }
+        );
+        // An empty log (as root, or no root-only test ran) changes nothing.
+        assert!(move_root_skips(&mut c, "").is_empty());
+        assert_eq!(c.passed, 8);
     }
 }

@@ -56,34 +56,37 @@ pub fn generate(prefix: &Path) -> Result<Generated> {
 
     // `create_new` makes the existence check above race-free, and the mode is set at
     // creation so the seed is never readable by others, not even for an instant.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret)
-        .with_context(|| format!("cannot create {}", secret.display()))?;
-    f.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", secret.display()))?;
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&public)
-        .and_then(|mut f| {
-            f.write_all(format!("{}\n", hex::encode(verifying.as_bytes())).as_bytes())?;
-            f.sync_all()
-        });
+    create_file(&secret, 0o600, &format!("{}\n", hex::encode(seed)))?;
+    let written = create_file(
+        &public,
+        0o644,
+        &format!("{}\n", hex::encode(verifying.as_bytes())),
+    );
     if let Err(e) = written {
         // A secret without its public half is useless and confusing; take it back.
         let _ = fs::remove_file(&secret);
-        return Err(e).with_context(|| format!("cannot write {}", public.display()));
+        return Err(e);
     }
     Ok(Generated {
         secret,
         public,
         id: key_id(verifying.as_bytes()),
     })
+}
+
+/// Writes `text` to a new file at `path`, refusing one that exists, with `mode` set at
+/// creation (a secret is never readable by others, not even for an instant) and
+/// synced before it returns. For keys and the controller's operator token.
+pub fn create_file(path: &Path, mode: u32, text: &str) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a file of 64 hex digits (surrounding whitespace allowed) into 32 bytes.

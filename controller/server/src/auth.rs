@@ -6,9 +6,7 @@
 //! credentials are found by their hash through the database index, which leaks
 //! nothing about a secret that an attacker could not compute from a guess.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -64,15 +62,7 @@ pub fn operator_token(conn: &Connection, data: &Path) -> Result<(blake3::Hash, O
     let path = data.join("operator-token");
     let tmp = data.join(".operator-token.tmp");
     let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    molt_bundle::keys::create_file(&tmp, 0o600, &format!("{token}\n"))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     let h = hash(&token);
     conn.execute(

@@ -320,8 +320,8 @@ impl Device {
             journal,
             state,
             last_error: None,
-            crash_at: std::env::var("MOLT_TEST_CRASH_AT").ok(),
-            pause_at: std::env::var("MOLT_TEST_PAUSE_AT").ok().and_then(|v| {
+            crash_at: crate::crashpoint::var("MOLT_TEST_CRASH_AT"),
+            pause_at: crate::crashpoint::var("MOLT_TEST_PAUSE_AT").and_then(|v| {
                 let (phase, ms) = v.split_once(':')?;
                 Some((phase.to_owned(), Duration::from_millis(ms.parse().ok()?)))
             }),

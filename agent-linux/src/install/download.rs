@@ -57,10 +57,11 @@ pub const CHECKPOINT_SECS: u64 = 15;
 /// work after a power cut instead of waiting for a syncfs every [`CHECKPOINT_BYTES`].
 pub const CHECKPOINT_MIN_MILLIS: u64 = 2000;
 
-/// Test hooks (environment): a smaller checkpoint interval, and a `kill -9` of the
-/// agent once the download passes a byte offset, for the restart tests.
+/// Test hooks (environment, `test-hooks` builds only): a smaller checkpoint
+/// interval, and a `kill -9` of the agent once the download passes a byte offset,
+/// for the restart tests.
 fn test_hook(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
+    crate::crashpoint::var(name)?.parse().ok()
 }
 
 /// Why the phase failed, as the state machine's cause plus a sentence for the log.

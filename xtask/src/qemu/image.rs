@@ -220,7 +220,9 @@ fn kernel_release(kernel_pkg: &Path) -> Result<String> {
 /// Cross-compiles molt-agent as a static binary and strips it into `out`.
 fn build_agent(root: &Path, dev: &Device, out: &Path) -> Result<PathBuf> {
     let target = &dev.agent.target;
-    let built = build_static_agent(root, target, AGENT_PROFILE)?;
+    // The test device's agent keeps its test hooks: the power-cut scenarios pause it
+    // before a phase and shorten its download checkpoints (MOLT_TEST_*).
+    let built = build_static_agent(root, target, AGENT_PROFILE, &["test-hooks"])?;
     let (_, _, strip) = cross_tools(target)?;
     let stripped = out.join("molt-agent");
     // The profile strips already; `strip` also drops what the linker keeps (.comment).
@@ -233,8 +235,14 @@ fn build_agent(root: &Path, dev: &Device, out: &Path) -> Result<PathBuf> {
 pub const AGENT_PROFILE: &str = "device";
 
 /// Builds molt-agent for `target` (`<arch>-unknown-linux-musl`) as a static binary
-/// with cargo profile `profile`, and returns its path under target/.
-pub fn build_static_agent(root: &Path, target: &str, profile: &str) -> Result<PathBuf> {
+/// with cargo profile `profile` and the agent's `features` (none for the binary as
+/// shipped), and returns its path under target/.
+pub fn build_static_agent(
+    root: &Path,
+    target: &str,
+    profile: &str,
+    features: &[&str],
+) -> Result<PathBuf> {
     let (cc, ar, strip) = cross_tools(target)?;
     require_tools(&[
         (cc.as_str(), CROSS_PACKAGES),
@@ -257,15 +265,19 @@ pub fn build_static_agent(root: &Path, target: &str, profile: &str) -> Result<Pa
         "molt-agent",
         "--target",
         target,
-    ])
-    // rust-lld links the static musl binary (the host `cc` cannot); the C code of
-    // zstd and ring is compiled by the cross gcc.
-    .env(
-        format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()),
-        "rust-lld",
-    )
-    .env(format!("CC_{env_target}"), &cc)
-    .env(format!("AR_{env_target}"), &ar);
+    ]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    cmd
+        // rust-lld links the static musl binary (the host `cc` cannot); the C code of
+        // zstd and ring is compiled by the cross gcc.
+        .env(
+            format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()),
+            "rust-lld",
+        )
+        .env(format!("CC_{env_target}"), &cc)
+        .env(format!("AR_{env_target}"), &ar);
     run_cmd(&mut cmd).with_context(|| {
         format!("building molt-agent for {target} failed (is the target installed? `rustup target add {target}`)")
     })?;

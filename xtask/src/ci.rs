@@ -177,7 +177,7 @@ fn qemu_step(root: &Path) -> Result<Outcome> {
         println!("WARNING: {why}");
         return Ok(Outcome::Skipped(why.to_string()));
     }
-    qemu::test_task(root, &[])?;
+    qemu::test_task(root, &qemu::TestOptions::default())?;
     Ok(Outcome::Passed)
 }
 

@@ -26,43 +26,26 @@ use crate::{cargo, display, run_cmd};
 /// The demo device's hardware name; the demo recipes name it as their `compatible`.
 const BOARD: &str = "molt-demo-board";
 
-/// How `cargo xtask demo` was asked to run.
+/// How `cargo xtask demo` was asked to run: `[--listen ADDR] [--smoke]`.
+#[derive(clap::Args)]
 pub struct Options {
-    /// Where the controller listens.
-    listen: String,
-    /// Run the walkthrough unattended and stop (CI).
+    /// Where the controller listens [default: 127.0.0.1:8080; with --smoke a free port].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Run the walkthrough unattended, then stop (CI).
+    #[arg(long)]
     smoke: bool,
 }
 
 impl Options {
-    /// Parses `[--listen ADDR] [--smoke]`.
-    pub fn parse(args: &[String]) -> Result<Options> {
-        let mut o = Options {
-            listen: String::new(),
-            smoke: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--listen" => {
-                    o.listen = it.next().context("--listen needs an address")?.clone();
-                }
-                "--smoke" => o.smoke = true,
-                other => {
-                    bail!("demo: unknown argument `{other}` (expected --listen ADDR or --smoke)")
-                }
-            }
+    /// Where the controller listens: as asked, else 127.0.0.1:8080, or for the smoke
+    /// run any free port, so it cannot collide with a demo someone left running.
+    fn listen(&self) -> &str {
+        match (&self.listen, self.smoke) {
+            (Some(addr), _) => addr,
+            (None, true) => "127.0.0.1:0",
+            (None, false) => "127.0.0.1:8080",
         }
-        if o.listen.is_empty() {
-            // The smoke run must not collide with a demo someone left running.
-            o.listen = if o.smoke {
-                "127.0.0.1:0"
-            } else {
-                "127.0.0.1:8080"
-            }
-            .into();
-        }
-        Ok(o)
     }
 }
 
@@ -99,7 +82,7 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
         .context("cannot install the Ctrl-C handler")?;
 
     println!("\n== the controller (data in {})", data.display());
-    let (mut controller, url) = start_controller(&bin, &data, &o.listen)?;
+    let (mut controller, url) = start_controller(&bin, &data, o.listen())?;
     let token_file = data.join("operator-token");
     let token = fs::read_to_string(&token_file)
         .with_context(|| format!("cannot read {}", token_file.display()))?

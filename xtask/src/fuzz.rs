@@ -22,35 +22,15 @@ const TARGET: &str = "decode";
 /// How long `cargo xtask fuzz` runs when `--seconds` is not given.
 const DEFAULT_SECONDS: u64 = 60;
 
-/// Parsed `fuzz` arguments.
+/// `cargo xtask fuzz [--seconds N] [--build-only]`.
+#[derive(clap::Args)]
 pub struct Options {
+    /// How long the fuzzer runs, in seconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SECONDS)]
     seconds: u64,
+    /// Build the target and its seed corpus, but do not run it.
+    #[arg(long)]
     build_only: bool,
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options> {
-        let mut opts = Options {
-            seconds: DEFAULT_SECONDS,
-            build_only: false,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--build-only" => opts.build_only = true,
-                "--seconds" => {
-                    let n = args.next().context("`--seconds` needs a number")?;
-                    opts.seconds = n
-                        .parse()
-                        .with_context(|| format!("`--seconds {n}`: not a whole number"))?;
-                }
-                other => {
-                    bail!("fuzz: unknown argument `{other}` (expected --seconds N or --build-only)")
-                }
-            }
-        }
-        Ok(opts)
-    }
 }
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {

@@ -1,8 +1,9 @@
 //! `cargo xtask`: molt's repository automation (CI, tidy, fuzzing, benchmarks), written in Rust so it runs wherever cargo does.
 //!
 //! `cargo xtask` is an alias (see `.cargo/config.toml`) for `cargo run --package xtask --`.
-//! Each task lives in its own module; this file only parses arguments and holds the
-//! few helpers they share for running commands.
+//! Each task lives in its own module with its arguments (a clap `Args` struct); this
+//! file only gathers them into one command line and holds the few helpers they share
+//! for running commands.
 
 mod bench;
 mod ci;
@@ -19,44 +20,74 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
 
-const HELP: &str = "\
-cargo xtask TASK [ARGS]
+/// `cargo xtask TASK [ARGS]`; without a task, the list of tasks.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "molt's repository automation: CI, tidy, fuzzing, benchmarks, the demo and the QEMU device test"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
 
-Tasks:
-  ci                         run exactly what CI runs (fmt, tidy, clippy, no_std build,
-                             docs, fuzz build, size example, test rootfs, tests, demo smoke,
-                             QEMU device test, bench smoke), stopping at the first failure
-  tidy                       check repository rules (every .rs file starts with a //! line)
-  nostd                      build molt-engine without std for thumbv7em-none-eabihf
-  fuzz [--seconds N] [--build-only]
-                             build the `decode` fuzz target (engine/fuzz) and run it for
-                             N seconds (default 60) from a generated seed corpus
-  engine-size                flash and RAM of the engine on thumbv7em (builds engine/size-probe)
-  bench [NAME…] [--rounds N] [--smoke]
-                             run benchmarks (all without NAME; `bench list` names them) and write
-                             docs/benchmarks.md; --smoke: one round each, nothing written (CI)
-  rootfs [--print-path] [--rebuild]
-                             build (once, as root) the minimal Debian bookworm tree with
-                             python3-pip and npm that package tests chroot into, cached in
-                             target/molt-rootfs/bookworm; --print-path prints only its path
-  demo [--listen ADDR] [--smoke]
-                             run molt: a controller (default 127.0.0.1:8080, data in target/demo)
-                             and an enrolled demo device, then print the walkthrough; Ctrl-C
-                             stops both. --smoke runs the walkthrough itself and stops (CI)
-  qemu-image [--refetch]     build the emulated aarch64 test device from qemu/device.toml: Debian's
-                             arm64 kernel and busybox, a static molt-agent, an ext4 data disk
-                             (cached in target/qemu/; --refetch downloads the packages again)
-  qemu-test [--rounds N] [--jobs N] [--echo]
-                             boot it under QEMU against a real controller: enroll, deploy, reboot,
-                             a rollback with reboot, and N power-cut rounds (kill -9 of QEMU),
-                             on N devices at once (default 2); --echo shows the consoles
-  help                       print this help
-";
+#[derive(Subcommand)]
+enum Task {
+    /// Run exactly what CI runs, stopping at the first failure.
+    ///
+    /// fmt, tidy, clippy, the no_std build, docs, the fuzz build, the size example,
+    /// the test rootfs, the tests, the demo smoke, the QEMU device test and the bench
+    /// smoke.
+    Ci,
+    /// Check the repository rules no compiler checks.
+    ///
+    /// A `//!` line opens every .rs file; the bundle format is read only in the
+    /// engine; the crates' direct dependencies resolve to one version each; the paths
+    /// ARCHITECTURE.md's code map names exist.
+    Tidy,
+    /// Build molt-engine without std for thumbv7em-none-eabihf.
+    Nostd,
+    /// Build the `decode` fuzz target (engine/fuzz) and run it from a seed corpus.
+    Fuzz(fuzz::Options),
+    /// Flash and RAM of the engine on thumbv7em (builds engine/size-probe).
+    EngineSize,
+    /// Run benchmarks against their baselines and rewrite docs/benchmarks.md.
+    ///
+    /// Without NAME every benchmark runs; a run rewrites only the rows and sections of
+    /// the benchmarks it ran. `--smoke` runs each once and writes nothing (CI).
+    Bench(bench::Options),
+    /// Build the Debian tree the package tests chroot into (as root; cached).
+    ///
+    /// A minimal bookworm with python3-pip and npm, built once and cached in
+    /// target/molt-rootfs/bookworm.
+    Rootfs(rootfs::Options),
+    /// Run molt: a controller and an enrolled demo device, and print the walkthrough.
+    ///
+    /// The controller keeps its data in target/demo; Ctrl-C stops both. `--smoke` runs
+    /// the walkthrough itself and stops (CI).
+    Demo(demo::Options),
+    /// Build the emulated aarch64 test device from qemu/device.toml, cached in target/qemu/.
+    ///
+    /// Debian's arm64 kernel and busybox, a static molt-agent, an ext4 data disk.
+    QemuImage(qemu::ImageOptions),
+    /// Boot the emulated device under QEMU against a real controller.
+    ///
+    /// Enroll, deploy, reboot, a rollback with reboot, and power-cut rounds (kill -9 of
+    /// QEMU), on several devices at once.
+    QemuTest(qemu::TestOptions),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let cli = Cli::parse();
+    let Some(task) = cli.task else {
+        // `cargo xtask` alone lists the tasks (rust-analyzer's habit), and succeeds.
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    match run(task) {
         Ok(()) => ExitCode::SUCCESS,
         // `cargo xtask ci` has printed why, and must end on its test summary.
         Err(e) if e.is::<ci::Failed>() => ExitCode::FAILURE,
@@ -67,50 +98,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
+fn run(task: Task) -> Result<()> {
     let root = project_root();
-    let Some((task, rest)) = args.split_first() else {
-        print!("{HELP}");
-        return Ok(());
-    };
-    match task.as_str() {
-        "help" | "-h" | "--help" => {
-            print!("{HELP}");
-            Ok(())
-        }
-        "ci" => {
-            no_args(task, rest)?;
-            ci::run(&root)
-        }
-        "tidy" => {
-            no_args(task, rest)?;
+    match task {
+        Task::Ci => ci::run(&root),
+        Task::Tidy => {
             tidy::check(&root)?;
             println!("tidy: ok");
             Ok(())
         }
-        "engine-size" => {
-            no_args(task, rest)?;
-            size::run(&root)
-        }
-        "nostd" => {
-            no_args(task, rest)?;
-            ci::nostd(&root)
-        }
-        "fuzz" => fuzz::run(&root, &fuzz::Options::parse(rest)?),
-        "bench" => bench::run(&root, rest),
-        "rootfs" => rootfs::run(&root, &rootfs::Options::parse(rest)?),
-        "demo" => demo::run(&root, &demo::Options::parse(rest)?),
-        "qemu-image" => qemu::image_task(&root, rest),
-        "qemu-test" => qemu::test_task(&root, rest),
-        other => bail!("unknown task `{other}`\n\n{HELP}"),
+        Task::EngineSize => size::run(&root),
+        Task::Nostd => ci::nostd(&root),
+        Task::Fuzz(opts) => fuzz::run(&root, &opts),
+        Task::Bench(opts) => bench::run(&root, &opts),
+        Task::Rootfs(opts) => rootfs::run(&root, &opts),
+        Task::Demo(opts) => demo::run(&root, &opts),
+        Task::QemuImage(opts) => qemu::image_task(&root, &opts),
+        Task::QemuTest(opts) => qemu::test_task(&root, &opts),
     }
-}
-
-fn no_args(task: &str, rest: &[String]) -> Result<()> {
-    if let Some(extra) = rest.first() {
-        bail!("`{task}` takes no arguments (got `{extra}`)");
-    }
-    Ok(())
 }
 
 /// The workspace root: xtask always lives one level below it.
@@ -156,4 +161,69 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("`{shown}` failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way the repository's scripts and docs spell a task (.ci/, README.md, docs/,
+    /// qemu/, the tasks themselves) still parses.
+    #[test]
+    fn every_documented_invocation_parses() {
+        for line in [
+            "",
+            "help",
+            "--help",
+            "ci",
+            "tidy",
+            "nostd",
+            "engine-size",
+            "fuzz",
+            "fuzz --seconds 60",
+            "fuzz --build-only",
+            "bench",
+            "bench list",
+            "bench --smoke",
+            "bench footprint",
+            "bench install-local poll --rounds 10",
+            "bench --rounds 3 decode",
+            "rootfs",
+            "rootfs --print-path",
+            "rootfs --rebuild",
+            "demo",
+            "demo --smoke",
+            "demo --listen 127.0.0.1:9000",
+            "qemu-image",
+            "qemu-image --refetch",
+            "qemu-test",
+            "qemu-test --rounds 3 --jobs 1 --echo",
+        ] {
+            let args = std::iter::once("xtask").chain(line.split_whitespace());
+            match Cli::try_parse_from(args) {
+                Ok(_) => {}
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {}
+                Err(e) => panic!("`cargo xtask {line}`: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_invocations_are_refused() {
+        for line in [
+            "tidy extra",
+            "bench no-such-bench",
+            "bench --rounds 0",
+            "fuzz --seconds x",
+            "nope",
+        ] {
+            let args = std::iter::once("xtask").chain(line.split_whitespace());
+            assert!(Cli::try_parse_from(args).is_err(), "`cargo xtask {line}`");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

@@ -119,30 +119,14 @@ const PASSED_ENV: &[&str] = &[
 ];
 
 /// `cargo xtask rootfs [--print-path] [--rebuild]`.
+#[derive(clap::Args)]
 pub struct Options {
     /// Print only the tree's path on stdout (progress goes to stderr), for scripts.
+    #[arg(long)]
     print_path: bool,
     /// Build from scratch even when a valid cached tree exists.
+    #[arg(long)]
     rebuild: bool,
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Self> {
-        let mut opts = Options {
-            print_path: false,
-            rebuild: false,
-        };
-        for arg in args {
-            match arg.as_str() {
-                "--print-path" => opts.print_path = true,
-                "--rebuild" => opts.rebuild = true,
-                other => {
-                    bail!("`rootfs`: unknown argument `{other}` (expected --print-path, --rebuild)")
-                }
-            }
-        }
-        Ok(opts)
-    }
 }
 
 /// Where progress lines go: stdout, or stderr when stdout must carry the path alone.

@@ -347,51 +347,49 @@ pub fn list() {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [list | NAME…] [--rounds N] [--smoke]";
+/// `cargo xtask bench [list | NAME…] [--rounds N] [--smoke]`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Benchmarks to run, in the order given (every one without NAME); `list` names
+    /// them and runs none.
+    #[arg(value_name = "NAME", value_parser = names())]
+    names: Vec<String>,
+    /// Measured rounds per side after the warm-up.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
+    /// One round each, the table printed, docs/benchmarks.md left alone (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+}
 
-/// `cargo xtask bench [NAME…] [--rounds N] [--smoke]`.
+/// The NAMEs `cargo xtask bench` takes: `list`, then every benchmark with what it measures.
+fn names() -> clap::builder::PossibleValuesParser {
+    let list = clap::builder::PossibleValue::new("list").help("name the benchmarks, run none");
+    let benches = BENCHMARKS
+        .iter()
+        .map(|b| clap::builder::PossibleValue::new(b.name).help(b.about));
+    clap::builder::PossibleValuesParser::new(std::iter::once(list).chain(benches))
+}
+
+/// `cargo xtask bench [list | NAME…] [--rounds N] [--smoke]`.
 ///
 /// `--smoke` (what `cargo xtask ci` runs) proves every benchmark still works end to
 /// end: one measured round each, the table printed, docs/benchmarks.md left alone (a
 /// single round on a busy CI machine is no measurement). Under CI (`CI` set) a skipped
 /// benchmark fails the smoke, since CI has root, loop devices and every tool
 /// `.ci/run` installs; elsewhere skips are listed as warnings.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let mut rounds = 10;
-    let mut smoke = false;
-    let mut names = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "list" => {
-                list();
-                return Ok(());
-            }
-            "--rounds" => {
-                let n = it.next().context("--rounds takes a number")?;
-                rounds = n.parse().context("--rounds takes a number")?;
-                if rounds == 0 {
-                    bail!("--rounds needs at least 1 measured round");
-                }
-            }
-            "--smoke" => smoke = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                list();
-                return Ok(());
-            }
-            name => match BENCHMARKS.iter().find(|b| b.name == name) {
-                Some(b) => names.push(b),
-                None => {
-                    let known: Vec<&str> = BENCHMARKS.iter().map(|b| b.name).collect();
-                    bail!(
-                        "unknown benchmark `{name}`; known: {}\n{USAGE}",
-                        known.join(", ")
-                    )
-                }
-            },
-        }
+pub fn run(root: &Path, opts: &Options) -> Result<()> {
+    if opts.names.iter().any(|n| n == "list") {
+        list();
+        return Ok(());
     }
+    let smoke = opts.smoke;
+    let mut rounds = usize::from(opts.rounds);
+    let mut names: Vec<&Bench> = opts
+        .names
+        .iter()
+        .filter_map(|n| BENCHMARKS.iter().find(|b| b.name == *n))
+        .collect();
     if names.is_empty() {
         names = BENCHMARKS.iter().collect();
     }

@@ -24,24 +24,26 @@ use anyhow::{bail, Context, Result};
 
 use crate::display;
 
+pub use scenario::Options as TestOptions;
+
 /// `cargo xtask qemu-image [--refetch]`.
-pub fn image_task(root: &Path, args: &[String]) -> Result<()> {
-    let mut refetch = false;
-    for a in args {
-        match a.as_str() {
-            "--refetch" => refetch = true,
-            other => bail!("qemu-image: unknown argument `{other}` (only --refetch)"),
-        }
-    }
+#[derive(clap::Args)]
+pub struct ImageOptions {
+    /// Download the Debian packages again instead of using the cached ones.
+    #[arg(long)]
+    refetch: bool,
+}
+
+/// `cargo xtask qemu-image [--refetch]`.
+pub fn image_task(root: &Path, opts: &ImageOptions) -> Result<()> {
     let dev = spec::Device::load(&root.join("qemu"))?;
-    image::build(root, &dev, refetch)?;
+    image::build(root, &dev, opts.refetch)?;
     Ok(())
 }
 
-/// `cargo xtask qemu-test [--rounds N] [--echo]`.
-pub fn test_task(root: &Path, args: &[String]) -> Result<()> {
-    let opts = scenario::Options::parse(args)?;
-    scenario::run(root, &opts)
+/// `cargo xtask qemu-test [--rounds N] [--jobs N] [--echo]`.
+pub fn test_task(root: &Path, opts: &TestOptions) -> Result<()> {
+    scenario::run(root, opts)
 }
 
 /// Whether QEMU for the test device is installed (`cargo xtask ci` skips the step

@@ -69,50 +69,45 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// `qemu-test`'s flags.
+#[derive(clap::Args)]
 pub struct Options {
+    /// Power-cut rounds: at most one per cut point, and by default all of them.
+    #[arg(long, value_name = "N", value_parser = parse_rounds, default_value_t = CUTS.len())]
     rounds: usize,
+    /// Devices booted at once, from 1 to 8.
+    #[arg(long, value_name = "N", value_parser = parse_jobs, default_value_t = DEFAULT_JOBS)]
     jobs: usize,
+    /// Show the guests' consoles.
+    #[arg(long)]
     echo: bool,
 }
 
-impl Options {
-    /// Parses `[--rounds N] [--jobs N] [--echo]`.
-    pub fn parse(args: &[String]) -> Result<Options> {
-        let mut o = Options {
+/// What `cargo xtask qemu-test` does without arguments (and `cargo xtask ci` runs).
+impl Default for Options {
+    fn default() -> Self {
+        Options {
             rounds: CUTS.len(),
             jobs: DEFAULT_JOBS,
             echo: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--rounds" => {
-                    let n = it.next().context("--rounds needs a number")?;
-                    o.rounds = n
-                        .parse()
-                        .with_context(|| format!("--rounds {n}: not a number"))?;
-                    ensure!(
-                        o.rounds <= CUTS.len(),
-                        "--rounds {n}: there are {} cut points",
-                        CUTS.len()
-                    );
-                }
-                "--jobs" => {
-                    let n = it.next().context("--jobs needs a number")?;
-                    o.jobs = n
-                        .parse()
-                        .ok()
-                        .filter(|j| (1..=8).contains(j))
-                        .with_context(|| format!("--jobs {n}: not a number from 1 to 8"))?;
-                }
-                "--echo" => o.echo = true,
-                other => {
-                    bail!("qemu-test: unknown argument `{other}` (--rounds N, --jobs N, --echo)")
-                }
-            }
         }
-        Ok(o)
     }
+}
+
+/// `--rounds N`: at most one round per cut point.
+fn parse_rounds(n: &str) -> Result<usize, String> {
+    let rounds: usize = n.parse().map_err(|_| format!("{n}: not a number"))?;
+    if rounds > CUTS.len() {
+        return Err(format!("there are {} cut points", CUTS.len()));
+    }
+    Ok(rounds)
+}
+
+/// `--jobs N`: from 1 to 8 devices.
+fn parse_jobs(n: &str) -> Result<usize, String> {
+    n.parse()
+        .ok()
+        .filter(|j| (1..=8).contains(j))
+        .ok_or_else(|| format!("{n}: not a number from 1 to 8"))
 }
 
 /// Everything the scenarios share (across the worker threads).
@@ -659,23 +654,33 @@ mod tests {
     use super::cuts::MIN_ROUNDS;
     use super::*;
 
+    /// `qemu-test`'s arguments as clap parses them.
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let args = std::iter::once("qemu-test").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).map(|c| c.options)
+    }
+
     #[test]
     fn options_are_parsed_and_checked() {
-        let o = Options::parse(&[]).unwrap();
+        let o = parse(&[]).unwrap();
         assert_eq!(
             (o.rounds, o.jobs, o.echo),
             (CUTS.len(), DEFAULT_JOBS, false)
         );
+        let d = Options::default();
+        assert_eq!((d.rounds, d.jobs, d.echo), (o.rounds, o.jobs, o.echo));
         assert!(CUTS.len() >= MIN_ROUNDS);
-        let o = Options::parse(&["--rounds".into(), "3".into(), "--echo".into()]).unwrap();
+        let o = parse(&["--rounds", "3", "--echo"]).unwrap();
         assert_eq!((o.rounds, o.echo), (3, true));
-        assert!(Options::parse(&["--rounds".into(), "99".into()]).is_err());
-        assert!(Options::parse(&["--bogus".into()]).is_err());
-        assert_eq!(
-            Options::parse(&["--jobs".into(), "1".into()]).unwrap().jobs,
-            1
-        );
-        assert!(Options::parse(&["--jobs".into(), "0".into()]).is_err());
+        assert!(parse(&["--rounds", "99"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        assert_eq!(parse(&["--jobs", "1"]).unwrap().jobs, 1);
+        assert!(parse(&["--jobs", "0"]).is_err());
     }
 
     #[test]

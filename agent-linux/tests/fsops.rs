@@ -4,7 +4,6 @@
 //! "skipped: needs root" and returns.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,12 +16,12 @@ use molt_agent::fsops::{
 };
 use molt_engine::bundle::policy::compare_paths;
 use molt_engine::bundle::zstd::LibZstd;
-use molt_engine::bundle::{Buffers, Decoder, EntryHeader, EntryKind, Specials, Trust, TrustedKey};
+use molt_engine::bundle::{Buffers, Decoder, EntryKind, Specials, Trust, TrustedKey};
 use molt_engine::Limits;
 use molt_test_support::bundle::{
-    self, delete, dir, fifo, file, hardlink, symlink as link, Spec, E, K,
+    self, delete, dir, fifo, file, hardlink, symlink as link, text, Spec, E, K,
 };
-use molt_test_support::scratch::Scratch;
+use molt_test_support::scratch::{Scratch, Tmpfs};
 use molt_test_support::{noise, root_or_skip};
 
 // ---------------------------------------------------------------------------------------
@@ -218,31 +217,6 @@ fn leftovers(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A mount that is always unmounted, even when the test fails.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, options: &CStr) -> Mount {
-        rustix::mount::mount(
-            "tmpfs",
-            at,
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            options,
-        )
-        .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", at.display()));
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()).is_err() {
-            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
-}
-
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -263,12 +237,7 @@ fn slot(path: &Path, label: &str) -> SlotDir {
 // ---------------------------------------------------------------------------------------
 
 fn full_tree() -> Vec<E> {
-    let text: Vec<u8> = b"hello molt\n"
-        .iter()
-        .copied()
-        .cycle()
-        .take(40_000)
-        .collect();
+    let text = text(40_000);
     vec![
         dir(".molt"),
         dir(".molt/packages"),
@@ -527,15 +496,10 @@ fn symlinks_in_the_slot_never_redirect_entries() {
     println!("refused as expected; outside untouched");
 }
 
-fn header<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
-    EntryHeader {
-        path,
-        kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-    }
+/// An entry for a hostile event at `path` (mode 0644, root's, mtime 0); its header
+/// claims whatever kind the test gives `header_as`.
+fn hostile(path: &str) -> E {
+    file(path, b"").mtime(0)
 }
 
 /// Even events the engine's policy would never let through (as if it had a bug) cannot
@@ -569,21 +533,24 @@ fn hostile_events_cannot_leave_the_slot() {
         ("a/.", ErrorKind::BadPath),
         ("a/", ErrorKind::BadPath),
     ] {
-        let err = x.entry_start(&header(path, size)).unwrap_err();
+        let err = x.entry_start(&hostile(path).header_as(size)).unwrap_err();
         assert_eq!(err.kind(), kind, "{path}: {err}");
     }
     // `a/../b` stays beneath the slot: allowed by the kernel, lands inside.
-    x.entry_start(&header("a/../inside", size)).unwrap();
+    x.entry_start(&hostile("a/../inside").header_as(size))
+        .unwrap();
     x.data(b"!").unwrap();
     x.entry_end().unwrap();
     // A symlink entry pointing out, then an entry through it.
-    x.entry_start(&header("out", EntryKind::Symlink { target: "../.." }))
+    x.entry_start(&hostile("out").header_as(EntryKind::Symlink { target: "../.." }))
         .unwrap();
     x.entry_end().unwrap();
-    let err = x.entry_start(&header("out/x", size)).unwrap_err();
+    let err = x
+        .entry_start(&hostile("out/x").header_as(size))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Escape, "{err}");
     let err = x
-        .entry_start(&header("a/hl", EntryKind::Hardlink { target: "out/x" }))
+        .entry_start(&hostile("a/hl").header_as(EntryKind::Hardlink { target: "out/x" }))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Escape, "{err}");
     // Out-of-order events are refused, not guessed at.
@@ -942,7 +909,7 @@ fn clone_refuses_to_cross_mount_points() {
     fs::create_dir_all(active.join("x")).unwrap();
     fs::write(active.join("x/f"), b"f").unwrap();
     fs::create_dir_all(target_path.join("dev")).unwrap();
-    let m = Mount::tmpfs(&target_path.join("dev"), c"size=64k");
+    let m = Tmpfs::mount(&target_path.join("dev"), c"size=64k");
     fs::write(target_path.join("dev/precious"), b"keep").unwrap();
     {
         let target = slot(&target_path, "slot b");
@@ -954,7 +921,7 @@ fn clone_refuses_to_cross_mount_points() {
     drop(m);
 
     fs::create_dir_all(active.join("proc")).unwrap();
-    let _m = Mount::tmpfs(&active.join("proc"), c"size=64k");
+    let _m = Tmpfs::mount(&active.join("proc"), c"size=64k");
     fs::write(active.join("proc/secret"), b"s").unwrap();
     let target = slot(&target_path, "slot b");
     let err = clone_tree(&active, &target).unwrap_err();
@@ -1075,7 +1042,7 @@ fn swap_every_prefix_leaves_old_or_new() {
     );
     // A slot that is its own mount (a partition) can be published.
     fs::create_dir(fresh.join("slots/m")).unwrap();
-    let _m = Mount::tmpfs(&fresh.join("slots/m"), c"size=64k");
+    let _m = Tmpfs::mount(&fresh.join("slots/m"), c"size=64k");
     swap_current(&fresh, Path::new("slots/m")).unwrap();
     assert_eq!(
         read_current(&fresh).unwrap().as_deref(),
@@ -1108,7 +1075,7 @@ fn no_space_is_reported_and_the_other_slot_is_untouched() {
     let a_tree = tree(&d.join("slots/a"));
     let a_ctimes = ctimes(&d.join("slots/a"));
 
-    let _m = Mount::tmpfs(&d.join("slots/b"), c"size=64k");
+    let _m = Tmpfs::mount(&d.join("slots/b"), c"size=64k");
     let b = slot(&d.join("slots/b"), "slot b");
     let err = extract(&bundle, &public, &b, &st).unwrap_err().fs();
     assert!(err.is_no_space(), "{err}");
@@ -1206,7 +1173,7 @@ fn clone_falls_back_across_filesystems() {
     let before = tree(&active);
     let tp = env.root.join("b");
     fs::create_dir(&tp).unwrap();
-    let _m = Mount::tmpfs(&tp, c"size=16m");
+    let _m = Tmpfs::mount(&tp, c"size=16m");
     let target = slot(&tp, "slot b");
     let report = clone_tree(&active, &target).unwrap();
     println!("clone across filesystems: {report:?}");

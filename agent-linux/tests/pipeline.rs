@@ -6,6 +6,7 @@ use std::process::Command;
 
 use molt_engine::bundle::encoder::EncoderOptions;
 use molt_test_support::bundle::{build, delete, dir, file, sh, Spec};
+use molt_test_support::http::RangeServer;
 use molt_test_support::keys::{key, pub_hex};
 use molt_test_support::root_or_skip;
 
@@ -390,43 +391,7 @@ fn serve(
     drop_first_after: Option<usize>,
     honour_range: bool,
 ) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/bundle.molt", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for (i, conn) in listener.incoming().take(requests).enumerate() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut start = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
-            let start = if honour_range { start } else { 0 };
-            let part = &body[start..];
-            let head = if start > 0 {
-                format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
-                    part.len(), start, body.len() - 1, body.len()
-                )
-            } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n", part.len())
-            };
-            let _ = conn.write_all(head.as_bytes());
-            let n = match (i, drop_first_after) {
-                (0, Some(k)) => k.min(part.len()),
-                _ => part.len(),
-            };
-            let _ = conn.write_all(&part[..n]);
-            // Dropping the connection here is the "network drop" of the first request.
-        }
-    });
-    url
+    RangeServer::start(body, honour_range, requests, drop_first_after).url
 }
 
 #[test]

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use molt_test_support::http::RangeServer;
 
 /// Small and multi-chunk files in several directories: the checkpoints fall between
 /// entries and inside files, and directories are still open at some of them.
@@ -116,40 +116,8 @@ fn kill_9_anywhere_in_the_download_resumes_to_the_same_snapshot() {
 /// A one-file HTTP server on 127.0.0.1 that records the `Range` start of every request
 /// (0 without one) and answers ranges unless `honour_range` is false.
 fn serve(body: Vec<u8>, honour_range: bool) -> (String, Arc<Mutex<Vec<u64>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/bundle.molt", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut start = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
-            log.lock().unwrap().push(start as u64);
-            let start = if honour_range { start } else { 0 };
-            let part = &body[start..];
-            let head = if start > 0 {
-                format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
-                    part.len(), start, body.len() - 1, body.len()
-                )
-            } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n", part.len())
-            };
-            let _ = conn.write_all(head.as_bytes());
-            let _ = conn.write_all(part);
-        }
-    });
-    (url, seen)
+    let s = RangeServer::start(body, honour_range, usize::MAX, None);
+    (s.url, s.starts)
 }
 
 #[test]

@@ -662,18 +662,7 @@ fn failed_path_names_the_offender() {
 }
 
 fn decode_limited(bytes: &[u8], l: Limits) -> Result<(), Error> {
-    let k = [trusted(&key(1))];
-    decode_with(
-        bytes,
-        &[],
-        Trust::Pinned {
-            keys: &k,
-            revoked: &[],
-        },
-        l,
-        RuZstd::new(),
-    )
-    .1
+    decode_pinned(bytes, &[], l, RuZstd::new()).1
 }
 
 fn limit(r: Result<(), Error>) -> LimitKind {

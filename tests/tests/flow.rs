@@ -43,33 +43,18 @@ run = "echo rolled back; touch {marker}"
 /// Builds and signs `recipe` with `molt bundle build`.
 fn bundle(recipe: &Path, secret: &Path) -> std::path::PathBuf {
     let out = recipe.with_extension("molt");
-    molt_with(
-        &[
-            "bundle",
-            "build",
-            recipe.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--key",
-            secret.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .ok();
+    molt_build(recipe, &out, secret);
     out
 }
 
 fn group_token(ctl: &Controller, group: &str) -> String {
     ctl.molt(&["groups", "create", group]).ok();
     let groups = ctl.get("/api/v1/groups");
-    groups
+    let created = groups
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == group)
-        .and_then(|g| g["enrollment_token"].as_str())
-        .unwrap()
-        .to_string()
+        .and_then(|all| all.iter().find(|g| g["name"] == group));
+    let token = created.and_then(|g| g["enrollment_token"].as_str());
+    token.expect("the new group's enrollment token").to_string()
 }
 
 fn update_id(ctl: &Controller, version: &str) -> u64 {

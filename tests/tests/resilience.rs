@@ -25,19 +25,7 @@ fn bundle(dir: &Path, version: &str, secret: &Path) -> PathBuf {
     )
     .unwrap();
     let out = dir.join("bundle.molt");
-    molt_with(
-        &[
-            "bundle",
-            "build",
-            dir.join("recipe.toml").to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--key",
-            secret.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .ok();
+    molt_build(&dir.join("recipe.toml"), &out, secret);
     out
 }
 

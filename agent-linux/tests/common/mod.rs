@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 // Not every test that includes this module uses all of them (as with `dead_code` above).
 #[allow(unused_imports)]
 pub use molt_test_support::{
-    bundle::*, keys::*, noise, raw::*, root_or_skip, scratch::Scratch, tree::*,
+    bundle::*, escape::assert_inert, keys::*, noise, raw::*, root_or_skip, scratch::*, tree::*,
 };
 
 /// The agent binary under test.

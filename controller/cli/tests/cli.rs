@@ -898,12 +898,7 @@ fn hostile_paths_cannot_forge_verify_or_inspect_output() {
         ("verify", stdout(&o) + &stderr(&o)),
         ("inspect", stdout(&inspect) + &stderr(&inspect)),
     ] {
-        for c in out.chars() {
-            assert!(
-                c == '\n' || !molt_engine::text::needs_escape(c),
-                "{what}: raw {c:?} in:\n{out}"
-            );
-        }
+        molt_test_support::escape::assert_inert(what, &out);
         assert!(!out.contains("\nOK forged"), "{what} forged a line:\n{out}");
     }
     assert!(

@@ -30,13 +30,17 @@ fn ok(o: &Output) -> String {
 /// reads, names that sort differently bytewise and component-wise, and a symlink.
 fn tree(root: &Path) {
     let t = root.join("tree");
-    fs::create_dir_all(t.join("a/b")).unwrap();
-    fs::create_dir_all(t.join("a-b")).unwrap();
-    fs::write(t.join("a/b/deep.txt"), "deep\n").unwrap();
-    fs::write(t.join("a/z.txt"), "").unwrap();
-    fs::write(t.join("a-b/x"), "dash\n").unwrap();
     let big: Vec<u8> = (0..700_000u32).map(|i| (i * 7 + i / 1000) as u8).collect();
-    fs::write(t.join("big.bin"), big).unwrap();
+    for (path, content) in [
+        ("a/b/deep.txt", &b"deep\n"[..]),
+        ("a/z.txt", b""),
+        ("a-b/x", b"dash\n"),
+        ("big.bin", &big),
+    ] {
+        let path = t.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
     symlink("big.bin", t.join("link")).unwrap();
 }
 

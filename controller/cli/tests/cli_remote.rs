@@ -1204,15 +1204,8 @@ fn real_controller_builds_a_pushed_recipe_like_a_local_build() {
 /// A self-signed certificate for 127.0.0.1, written as `NAME.pem` (and its key as
 /// `NAME.key`) in `dir`.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let c =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    fs::write(&cert, c.cert.pem()).unwrap();
-    fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    (cert, key)
+    let pem = molt_test_support::tls::self_signed_files(dir, name);
+    (pem.cert, pem.key)
 }
 
 #[test]
@@ -1320,10 +1313,7 @@ fn https_controller_serving_a_ca_certificate_is_explained() {
     // What `openssl req -x509` makes by default: a self-signed certificate marked as a CA,
     // which TLS refuses as a server's own certificate whatever the client trusts.
     let certs = tempfile::tempdir().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
+    let (cert, key) = molt_test_support::tls::self_signed_ca();
     let (cert_pem, key_pem) = (certs.path().join("ca.pem"), certs.path().join("ca.key"));
     fs::write(&cert_pem, cert.pem()).unwrap();
     fs::write(&key_pem, key.serialize_pem()).unwrap();
@@ -1353,12 +1343,7 @@ const HOSTILE: &str = "gw\nFORGED ROW\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m\u{202
 
 /// Asserts `out` carries no character a terminal acts on, beyond line breaks.
 fn inert(out: &str) {
-    for c in out.chars() {
-        assert!(
-            c == '\n' || !molt_engine::text::needs_escape(c),
-            "raw {c:?} in:\n{out}"
-        );
-    }
+    molt_test_support::escape::assert_inert("output", out);
 }
 
 #[test]

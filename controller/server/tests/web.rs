@@ -8,7 +8,6 @@
 mod harness;
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
 
 use harness::*;
@@ -343,26 +342,8 @@ fn cross_site_posts_are_refused() {
 #[test]
 fn https_marks_the_cookie_secure() {
     let f = Fixture::new();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let (cert_pem, key_pem) = (f.path("cert.pem"), f.path("key.pem"));
-    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
-    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
-    let (c, token) = f.start(&[
-        "--tls-cert",
-        cert_pem.to_str().unwrap(),
-        "--tls-key",
-        key_pem.to_str().unwrap(),
-    ]);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut b = Browser::with_agent(&c, ureq::AgentBuilder::new().tls_config(Arc::new(config)));
+    let (c, token, config) = f.start_https();
+    let mut b = Browser::with_agent(&c, ureq::AgentBuilder::new().tls_config(config));
     let ok = b.login(&token);
     assert_eq!(ok.status, 303, "{}", ok.body);
     assert!(ok.set_cookie.unwrap().contains("; Secure"));
@@ -522,21 +503,14 @@ fn hostile_names_comments_and_logs_are_escaped() {
             );
         }
     }
-    assert!(
-        pages[0].contains("&lt;img src=x onerror=alert('comment')&gt;"),
-        "{}",
-        pages[0]
-    );
-    assert!(
-        pages[2].contains("&lt;/pre&gt;&lt;script&gt;alert('log')&lt;/script&gt;"),
-        "{}",
-        pages[2]
-    );
-    assert!(
-        pages[3].contains("&lt;script&gt;alert('device')&lt;/script&gt;"),
-        "{}",
-        pages[3]
-    );
+    // Each page shows its hostile text, escaped.
+    for (page, escaped) in [
+        (0, "&lt;img src=x onerror=alert('comment')&gt;"),
+        (2, "&lt;/pre&gt;&lt;script&gt;alert('log')&lt;/script&gt;"),
+        (3, "&lt;script&gt;alert('device')&lt;/script&gt;"),
+    ] {
+        assert!(pages[page].contains(escaped), "{}", pages[page]);
+    }
 
     // A crafted link cannot show an abort's result for a deployment nobody aborted.
     let spoof = b.get(&format!("/deployments/{id}?abort=sent")).body;

@@ -8,7 +8,7 @@ use molt_engine::{Error, Limits};
 // The one bundle builder and the seeded keys every suite shares (`key(1)` signs `Spec::default()`).
 #[allow(unused_imports)]
 pub use molt_test_support::bundle::{
-    build, build_with, delete, dir, entry, file, manifest, symlink, try_build, Spec, E, K,
+    build, build_with, delete, dir, entry, file, manifest, symlink, text, try_build, Spec, E, K,
 };
 pub use molt_test_support::keys::{seeded as key, trusted};
 
@@ -36,16 +36,12 @@ pub fn decode_with<Z: Decompressor>(
 ) -> (Vec<Ev>, Result<(), Error>) {
     let (m, w, r) = Buffers::required(&limits, 64 * 1024);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let mut d = Decoder::new(
-        trust,
-        limits,
-        z,
-        Buffers {
-            manifest: &mut mb,
-            wire: &mut wb,
-            raw: &mut rb,
-        },
-    );
+    let buffers = Buffers {
+        manifest: &mut mb,
+        wire: &mut wb,
+        raw: &mut rb,
+    };
+    let mut d = Decoder::new(trust, limits, z, buffers);
     let mut evs = Vec::new();
     let mut start = 0;
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= bytes.len()).collect();
@@ -76,33 +72,30 @@ pub fn decode_with<Z: Decompressor>(
     (evs, r)
 }
 
-/// Decodes with the pinned test key and libzstd, in one piece.
-pub fn decode(bytes: &[u8]) -> (Vec<Ev>, Result<(), Error>) {
-    let k = [trusted(&key(1))];
-    decode_with(
-        bytes,
-        &[],
-        Trust::Pinned {
-            keys: &k,
-            revoked: &[],
-        },
-        limits(),
-        LibZstd::new().unwrap(),
-    )
+/// Decodes with the pinned test key (`key(1)`, as `Spec::default()` signs), fed in
+/// pieces cut at `cuts`, under `limits`, with the given backend.
+pub fn decode_pinned<Z: Decompressor>(
+    bytes: &[u8],
+    cuts: &[usize],
+    limits: Limits,
+    z: Z,
+) -> (Vec<Ev>, Result<(), Error>) {
+    let keys = [trusted(&key(1))];
+    let trust = Trust::Pinned {
+        keys: &keys,
+        revoked: &[],
+    };
+    decode_with(bytes, cuts, trust, limits, z)
 }
 
+/// Decodes with the pinned test key and libzstd, in one piece.
+pub fn decode(bytes: &[u8]) -> (Vec<Ev>, Result<(), Error>) {
+    decode_pinned(bytes, &[], limits(), LibZstd::new().unwrap())
+}
+
+/// Decodes with the pinned test key and ruzstd, fed in pieces cut at `cuts`.
 pub fn decode_ruzstd(bytes: &[u8], cuts: &[usize]) -> (Vec<Ev>, Result<(), Error>) {
-    let k = [trusted(&key(1))];
-    decode_with(
-        bytes,
-        cuts,
-        Trust::Pinned {
-            keys: &k,
-            revoked: &[],
-        },
-        limits(),
-        RuZstd::new(),
-    )
+    decode_pinned(bytes, cuts, limits(), RuZstd::new())
 }
 
 /// Joins the Data events of each file, for comparing trees.
@@ -124,12 +117,7 @@ pub use molt_engine::testing::noise;
 
 /// A small tree: directories, text, random data, a symlink, a file spanning several chunks.
 pub fn sample_tree() -> Vec<E> {
-    let text: Vec<u8> = b"hello molt\n"
-        .iter()
-        .copied()
-        .cycle()
-        .take(40_000)
-        .collect();
+    let text = text(40_000);
     vec![
         dir("app"),
         file("app/big.bin", &noise(1, 50_000)),

@@ -114,6 +114,25 @@ impl E {
         self.mtime = mtime;
         self
     }
+
+    /// The header the encoder writes for this entry's path, mode, owner and mtime,
+    /// with `kind` (which may claim what the entry's content does not: a hostile event).
+    pub fn header_as<'a>(&'a self, kind: EntryKind<'a>) -> EntryHeader<'a> {
+        EntryHeader {
+            path: &self.path,
+            kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+        }
+    }
+}
+
+/// `len` bytes of `hello molt\n` repeated: compressible text, beside
+/// [`noise`](crate::noise) which is not.
+pub fn text(len: usize) -> Vec<u8> {
+    b"hello molt\n".iter().copied().cycle().take(len).collect()
 }
 
 /// The agent tests' shorthand for an entry's kind and mode ([`Spec::with`]).
@@ -407,16 +426,11 @@ pub fn build_with(spec: &Spec, m: Manifest<'_>) -> std::io::Result<Vec<u8>> {
             K::Socket => (EntryKind::Socket, None),
             K::CharDev => (EntryKind::CharDevice { major: 1, minor: 3 }, None),
         };
-        let h = EntryHeader {
-            path: &e.path,
-            kind,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-        };
         let mut c = content.map(Cursor::new);
-        enc.add(&h, c.as_mut().map(|c| c as &mut dyn std::io::Read))?;
+        enc.add(
+            &e.header_as(kind),
+            c.as_mut().map(|c| c as &mut dyn std::io::Read),
+        )?;
     }
     let mut out = Vec::new();
     enc.finish(m, &spec.keys, &mut out)?;

@@ -14,6 +14,8 @@
 //! built them).
 
 pub mod bundle;
+pub mod escape;
+pub mod http;
 pub mod keys;
 pub mod raw;
 pub mod root;
@@ -70,20 +72,15 @@ pub fn bins() -> &'static Bins {
         let target = dir.parent().expect("target dir");
         let profile = profile_of(&dir);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .current_dir(workspace())
             .args(["build", "--bins", "--profile", profile, "--target-dir"])
-            .arg(target)
-            .args([
-                "-p",
-                "molt-cli",
-                "-p",
-                "molt-controller",
-                "-p",
-                "molt-agent",
-            ])
-            .status()
-            .expect("cargo build of the binaries");
+            .arg(target);
+        for package in ["molt-cli", "molt-controller", "molt-agent"] {
+            build.args(["-p", package]);
+        }
+        let st = build.status().expect("cargo build of the binaries");
         assert!(st.success(), "cargo build of the binaries failed");
         Bins {
             molt: dir.join("molt"),
@@ -323,6 +320,17 @@ pub fn keygen(dir: &Path) -> (PathBuf, String) {
         .trim()
         .to_string();
     (dir.join("release.secret"), public)
+}
+
+/// `molt bundle build RECIPE -o OUT --key SECRET`; panics unless it succeeds.
+pub fn molt_build(recipe: &Path, out: &Path, secret: &Path) {
+    let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+    let (recipe, out, secret) = (path(recipe), path(out), path(secret));
+    molt_with(
+        &["bundle", "build", &recipe, "-o", &out, "--key", &secret],
+        &[],
+    )
+    .ok();
 }
 
 /// The board name every test device and recipe uses.

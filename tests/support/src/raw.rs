@@ -75,17 +75,23 @@ fn chunk_header(f: &(u32, Vec<u8>), next: &[u8; 32]) -> Vec<u8> {
     h
 }
 
-/// Each chunk's digest (over its header, which carries the next chunk's digest, and its frame).
+/// Each chunk's digest (over its header, which carries the next chunk's digest, and its
+/// frame), computed from the last chunk back.
 fn chain(chunks: &[(u32, Vec<u8>)]) -> Vec<[u8; 32]> {
-    let mut digests = vec![[0u8; 32]; chunks.len()];
     let mut next = [0u8; 32];
-    for (i, f) in chunks.iter().enumerate().rev() {
-        let mut h = blake3::Hasher::new();
-        h.update(&chunk_header(f, &next));
-        h.update(&f.1);
-        next = *h.finalize().as_bytes();
-        digests[i] = next;
-    }
+    let mut digests: Vec<[u8; 32]> = chunks
+        .iter()
+        .rev()
+        .map(|f| {
+            let h = blake3::Hasher::new()
+                .update(&chunk_header(f, &next))
+                .update(&f.1)
+                .finalize();
+            next = *h.as_bytes();
+            next
+        })
+        .collect();
+    digests.reverse();
     digests
 }
 

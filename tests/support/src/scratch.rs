@@ -1,5 +1,6 @@
-//! Loop-mounted scratch file systems: an XFS image with reflinks, for tests that clone whole trees (root only: it mounts).
+//! Scratch file systems for one test (root only: they mount): a loop-mounted XFS image with reflinks, for tests that clone whole trees, and a sized tmpfs.
 
+use std::ffi::CStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +65,35 @@ impl Drop for Scratch {
             .is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily if still busy) when dropped, even
+/// when the test fails.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs at `at` with `options` (e.g. `size=16m`).
+    pub fn mount(at: &Path, options: &CStr) -> Tmpfs {
+        use rustix::mount::{mount, MountFlags};
+        mount("tmpfs", at, "tmpfs", MountFlags::empty(), options)
+            .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", at.display()));
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Bytes an unprivileged writer could still use.
+    pub fn free(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.0).expect("statvfs");
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use rustix::mount::{unmount, UnmountFlags};
+        if unmount(&self.0, UnmountFlags::empty()).is_err() {
+            let _ = unmount(&self.0, UnmountFlags::DETACH);
         }
     }
 }

@@ -111,9 +111,7 @@ pub fn certificate_refusal(e: &(dyn StdError + 'static)) -> Option<CertRefusal> 
 mod tests {
     use super::*;
 
-    fn self_signed() -> rcgen::CertifiedKey<rcgen::KeyPair> {
-        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap()
-    }
+    use molt_test_support::tls::self_signed;
 
     #[test]
     fn a_ca_file_adds_to_the_public_roots() {

@@ -4,6 +4,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use molt_engine::testing::noise;
@@ -145,6 +146,28 @@ impl Fixture {
     /// Starts a controller on this fixture's data directory; returns it and the operator token.
     pub fn start(&self, extra: &[&str]) -> (Controller, String) {
         self.started(Controller::start(&self.data(), extra))
+    }
+
+    /// Starts a controller serving HTTPS with a self-signed certificate for loopback;
+    /// returns it, the operator token and a client configuration that trusts exactly
+    /// that certificate.
+    pub fn start_https(&self) -> (Controller, String, Arc<rustls::ClientConfig>) {
+        let pem = molt_test_support::tls::self_signed_files(self.dir.path(), "cert");
+        let (c, token) = self.start(&[
+            "--tls-cert",
+            pem.cert.to_str().unwrap(),
+            "--tls-key",
+            pem.key.to_str().unwrap(),
+        ]);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem.certified.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (c, token, Arc::new(config))
     }
 
     /// The operator token of `c`, started on this fixture's data directory.

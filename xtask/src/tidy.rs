@@ -5,7 +5,14 @@
 //!   opens any file learns its job from its first line;
 //! - the bundle format is implemented once: outside engine/, no code reads a bundle by
 //!   byte offset, which shows as naming the format's layout constants or its magic.
-//!   What other code needs of a bundle's bytes is `molt_engine::bundle::chunk`.
+//!   What other code needs of a bundle's bytes is `molt_engine::bundle::chunk`;
+//! - the project's crates depend directly on one version of each crate
+//!   ([`deps`]: two versions of one dependency are two of everything it brings);
+//! - every path ARCHITECTURE.md's code map names exists ([`arch_paths`], which says
+//!   precisely what counts as a path; a warning until [`arch_paths::ARCH_PATHS_ENFORCED`]).
+
+mod arch_paths;
+mod deps;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +53,34 @@ pub fn check(root: &Path) -> Result<()> {
             offenders.len(),
             list.join("\n")
         );
+    }
+    let duplicates = deps::duplicates(&deps::metadata(root)?, deps::DUPLICATES_ALLOWED)?;
+    if !duplicates.is_empty() {
+        let list: Vec<String> = duplicates.iter().map(|d| format!("  {d}")).collect();
+        bail!(
+            "tidy: the workspace's crates depend directly on two versions of {} crate(s) \
+             (version, then the crates asking for it); agree on one:\n{}",
+            duplicates.len(),
+            list.join("\n")
+        );
+    }
+    let map = root.join("ARCHITECTURE.md");
+    let doc = fs::read_to_string(&map).with_context(|| format!("cannot read {}", map.display()))?;
+    let missing = arch_paths::missing(&doc, |p| root.join(p).exists());
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|m| format!("  ARCHITECTURE.md:{}: `{}`", m.line, m.path))
+            .collect();
+        let msg = format!(
+            "tidy: ARCHITECTURE.md's code map names {} path(s) that do not exist:\n{}",
+            missing.len(),
+            list.join("\n")
+        );
+        if arch_paths::ARCH_PATHS_ENFORCED {
+            bail!(msg);
+        }
+        eprintln!("WARNING (not yet enforced): {msg}");
     }
     Ok(())
 }
@@ -161,7 +196,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_rust_file_starts_with_a_doc_line() {
+    fn the_repository_keeps_every_rule() {
         if let Err(e) = check(&crate::project_root()) {
             panic!("{e}\nRun `cargo xtask tidy` after fixing them.");
         }

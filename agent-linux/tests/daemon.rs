@@ -347,13 +347,8 @@ fn serve(mut s: impl Read + Write, st: &Mutex<FakeState>) -> std::io::Result<()>
 
 /// Runs the agent with a deadline (a hung daemon fails the test instead of hanging it).
 fn agent(d: &Device, args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Run {
-    let mut c = Command::new(AGENT);
-    c.arg("--config")
-        .arg(d.root().join("agent.toml"))
-        .args(args)
-        .env("MOLT_LOG", "info")
-        .env_remove("MOLT_TEST_CRASH_AT")
-        .env_remove("MOLT_TEST_PAUSE_AT")
+    let mut c = d.command("info");
+    c.args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

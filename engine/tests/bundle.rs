@@ -61,15 +61,11 @@ fn manifest_is_readable_after_verification() {
         ..Spec::default()
     };
     let bytes = build(&spec);
-    let k = [trusted(&key(1))];
     let limits = Limits::DEFAULT;
     let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
     let mut d = molt_engine::bundle::Decoder::new(
-        Trust::Pinned {
-            keys: &k,
-            revoked: &[],
-        },
+        pinned(),
         limits,
         LibZstd::new().unwrap(),
         molt_engine::bundle::Buffers {
@@ -620,15 +616,11 @@ fn failed_path_names_the_offender() {
         ..Spec::default()
     };
     let bytes = build(&spec);
-    let k = [trusted(&key(1))];
     let limits = Limits::DEFAULT;
     let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
     let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
     let mut d = molt_engine::bundle::Decoder::new(
-        Trust::Pinned {
-            keys: &k,
-            revoked: &[],
-        },
+        pinned(),
         limits,
         RuZstd::new(),
         molt_engine::bundle::Buffers {

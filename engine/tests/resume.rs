@@ -105,11 +105,7 @@ fn bundle() -> Vec<u8> {
 #[test]
 fn resuming_from_every_chunk_boundary_reproduces_the_stream() {
     let bytes = bundle();
-    let k = [trusted(&key(1))];
-    let trust = Trust::Pinned {
-        keys: &k,
-        revoked: &[],
-    };
+    let trust = pinned();
     let mut bufs = Bufs::new();
     let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());
     let mut full = Vec::new();
@@ -177,11 +173,7 @@ fn damaged_foreign_or_misfed_checkpoints_are_refused() {
         chunk_size: 16 * 1024,
         ..Spec::default()
     });
-    let k = [trusted(&key(1))];
-    let trust = Trust::Pinned {
-        keys: &k,
-        revoked: &[],
-    };
+    let trust = pinned();
     // A checkpoint inside a file, from the middle of the bundle.
     let mut bufs = Bufs::new();
     let mut d = Decoder::new(trust, limits(), LibZstd::new().unwrap(), bufs.lend());

@@ -114,17 +114,28 @@ impl Device {
         }
     }
 
-    /// Runs the agent with `args` and extra environment (test hooks).
-    pub fn agent_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    /// The agent with this device's config, logging at `log` (`MOLT_LOG`), and none
+    /// of the test hooks the test process itself may have in its environment.
+    pub fn command(&self, log: &str) -> Command {
         let mut c = Command::new(AGENT);
         c.arg("--config")
             .arg(self.root().join("agent.toml"))
-            .args(args)
-            .env("MOLT_LOG", "warn")
-            .env_remove("MOLT_TEST_CRASH_AT")
-            .env_remove("MOLT_TEST_CRASH_AT_BYTE")
-            .env_remove("MOLT_TEST_CHECKPOINT_BYTES");
-        c.envs(env.iter().copied());
+            .env("MOLT_LOG", log);
+        for hook in [
+            "MOLT_TEST_CRASH_AT",
+            "MOLT_TEST_CRASH_AT_BYTE",
+            "MOLT_TEST_CHECKPOINT_BYTES",
+            "MOLT_TEST_PAUSE_AT",
+        ] {
+            c.env_remove(hook);
+        }
+        c
+    }
+
+    /// Runs the agent with `args` and extra environment (test hooks).
+    pub fn agent_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.command("warn");
+        c.args(args).envs(env.iter().copied());
         let o = c.output().unwrap();
         Run {
             code: o.status.code(),

@@ -5,6 +5,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use molt_test_support::{path_str as s, stderr_of as stderr, stdout_of as stdout};
 use tempfile::TempDir;
 
 /// Runs `molt` with `args`.
@@ -23,18 +24,6 @@ fn molt_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// A `SOURCE_DATE_EPOCH` for tests: 2023-11-14, before any file a test writes.
 const EPOCH: &str = "1700000000";
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// The recipe the round trip uses: every stage, a file, a directory with a symlink,
 /// a deletion, packages in both forms with a shipped `.deb`.

@@ -10,20 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use molt_test_support::{path_str as s, stderr_of as stderr, stdout_of as stdout};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A temporary HOME, so no test reads or writes the real `~/.config/molt`.
 struct Home {

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use molt_engine::bundle::zstd::{LibZstd, RuZstd};
-use molt_engine::bundle::{Buffers, Decoder, Decompressor, Event, Trust};
+use std::sync::OnceLock;
+
+use molt_engine::bundle::{Buffers, Decoder, Decompressor, Event, Trust, TrustedKey};
 use molt_engine::{Error, Limits};
 
 // The one bundle builder and the seeded keys every suite shares (`key(1)` signs `Spec::default()`).
@@ -72,6 +74,15 @@ pub fn decode_with<Z: Decompressor>(
     (evs, r)
 }
 
+/// Trust in the test key `key(1)` alone (what `Spec::default()` signs with), nothing revoked.
+pub fn pinned() -> Trust<'static> {
+    static KEYS: OnceLock<[TrustedKey; 1]> = OnceLock::new();
+    Trust::Pinned {
+        keys: KEYS.get_or_init(|| [trusted(&key(1))]),
+        revoked: &[],
+    }
+}
+
 /// Decodes with the pinned test key (`key(1)`, as `Spec::default()` signs), fed in
 /// pieces cut at `cuts`, under `limits`, with the given backend.
 pub fn decode_pinned<Z: Decompressor>(
@@ -80,12 +91,7 @@ pub fn decode_pinned<Z: Decompressor>(
     limits: Limits,
     z: Z,
 ) -> (Vec<Ev>, Result<(), Error>) {
-    let keys = [trusted(&key(1))];
-    let trust = Trust::Pinned {
-        keys: &keys,
-        revoked: &[],
-    };
-    decode_with(bytes, cuts, trust, limits, z)
+    decode_with(bytes, cuts, pinned(), limits, z)
 }
 
 /// Decodes with the pinned test key and libzstd, in one piece.

@@ -278,8 +278,8 @@ impl Out {
     fn from(o: Output) -> Out {
         Out {
             code: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            stdout: stdout_of(&o),
+            stderr: stderr_of(&o),
         }
     }
 
@@ -294,6 +294,21 @@ impl Out {
         );
         self.stdout
     }
+}
+
+/// What a finished process wrote to standard output, as text.
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What a finished process wrote to standard error, as text.
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `p` as an argument string (test paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
 }
 
 /// Runs `molt` with `env` and a temp HOME (no saved login leaks between tests).

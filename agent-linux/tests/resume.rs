@@ -40,6 +40,18 @@ fn reference(bundle: &[u8]) -> String {
     d.fingerprint()
 }
 
+/// `molt-agent install SOURCE` with a checkpoint every [`EVERY`] bytes, killed (-9)
+/// once `at` bytes of the bundle have been read.
+fn install_killed_at(d: &Device, source: &str, at: u64) -> Run {
+    d.agent_env(
+        &["install", source],
+        &[
+            ("MOLT_TEST_CHECKPOINT_BYTES", EVERY),
+            ("MOLT_TEST_CRASH_AT_BYTE", &at.to_string()),
+        ],
+    )
+}
+
 /// The byte offset the log says the download resumed at.
 fn resumed_at(log: &str) -> Option<u64> {
     let rest = log.split("resuming the download at byte ").nth(1)?;
@@ -61,13 +73,7 @@ fn kill_9_anywhere_in_the_download_resumes_to_the_same_snapshot() {
         let p = d.root().join("bundles/b.molt");
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, &bundle).unwrap();
-        let cut = d.agent_env(
-            &["install", p.to_str().unwrap()],
-            &[
-                ("MOLT_TEST_CHECKPOINT_BYTES", EVERY),
-                ("MOLT_TEST_CRASH_AT_BYTE", &at.to_string()),
-            ],
-        );
+        let cut = install_killed_at(&d, p.to_str().unwrap(), at);
         assert!(
             cut.killed(),
             "at {pct}%: the agent should have died: {}",
@@ -130,13 +136,7 @@ fn http_download_resumes_with_range_after_a_restart() {
     let (url, seen) = serve(bundle.clone(), true);
     let d = Device::new();
     let at = bundle.len() as u64 * 6 / 10;
-    let cut = d.agent_env(
-        &["install", &url],
-        &[
-            ("MOLT_TEST_CHECKPOINT_BYTES", EVERY),
-            ("MOLT_TEST_CRASH_AT_BYTE", &at.to_string()),
-        ],
-    );
+    let cut = install_killed_at(&d, &url, at);
     assert!(cut.killed(), "{}", cut.out);
     d.recover();
     assert!(
@@ -165,13 +165,7 @@ fn a_server_that_ignores_range_after_a_restart_means_starting_over() {
     let (url, seen) = serve(bundle.clone(), false);
     let d = Device::new();
     let at = bundle.len() as u64 / 2;
-    let cut = d.agent_env(
-        &["install", &url],
-        &[
-            ("MOLT_TEST_CHECKPOINT_BYTES", EVERY),
-            ("MOLT_TEST_CRASH_AT_BYTE", &at.to_string()),
-        ],
-    );
+    let cut = install_killed_at(&d, &url, at);
     assert!(cut.killed(), "{}", cut.out);
     d.recover();
     let log = d.log();
@@ -224,13 +218,7 @@ fn a_patch_resumes_without_cloning_the_active_snapshot_again() {
     let path = d.root().join("bundles/patch.molt");
     std::fs::write(&path, &patch).unwrap();
     let at = patch.len() as u64 * 7 / 10;
-    let cut = d.agent_env(
-        &["install", path.to_str().unwrap()],
-        &[
-            ("MOLT_TEST_CHECKPOINT_BYTES", EVERY),
-            ("MOLT_TEST_CRASH_AT_BYTE", &at.to_string()),
-        ],
-    );
+    let cut = install_killed_at(&d, path.to_str().unwrap(), at);
     assert!(cut.killed(), "{}", cut.out);
     // Before the restart settles anything, the active snapshot is untouched.
     assert_eq!(d.fingerprint(), old);

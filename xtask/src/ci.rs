@@ -281,7 +281,7 @@ fn target_installed() -> Result<bool> {
 /// Builds the Debian tree the agent's package tests chroot into (cached: seconds when
 /// it exists), so that `test` can hand it to them. Building it needs root.
 fn rootfs_step(root: &Path) -> Result<Outcome> {
-    if !rootfs::is_root() {
+    if !crate::is_root() {
         let why = "not root: the package tests will skip, because building the test rootfs \
                    needs root (debootstrap, chroot)";
         println!("{why}");
@@ -363,7 +363,7 @@ fn test(root: &Path) -> Result<Outcome> {
     cmd.env(SKIP_LOG, &skip_log);
     // Set only when the `rootfs` step left a complete tree and we are root, which the
     // package tests need to chroot into it; without it they skip.
-    if rootfs::is_root() {
+    if crate::is_root() {
         if let Some(dir) = rootfs::ready(root)? {
             cmd.env(rootfs::ENV_TEST_ROOTFS, dir);
         }
@@ -390,7 +390,7 @@ fn test(root: &Path) -> Result<Outcome> {
     let _ = std::fs::remove_file(&skip_log);
     let root_skips = move_root_skips(&mut counts, &log);
     let mut failures = Vec::new();
-    if !root_skips.is_empty() && rootfs::is_root() {
+    if !root_skips.is_empty() && crate::is_root() {
         // As root nothing may skip for lack of it: a root check that is wrong here
         // would hide those tests from CI for good. They count as failed, not skipped.
         let n = root_skips.len() as u64;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::proc::Proc;
-use crate::{cargo, display, run_cmd};
+use crate::{build_bins, display, is_root, output, run_cmd};
 
 /// The demo device's hardware name; the demo recipes name it as their `compatible`.
 const BOARD: &str = "molt-demo-board";
@@ -51,23 +51,7 @@ impl Options {
 
 pub fn run(root: &Path, o: &Options) -> Result<()> {
     // Release binaries for a person; the smoke run reuses the debug build the tests made.
-    let profile = if o.smoke { "debug" } else { "release" };
-    let mut build = cargo(root);
-    build.args([
-        "build",
-        "-p",
-        "molt-cli",
-        "-p",
-        "molt-controller",
-        "-p",
-        "molt-agent",
-        "--bins",
-    ]);
-    if !o.smoke {
-        build.arg("--release");
-    }
-    run_cmd(&mut build)?;
-    let bin = root.join("target").join(profile);
+    let bin = build_bins(root, !o.smoke)?;
     let molt = bin.join("molt");
 
     let dir = root.join("target/demo");
@@ -310,28 +294,4 @@ fn wait_state(m: &dyn Fn(&[&str]) -> Result<String>, deployment: &str, state: &s
         thread::sleep(Duration::from_millis(500));
     }
     bail!("deployment {deployment} did not reach `{state}` in 120 s; last status:\n{last}")
-}
-
-/// Runs `cmd`, returning its stdout; fails with its stderr.
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = display(cmd);
-    let o = cmd
-        .output()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    if !o.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-/// Whether we run as root (the owner of /proc/self is the effective user).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }

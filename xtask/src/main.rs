@@ -16,6 +16,7 @@ mod size;
 mod tidy;
 
 use std::ffi::OsStr;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -132,6 +133,41 @@ fn cargo(root: &Path) -> Command {
     cmd
 }
 
+/// Builds molt's binaries (`molt`, `molt-controller`, `molt-agent`), in release mode
+/// or the dev profile, and returns the directory they are in.
+fn build_bins(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "build",
+        "-p",
+        "molt-cli",
+        "-p",
+        "molt-controller",
+        "-p",
+        "molt-agent",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root.join("target").join(profile))
+}
+
+/// Whether this process runs as root (effective uid 0), from /proc: xtask has no libc.
+pub(crate) fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
 /// How a command is shown in logs: environment overrides, `cargo` by its short name, then the arguments.
 fn display(cmd: &Command) -> String {
     let mut parts: Vec<String> = cmd
@@ -148,6 +184,24 @@ fn display(cmd: &Command) -> String {
     );
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
+}
+
+/// Runs `cmd` quietly and returns its stdout, failing with everything it printed
+/// unless it exits 0.
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Echoes and runs `cmd`, failing unless it exits successfully.

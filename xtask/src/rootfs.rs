@@ -244,7 +244,7 @@ pub fn ensure(root: &Path, rebuild: bool, progress: Progress) -> Result<PathBuf>
         log.say(&format!("rootfs: cached at {}", dir.display()));
         return Ok(dir);
     }
-    if !is_root() {
+    if !crate::is_root() {
         bail!(
             "`cargo xtask rootfs` needs root to build {}: debootstrap creates device nodes \
              and chroot needs /proc mounted (run it as root)",
@@ -675,19 +675,6 @@ fn tree_size(dir: &Path) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "size unknown".to_string())
-}
-
-/// Whether this process runs as root (effective uid 0), from /proc: xtask has no libc.
-pub fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 fn on_path(program: &str) -> bool {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::servers::{Controller, Nginx};
-use super::slot::{reset, same_tree, LoopMount};
+use super::slot::{empty_target, reset, same_tree, LoopMount};
 use super::util::{gnu_time, interleave, is_root, median, quiet, require, time, Side};
 use super::workload::{file_mib, mib, Workload};
 use super::{Ctx, Outcome, Row, Verdict};
@@ -85,6 +85,12 @@ fn config(path: &Path, mnt: &Path, public: &str, extra: &str) -> Result<PathBuf>
 /// Why an install benchmark cannot run here, if it cannot: it needs root for the loop mount.
 pub(crate) fn cannot_install() -> Option<String> {
     (!is_root()).then(|| "mounts a loop device, which needs root".to_string())
+}
+
+/// The skipped outcome of install benchmark `id` (its row's `what`, `base` and
+/// `target`) where it [`cannot_install`], or `None` where it can run.
+pub(crate) fn install_skipped(id: &str, what: &str, base: &str, target: &str) -> Option<Outcome> {
+    cannot_install().map(|why| Outcome::skipped(id, what, base, target, &why))
 }
 
 /// One side of an install comparison: untimed `prepare`, the timed `run`, and after
@@ -166,12 +172,7 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
                 "baseline",
                 &big.tree.dir,
                 &base_dir,
-                || {
-                    reset(&[&dev.var, &base_dir])?;
-                    fs::create_dir(&base_dir)?;
-                    quiet(&mut Command::new("sync"))?;
-                    Ok(())
-                },
+                || empty_target(&dev.var, &base_dir),
                 || time(Command::new("sh").arg("-c").arg(&baseline_sh)),
             ),
         ],
@@ -261,14 +262,8 @@ const MEMORY_WHAT: &str = "agent peak RSS installing the 20 MiB and the 200 MiB 
 
 /// `bench memory`: peak RSS of `molt-agent install` for the small and the big bundle.
 pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped(
-            "memory",
-            MEMORY_WHAT,
-            "—",
-            "flat, ≤ 16 MiB",
-            &why,
-        ));
+    if let Some(skipped) = install_skipped("memory", MEMORY_WHAT, "—", "flat, ≤ 16 MiB") {
+        return Ok(skipped);
     }
     require(&[("/usr/bin/time", "time")])?;
     let bins = ctx.bins()?;
@@ -378,14 +373,8 @@ const DURABLE_BASE: &str = "molt's own non-durable mode";
 
 /// `bench durability`: what making the install durable costs.
 pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped(
-            "durability",
-            DURABLE_WHAT,
-            DURABLE_BASE,
-            "≤ 1.25×",
-            &why,
-        ));
+    if let Some(skipped) = install_skipped("durability", DURABLE_WHAT, DURABLE_BASE, "≤ 1.25×") {
+        return Ok(skipped);
     }
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;
@@ -404,12 +393,7 @@ pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
         tar_dir.display()
     );
     let tar_sync_sh = format!("{tar_sh} && sync -f '{}'", tar_dir.display());
-    let fresh_tar_dir = || -> Result<()> {
-        reset(&[&dev.var, &tar_dir])?;
-        fs::create_dir(&tar_dir)?;
-        quiet(&mut Command::new("sync"))?;
-        Ok(())
-    };
+    let fresh_tar_dir = || empty_target(&dev.var, &tar_dir);
     let stats = interleave(
         "durability",
         ctx.rounds,
@@ -509,14 +493,8 @@ const HTTP_BASE: &str = "`curl -s URL \\| zstd -dc \\| tar -x && sync` (nginx se
 
 /// `bench install-http`: the install-local comparison, both sides fetched over loopback HTTP.
 pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped(
-            "install-http",
-            HTTP_WHAT,
-            HTTP_BASE,
-            "≤ 1.00×",
-            &why,
-        ));
+    if let Some(skipped) = install_skipped("install-http", HTTP_WHAT, HTTP_BASE, "≤ 1.00×") {
+        return Ok(skipped);
     }
     require(&[
         ("zstd", "zstd"),

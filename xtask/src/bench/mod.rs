@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 
 pub(crate) use util::Stats;
 
-use crate::{cargo, run_cmd};
+use crate::build_bins;
 
 /// One benchmark `cargo xtask bench` knows.
 pub struct Bench {
@@ -296,23 +296,7 @@ impl Ctx {
     /// checks that the benchmarks work, not how fast: no release build for it).
     pub fn bins(&mut self) -> Result<Bins> {
         if self.bins.is_none() {
-            let mut cmd = cargo(&self.root);
-            cmd.args([
-                "build",
-                "-p",
-                "molt-cli",
-                "-p",
-                "molt-controller",
-                "-p",
-                "molt-agent",
-                "--bins",
-            ]);
-            if !self.smoke {
-                cmd.arg("--release");
-            }
-            run_cmd(&mut cmd)?;
-            let profile = if self.smoke { "debug" } else { "release" };
-            let dir = self.root.join("target").join(profile);
+            let dir = build_bins(&self.root, !self.smoke)?;
             self.bins = Some(Bins {
                 molt: dir.join("molt"),
                 agent: dir.join("molt-agent"),

@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::install::{cannot_install, checked_side, Device};
-use super::slot::reset;
+use super::install::{checked_side, install_skipped, Device};
+use super::slot::{empty_target, reset};
 use super::util::{gnu_time, interleave, quiet, require, time, Stats};
 use super::workload::{file_mib, mib};
 use super::{Ctx, Outcome, Row};
@@ -48,8 +48,8 @@ const PAYLOAD: &str = "tree-200.tar.zst";
 
 /// `bench install-peer`.
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped(ID, WHAT, BASE, TARGET, &why));
+    if let Some(skipped) = install_skipped(ID, WHAT, BASE, TARGET) {
+        return Ok(skipped);
     }
     if Command::new("swupdate").arg("--version").output().is_err() {
         bail!("`swupdate` is missing: `apt-get install swupdate` (Debian bookworm ships 2022.12)");
@@ -107,13 +107,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 "swupdate",
                 &big.tree.dir,
                 &slot,
-                || {
-                    reset(&[&dev.var, &slot])?;
-                    // The slot exists before the update, as a mounted partition would.
-                    fs::create_dir(&slot)?;
-                    quiet(&mut Command::new("sync"))?;
-                    Ok(())
-                },
+                || empty_target(&dev.var, &slot),
                 || time(&mut baseline()),
             ),
         ],
@@ -132,9 +126,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         for _ in 0..CPU_RUNS {
             reset(&[&dev.var, &slot])?;
             cpu[0].push(cpu_run(&dev.install(&bins.agent, &bundle), &out)?);
-            reset(&[&dev.var, &slot])?;
-            fs::create_dir(&slot)?;
-            quiet(&mut Command::new("sync"))?;
+            empty_target(&dev.var, &slot)?;
             cpu[1].push(cpu_run(&baseline(), &out)?);
         }
     }

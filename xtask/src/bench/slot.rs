@@ -131,6 +131,15 @@ pub fn reset(paths: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// [`reset`]s the agent's `var` and a baseline's target `dir`, then makes `dir` again,
+/// empty and flushed: it exists before the timed run, as a mounted partition would.
+pub fn empty_target(var: &Path, dir: &Path) -> Result<()> {
+    reset(&[var, dir])?;
+    fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    quiet(&mut Command::new("sync"))?;
+    Ok(())
+}
+
 /// Fails unless the two trees hold the same names and bytes (`diff -r`), so a
 /// round that wrote less than the whole tree cannot pass for a fast one.
 pub fn same_tree(want: &Path, got: &Path) -> Result<()> {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::install::{cannot_install, phase_times, Device};
+use super::install::{install_skipped, phase_times, Device};
 use super::slot::reset;
 use super::util::{fill, Stats};
 use super::workload::{build_bundle, Workload};
@@ -64,8 +64,8 @@ fn many_files(wl: &Workload, molt: &Path) -> Result<std::path::PathBuf> {
 /// `bench swap`.
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let target = "≤ 10 ms at both sizes";
-    if let Some(why) = cannot_install() {
-        return Ok(Outcome::skipped("swap", WHAT, "—", target, &why));
+    if let Some(skipped) = install_skipped("swap", WHAT, "—", target) {
+        return Ok(skipped);
     }
     let bins = ctx.bins()?;
     let wl = ctx.workload()?;

@@ -161,35 +161,11 @@ pub(crate) fn require(programs: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// Whether this process runs as root (effective uid 0), from /proc: xtask has no libc.
-pub(crate) fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
+/// The one root check, at the crate's root; the benchmarks name it from here.
+pub(crate) use crate::is_root;
 
 /// Runs `cmd` quietly; fails with its output unless it succeeds. Returns stdout.
-pub(crate) fn quiet(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub(crate) use crate::output as quiet;
 
 /// The median, smallest and largest of a set of measurements.
 #[derive(Clone, Copy, Debug)]

@@ -18,11 +18,11 @@ mod spec;
 mod vm;
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::display;
+/// The one way xtask runs a command for its output, named here for the modules below.
+use crate::output;
 
 pub use scenario::Options as TestOptions;
 
@@ -71,21 +71,4 @@ fn require_tools(tools: &[(&str, &str)]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `cmd` and returns its stdout, failing with its stderr unless it exits 0.
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = display(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -196,6 +196,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Asserts this is an error answer with `status` whose message contains `says`.
+    pub fn refused(&self, status: u16, says: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert!(self.error().contains(says), "{}", self.error());
+    }
+
     /// The body as text, for messages.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()

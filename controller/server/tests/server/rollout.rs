@@ -321,12 +321,7 @@ fn a_log_keeps_its_last_mebibyte() {
         "downloading",
         &"y".repeat(64 * 1024 + 1),
     );
-    assert_eq!(too_long.status, 413);
-    assert!(
-        too_long.error().contains("at most 65536"),
-        "{}",
-        too_long.error()
-    );
+    too_long.refused(413, "at most 65536");
 }
 
 /// The `--trusted-key` of the rollout fixture.

@@ -245,7 +245,7 @@ fn engine_size(root: &Path) -> Result<Outcome> {
 
 /// `Some(reason)` when the embedded target is missing and `.ci/run` said that is expected here.
 fn missing_target_allowed() -> Result<Option<String>> {
-    if target_installed()? || std::env::var_os(ALLOW_MISSING_TARGET).is_none() {
+    if target_installed(NOSTD_TARGET)? || std::env::var_os(ALLOW_MISSING_TARGET).is_none() {
         return Ok(None);
     }
     let why =
@@ -255,13 +255,14 @@ fn missing_target_allowed() -> Result<Option<String>> {
 }
 
 fn require_target() -> Result<()> {
-    if !target_installed()? {
+    if !target_installed(NOSTD_TARGET)? {
         bail!("the {NOSTD_TARGET} standard library is not installed: run `rustup target add {NOSTD_TARGET}`");
     }
     Ok(())
 }
 
-fn target_installed() -> Result<bool> {
+/// Whether `target`'s standard library is installed (`rustup target add`).
+pub(crate) fn target_installed(target: &str) -> Result<bool> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let out = Command::new(rustc)
         .args(["--print", "sysroot"])
@@ -273,7 +274,7 @@ fn target_installed() -> Result<bool> {
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Ok(Path::new(&sysroot)
         .join("lib/rustlib")
-        .join(NOSTD_TARGET)
+        .join(target)
         .join("lib")
         .is_dir())
 }

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use super::util::{interleave, require, time, Side};
-use super::workload::{file_mib, mib};
+use super::util::{interleave, require, throughput_table, time, Side};
+use super::workload::mib;
 use super::{Ctx, Outcome, Row, Verdict};
 
 /// `bench decode`.
@@ -44,18 +44,26 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     )?;
     let (m, z) = (stats[0], stats[1]);
     let tree = mib(big.tree.bytes);
+    let table = throughput_table(
+        tree,
+        &[
+            (
+                "`molt bundle verify tree-200.molt --key bench.pub`",
+                &big.bundle,
+                "",
+                m,
+            ),
+            (
+                "`zstd -dc tree-200.tar.zst > /dev/null`",
+                &big.tarzst,
+                "",
+                z,
+            ),
+        ],
+    );
     let details = format!(
-        "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
-         | `molt bundle verify tree-200.molt --key bench.pub` ({:.1} MiB) | {} | {:.0} |\n\
-         | `zstd -dc tree-200.tar.zst > /dev/null` ({:.1} MiB) | {} | {:.0} |\n\n\
-         Verification is signature + chunk digests + decompression + entry policy + file digests; \
-         the baseline only decompresses.\n",
-        file_mib(&big.bundle),
-        m.show(3),
-        tree / m.median,
-        file_mib(&big.tarzst),
-        z.show(3),
-        tree / z.median,
+        "{table}\nVerification is signature + chunk digests + decompression + entry policy + \
+         file digests; the baseline only decompresses.\n"
     );
     let r = m.median / z.median;
     Ok(Outcome {

@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Ctx, Outcome, Row, Verdict};
+use crate::ci::target_installed;
 use crate::size::{self, kib, Size, BUILD, TARGET};
 
 /// The probe's flash must stay at or below this.
@@ -23,7 +23,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let what = "engine verify + decode probe: flash on thumbv7em (opt-level z, LTO)";
     let base = "the primitives alone (ed25519 verify, BLAKE3, ruzstd)";
     let target = format!("≤ {} KiB", TARGET_FLASH / 1024);
-    if !target_installed()? {
+    if !target_installed(TARGET)? {
         return Ok(Outcome::skipped(
             "engine-size",
             what,
@@ -133,19 +133,4 @@ fn details(p: &Size, b: &Size, target: &str) -> String {
          llvm-nm --size-sort -S -r --demangle target/{TARGET}/release/molt-engine-size-probe | head -40\n```\n"
     );
     out
-}
-
-/// Whether the target's standard library is installed (`rustup target add`).
-fn target_installed() -> Result<bool> {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = std::process::Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .context("cannot run `rustc --print sysroot`")?;
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Ok(Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(TARGET)
-        .join("lib")
-        .is_dir())
 }

@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 
 use super::servers::{Controller, Nginx};
 use super::slot::{empty_target, reset, same_tree, LoopMount};
-use super::util::{gnu_time, interleave, is_root, median, quiet, require, time, Side};
+use super::util::{
+    gnu_time, interleave, is_root, median, quiet, require, throughput_table, time, Side,
+};
 use super::workload::{file_mib, mib, Workload};
 use super::{Ctx, Outcome, Row, Verdict};
 use crate::display;
@@ -60,6 +62,25 @@ impl Device {
     /// `molt-agent -c agent.toml install SOURCE`.
     pub(crate) fn install(&self, agent: &Path, source: &str) -> Command {
         install_with(agent, &self.cfg, source)
+    }
+
+    /// molt's side of a comparison against a baseline writing to `baseline`: each
+    /// run starts from a fresh device (var/ and `baseline` removed, untimed), times
+    /// `molt-agent install SOURCE`, and the first leaves `want` in the active slot.
+    pub(crate) fn molt_side<'a>(
+        &'a self,
+        agent: &'a Path,
+        source: &'a str,
+        want: &'a Path,
+        baseline: &'a Path,
+    ) -> Side<'a> {
+        checked_side(
+            "molt",
+            want,
+            &self.active,
+            || reset(&[&self.var, baseline]),
+            || time(&mut self.install(agent, source)),
+        )
     }
 }
 
@@ -161,13 +182,7 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
         "install-local",
         ctx.rounds,
         &mut [
-            checked_side(
-                "molt",
-                &big.tree.dir,
-                &dev.active,
-                || reset(&[&dev.var, &base_dir]),
-                || time(&mut dev.install(&bins.agent, &bundle)),
-            ),
+            dev.molt_side(&bins.agent, &bundle, &big.tree.dir, &base_dir),
             checked_side(
                 "baseline",
                 &big.tree.dir,
@@ -200,17 +215,15 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
     drop(dev);
 
     let tree_mib = mib(big.tree.bytes);
+    let table = throughput_table(
+        tree_mib,
+        &[
+            ("`molt-agent install`", &big.bundle, "bundle", m),
+            ("`zstd -dc \\| tar -x && sync`", &big.tarzst, "tar.zst", b),
+        ],
+    );
     let mut details = format!(
-        "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
-         | `molt-agent install` ({:.1} MiB bundle) | {} | {:.0} |\n\
-         | `zstd -dc \\| tar -x && sync` ({:.1} MiB tar.zst) | {} | {:.0} |\n\n\
-         Tree {tree_mib:.0} MiB in {} files; {fs_desc}.\n\n",
-        file_mib(&big.bundle),
-        m.show(3),
-        tree_mib / m.median,
-        file_mib(&big.tarzst),
-        b.show(3),
-        tree_mib / b.median,
+        "{table}\nTree {tree_mib:.0} MiB in {} files; {fs_desc}.\n\n",
         big.tree.files,
     );
     let _ = write!(

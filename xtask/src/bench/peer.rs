@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use super::install::{checked_side, install_skipped, Device};
 use super::slot::{empty_target, reset};
-use super::util::{gnu_time, interleave, quiet, require, time, Stats};
-use super::workload::{file_mib, mib};
+use super::util::{gnu_time, interleave, quiet, require, throughput_table, time, Stats};
+use super::workload::mib;
 use super::{Ctx, Outcome, Row};
 
 const ID: &str = "install-peer";
@@ -96,13 +96,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         ID,
         ctx.rounds,
         &mut [
-            checked_side(
-                "molt",
-                &big.tree.dir,
-                &dev.active,
-                || reset(&[&dev.var, &slot]),
-                || time(&mut dev.install(&bins.agent, &bundle)),
-            ),
+            dev.molt_side(&bins.agent, &bundle, &big.tree.dir, &slot),
             checked_side(
                 "swupdate",
                 &big.tree.dir,
@@ -140,19 +134,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             .replace(&*ctx.root.to_string_lossy(), "<workspace>")
     };
     let tree_mib = mib(big.tree.bytes);
+    let table = throughput_table(
+        tree_mib,
+        &[
+            ("`molt-agent install`", &big.bundle, "bundle", m),
+            ("`swupdate -i && sync -f`", &swu.image, ".swu", b),
+        ],
+    );
     let mut details = format!(
-        "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
-         | `molt-agent install` ({:.1} MiB bundle) | {} | {:.0} |\n\
-         | `swupdate -i && sync -f` ({:.1} MiB .swu) | {} | {:.0} |\n\n\
-         Tree {tree_mib:.0} MiB in {} files; {fs_desc}. Both sides end durable: the agent \
+        "{table}\nTree {tree_mib:.0} MiB in {} files; {fs_desc}. Both sides end durable: the agent \
          `syncfs(2)`s the slot before it swaps `current`; SWUpdate does not sync, so `sync -f` \
          (`syncfs(2)` of the slot's file system, not a global `sync`) follows it.\n\n",
-        file_mib(&big.bundle),
-        m.show(3),
-        tree_mib / m.median,
-        file_mib(&swu.image),
-        b.show(3),
-        tree_mib / b.median,
         big.tree.files,
     );
     let _ = write!(

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::workload::file_mib;
 use crate::display;
 
 /// A xorshift64 generator: deterministic, fast, and good enough for workloads
@@ -231,4 +232,44 @@ pub(crate) fn interleave(label: &str, rounds: usize, sides: &mut [Side<'_>]) -> 
         );
     }
     Ok(samples.iter().map(|v| Stats::of(v)).collect())
+}
+
+/// The table a throughput benchmark's section opens with. Per side: what ran and the
+/// size of the file it read (`(12.3 MiB bundle)`; `kind` may be empty), its median
+/// seconds (min–max), and the tree's MiB over that median.
+pub(crate) fn throughput_table(tree_mib: f64, sides: &[(&str, &Path, &str, Stats)]) -> String {
+    let mut table = String::from("| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n");
+    for (what, file, kind, s) in sides {
+        let size = format!("{:.1} MiB {kind}", file_mib(file));
+        table.push_str(&format!(
+            "| {what} ({}) | {} | {:.0} |\n",
+            size.trim_end(),
+            s.show(3),
+            tree_mib / s.median
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throughput_table_has_a_row_per_side() {
+        let (m, b) = (Stats::of(&[2.0, 1.0, 3.0]), Stats::of(&[4.0]));
+        let file = std::env::temp_dir().join(format!("xtask-table-{}", std::process::id()));
+        fs::write(&file, vec![0; 3 << 19]).unwrap();
+        let table = throughput_table(
+            200.0,
+            &[("`molt`", &file, "bundle", m), ("`tar`", &file, "", b)],
+        );
+        fs::remove_file(&file).unwrap();
+        assert_eq!(
+            table,
+            "| what | median s (min–max) | MiB/s (tree) |\n|---|---:|---:|\n\
+             | `molt` (1.5 MiB bundle) | 2.000 (1.000–3.000) | 100 |\n\
+             | `tar` (1.5 MiB) | 4.000 (4.000–4.000) | 50 |\n"
+        );
+    }
 }

@@ -9,7 +9,7 @@
 //! - the project's crates depend directly on one version of each crate
 //!   ([`deps`]: two versions of one dependency are two of everything it brings);
 //! - every path ARCHITECTURE.md's code map names exists ([`arch_paths`], which says
-//!   precisely what counts as a path; a warning until [`arch_paths::ARCH_PATHS_ENFORCED`]).
+//!   precisely what counts as a path).
 
 mod arch_paths;
 mod deps;
@@ -72,15 +72,11 @@ pub fn check(root: &Path) -> Result<()> {
             .iter()
             .map(|m| format!("  ARCHITECTURE.md:{}: `{}`", m.line, m.path))
             .collect();
-        let msg = format!(
+        bail!(
             "tidy: ARCHITECTURE.md's code map names {} path(s) that do not exist:\n{}",
             missing.len(),
             list.join("\n")
         );
-        if arch_paths::ARCH_PATHS_ENFORCED {
-            bail!(msg);
-        }
-        eprintln!("WARNING (not yet enforced): {msg}");
     }
     Ok(())
 }

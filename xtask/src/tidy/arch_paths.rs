@@ -17,13 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// Whether a path the code map names but the tree lacks fails `cargo xtask tidy`.
-///
-/// Off while controller/ is being split into crates: ARCHITECTURE.md's controller
-/// part is rewritten at the end of that work, and until then the rule only warns.
-/// The lead turns this on once the map and the tree agree again (issue 17).
-pub const ARCH_PATHS_ENFORCED: bool = false;
-
 /// A path the code map names that does not exist: the line (1-based) and the path.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Missing {

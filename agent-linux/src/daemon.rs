@@ -14,12 +14,11 @@
 //! * the **sender** (`daemon/sender.rs`) sends the report outbox in order.
 //!
 //! When the controller is unreachable, polls and reports back off exponentially
-//! with jitter (1 s to 5 min, [`backoff`]) and each logs once per change of
+//! with jitter ([`crate::backoff::DAEMON_MIN`] to [`crate::backoff::DAEMON_MAX`]) and each logs once per change of
 //! state. Nothing here is needed for safety: the journal and the outbox are
 //! durable, so the daemon may be killed at any instant and picks up where it was
 //! on the next start.
 
-pub mod backoff;
 pub mod reporter;
 mod sender;
 
@@ -31,8 +30,8 @@ use anyhow::Result;
 use molt_engine::protocol::{PollAction, PollRequest};
 use molt_engine::update::Phase;
 
-use self::backoff::{Backoff, Health, Wake};
 use self::reporter::OutboxReporter;
+use crate::backoff::{Backoff, Health, Wake};
 use crate::client::Client;
 use crate::config::Config;
 use crate::enrollment::Enrollment;
@@ -266,7 +265,7 @@ fn main_loop(
 }
 
 fn poll_loop(client: &Client, shared: &Shared, cfg: &Config) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::daemon();
     let mut health = Health::new("poll");
     while !shared.stop.load(Ordering::SeqCst) {
         let epoch = shared.epoch.load(Ordering::SeqCst);

@@ -3,7 +3,8 @@
 //! The HTTP reader hides connection drops from the decoder: when a read fails
 //! or the body ends early, it reconnects with `Range: bytes=<offset>-` (and
 //! `If-Range` with the first response's validator), up to a retry limit with
-//! exponential backoff and jitter. A server that ignores the range (answers 200),
+//! exponential backoff and jitter ([`Backoff::fetch`]); an operator abort or a
+//! shutdown ([`HttpReader::abort_on`]) cuts a retry's wait short. A server that ignores the range (answers 200),
 //! answers a different range, or changed the file (a different validator or
 //! length) is refused rather than spliced: the decoder would catch a splice by
 //! its digests anyway, but the error says what really happened. A read that
@@ -16,10 +17,13 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::backoff::{sleep_unless, Backoff};
 use crate::config::Config;
 
 /// `Authorization: Bearer <secret>` for every URL that starts with `prefix`.
@@ -81,11 +85,27 @@ pub fn open_at(
     offset: u64,
     validator: Option<String>,
 ) -> Result<Source> {
+    open_abortable(source, cfg, bearer, offset, validator, None)
+}
+
+/// [`open_at`], with an HTTP download's retry waits cut short when `abort` is set
+/// (the install's abort flag: an operator abort or a shutdown).
+pub fn open_abortable(
+    source: &str,
+    cfg: &Config,
+    bearer: Option<&Bearer>,
+    offset: u64,
+    validator: Option<String>,
+    abort: Option<Arc<AtomicBool>>,
+) -> Result<Source> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let stall = cfg.timeouts.download_stall;
         let agent = crate::client::http_agent(cfg, stall, stall)?;
         let auth = bearer.and_then(|b| b.header_for(source));
-        let r = HttpReader::with_agent(agent, source, auth, 5, offset, validator)?;
+        let mut r = HttpReader::with_agent(agent, source, auth, 5, offset, validator)?;
+        if let Some(abort) = abort {
+            r = r.abort_on(abort);
+        }
         Ok(Source {
             validator: r.validator.clone(),
             total: r.total,
@@ -119,7 +139,9 @@ pub struct HttpReader {
     body: Option<Box<dyn Read + Send + Sync>>,
     retries_left: u32,
     max_retries: u32,
-    attempt: u32,
+    backoff: Backoff,
+    /// Set when the download is to stop: a retry's wait ends at once.
+    abort: Arc<AtomicBool>,
 }
 
 impl HttpReader {
@@ -155,10 +177,16 @@ impl HttpReader {
             body: None,
             retries_left: max_retries,
             max_retries,
-            attempt: 0,
+            backoff: Backoff::fetch(),
+            abort: Arc::new(AtomicBool::new(false)),
         };
         r.connect().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(r)
+    }
+
+    /// Ends a retry's wait, and the download with an error, as soon as `abort` is set.
+    pub fn abort_on(self, abort: Arc<AtomicBool>) -> Self {
+        HttpReader { abort, ..self }
     }
 
     /// Bytes received so far.
@@ -253,15 +281,15 @@ impl HttpReader {
         Ok(())
     }
 
-    fn backoff(&mut self) {
-        self.attempt += 1;
-        let base = 200u64.saturating_mul(1 << self.attempt.min(6));
-        // Jitter from the clock's low bits spreads a fleet that lost the same server.
-        let jitter = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::from(d.subsec_nanos()) % (base / 2 + 1))
-            .unwrap_or(0);
-        std::thread::sleep(Duration::from_millis(base + jitter));
+    /// Waits before the next reconnection; an error if an abort cut the wait short.
+    fn backoff(&mut self) -> io::Result<()> {
+        if sleep_unless(&self.abort, self.backoff.next_delay()) {
+            return Err(io::Error::other(format!(
+                "{}: download aborted at byte {}",
+                self.url, self.offset
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -280,7 +308,7 @@ impl Read for HttpReader {
                     }
                     tracing::warn!("download: {e}; retrying ({} left)", self.retries_left);
                     self.retries_left -= 1;
-                    self.backoff();
+                    self.backoff()?;
                     continue;
                 }
             }
@@ -296,7 +324,7 @@ impl Read for HttpReader {
                     self.offset += n as u64;
                     // Progress resets the budget: only drops in a row count.
                     self.retries_left = self.max_retries;
-                    self.attempt = 0;
+                    self.backoff.reset();
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -321,7 +349,56 @@ impl Read for HttpReader {
                 )));
             }
             self.retries_left -= 1;
-            self.backoff();
+            self.backoff()?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    /// A server that promises 1000 bytes, sends 10 and hangs up, then refuses
+    /// every reconnection: the reader can only retry and wait.
+    fn dropping_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/bundle", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = conn.read(&mut req);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+            // Dropping the listener with the connection makes reconnections fail.
+        });
+        url
+    }
+
+    #[test]
+    fn an_abort_cuts_a_retry_wait_short() {
+        let url = dropping_server();
+        let abort = Arc::new(AtomicBool::new(false));
+        let mut r = HttpReader::new(&url, Duration::from_secs(5), 5)
+            .unwrap()
+            .abort_on(abort.clone());
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            abort.store(true, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        let err = r.read_to_end(&mut buf).unwrap_err();
+        setter.join().unwrap();
+        assert!(err.to_string().contains("download aborted"), "{err}");
+        assert_eq!(buf, b"0123456789");
+        // Five retries would wait several seconds; the abort ends the first waits.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

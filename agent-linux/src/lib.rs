@@ -4,6 +4,7 @@
 //! this crate carries out: files beneath a directory handle, scripts, fsyncs,
 //! the `current` link swap.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod crashpoint;

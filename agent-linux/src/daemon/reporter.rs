@@ -12,7 +12,7 @@ use molt_engine::protocol::{
 };
 use molt_engine::update::{AbortRefusal, DeploymentId, Outcome, Phase};
 
-use super::backoff::Wake;
+use crate::backoff::Wake;
 use crate::install::Reporter;
 use crate::outbox::Outbox;
 

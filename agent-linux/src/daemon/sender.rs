@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backoff::{Backoff, Health, Wake};
+use crate::backoff::{sleep_unless, Backoff, Health, Wake};
 use crate::client::{Client, ClientError};
 use crate::outbox::Outbox;
 
@@ -21,7 +21,7 @@ pub fn run(
     done: Arc<Wake>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::daemon();
     let mut health = Health::new("reports");
     while !stop.load(Ordering::SeqCst) {
         let p = match outbox.next() {
@@ -34,7 +34,7 @@ pub fn run(
                 // The data directory is failing; nothing to send until it recovers.
                 let d = backoff.next_delay();
                 tracing::error!("outbox: {e:#}");
-                pause(&stop, d);
+                sleep_unless(&stop, d);
                 continue;
             }
         };
@@ -89,20 +89,8 @@ pub fn run(
                 health.failed(e.kind(), &e, d);
                 // New reports do not cut a backoff short (during a download they
                 // arrive every second); only a stop does.
-                pause(&stop, d);
+                sleep_unless(&stop, d);
             }
         }
-    }
-}
-
-/// Sleeps `d`, or until `stop` is set.
-pub(super) fn pause(stop: &AtomicBool, d: Duration) {
-    let end = std::time::Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }

@@ -453,21 +453,9 @@ fn parse_key_id(cx: &Checker<'_>, entry: &Spanned<String>, i: usize) -> Result<K
 }
 
 impl RawConfig {
-    /// Applies defaults and checks every field.
+    /// Applies defaults and checks every field, section by section.
     fn check(self, cx: &Checker<'_>) -> Result<Config, ConfigError> {
-        let root = match &self.root {
-            None => PathBuf::from(DEFAULT_ROOT),
-            Some(r) => {
-                let p = PathBuf::from(r.get_ref());
-                if !p.is_absolute() {
-                    return Err(cx.invalid(r, "root", "must be an absolute path"));
-                }
-                if p.components().any(|c| c == Component::ParentDir) {
-                    return Err(cx.invalid(r, "root", "must not contain `..`"));
-                }
-                p
-            }
-        };
+        let root = check_root(cx, self.root.as_ref())?;
         let data_dir = match &self.data_dir {
             None => PathBuf::from(DEFAULT_DATA_DIR),
             Some(d) => cx.relative_path(d, "data_dir")?,
@@ -477,171 +465,13 @@ impl RawConfig {
             return Err(cx.invalid(&self.compatible, "compatible", "must not be empty"));
         }
 
-        if self.trusted_keys.get_ref().is_empty() {
-            return Err(cx.invalid(
-                &self.trusted_keys,
-                "trusted_keys",
-                "at least one key is needed: a device that trusts no key can install nothing",
-            ));
-        }
-        let trusted_keys = self
-            .trusted_keys
-            .get_ref()
-            .iter()
-            .enumerate()
-            .map(|(i, k)| parse_key(cx, k, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let revoked_keys = self
-            .revoked_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| parse_key_id(cx, k, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Revoking every trusted key is almost certainly a mistake made while
-        // rotating keys; it would leave a device that refuses every update, which
-        // only a person with a cable can fix.
-        if let (true, Some(first)) = (
-            trusted_keys.iter().all(|k| revoked_keys.contains(&k.id)),
-            self.revoked_keys.first(),
-        ) {
-            return Err(cx.invalid(
-                first,
-                "revoked_keys",
-                "every trusted key is revoked: the device could never install an update",
-            ));
-        }
-
-        let t = &self.timeouts;
-        let timeouts = Timeouts {
-            command: Duration::from_secs(cx.seconds(
-                t.command_secs.as_ref(),
-                "timeouts.command_secs",
-                DEFAULT_COMMAND_TIMEOUT_SECS,
-            )?),
-            health_check: Duration::from_secs(cx.seconds(
-                t.health_check_secs.as_ref(),
-                "timeouts.health_check_secs",
-                DEFAULT_HEALTH_CHECK_TIMEOUT_SECS,
-            )?),
-            download_stall: Duration::from_secs(cx.seconds(
-                t.download_stall_secs.as_ref(),
-                "timeouts.download_stall_secs",
-                DEFAULT_DOWNLOAD_STALL_SECS,
-            )?),
-            packages: Duration::from_secs(cx.seconds(
-                t.packages_secs.as_ref(),
-                "timeouts.packages_secs",
-                DEFAULT_PACKAGES_TIMEOUT_SECS,
-            )?),
-        };
-
-        let l = &self.limits;
-        let d = Limits::DEFAULT;
-        let limits = Limits {
-            max_manifest_len: cx.limit(
-                l.max_manifest_len.as_ref(),
-                "limits.max_manifest_len",
-                d.max_manifest_len,
-            )?,
-            max_entries: cx.limit(l.max_entries.as_ref(), "limits.max_entries", d.max_entries)?,
-            max_path_len: cx.limit(
-                l.max_path_len.as_ref(),
-                "limits.max_path_len",
-                d.max_path_len,
-            )?,
-            max_path_depth: cx.limit(
-                l.max_path_depth.as_ref(),
-                "limits.max_path_depth",
-                d.max_path_depth,
-            )?,
-            max_file_size: cx.limit(
-                l.max_file_size.as_ref(),
-                "limits.max_file_size",
-                d.max_file_size,
-            )?,
-            max_total_size: cx.limit(
-                l.max_total_size.as_ref(),
-                "limits.max_total_size",
-                d.max_total_size,
-            )?,
-            max_payload_len: cx.limit(
-                l.max_payload_len.as_ref(),
-                "limits.max_payload_len",
-                d.max_payload_len,
-            )?,
-            max_chunk_size: cx.limit(
-                l.max_chunk_size.as_ref(),
-                "limits.max_chunk_size",
-                d.max_chunk_size,
-            )?,
-        };
-        if let Some(v) = &l.max_path_len {
-            // The engine's path buffers are fixed arrays; a larger limit would
-            // promise what the decoder cannot hold.
-            if *v.get_ref() as usize > PATH_CAPACITY {
-                return Err(cx.invalid(
-                    v,
-                    "limits.max_path_len",
-                    format!("must be at most {PATH_CAPACITY} (the engine's path buffer)"),
-                ));
-            }
-        }
-
-        let reboot_command = match &self.reboot_command {
-            None => DEFAULT_REBOOT_COMMAND.to_owned(),
-            Some(c) if c.get_ref().trim().is_empty() => {
-                return Err(cx.invalid(
-                    c,
-                    "reboot_command",
-                    "must not be empty (a rollback policy may need to reboot)",
-                ))
-            }
-            Some(c) => c.get_ref().clone(),
-        };
-
-        let trial_boots = match &self.trial_boots {
-            None => DEFAULT_TRIAL_BOOTS,
-            Some(n) if *n.get_ref() == 0 => return Err(cx.invalid(
-                n,
-                "trial_boots",
-                "must be at least 1: a trial of zero boots would roll back before the update ran",
-            )),
-            Some(n) => *n.get_ref(),
-        };
-
-        let log_capture_bytes = match &self.log_capture_bytes {
-            None => DEFAULT_LOG_CAPTURE_BYTES,
-            Some(n) if (MIN_LOG_CAPTURE_BYTES..=MAX_LOG_CAPTURE_BYTES).contains(n.get_ref()) => {
-                *n.get_ref()
-            }
-            Some(n) => {
-                return Err(cx.invalid(
-                    n,
-                    "log_capture_bytes",
-                    format!("must be {MIN_LOG_CAPTURE_BYTES} to {MAX_LOG_CAPTURE_BYTES} bytes"),
-                ))
-            }
-        };
-
-        let controller = match &self.controller {
-            None => None,
-            Some(u) => {
-                let url = u.get_ref().trim();
-                let rest = url
-                    .strip_prefix("https://")
-                    .or_else(|| url.strip_prefix("http://"));
-                match rest {
-                    Some(host) if !host.is_empty() => Some(url.trim_end_matches('/').to_owned()),
-                    _ => {
-                        return Err(cx.invalid(
-                            u,
-                            "controller",
-                            "must be an http:// or https:// URL with a host",
-                        ))
-                    }
-                }
-            }
-        };
+        let (trusted_keys, revoked_keys) = check_keys(cx, &self.trusted_keys, &self.revoked_keys)?;
+        let timeouts = check_timeouts(cx, &self.timeouts)?;
+        let limits = check_limits(cx, &self.limits)?;
+        let reboot_command = check_reboot_command(cx, self.reboot_command.as_ref())?;
+        let trial_boots = check_trial_boots(cx, self.trial_boots.as_ref())?;
+        let log_capture_bytes = check_log_capture_bytes(cx, self.log_capture_bytes.as_ref())?;
+        let controller = check_controller(cx, self.controller.as_ref())?;
 
         let poll_interval_secs = cx.seconds(
             self.poll_interval_secs.as_ref(),
@@ -670,5 +500,196 @@ impl RawConfig {
             controller_ca,
             durable: self.durable.unwrap_or(true),
         })
+    }
+}
+
+/// `root`: absolute, without `..`.
+fn check_root(cx: &Checker<'_>, root: Option<&Spanned<String>>) -> Result<PathBuf, ConfigError> {
+    let Some(r) = root else {
+        return Ok(PathBuf::from(DEFAULT_ROOT));
+    };
+    let p = PathBuf::from(r.get_ref());
+    if !p.is_absolute() {
+        return Err(cx.invalid(r, "root", "must be an absolute path"));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(cx.invalid(r, "root", "must not contain `..`"));
+    }
+    Ok(p)
+}
+
+/// `trusted_keys` (at least one) and `revoked_keys` (not all the trusted ones).
+fn check_keys(
+    cx: &Checker<'_>,
+    trusted: &Spanned<Vec<Spanned<String>>>,
+    revoked: &[Spanned<String>],
+) -> Result<(Vec<TrustedKey>, Vec<KeyId>), ConfigError> {
+    if trusted.get_ref().is_empty() {
+        return Err(cx.invalid(
+            trusted,
+            "trusted_keys",
+            "at least one key is needed: a device that trusts no key can install nothing",
+        ));
+    }
+    let trusted_keys = trusted
+        .get_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, k)| parse_key(cx, k, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let revoked_keys = revoked
+        .iter()
+        .enumerate()
+        .map(|(i, k)| parse_key_id(cx, k, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Revoking every trusted key is almost certainly a mistake made while
+    // rotating keys; it would leave a device that refuses every update, which
+    // only a person with a cable can fix.
+    if let (true, Some(first)) = (
+        trusted_keys.iter().all(|k| revoked_keys.contains(&k.id)),
+        revoked.first(),
+    ) {
+        return Err(cx.invalid(
+            first,
+            "revoked_keys",
+            "every trusted key is revoked: the device could never install an update",
+        ));
+    }
+    Ok((trusted_keys, revoked_keys))
+}
+
+/// `[timeouts]`, each in whole seconds.
+fn check_timeouts(cx: &Checker<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let secs = |v: Option<&Spanned<u64>>, field, default| {
+        cx.seconds(v, field, default).map(Duration::from_secs)
+    };
+    Ok(Timeouts {
+        command: secs(
+            t.command_secs.as_ref(),
+            "timeouts.command_secs",
+            DEFAULT_COMMAND_TIMEOUT_SECS,
+        )?,
+        health_check: secs(
+            t.health_check_secs.as_ref(),
+            "timeouts.health_check_secs",
+            DEFAULT_HEALTH_CHECK_TIMEOUT_SECS,
+        )?,
+        download_stall: secs(
+            t.download_stall_secs.as_ref(),
+            "timeouts.download_stall_secs",
+            DEFAULT_DOWNLOAD_STALL_SECS,
+        )?,
+        packages: secs(
+            t.packages_secs.as_ref(),
+            "timeouts.packages_secs",
+            DEFAULT_PACKAGES_TIMEOUT_SECS,
+        )?,
+    })
+}
+
+/// `[limits]`: the engine's defaults for what is left out; `max_path_len` within
+/// the engine's path buffer.
+fn check_limits(cx: &Checker<'_>, l: &RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::DEFAULT;
+    // Each field's key is `limits.<field>`, its default the engine's.
+    macro_rules! limit {
+        ($field:ident) => {
+            cx.limit(
+                l.$field.as_ref(),
+                concat!("limits.", stringify!($field)),
+                d.$field,
+            )?
+        };
+    }
+    let limits = Limits {
+        max_manifest_len: limit!(max_manifest_len),
+        max_entries: limit!(max_entries),
+        max_path_len: limit!(max_path_len),
+        max_path_depth: limit!(max_path_depth),
+        max_file_size: limit!(max_file_size),
+        max_total_size: limit!(max_total_size),
+        max_payload_len: limit!(max_payload_len),
+        max_chunk_size: limit!(max_chunk_size),
+    };
+    if let Some(v) = &l.max_path_len {
+        // The engine's path buffers are fixed arrays; a larger limit would
+        // promise what the decoder cannot hold.
+        if *v.get_ref() as usize > PATH_CAPACITY {
+            return Err(cx.invalid(
+                v,
+                "limits.max_path_len",
+                format!("must be at most {PATH_CAPACITY} (the engine's path buffer)"),
+            ));
+        }
+    }
+    Ok(limits)
+}
+
+/// `reboot_command`: not empty.
+fn check_reboot_command(
+    cx: &Checker<'_>,
+    c: Option<&Spanned<String>>,
+) -> Result<String, ConfigError> {
+    match c {
+        None => Ok(DEFAULT_REBOOT_COMMAND.to_owned()),
+        Some(c) if c.get_ref().trim().is_empty() => Err(cx.invalid(
+            c,
+            "reboot_command",
+            "must not be empty (a rollback policy may need to reboot)",
+        )),
+        Some(c) => Ok(c.get_ref().clone()),
+    }
+}
+
+/// `trial_boots`: at least one.
+fn check_trial_boots(cx: &Checker<'_>, n: Option<&Spanned<u8>>) -> Result<u8, ConfigError> {
+    match n {
+        None => Ok(DEFAULT_TRIAL_BOOTS),
+        Some(n) if *n.get_ref() == 0 => Err(cx.invalid(
+            n,
+            "trial_boots",
+            "must be at least 1: a trial of zero boots would roll back before the update ran",
+        )),
+        Some(n) => Ok(*n.get_ref()),
+    }
+}
+
+/// `log_capture_bytes`: within [`MIN_LOG_CAPTURE_BYTES`] and [`MAX_LOG_CAPTURE_BYTES`].
+fn check_log_capture_bytes(
+    cx: &Checker<'_>,
+    n: Option<&Spanned<usize>>,
+) -> Result<usize, ConfigError> {
+    match n {
+        None => Ok(DEFAULT_LOG_CAPTURE_BYTES),
+        Some(n) if (MIN_LOG_CAPTURE_BYTES..=MAX_LOG_CAPTURE_BYTES).contains(n.get_ref()) => {
+            Ok(*n.get_ref())
+        }
+        Some(n) => Err(cx.invalid(
+            n,
+            "log_capture_bytes",
+            format!("must be {MIN_LOG_CAPTURE_BYTES} to {MAX_LOG_CAPTURE_BYTES} bytes"),
+        )),
+    }
+}
+
+/// `controller`: an http(s) URL with a host, kept without its trailing `/`.
+fn check_controller(
+    cx: &Checker<'_>,
+    u: Option<&Spanned<String>>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(u) = u else {
+        return Ok(None);
+    };
+    let url = u.get_ref().trim();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() => Ok(Some(url.trim_end_matches('/').to_owned())),
+        _ => Err(cx.invalid(
+            u,
+            "controller",
+            "must be an http:// or https:// URL with a host",
+        )),
     }
 }

@@ -393,182 +393,268 @@ fn supervise<F: FnMut(Stream, &str)>(
     pid: Pid,
     on_line: &mut F,
 ) -> Result<CommandOutcome> {
-    let start = Instant::now();
-    let deadline = start.checked_add(spec.timeout);
-
-    let mut pipes = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
-        pipes.push(Pipe::new(OwnedFd::from(out), Stream::Stdout)?);
-    }
-    if let Some(err) = child.stderr.take() {
-        pipes.push(Pipe::new(OwnedFd::from(err), Stream::Stderr)?);
-    }
-    // pidfd_open(2) (Linux 5.3+) makes the child's exit an event poll(2) can wait
-    // for; without it the runner looks every TICK.
-    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok();
-
-    let mut sink = Sink {
-        capture: Capture::new(spec.capture_limit),
-        on_line,
-        total: 0,
-    };
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut exited: Option<(ExitStatus, Instant)> = None;
-    // Set when the deadline passed (or the cancel flag was set): when SIGTERM went
-    // out, and whether SIGKILL followed.
-    let mut killing: Option<(Instant, bool)> = None;
-    let mut cancelled = false;
-    let mut left_open = false;
-
+    let mut s = Supervision::new(spec, child, pid, on_line)?;
     loop {
-        if exited.is_none() {
-            if let Some(status) = child.try_wait().context("waitpid")? {
-                exited = Some((status, Instant::now()));
-            }
-        }
+        s.reap()?;
         let now = Instant::now();
-        let open = pipes.iter().any(|p| p.open);
+        let next = match s.killing {
+            None => s.while_running(now)?,
+            Some((term_at, _)) => s.while_killing(term_at, now)?,
+        };
+        match next {
+            Next::Done => break,
+            Next::Check => continue,
+            Next::Wait => s.wait_and_read(now)?,
+        }
+    }
+    s.drain()?;
+    s.outcome()
+}
 
-        match killing {
-            None => {
-                if let Some((_, at)) = exited {
-                    if !open {
-                        break;
-                    }
-                    if now >= at + LINGER_AFTER_EXIT {
-                        left_open = true;
-                        break;
-                    }
-                } else if spec.cancelled() {
-                    tracing::warn!(
-                        command = %spec.name,
-                        "cancelled: sending SIGTERM to its process group"
-                    );
-                    signal_group(pid, Signal::TERM);
-                    killing = Some((now, false));
-                    cancelled = true;
-                    continue;
-                } else if deadline.is_some_and(|d| now >= d) {
-                    tracing::warn!(
-                        command = %spec.name,
-                        "timed out after {}: sending SIGTERM to its process group",
-                        secs(spec.timeout)
-                    );
-                    signal_group(pid, Signal::TERM);
-                    killing = Some((now, false));
-                    continue;
-                }
-            }
-            Some((term_at, _)) => {
-                // Done once the main process is gone and nothing else is left in
-                // the group; zombies count as members until their parent reaps them.
-                let group_gone = exited.is_some()
-                    && matches!(
-                        rustix::process::test_kill_process_group(pid),
-                        Err(Errno::SRCH)
-                    );
-                if group_gone {
-                    break;
-                }
-                if now >= term_at + spec.kill_grace {
-                    tracing::warn!(command = %spec.name, "still running after SIGTERM: sending SIGKILL");
-                    signal_group(pid, Signal::KILL);
-                    killing = Some((term_at, true));
-                    if exited.is_none() {
-                        // SIGKILL cannot be caught, so this wait is short (unless
-                        // the process is stuck in the kernel, which no signal fixes).
-                        let status = child.wait().context("waitpid")?;
-                        exited = Some((status, Instant::now()));
-                    }
-                    break;
-                }
+/// What the supervision loop does after a check.
+enum Next {
+    /// The command is over: drain the pipes and report.
+    Done,
+    /// Something changed (a signal went out): check again at once.
+    Check,
+    /// Nothing to do until output, the child's exit or the next deadline.
+    Wait,
+}
+
+/// One command's supervision: its pipes, its exit, and the kill in progress.
+struct Supervision<'a, F: FnMut(Stream, &str)> {
+    spec: &'a CommandSpec,
+    child: &'a mut Child,
+    pid: Pid,
+    start: Instant,
+    deadline: Option<Instant>,
+    pipes: Vec<Pipe>,
+    pidfd: Option<OwnedFd>,
+    sink: Sink<'a, F>,
+    buf: Vec<u8>,
+    exited: Option<(ExitStatus, Instant)>,
+    /// Set when the deadline passed (or the cancel flag was set): when SIGTERM
+    /// went out, and whether SIGKILL followed.
+    killing: Option<(Instant, bool)>,
+    cancelled: bool,
+    left_open: bool,
+}
+
+impl<'a, F: FnMut(Stream, &str)> Supervision<'a, F> {
+    fn new(
+        spec: &'a CommandSpec,
+        child: &'a mut Child,
+        pid: Pid,
+        on_line: &'a mut F,
+    ) -> Result<Self> {
+        let start = Instant::now();
+        let mut pipes = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            pipes.push(Pipe::new(OwnedFd::from(out), Stream::Stdout)?);
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes.push(Pipe::new(OwnedFd::from(err), Stream::Stderr)?);
+        }
+        // pidfd_open(2) (Linux 5.3+) makes the child's exit an event poll(2) can
+        // wait for; without it the runner looks every TICK.
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok();
+        Ok(Supervision {
+            spec,
+            child,
+            pid,
+            start,
+            deadline: start.checked_add(spec.timeout),
+            pipes,
+            pidfd,
+            sink: Sink {
+                capture: Capture::new(spec.capture_limit),
+                on_line,
+                total: 0,
+            },
+            buf: vec![0u8; READ_CHUNK],
+            exited: None,
+            killing: None,
+            cancelled: false,
+            left_open: false,
+        })
+    }
+
+    /// Reaps the main process if it has exited (without waiting).
+    fn reap(&mut self) -> Result<()> {
+        if self.exited.is_none() {
+            if let Some(status) = self.child.try_wait().context("waitpid")? {
+                self.exited = Some((status, Instant::now()));
             }
         }
+        Ok(())
+    }
 
-        // Sleep until output, the child's exit, or the next thing to check.
+    /// Before any kill: done when the command exited and its output closed (or
+    /// stayed open too long); a cancel or the deadline starts the kill.
+    fn while_running(&mut self, now: Instant) -> Result<Next> {
+        let open = self.pipes.iter().any(|p| p.open);
+        if let Some((_, at)) = self.exited {
+            if !open {
+                return Ok(Next::Done);
+            }
+            if now >= at + LINGER_AFTER_EXIT {
+                self.left_open = true;
+                return Ok(Next::Done);
+            }
+        } else if self.spec.cancelled() {
+            tracing::warn!(
+                command = %self.spec.name,
+                "cancelled: sending SIGTERM to its process group"
+            );
+            self.terminate(now);
+            self.cancelled = true;
+            return Ok(Next::Check);
+        } else if self.deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(
+                command = %self.spec.name,
+                "timed out after {}: sending SIGTERM to its process group",
+                secs(self.spec.timeout)
+            );
+            self.terminate(now);
+            return Ok(Next::Check);
+        }
+        Ok(Next::Wait)
+    }
+
+    /// SIGTERM to the whole group, the start of a kill.
+    fn terminate(&mut self, now: Instant) {
+        signal_group(self.pid, Signal::TERM);
+        self.killing = Some((now, false));
+    }
+
+    /// After SIGTERM at `term_at`: done when the group is gone; SIGKILL (and a
+    /// reap) once the grace period ran out.
+    fn while_killing(&mut self, term_at: Instant, now: Instant) -> Result<Next> {
+        // Done once the main process is gone and nothing else is left in the
+        // group; zombies count as members until their parent reaps them.
+        let group_gone = self.exited.is_some()
+            && matches!(
+                rustix::process::test_kill_process_group(self.pid),
+                Err(Errno::SRCH)
+            );
+        if group_gone {
+            return Ok(Next::Done);
+        }
+        if now >= term_at + self.spec.kill_grace {
+            tracing::warn!(command = %self.spec.name, "still running after SIGTERM: sending SIGKILL");
+            signal_group(self.pid, Signal::KILL);
+            self.killing = Some((term_at, true));
+            if self.exited.is_none() {
+                // SIGKILL cannot be caught, so this wait is short (unless the
+                // process is stuck in the kernel, which no signal fixes).
+                let status = self.child.wait().context("waitpid")?;
+                self.exited = Some((status, Instant::now()));
+            }
+            return Ok(Next::Done);
+        }
+        Ok(Next::Wait)
+    }
+
+    /// When the loop must look again even if nothing happens: the linger after
+    /// exit, the deadline, the cancel flag's tick, the kill's grace period.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
-        match (killing, exited) {
+        match (self.killing, self.exited) {
             (None, Some((_, exit_at))) => at(exit_at + LINGER_AFTER_EXIT),
             (None, None) => {
-                if let Some(d) = deadline {
+                if let Some(d) = self.deadline {
                     at(d);
                 }
-                if spec.cancel.is_some() {
+                if self.spec.cancel.is_some() {
                     at(now + CANCEL_TICK);
                 }
             }
             (Some((term_at, _)), _) => {
-                at(term_at + spec.kill_grace);
+                at(term_at + self.spec.kill_grace);
                 at(now + TICK);
             }
         }
-        if exited.is_none() && pidfd.is_none() {
+        if self.exited.is_none() && self.pidfd.is_none() {
             at(now + TICK);
         }
-        let wait_for_exit = if exited.is_none() {
-            pidfd.as_ref()
+        wake
+    }
+
+    /// Sleeps until output, the child's exit, or the next thing to check, and
+    /// reads what arrived.
+    fn wait_and_read(&mut self, now: Instant) -> Result<()> {
+        let wake = self.next_wake(now);
+        let wait_for_exit = if self.exited.is_none() {
+            self.pidfd.as_ref()
         } else {
             None
         };
         let ready = poll(
-            &pipes,
+            &self.pipes,
             wait_for_exit,
             wake.map(|w| w.saturating_duration_since(now)),
         )?;
-        for (pipe, ready) in pipes.iter_mut().zip(ready) {
+        for (pipe, ready) in self.pipes.iter_mut().zip(ready) {
             if ready {
-                pipe.read_once(&mut buf, &mut sink)?;
+                pipe.read_once(&mut self.buf, &mut self.sink)?;
             }
         }
+        Ok(())
     }
 
-    // After a kill, or when something outside the group holds the pipes, take
-    // only what is already buffered: waiting for end of file could be forever.
-    for pipe in &mut pipes {
-        for _ in 0..DRAIN_READS {
-            if !pipe.open || !pipe.read_once(&mut buf, &mut sink)? {
-                break;
+    /// After a kill, or when something outside the group holds the pipes, takes
+    /// only what is already buffered: waiting for end of file could be forever.
+    fn drain(&mut self) -> Result<()> {
+        for pipe in &mut self.pipes {
+            for _ in 0..DRAIN_READS {
+                if !pipe.open || !pipe.read_once(&mut self.buf, &mut self.sink)? {
+                    break;
+                }
             }
+            if pipe.open {
+                self.left_open = true;
+            }
+            pipe.flush(&mut self.sink);
         }
-        if pipe.open {
-            left_open = true;
-        }
-        pipe.flush(&mut sink);
+        Ok(())
     }
 
-    let (status, ended) = match exited {
-        Some(e) => e,
-        None => {
-            // Unreachable by construction (every break above has a status), but
-            // a wait is the honest fallback rather than a panic.
-            let status = child.wait().context("waitpid")?;
-            (status, Instant::now())
-        }
-    };
-    let status = match killing {
-        Some((_, sigkill)) if cancelled => Status::Cancelled { sigkill },
-        Some((_, sigkill)) => Status::TimedOut {
-            limit: spec.timeout,
-            sigkill,
-        },
-        None => match (status.code(), status.signal()) {
-            (Some(code), _) => Status::Exited(code),
-            (None, Some(sig)) => Status::Signaled(sig),
-            (None, None) => Status::Exited(-1),
-        },
-    };
-    let total = sink.total;
-    let (output, elided_bytes) = sink.capture.finish();
-    Ok(CommandOutcome {
-        name: spec.name.clone(),
-        status,
-        duration: ended.saturating_duration_since(start),
-        output,
-        output_bytes: total,
-        elided_bytes,
-        output_left_open: left_open,
-    })
+    /// The outcome: how the command ended, how long it took, what it wrote.
+    fn outcome(self) -> Result<CommandOutcome> {
+        let (status, ended) = match self.exited {
+            Some(e) => e,
+            None => {
+                // Unreachable by construction (every way out of the loop has a
+                // status), but a wait is the honest fallback rather than a panic.
+                let status = self.child.wait().context("waitpid")?;
+                (status, Instant::now())
+            }
+        };
+        let status = match self.killing {
+            Some((_, sigkill)) if self.cancelled => Status::Cancelled { sigkill },
+            Some((_, sigkill)) => Status::TimedOut {
+                limit: self.spec.timeout,
+                sigkill,
+            },
+            None => match (status.code(), status.signal()) {
+                (Some(code), _) => Status::Exited(code),
+                (None, Some(sig)) => Status::Signaled(sig),
+                (None, None) => Status::Exited(-1),
+            },
+        };
+        let total = self.sink.total;
+        let (output, elided_bytes) = self.sink.capture.finish();
+        Ok(CommandOutcome {
+            name: self.spec.name.clone(),
+            status,
+            duration: ended.saturating_duration_since(self.start),
+            output,
+            output_bytes: total,
+            elided_bytes,
+            output_left_open: self.left_open,
+        })
+    }
 }
 
 /// Starts bash with the spec's environment, stdin on `/dev/null`, stdout and

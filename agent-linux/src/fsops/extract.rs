@@ -96,19 +96,26 @@ struct OpenDir {
     mtime: i64,
 }
 
-/// The file entry being written.
+/// The file entry being written: what a checkpoint saves of it, and its open handles.
 struct Pending {
-    target: Target,
-    path: String,
+    state: PendingState,
     dir: Arc<OwnedFd>,
-    tmp: String,
     file: File,
-    size: u64,
-    written: u64,
-    perm: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
+}
+
+// A file in progress is read and updated field by field in many places; reaching
+// its saved state through `Deref` keeps those places short.
+impl std::ops::Deref for Pending {
+    type Target = PendingState;
+    fn deref(&self) -> &PendingState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut PendingState {
+        &mut self.state
+    }
 }
 
 /// An extractor's state between two bundle chunks, saved with the decoder's checkpoint
@@ -233,17 +240,7 @@ impl<'a> Extractor<'a> {
         let pending = match &self.entry {
             Entry::Idle => None,
             Entry::Applied => return None,
-            Entry::File(p) => Some(PendingState {
-                target: p.target,
-                path: p.path.clone(),
-                tmp: p.tmp.clone(),
-                size: p.size,
-                written: p.written,
-                perm: p.perm,
-                uid: p.uid,
-                gid: p.gid,
-                mtime: p.mtime,
-            }),
+            Entry::File(p) => Some(p.state.clone()),
         };
         Some(ExtractState {
             open_dirs: self
@@ -336,17 +333,9 @@ impl<'a> Extractor<'a> {
                 .and_then(|()| file.seek(SeekFrom::End(0)))
                 .map_err(|e| FsError::io("reopen", &p.path, x.label(t), e))?;
             x.entry = Entry::File(Box::new(Pending {
-                target: t,
-                path: p.path.clone(),
+                state: p.clone(),
                 dir,
-                tmp: p.tmp.clone(),
                 file,
-                size: p.size,
-                written: p.written,
-                perm: p.perm,
-                uid: p.uid,
-                gid: p.gid,
-                mtime: p.mtime,
             }));
         }
         Ok(x)
@@ -501,17 +490,19 @@ impl<'a> Extractor<'a> {
                     })
                     .map_err(|e| self.err(t, "create", h.path, e))?;
                 self.entry = Entry::File(Box::new(Pending {
-                    target: t,
-                    path: h.path.to_owned(),
+                    state: PendingState {
+                        target: t,
+                        path: h.path.to_owned(),
+                        tmp,
+                        size,
+                        written: 0,
+                        perm: h.mode,
+                        uid: h.uid,
+                        gid: h.gid,
+                        mtime: h.mtime,
+                    },
                     dir,
-                    tmp,
                     file: File::from(fd),
-                    size,
-                    written: 0,
-                    perm: h.mode,
-                    uid: h.uid,
-                    gid: h.gid,
-                    mtime: h.mtime,
                 }));
                 return Ok(());
             }

@@ -1,7 +1,7 @@
 //! The operator API client behind the `molt` CLI's remote commands: HTTP(S) calls to one controller with errors worded for the operator.
 //!
 //! Everything here speaks docs/api.md through the message types of
-//! [`crate::api`]. The CLI (`src/bin/molt.rs`) only parses arguments, calls one
+//! [`molt_api`]. The CLI (`src/main.rs`) only parses arguments, calls one
 //! of these functions and prints what it returns, so the rendering and the
 //! encoding are testable without a terminal or a server. The pieces:
 //!

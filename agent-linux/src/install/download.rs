@@ -518,11 +518,12 @@ impl Device {
                     // costs nothing and the rollback target survives.
                     fail!(chain_check(source, trust, limits, &mut buf));
                 }
-                let src =
-                    match fetch::open_at(source, &self.cfg, self.hooks.bearer.as_ref(), 0, None) {
-                        Ok(s) => s,
-                        Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
-                    };
+                let bearer = self.hooks.bearer.as_ref();
+                let abort = Some(self.hooks.abort.clone());
+                let src = match fetch::open_abortable(source, &self.cfg, bearer, 0, None, abort) {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
+                };
                 let x = fail!(fsops::Extractor::new(&slot_dir, &staging).map_err(fs_failure));
                 (src.reader, src.validator, src.total, x)
             }
@@ -594,12 +595,19 @@ impl Device {
                     return Attempt::CannotResume(e.to_string());
                 }
                 let bearer = self.hooks.bearer.as_ref();
-                let src =
-                    match fetch::open_at(source, &self.cfg, bearer, resume.offset, saved.validator)
-                    {
-                        Ok(s) => s,
-                        Err(e) => return Attempt::CannotResume(format!("{e:#}")),
-                    };
+                let abort = Some(self.hooks.abort.clone());
+                let at = resume.offset;
+                let src = match fetch::open_abortable(
+                    source,
+                    &self.cfg,
+                    bearer,
+                    at,
+                    saved.validator,
+                    abort,
+                ) {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::CannotResume(format!("{e:#}")),
+                };
                 let (chunk, chunks) = dec.chunk_progress();
                 self.log(&format!(
                     "resuming the download at byte {} (chunk {chunk} of {chunks}, {} bytes of the file in progress kept)",
@@ -642,6 +650,18 @@ impl Device {
                     Ok(0) => break 'read,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // The source gives up its retry wait when the abort flag is set
+                    // (fetch::open_abortable): that is the operator's abort, not the
+                    // network's failure.
+                    Err(e) if self.abort_requested() => {
+                        return Attempt::Failed((
+                            CauseKind::Aborted,
+                            format!(
+                                "download aborted by an operator at byte {}: {e}",
+                                dec.position()
+                            ),
+                        ))
+                    }
                     Err(e) => {
                         return Attempt::Failed((
                             CauseKind::Network,

@@ -288,15 +288,8 @@ impl Device {
                 (info.status == Status::Good).then(|| info.version.as_str().to_owned())
             }
         };
-        if let BundleKind::Patch { base_version } = m.kind {
-            let have = self.record.slot(active).version.as_str();
-            if !base_version.is_empty() && base_version != have {
-                return Err((
-                    CauseKind::WrongBase,
-                    format!("patch for version {base_version}, but the active snapshot is {have}"),
-                ));
-            }
-        }
+        m.check_base(self.record.slot(active).version.as_str())
+            .map_err(|e| (CauseKind::WrongBase, e.to_string()))?;
         self.record
             .begin_staging(m.version, m.release, m.entries.digest, m.allow_downgrade)
             .map_err(|e| {

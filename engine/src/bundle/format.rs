@@ -3,6 +3,8 @@
 //! docs/bundle-format.md is the normative description; this file is its only
 //! implementation of the types (the decoder and encoder both use them).
 
+use core::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, LimitKind};
@@ -411,6 +413,48 @@ impl<'a> Manifest<'a> {
             })
         }
     }
+
+    /// Refuses a patch made for another version than `active`, the version of
+    /// the active snapshot it would start from. A full bundle, and a patch whose
+    /// base version is empty (made for any version), pass.
+    ///
+    /// A patch carries only what changed from its base: applied to another
+    /// snapshot it would produce a tree nobody built or tested. The refusal is
+    /// its own type rather than an [`Error`] variant because it names both
+    /// versions, borrowed from the manifest and the caller, while [`Error`]
+    /// stays small and `'static` for the decoder.
+    pub fn check_base<'s>(&'s self, active: &'s str) -> Result<(), WrongBase<'s>> {
+        match self.kind {
+            BundleKind::Patch { base_version }
+                if !base_version.is_empty() && base_version != active =>
+            {
+                Err(WrongBase {
+                    base: base_version,
+                    active,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A patch made for another version than the active snapshot's: [`Manifest::check_base`]'s refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrongBase<'a> {
+    /// The version the patch was made for (its `kind.base_version`).
+    pub base: &'a str,
+    /// The version of the active snapshot.
+    pub active: &'a str,
+}
+
+impl fmt::Display for WrongBase<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "patch for version {}, but the active snapshot is {}",
+            self.base, self.active
+        )
+    }
 }
 
 fn field_len(s: &str, max: usize, field: &'static str) -> Result<(), Error> {
@@ -609,4 +653,71 @@ pub fn chain_entry(prev: &Digest, encoded_header: &[u8]) -> Digest {
     h.update(prev);
     h.update(encoded_header);
     *h.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(kind: BundleKind<'_>) -> Manifest<'_> {
+        Manifest {
+            version: "2.0.0",
+            compatible: "board",
+            release: 2,
+            allow_downgrade: false,
+            kind,
+            created: 0,
+            comment: "",
+            recipe: Recipe::default(),
+            payload: Payload::default(),
+            entries: EntryTable::default(),
+        }
+    }
+
+    #[test]
+    fn a_patch_for_the_active_version_passes() {
+        let m = manifest(BundleKind::Patch {
+            base_version: "1.0.0",
+        });
+        assert_eq!(m.check_base("1.0.0"), Ok(()));
+    }
+
+    #[test]
+    fn a_patch_for_another_version_is_refused_naming_both() {
+        let m = manifest(BundleKind::Patch {
+            base_version: "1.0.0",
+        });
+        let refused = m.check_base("1.5.0").unwrap_err();
+        assert_eq!(
+            refused,
+            WrongBase {
+                base: "1.0.0",
+                active: "1.5.0"
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "patch for version 1.0.0, but the active snapshot is 1.5.0"
+        );
+    }
+
+    #[test]
+    fn a_patch_for_any_version_and_a_full_bundle_pass_on_any_snapshot() {
+        let any = manifest(BundleKind::Patch { base_version: "" });
+        let full = manifest(BundleKind::Full);
+        for active in ["1.0.0", "", "factory"] {
+            assert_eq!(any.check_base(active), Ok(()));
+            assert_eq!(full.check_base(active), Ok(()));
+        }
+    }
+
+    #[test]
+    fn versions_compare_exactly() {
+        // No normalisation: "1.0" is not "1.0.0", and case matters, as in the slot record.
+        let m = manifest(BundleKind::Patch {
+            base_version: "1.0.0",
+        });
+        assert!(m.check_base("1.0").is_err());
+        assert!(m.check_base("1.0.0 ").is_err());
+    }
 }

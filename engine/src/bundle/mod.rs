@@ -18,7 +18,7 @@ pub mod zstd;
 pub use decoder::{Buffers, Decoder, Event, Feed, Resume, CHECKPOINT_MAX};
 pub use format::{
     BundleKind, Command, EntryHeader, EntryKind, HealthCheck, Manifest, Package, PackageManager,
-    Recipe, Rollback, Specials,
+    Recipe, Rollback, Specials, WrongBase,
 };
 pub use verify::{Trust, TrustedKey};
 pub use zstd::Decompressor;

@@ -51,7 +51,8 @@ use molt_engine::protocol::{deployment_id, deployment_number};
 use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
 use molt_engine::text::Escaped;
 use molt_engine::update::{
-    step, Action, Budget, Cause, CauseKind, DeploymentId, Event, Outcome, Phase, Report, State,
+    settle_orphaned_trial, step, Action, Budget, Cause, CauseKind, DeploymentId, Event,
+    OrphanedTrial, Outcome, Phase, Report, State,
 };
 
 use crate::config::Config;
@@ -530,28 +531,25 @@ impl Device {
         r.progress(d, done, total);
     }
 
-    /// With no install in flight nothing can confirm a trial (a lost or torn journal,
-    /// reliability item 5): an unconfirmed snapshot is never kept, so fall back to the
-    /// Good slot and point `current` at it.
+    /// A trial that no install in flight can confirm (a lost or torn journal) is never
+    /// kept: the engine decides (`settle_orphaned_trial`), this carries it out.
     fn settle_orphaned_trial(&mut self) -> Result<()> {
-        let active = self.record.active();
-        if self.state.phase() != Phase::Idle || self.record.slot(active).status != Status::Trial {
-            return Ok(());
-        }
-        match self.record.reject() {
-            Ok(to) => {
+        match settle_orphaned_trial(&self.state, &mut self.record) {
+            OrphanedTrial::FellBack { from, to } => {
                 self.save_record()?;
                 fsops::swap_current(&self.data, &self.slot_rel(to))?;
                 self.log(&format!(
                     "slot {} was on trial with no install in flight (journal lost?): back on slot {}",
-                    slot_name(active),
+                    slot_name(from),
                     slot_name(to)
                 ));
             }
-            Err(e) => self.log(&format!(
-                "slot {} is on trial with no fallback: {e}",
-                slot_name(active)
+            OrphanedTrial::NoFallback { slot } => self.log(&format!(
+                "slot {} is on trial with no fallback: {}",
+                slot_name(slot),
+                molt_engine::slot::Error::NoFallback
             )),
+            _ => {}
         }
         Ok(())
     }

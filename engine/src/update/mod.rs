@@ -27,6 +27,9 @@
 //! carrying out the actions, so after a crash [`Event::Restarted`] finds
 //! every decision already made and only the effects possibly missing.
 //!
+//! Beside the machine, [`settle_orphaned_trial`] decides what becomes of a
+//! slot left on trial when the journal shows no install that could confirm it.
+//!
 //! docs/state-machine.md has the tables: what each phase does on failure,
 //! abort and restart.
 //!
@@ -47,11 +50,13 @@
 
 mod action;
 mod event;
+mod orphan;
 mod state;
 mod step;
 
 pub use action::{AbortRefusal, Action, Report};
 pub use event::Event;
+pub use orphan::{settle_orphaned_trial, OrphanedTrial};
 pub use state::{
     Budget, Cause, CauseKind, DeploymentId, Outcome, Phase, Plan, RollbackPolicy, State,
 };

@@ -51,8 +51,8 @@ use molt_engine::protocol::{deployment_id, deployment_number};
 use molt_engine::slot::{Loaded, Slot, SlotRecord, Status};
 use molt_engine::text::Escaped;
 use molt_engine::update::{
-    settle_orphaned_trial, step, Action, Budget, Cause, CauseKind, DeploymentId, Event,
-    OrphanedTrial, Outcome, Phase, Report, State,
+    settle_orphaned_trial, step, Action, Attempt, Budget, Cause, CauseKind, DeploymentId, Event,
+    OrphanedTrial, Outcome, Phase, Report, Retry, RetryAction, State,
 };
 
 use crate::config::Config;
@@ -1035,15 +1035,15 @@ impl Device {
             Ok(m) => m,
             Err(e) => return self.fail(phase, CauseKind::Io, format!("stored manifest: {e}")),
         };
-        let (cmd, attempts, interval) = match phase {
-            Phase::Before => (m.recipe.before, 1, 0),
-            Phase::After => (m.recipe.after, 1, 0),
+        let (cmd, mut retry) = match phase {
+            Phase::Before => (m.recipe.before, Retry::once()),
+            Phase::After => (m.recipe.after, Retry::once()),
             Phase::HealthCheck => match m.recipe.health_check {
-                Some(h) => (Some(h.command), h.attempts, h.interval_secs),
-                None => (None, 1, 0),
+                Some(h) => (Some(h.command), Retry::health_check(&h)),
+                None => (None, Retry::once()),
             },
-            Phase::RollbackCommand => (m.recipe.rollback.command, 1, 0),
-            _ => (None, 1, 0),
+            Phase::RollbackCommand => (m.recipe.rollback.command, Retry::once()),
+            _ => (None, Retry::once()),
         };
         let Some(cmd) = cmd else {
             return Some(Event::Completed(phase));
@@ -1072,15 +1072,31 @@ impl Device {
         if abortable {
             spec = spec.with_cancel(self.hooks.abort.clone());
         }
+        // The engine's `Retry` says when to run the next attempt and when to stop;
+        // the clock, the sleeping and the abort are this loop's.
+        let epoch = Instant::now();
+        let now = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut last = None;
-        for attempt in 1..=attempts.max(1) {
-            if attempt > 1 {
-                let pause = Duration::from_secs(u64::from(interval));
-                if !abortable {
-                    std::thread::sleep(pause);
-                } else if self.sleep_unless_aborted(pause) {
-                    return self.fail(phase, CauseKind::Aborted, "aborted by an operator".into());
+        let mut next = retry.handle_timeout(now());
+        loop {
+            match next {
+                RetryAction::Run { .. } => {}
+                RetryAction::Wait { until } => {
+                    let pause = Duration::from_millis(until.saturating_sub(now()));
+                    if !abortable {
+                        std::thread::sleep(pause);
+                    } else if self.sleep_unless_aborted(pause) {
+                        return self.fail(
+                            phase,
+                            CauseKind::Aborted,
+                            "aborted by an operator".into(),
+                        );
+                    }
+                    next = retry.handle_timeout(now());
+                    continue;
                 }
+                RetryAction::Passed => return Some(Event::Completed(phase)),
+                RetryAction::GaveUp | RetryAction::Running => break,
             }
             match exec::run(&spec) {
                 Ok(o) => {
@@ -1088,14 +1104,13 @@ impl Device {
                     for line in o.output.lines() {
                         self.log(&format!("  | {line}"));
                     }
-                    if o.success() {
-                        return Some(Event::Completed(phase));
-                    }
-                    let cancelled = matches!(o.status, ExitStatus::Cancelled { .. });
+                    let outcome = match o.status {
+                        _ if o.success() => Attempt::Passed,
+                        ExitStatus::Cancelled { .. } => Attempt::Stopped,
+                        _ => Attempt::Failed,
+                    };
                     last = Some(o);
-                    if cancelled {
-                        break;
-                    }
+                    next = retry.record(outcome, now());
                 }
                 Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
             }

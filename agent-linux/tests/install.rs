@@ -440,6 +440,45 @@ fn a_failing_after_command_swaps_back_and_applies_each_policy() {
     fails_in(Stage::After);
 }
 
+/// The health check's attempts are spaced by its interval (the engine's `Retry`,
+/// timed by the agent's clock): a check that fails once and then passes commits, and
+/// its second attempt starts at least `interval_secs` after the first one ended.
+#[test]
+fn a_health_check_that_passes_on_its_second_attempt_waits_the_interval_first() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = Device::new();
+    d.install_ok(&v1());
+    let (tried, times) = (d.marker("tried"), d.marker("times"));
+    let mut s2 = v2_full();
+    s2.health = Some((
+        sh(format!(
+            "date +%s%N >> {times}; test -e {tried} && exit 0; touch {tried}; exit 1",
+            times = times.display(),
+            tried = tried.display()
+        )),
+        3,
+        1,
+    ));
+    d.install_ok(&s2);
+    assert_tree(
+        &d,
+        &s2.tree(),
+        "after a health check that passed on its second attempt",
+    );
+    let starts: Vec<u128> = fs::read_to_string(&times)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 2, "a pass ends the attempts: {starts:?}");
+    assert!(
+        starts[1] - starts[0] >= 1_000_000_000,
+        "the second attempt waited the interval: {starts:?}"
+    );
+}
+
 #[test]
 fn a_failing_health_check_swaps_back_and_applies_each_policy() {
     fails_in(Stage::HealthCheck);

@@ -27,7 +27,9 @@
 //! carrying out the actions, so after a crash [`Event::Restarted`] finds
 //! every decision already made and only the effects possibly missing.
 //!
-//! Beside the machine, [`settle_orphaned_trial`] decides what becomes of a
+//! Beside the machine, [`Retry`] is the timing policy of the health check's
+//! attempts (the agent runs them inside `CheckHealth` and passes the time in),
+//! and [`settle_orphaned_trial`] decides what becomes of a
 //! slot left on trial when the journal shows no install that could confirm it.
 //!
 //! docs/state-machine.md has the tables: what each phase does on failure,
@@ -51,12 +53,14 @@
 mod action;
 mod event;
 mod orphan;
+mod retry;
 mod state;
 mod step;
 
 pub use action::{AbortRefusal, Action, Report};
 pub use event::Event;
 pub use orphan::{settle_orphaned_trial, OrphanedTrial};
+pub use retry::{Attempt, Millis, Retry, RetryAction};
 pub use state::{
     Budget, Cause, CauseKind, DeploymentId, Outcome, Phase, Plan, RollbackPolicy, State,
 };

@@ -69,9 +69,14 @@
 //! untouched, and the record reads back as either the old or the new one.
 //! [`SlotRecord::save`] walks through the steps.
 //!
+//! The two-copy mechanism is not the slot record's alone: the update journal
+//! (`update::journal`) keeps the state machine's state in the same frame (magic,
+//! format byte, sequence number, CRC), implemented once in `copies.rs`.
+//!
 //! Nothing here does I/O itself: storage comes in through the [`SlotStore`]
 //! trait, and every decision is a plain function of the record.
 
+pub(crate) mod copies;
 mod record;
 mod store;
 
@@ -157,3 +162,13 @@ impl fmt::Display for Error {
 
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
+
+impl From<copies::Error> for Error {
+    fn from(e: copies::Error) -> Self {
+        match e {
+            copies::Error::Store { op, kind } => Error::Store { op, kind },
+            copies::Error::Corrupt => Error::Corrupt,
+            copies::Error::UnsupportedFormat { format } => Error::UnsupportedFormat { format },
+        }
+    }
+}

@@ -2,9 +2,8 @@
 
 use core::fmt;
 
-use crc::{Crc, NoTable, CRC_32_ISCSI};
-
-use super::store::{SlotStore, StoreError, StoreOp};
+use super::copies::{self, get, put, Payload};
+use super::store::SlotStore;
 use super::Error;
 
 /// Bytes in one copy of the record. Fixed for every format, so that the
@@ -37,12 +36,11 @@ const MAGIC: [u8; 4] = *b"MSLT";
 
 // Offsets inside one copy. The table in `SlotRecord`'s documentation is the
 // normative form of these constants; the golden test in
-// `engine/tests/slot_record.rs` pins them byte by byte.
-const MAGIC_AT: usize = 0;
-const FORMAT_AT: usize = 4;
+// `engine/tests/slot_record.rs` pins them byte by byte. The magic (0), the
+// format byte (4), the sequence number (8) and the CRC (the last four bytes)
+// are the two-copy frame's (`copies.rs`), shared with the update journal.
 const ACTIVE_AT: usize = 5;
 const TRIALS_AT: usize = 6;
-const SEQ_AT: usize = 8;
 const FLOOR_AT: usize = 16;
 const SLOT_A_AT: usize = 24;
 const SLOT_B_AT: usize = SLOT_A_AT + SLOT_LEN;
@@ -62,12 +60,6 @@ const _: () = assert!(FLOOR_AT + 8 <= SLOT_A_AT);
 const _: () = assert!(SLOT_B_AT + SLOT_LEN <= CRC_AT);
 const _: () = assert!(DIGEST_OFF + 32 <= VERSION_OFF);
 const _: () = assert!(VERSION_OFF + VERSION_CAPACITY == SLOT_LEN);
-
-/// CRC-32C (Castagnoli, as used by iSCSI and ext4): it detects every burst error
-/// of up to 32 bits, which covers a torn write's boundary. Computed without a
-/// lookup table, which saves a kilobyte of flash on a microcontroller and costs
-/// nothing noticeable for 252 bytes read once per boot.
-const CRC: Crc<u32, NoTable> = Crc::<u32, NoTable>::new(&CRC_32_ISCSI);
 
 /// One of the two slots of an A/B device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -610,16 +602,9 @@ impl SlotRecord {
     /// the device's state back. Loading never writes: a damaged copy is simply
     /// the one the next save overwrites.
     pub fn load<S: SlotStore + ?Sized>(store: &mut S) -> Result<Loaded, Error> {
-        let a = read_copy(store, CopyId::A)?;
-        let b = read_copy(store, CopyId::B)?;
-        let any_blank = a.is_blank() || b.is_blank();
-        match newest(a, b) {
-            Some((_, intact)) => match intact.body {
-                Body::Record(record) => Ok(Loaded::Found(record)),
-                Body::Unknown(format) => Err(Error::UnsupportedFormat { format }),
-            },
-            None if any_blank => Ok(Loaded::Fresh),
-            None => Err(Error::Corrupt),
+        match copies::load::<SlotRecord, S, RECORD_LEN>(store)? {
+            Some(record) => Ok(Loaded::Found(record)),
+            None => Ok(Loaded::Fresh),
         }
     }
 
@@ -645,49 +630,31 @@ impl SlotRecord {
     /// [`Error::Store`] from the write or the flush the new record may or may
     /// not be durable: load again before deciding anything.
     pub fn save<S: SlotStore + ?Sized>(&self, store: &mut S) -> Result<(), Error> {
-        let a = read_copy(store, CopyId::A)?;
-        let b = read_copy(store, CopyId::B)?;
-        let keep_blank_a = a.is_blank() && !b.is_blank();
-        let (target, seq) = match newest(a, b) {
-            Some((newest, intact)) => match intact.body {
-                Body::Record(_) => (newest.other(), intact.seq.wrapping_add(1)),
-                Body::Unknown(format) => return Err(Error::UnsupportedFormat { format }),
-            },
-            None if keep_blank_a => (CopyId::B, 0),
-            None => (CopyId::A, 0),
-        };
-        let bytes = self.encode(seq);
-        store
-            .write(target.offset(), &bytes)
-            .map_err(|e| store_error(StoreOp::Write, &e))?;
-        store.flush().map_err(|e| store_error(StoreOp::Flush, &e))
+        Ok(copies::save::<SlotRecord, S, RECORD_LEN>(self, store)?)
     }
+}
 
-    /// The canonical encoding of the record as one copy with sequence number `seq`.
-    fn encode(&self, seq: u32) -> [u8; RECORD_LEN] {
-        let mut out = [0u8; RECORD_LEN];
-        put(&mut out, MAGIC_AT, &MAGIC);
-        put(&mut out, FORMAT_AT, &[FORMAT]);
-        put(&mut out, ACTIVE_AT, &[self.active.code()]);
-        put(&mut out, TRIALS_AT, &[self.trials_left]);
-        put(&mut out, SEQ_AT, &seq.to_le_bytes());
-        put(&mut out, FLOOR_AT, &self.floor.to_le_bytes());
+/// The record's fields in the two-copy frame (format 1).
+impl Payload<RECORD_LEN> for SlotRecord {
+    const MAGIC: [u8; 4] = MAGIC;
+    const FORMAT: u8 = FORMAT;
+
+    fn encode(&self, out: &mut [u8; RECORD_LEN]) {
+        put(out, ACTIVE_AT, &[self.active.code()]);
+        put(out, TRIALS_AT, &[self.trials_left]);
+        put(out, FLOOR_AT, &self.floor.to_le_bytes());
         for (at, info) in [(SLOT_A_AT, &self.a), (SLOT_B_AT, &self.b)] {
             // A `Version` never exceeds VERSION_CAPACITY, which fits a byte (asserted above).
             let len = info.version.len() as u8;
-            put(&mut out, at + STATUS_OFF, &[info.status.code()]);
-            put(&mut out, at + VERSION_LEN_OFF, &[len]);
-            put(&mut out, at + RELEASE_OFF, &info.release.to_le_bytes());
-            put(&mut out, at + DIGEST_OFF, &info.digest);
-            put(&mut out, at + VERSION_OFF, info.version.as_bytes());
+            put(out, at + STATUS_OFF, &[info.status.code()]);
+            put(out, at + VERSION_LEN_OFF, &[len]);
+            put(out, at + RELEASE_OFF, &info.release.to_le_bytes());
+            put(out, at + DIGEST_OFF, &info.digest);
+            put(out, at + VERSION_OFF, info.version.as_bytes());
         }
-        let crc = CRC.checksum(&out[..CRC_AT]);
-        put(&mut out, CRC_AT, &crc.to_le_bytes());
-        out
     }
 
-    /// Decodes the fields of a format-1 copy whose magic and CRC were already checked.
-    fn parse(bytes: &[u8; RECORD_LEN]) -> Option<SlotRecord> {
+    fn decode(bytes: &[u8; RECORD_LEN]) -> Option<SlotRecord> {
         let [active] = get(bytes, ACTIVE_AT)?;
         let [trials_left] = get(bytes, TRIALS_AT)?;
         Some(SlotRecord {
@@ -711,146 +678,4 @@ fn parse_slot(bytes: &[u8], at: usize) -> Option<SlotInfo> {
         release: u64::from_le_bytes(get(bytes, at + RELEASE_OFF)?),
         digest: get(bytes, at + DIGEST_OFF)?,
     })
-}
-
-/// One of the two copies in the region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CopyId {
-    A,
-    B,
-}
-
-impl CopyId {
-    fn offset(self) -> u32 {
-        match self {
-            CopyId::A => 0,
-            CopyId::B => RECORD_LEN as u32,
-        }
-    }
-
-    fn other(self) -> CopyId {
-        match self {
-            CopyId::A => CopyId::B,
-            CopyId::B => CopyId::A,
-        }
-    }
-}
-
-/// What one copy holds.
-// Not boxed for the same reason as `Loaded`: no allocator, and short-lived.
-#[allow(clippy::large_enum_variant)]
-enum CopyState {
-    /// Every byte is `0x00`, or every byte is `0xFF`: never written.
-    Blank,
-    /// Written, but not a valid record (torn, corrupted, or not ours).
-    Damaged,
-    /// Magic and CRC match.
-    Intact(Intact),
-}
-
-impl CopyState {
-    fn is_blank(&self) -> bool {
-        matches!(self, CopyState::Blank)
-    }
-}
-
-/// A copy whose magic and CRC match.
-struct Intact {
-    seq: u32,
-    body: Body,
-}
-
-#[allow(clippy::large_enum_variant)]
-enum Body {
-    /// A valid record of this engine's format.
-    Record(SlotRecord),
-    /// An unknown format byte: written by another version of molt.
-    Unknown(u8),
-}
-
-fn read_copy<S: SlotStore + ?Sized>(store: &mut S, id: CopyId) -> Result<CopyState, Error> {
-    let mut bytes = [0u8; RECORD_LEN];
-    store
-        .read(id.offset(), &mut bytes)
-        .map_err(|e| store_error(StoreOp::Read, &e))?;
-    Ok(classify(&bytes))
-}
-
-fn classify(bytes: &[u8; RECORD_LEN]) -> CopyState {
-    if bytes.iter().all(|&b| b == 0x00) || bytes.iter().all(|&b| b == 0xFF) {
-        return CopyState::Blank;
-    }
-    match intact(bytes) {
-        Some(intact) => CopyState::Intact(intact),
-        None => CopyState::Damaged,
-    }
-}
-
-fn intact(bytes: &[u8; RECORD_LEN]) -> Option<Intact> {
-    if get::<4>(bytes, MAGIC_AT)? != MAGIC {
-        return None;
-    }
-    if u32::from_le_bytes(get(bytes, CRC_AT)?) != CRC.checksum(&bytes[..CRC_AT]) {
-        return None;
-    }
-    let seq = u32::from_le_bytes(get(bytes, SEQ_AT)?);
-    let [format] = get(bytes, FORMAT_AT)?;
-    if format != FORMAT {
-        return Some(Intact {
-            seq,
-            body: Body::Unknown(format),
-        });
-    }
-    let record = SlotRecord::parse(bytes)?;
-    // Only the canonical encoding counts: this rejects nonzero reserved bytes
-    // and version padding without listing them, and makes decoding and
-    // encoding exact inverses.
-    if record.encode(seq) != *bytes {
-        return None;
-    }
-    Some(Intact {
-        seq,
-        body: Body::Record(record),
-    })
-}
-
-/// The intact copy with the newer sequence number, if any.
-fn newest(a: CopyState, b: CopyState) -> Option<(CopyId, Intact)> {
-    match (a, b) {
-        (CopyState::Intact(x), CopyState::Intact(y)) if newer(y.seq, x.seq) => Some((CopyId::B, y)),
-        (CopyState::Intact(x), _) => Some((CopyId::A, x)),
-        (_, CopyState::Intact(y)) => Some((CopyId::B, y)),
-        _ => None,
-    }
-}
-
-/// Whether sequence number `x` comes after `y`, counting across the wrap from
-/// `u32::MAX` to 0 (serial number arithmetic, as in RFC 1982). The two copies
-/// are always one apart, far from the ambiguous distance of 2³¹.
-fn newer(x: u32, y: u32) -> bool {
-    matches!(x.wrapping_sub(y), 1..=0x7FFF_FFFF)
-}
-
-fn store_error<E: StoreError>(op: StoreOp, error: &E) -> Error {
-    Error::Store {
-        op,
-        kind: error.kind(),
-    }
-}
-
-/// `N` bytes at `at`, or `None` past the end.
-fn get<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
-    bytes.get(at..)?.first_chunk::<N>().copied()
-}
-
-/// Copies `value` to `at`. Every offset is a layout constant kept inside the
-/// copy by the assertions at the top of this file, so nothing is ever dropped;
-/// there is no error to return because no caller could do anything about one.
-fn put(bytes: &mut [u8], at: usize, value: &[u8]) {
-    if let Some(dst) = bytes
-        .get_mut(at..)
-        .and_then(|rest| rest.get_mut(..value.len()))
-    {
-        dst.copy_from_slice(value);
-    }
 }

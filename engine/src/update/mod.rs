@@ -23,7 +23,8 @@
 //! `PATH`, and lets the same decisions run on a microcontroller.
 //!
 //! The [`State`] is small, `Copy` and serde-serializable: the agent journals
-//! it (postcard, in a checksummed record) after every transition and *before*
+//! it ([`journal`]: postcard, in the slot record's two-copy frame with a format
+//! byte) after every transition and *before*
 //! carrying out the actions, so after a crash [`Event::Restarted`] finds
 //! every decision already made and only the effects possibly missing.
 //!
@@ -52,6 +53,7 @@
 
 mod action;
 mod event;
+pub mod journal;
 mod orphan;
 mod retry;
 mod state;

@@ -335,6 +335,9 @@ impl Device {
             cfg,
             _lock: lock,
         };
+        if let Some(notice) = dev.journal.notice() {
+            dev.log(notice);
+        }
         if log_nuls > 0 {
             dev.log(&format!(
                 "dropped {log_nuls} NUL bytes a power cut left at the end of the install log"

@@ -30,7 +30,7 @@
 //! slot unexplained. The state's encoding is the same in both layouts (postcard,
 //! enum variants appended only), and a copy of the old layout can never pass
 //! for a new one (another magic), so reading it is safe. The migration itself
-//! is power-safe: see [`migrate`].
+//! is power-safe: see `migrate` below.
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -130,10 +130,39 @@ impl Fixture {
     /// Builds `recipe` into out/app.bundle with `extra` arguments and `env`.
     fn build_with(&self, recipe: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let r = self.write_recipe(recipe);
+        self.build_file(&r, extra, env)
+    }
+
+    /// Builds the recipe file `recipe` into out/app.bundle with `extra` arguments and `env`.
+    fn build_file(&self, recipe: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let (bundle, key) = (self.bundle(), self.path("key.secret"));
-        let mut args = vec!["bundle", "build", s(&r), "-o", s(&bundle), "--key", s(&key)];
+        let mut args = vec![
+            "bundle",
+            "build",
+            s(recipe),
+            "-o",
+            s(&bundle),
+            "--key",
+            s(&key),
+        ];
         args.extend_from_slice(extra);
         molt_env(&args, env)
+    }
+
+    /// Runs `molt bundle <command> <bundle>` with a `--key` for each of `keys`, the
+    /// public key files named in the workspace.
+    fn check(&self, command: &str, bundle: &Path, keys: &[&str]) -> Output {
+        let keys: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        let mut args = vec!["bundle", command, s(bundle)];
+        for k in &keys {
+            args.extend(["--key", s(k)]);
+        }
+        molt(&args)
+    }
+
+    /// Verifies out/app.bundle with the workspace's own public key.
+    fn verify(&self) -> Output {
+        self.check("verify", &self.bundle(), &["key.pub"])
     }
 
     /// Asserts the build failed with a message containing every one of `needles`, and
@@ -158,6 +187,13 @@ impl Fixture {
     }
 }
 
+/// Asserts `o` exited with status 1 (refused, not crashed) and said `needle` on stderr;
+/// `case` names what was run in the failure message.
+fn assert_refused(case: &str, o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "{case}: {}", stderr(o));
+    assert!(stderr(o).contains(needle), "{case}: {}", stderr(o));
+}
+
 #[test]
 fn keygen_build_verify_inspect_round_trip() {
     let f = Fixture::new();
@@ -168,13 +204,7 @@ fn keygen_build_verify_inspect_round_trip() {
     assert!(out.contains("target group: test"), "{out}");
     assert!(out.contains(&f.key_id()), "{out}");
 
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.verify();
     assert!(o.status.success(), "verify failed: {}", stderr(&o));
     let out = stdout(&o);
     assert!(out.starts_with("OK "), "{out}");
@@ -187,17 +217,9 @@ fn keygen_build_verify_inspect_round_trip() {
     // bytes are the first build's. (Without it they differed whenever the two builds
     // fell in two seconds: a slow run under load.)
     let first = fs::read(f.bundle()).unwrap();
-    let o = molt_env(
-        &[
-            "bundle",
-            "build",
-            s(&f.path("recipe.toml")),
-            "-o",
-            s(&f.bundle()),
-            "--key",
-            s(&f.path("key.secret")),
-            "--verify",
-        ],
+    let o = f.build_file(
+        &f.path("recipe.toml"),
+        &["--verify"],
         &[("SOURCE_DATE_EPOCH", EPOCH)],
     );
     assert!(o.status.success(), "build --verify failed: {}", stderr(&o));
@@ -280,13 +302,7 @@ fn keygen_build_verify_inspect_round_trip() {
     );
 
     // With the key, inspect says which key verified.
-    let o = molt(&[
-        "bundle",
-        "inspect",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.check("inspect", &f.bundle(), &["key.pub"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!("verified with key {}", f.key_id())),
@@ -471,15 +487,8 @@ fn verify_with_the_wrong_key_fails_with_unknown_key() {
     assert!(f.build(RECIPE).status.success());
     let other = f.path("other");
     assert!(molt(&["keygen", "-o", s(&other)]).status.success());
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("other.pub")),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown key"), "{}", stderr(&o));
+    let o = f.check("verify", &f.bundle(), &["other.pub"]);
+    assert_refused("verify with the other key", &o, "unknown key");
     assert!(
         stderr(&o).contains(&f.key_id()),
         "names the key that signed: {}",
@@ -487,15 +496,7 @@ fn verify_with_the_wrong_key_fails_with_unknown_key() {
     );
 
     // Trusting both keys (rotation) is fine.
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("other.pub")),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.check("verify", &f.bundle(), &["other.pub", "key.pub"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -504,55 +505,40 @@ fn a_corrupted_byte_fails_verification() {
     let f = Fixture::new();
     assert!(f.build(RECIPE).status.success());
     let good = fs::read(f.bundle()).unwrap();
-    let key = f.path("key.pub");
 
     // In the payload: the chunk chain catches it.
-    let mut bad = good.clone();
-    let at = bad.len() - 10;
-    bad[at] ^= 0x01;
-    let p = f.path("payload.bundle");
-    fs::write(&p, &bad).unwrap();
-    let o = molt(&["bundle", "verify", s(&p), "--key", s(&key)]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("does not match its signed digest"),
-        "{}",
-        stderr(&o)
-    );
-    // Inspect without a key still checks the chain.
-    let o = molt(&["bundle", "inspect", s(&p)]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("does not match its signed digest"),
-        "{}",
-        stderr(&o)
-    );
-
+    let mut payload = good.clone();
+    let at = payload.len() - 10;
+    payload[at] ^= 0x01;
     // In the manifest (just after the header and one signature): the signature catches it.
-    let mut bad = good.clone();
-    bad[16 + 4 + 72 + 3] ^= 0x01;
-    let p = f.path("manifest.bundle");
-    fs::write(&p, &bad).unwrap();
-    let o = molt(&["bundle", "verify", s(&p), "--key", s(&key)]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("does not verify"), "{}", stderr(&o));
-
-    // Truncated.
-    let p = f.path("short.bundle");
-    fs::write(&p, &good[..good.len() - 1]).unwrap();
-    let o = molt(&["bundle", "verify", s(&p), "--key", s(&key)]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+    let mut manifest = good.clone();
+    manifest[16 + 4 + 72 + 3] ^= 0x01;
+    for (name, bytes, needle) in [
+        (
+            "payload.bundle",
+            &payload[..],
+            "does not match its signed digest",
+        ),
+        ("manifest.bundle", &manifest[..], "does not verify"),
+        ("short.bundle", &good[..good.len() - 1], "truncated"),
+    ] {
+        let p = f.path(name);
+        fs::write(&p, bytes).unwrap();
+        let o = f.check("verify", &p, &["key.pub"]);
+        assert_refused(name, &o, needle);
+    }
+    // Inspect without a key still checks the chain.
+    let o = f.check("inspect", &f.path("payload.bundle"), &[]);
+    assert_refused(
+        "inspect payload.bundle",
+        &o,
+        "does not match its signed digest",
+    );
 
     // Not a bundle at all, long or short.
     for other in ["recipe.toml", "app.env"] {
-        let o = molt(&["bundle", "verify", s(&f.path(other)), "--key", s(&key)]);
-        assert_eq!(o.status.code(), Some(1));
-        assert!(
-            stderr(&o).contains("not a molt bundle"),
-            "{other}: {}",
-            stderr(&o)
-        );
+        let o = f.check("verify", &f.path(other), &["key.pub"]);
+        assert_refused(other, &o, "not a molt bundle");
     }
 }
 
@@ -601,13 +587,7 @@ destination = "/opt/app"
         );
     }
     assert_eq!(v["manifest"]["kind"], "full");
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.verify();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -803,15 +783,8 @@ fn inspect_with_the_wrong_key_explains_and_fails() {
     assert!(molt(&["keygen", "-o", s(&f.path("other"))])
         .status
         .success());
-    let o = molt(&[
-        "bundle",
-        "inspect",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("other.pub")),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown key"), "{}", stderr(&o));
+    let o = f.check("inspect", &f.bundle(), &["other.pub"]);
+    assert_refused("inspect with the other key", &o, "unknown key");
     assert!(stderr(&o).contains("without --key"), "{}", stderr(&o));
 }
 
@@ -819,23 +792,9 @@ fn inspect_with_the_wrong_key_explains_and_fails() {
 fn the_documented_example_recipe_builds() {
     let f = Fixture::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/recipe.toml");
-    let o = molt(&[
-        "bundle",
-        "build",
-        s(&example),
-        "-o",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.secret")),
-    ]);
+    let o = f.build_file(&example, &[], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.verify();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -875,13 +834,7 @@ fn hostile_paths_cannot_forge_verify_or_inspect_output() {
     fs::write(f.path("app").join(evil), "boo").unwrap();
     let o = f.build(RECIPE);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = molt(&[
-        "bundle",
-        "verify",
-        s(&f.bundle()),
-        "--key",
-        s(&f.path("key.pub")),
-    ]);
+    let o = f.verify();
     let inspect = molt(&["bundle", "inspect", s(&f.bundle())]);
     for (what, out) in [
         ("verify", stdout(&o) + &stderr(&o)),

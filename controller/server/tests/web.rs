@@ -136,6 +136,13 @@ impl Browser {
         )
     }
 
+    /// Sends the new-update form: the session's form token `csrf`, then `fields`.
+    fn submit_update(&mut self, csrf: &str, fields: &[(&str, Option<&str>, &[u8])]) -> Page {
+        let mut parts = vec![("csrf", None, csrf.as_bytes())];
+        parts.extend_from_slice(fields);
+        self.post_multipart("/updates/new", &parts)
+    }
+
     /// Logs in with `token`; the page answered.
     fn login(&mut self, token: &str) -> Page {
         self.post("/login", &[("token", token), ("next", "/")])
@@ -150,6 +157,21 @@ impl Browser {
             .expect("a csrf field");
         let rest = &page.body[at + "name=\"csrf\" value=\"".len()..];
         rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+impl Page {
+    /// Asserts the answer's status is `status` and its body holds every one of `needles`;
+    /// a failure shows the body.
+    fn assert_says(&self, status: u16, needles: &[&str]) {
+        assert_eq!(self.status, status, "{}", self.body);
+        for needle in needles {
+            assert!(
+                self.body.contains(needle),
+                "lacks {needle:?}: {}",
+                self.body
+            );
+        }
     }
 }
 
@@ -173,22 +195,16 @@ fn login_sets_a_session_cookie_and_a_wrong_token_is_401() {
     let mut b = Browser::new(&c);
 
     let form = b.get("/login");
-    assert_eq!(form.status, 200);
+    form.assert_says(200, &["Operator token"]);
     assert!(
         form.content_type.starts_with("text/html"),
         "{}",
         form.content_type
     );
-    assert!(form.body.contains("Operator token"), "{}", form.body);
 
     let wrong = b.login("mop_not-the-token");
-    assert_eq!(wrong.status, 401);
+    wrong.assert_says(401, &["That is not the operator token."]);
     assert!(wrong.content_type.starts_with("text/html"));
-    assert!(
-        wrong.body.contains("That is not the operator token."),
-        "{}",
-        wrong.body
-    );
     assert!(wrong.set_cookie.is_none());
 
     let ok = b.login(&token);
@@ -221,13 +237,7 @@ fn login_sets_a_session_cookie_and_a_wrong_token_is_401() {
     }
 
     let home = b.get("/");
-    assert_eq!(home.status, 200);
-    assert!(home.body.contains("Recent updates"), "{}", home.body);
-    assert!(
-        home.body.contains("No updates deployed yet"),
-        "{}",
-        home.body
-    );
+    home.assert_says(200, &["Recent updates", "No updates deployed yet"]);
     assert_eq!(b.get("/assets/style.css").status, 200);
 
     // Logout ends the session on the server, not only in this browser.
@@ -298,12 +308,7 @@ fn cross_site_posts_are_refused() {
     let csrf = b.csrf();
 
     let wrong = b.post("/groups", &[("csrf", "0123"), ("name", "evil1")]);
-    assert_eq!(wrong.status, 403);
-    assert!(
-        wrong.body.contains("does not match this session"),
-        "{}",
-        wrong.body
-    );
+    wrong.assert_says(403, &["does not match this session"]);
     let missing = b.post("/groups", &[("name", "evil2")]);
     assert_eq!(missing.status, 403);
     let elsewhere = b.post_from(
@@ -311,12 +316,7 @@ fn cross_site_posts_are_refused() {
         &[("csrf", &csrf), ("name", "evil3")],
         Some("http://evil.example"),
     );
-    assert_eq!(elsewhere.status, 403);
-    assert!(
-        elsewhere.body.contains("cross-site form post refused"),
-        "{}",
-        elsewhere.body
-    );
+    elsewhere.assert_says(403, &["cross-site form post refused"]);
     // Login is guarded too (a site cannot log a browser into its own session).
     let login = b.post_from("/login", &[("token", &token)], Some("http://evil.example"));
     assert_eq!(login.status, 403);
@@ -371,10 +371,9 @@ fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
     }
 
     // A bad version: the form again, with the message and the input kept.
-    let bad = b.post_multipart(
-        "/updates/new",
+    let bad = b.submit_update(
+        &csrf,
         &[
-            ("csrf", None, csrf.as_bytes()),
             ("version", None, b"not a version!"),
             ("group", None, b"test"),
             ("comment", None, b"keep me <please>"),
@@ -383,20 +382,19 @@ fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
             ("after_run", None, b"echo after"),
         ],
     );
-    assert_eq!(bad.status, 400, "{}", bad.body);
-    assert!(bad.body.contains("build failed"), "{}", bad.body);
-    assert!(bad.body.contains("keep me &lt;please&gt;"), "{}", bad.body);
-    assert!(
-        bad.body.contains("value=\"/opt/app/hello.txt\""),
-        "{}",
-        bad.body
-    );
-    assert!(bad.body.contains("echo after</textarea>"), "{}", bad.body);
-
-    let ok = b.post_multipart(
-        "/updates/new",
+    bad.assert_says(
+        400,
         &[
-            ("csrf", None, csrf.as_bytes()),
+            "build failed",
+            "keep me &lt;please&gt;",
+            "value=\"/opt/app/hello.txt\"",
+            "echo after</textarea>",
+        ],
+    );
+
+    let ok = b.submit_update(
+        &csrf,
+        &[
             ("version", None, b"1.0.0"),
             ("group", None, b"test"),
             ("comment", None, b"from the form"),
@@ -429,36 +427,18 @@ fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
     assert!(home.body.contains("Deployment 1 created"), "{}", home.body);
 
     // The same version again: refused by the store, with its message.
-    let again = b.post_multipart(
-        "/updates/new",
-        &[
-            ("csrf", None, csrf.as_bytes()),
-            ("version", None, b"1.0.0"),
-            ("group", None, b"test"),
-        ],
+    let again = b.submit_update(
+        &csrf,
+        &[("version", None, b"1.0.0"), ("group", None, b"test")],
     );
-    assert_eq!(again.status, 409, "{}", again.body);
-    assert!(
-        again.body.contains("version 1.0.0 exists already"),
-        "{}",
-        again.body
-    );
+    again.assert_says(409, &["version 1.0.0 exists already"]);
     // An empty group is refused before a version is used up.
     b.post("/groups", &[("csrf", &csrf), ("name", "empty")]);
-    let empty = b.post_multipart(
-        "/updates/new",
-        &[
-            ("csrf", None, csrf.as_bytes()),
-            ("version", None, b"1.0.1"),
-            ("group", None, b"empty"),
-        ],
+    let empty = b.submit_update(
+        &csrf,
+        &[("version", None, b"1.0.1"), ("group", None, b"empty")],
     );
-    assert_eq!(empty.status, 400, "{}", empty.body);
-    assert!(
-        empty.body.contains("group `empty` has no devices"),
-        "{}",
-        empty.body
-    );
+    empty.assert_says(400, &["group `empty` has no devices"]);
     assert_eq!(
         get_ok(&c.api("/updates"), &token).as_array().unwrap().len(),
         1
@@ -519,8 +499,7 @@ fn hostile_names_comments_and_logs_are_escaped() {
     // Abort without JavaScript: a confirmation page first, then the result.
     let path = format!("/deployments/{id}/abort");
     let ask = b.post(&path, &[("csrf", &csrf)]);
-    assert_eq!(ask.status, 200);
-    assert!(ask.body.contains("Yes, abort"), "{}", ask.body);
+    ask.assert_says(200, &["Yes, abort"]);
     let live = b.get(&format!("/deployments/{id}/live")).body;
     assert!(live.contains("class=\"abort\""), "not aborted yet: {live}");
     let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
@@ -529,9 +508,7 @@ fn hostile_names_comments_and_logs_are_escaped() {
     let to = done.location.unwrap();
     assert_eq!(to, format!("/deployments/{id}?abort=sent"));
     let done = b.get(&to);
-    assert_eq!(done.status, 200, "{}", done.body);
-    assert!(done.body.contains("Abort sent"), "{}", done.body);
-    assert!(done.body.contains(&dev.id), "{}", done.body);
+    done.assert_says(200, &["Abort sent", &dev.id]);
     // The abort's address typed or reloaded: the details page, not an API answer.
     let typed = b.get(&path);
     assert_eq!(typed.status, 303);
@@ -551,12 +528,9 @@ fn hostile_names_comments_and_logs_are_escaped() {
         "/groups",
         &[("csrf", &csrf), ("name", "<b onmouseover=x>g</b>")],
     );
-    assert_eq!(g.status, 400);
-    assert!(
-        g.body
-            .contains("group name `&lt;b onmouseover=x&gt;g&lt;/b&gt;` must be"),
-        "{}",
-        g.body
+    g.assert_says(
+        400,
+        &["group name `&lt;b onmouseover=x&gt;g&lt;/b&gt;` must be"],
     );
     assert!(!g.body.contains("<b onmouseover"));
 }
@@ -581,8 +555,7 @@ fn a_device_is_removed_from_the_devices_page_after_a_confirmation() {
 
     // Without JavaScript: a confirmation page, and nothing removed yet.
     let ask = b.post(&path, &[("csrf", &csrf)]);
-    assert_eq!(ask.status, 200);
-    assert!(ask.body.contains("Yes, remove"), "{}", ask.body);
+    ask.assert_says(200, &["Yes, remove"]);
     assert!(b.get("/devices").body.contains("gw-web"));
     // Confirmed: post/redirect/get back to the list, which says so.
     let done = b.post(&path, &[("csrf", &csrf), ("confirmed", "yes")]);
@@ -656,20 +629,11 @@ fn without_a_signing_key_the_form_says_builds_are_off() {
     assert!(form.contains("server-side builds are off"), "{form}");
     // Submitted anyway: the form again, saying why (not a session refusal page).
     let csrf = b.csrf();
-    let sent = b.post_multipart(
-        "/updates/new",
-        &[
-            ("csrf", None, csrf.as_bytes()),
-            ("version", None, b"1.0.0"),
-            ("group", None, b"test"),
-        ],
+    let sent = b.submit_update(
+        &csrf,
+        &[("version", None, b"1.0.0"), ("group", None, b"test")],
     );
-    assert_eq!(sent.status, 409, "{}", sent.body);
-    assert!(
-        sent.body.contains("server-side builds are off"),
-        "{}",
-        sent.body
-    );
+    sent.assert_says(409, &["server-side builds are off"]);
 }
 
 #[test]
@@ -682,10 +646,9 @@ fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
     b.login(&token);
     let csrf = b.csrf();
     let send = |b: &mut Browser, compatible: &[u8]| {
-        b.post_multipart(
-            "/updates/new",
+        b.submit_update(
+            &csrf,
             &[
-                ("csrf", None, csrf.as_bytes()),
                 ("version", None, b"1.0.0"),
                 ("compatible", None, compatible),
                 ("group", None, b"test"),
@@ -695,13 +658,8 @@ fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
         )
     };
     let wrong = send(&mut b, b"other-board");
-    assert_eq!(wrong.status, 400, "{}", wrong.body);
-    assert!(wrong.body.contains("nothing was built"), "{}", wrong.body);
-    assert!(
-        wrong.body.contains("value=\"other-board\""),
-        "input kept: {}",
-        wrong.body
-    );
+    // The second needle is the input kept.
+    wrong.assert_says(400, &["nothing was built", "value=\"other-board\""]);
     assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
     // Fixed and sent again: the same version is still free.
     let ok = send(&mut b, b"acme-gw");
@@ -721,10 +679,9 @@ fn a_refused_form_comes_back_exactly_as_typed() {
     // A comment one byte over 64 KiB, then every other kind of field after it.
     let long = "c".repeat(64 * 1024 + 1);
     let send = |b: &mut Browser, comment: &[u8]| {
-        b.post_multipart(
-            "/updates/new",
+        b.submit_update(
+            &csrf,
             &[
-                ("csrf", None, csrf.as_bytes()),
                 ("version", None, b"1.0.0"),
                 ("group", None, b"test"),
                 ("compatible", None, b"acme-gw"),

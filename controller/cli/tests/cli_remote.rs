@@ -48,7 +48,15 @@ impl Home {
     }
 
     fn molt(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("molt runs")
+        self.molt_env(args, &[])
+    }
+
+    /// Runs `molt` with the environment variables `env` added.
+    fn molt_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.cmd(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("molt runs")
     }
 
     /// Runs `molt` and asserts it succeeded.
@@ -65,15 +73,13 @@ impl Home {
 
     /// Runs `molt`, asserts exit status 1, returns stderr.
     fn fails(&self, args: &[&str]) -> String {
-        let o = self.molt(args);
-        assert_eq!(
-            o.status.code(),
-            Some(1),
-            "molt {args:?} should fail:\nstdout: {}\nstderr: {}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stderr(&o)
+        self.fails_env(args, &[])
+    }
+
+    /// Runs `molt` with the environment variables `env` added, asserts exit status 1,
+    /// returns stderr.
+    fn fails_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        refusal(&format!("molt {args:?}"), &self.molt_env(args, env))
     }
 
     /// `molt login` with the token on standard input.
@@ -102,6 +108,19 @@ impl Home {
             .unwrap();
         child.wait_with_output().unwrap()
     }
+}
+
+/// Asserts `o`, the output of `what`, is a refusal (exit status 1, not a crash or a
+/// success) and returns its stderr.
+fn refusal(what: &str, o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what} should fail:\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    stderr(o)
 }
 
 // ---------------------------------------------------------------------------
@@ -351,20 +370,18 @@ fn login_checks_the_token_and_saves_it_private() {
     assert!(home.ok(&["groups"]).contains("grp_test"));
 
     // A bad token is refused and nothing is saved over the good login.
-    let o = home.login(&fake.url, "bad");
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("refused the token"), "{}", stderr(&o));
+    let err = refusal("login with a bad token", &home.login(&fake.url, "bad"));
+    assert!(err.contains("refused the token"), "{err}");
     assert!(fs::read_to_string(home.config())
         .unwrap()
         .contains("token = \"good\""));
 
     // --token works as well as standard input; XDG_CONFIG_HOME moves the file.
     let xdg = home.path("xdg");
-    let o = home
-        .cmd(&["login", "--controller", &fake.url, "--token", "good"])
-        .env("XDG_CONFIG_HOME", &xdg)
-        .output()
-        .unwrap();
+    let o = home.molt_env(
+        &["login", "--controller", &fake.url, "--token", "good"],
+        &[("XDG_CONFIG_HOME", s(&xdg))],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(xdg.join("molt/cli.toml").exists());
 }
@@ -390,33 +407,21 @@ fn flags_and_environment_override_the_saved_login() {
     let fake = scripted();
     let home = logged_in(&fake);
     // A wrong token in the environment beats the saved good one.
-    let o = home
-        .cmd(&["groups"])
-        .env("MOLT_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    let err = home.fails_env(&["groups"], &[("MOLT_TOKEN", "wrong")]);
     assert!(
-        stderr(&o).contains("the controller refused the token: run molt login"),
-        "{}",
-        stderr(&o)
+        err.contains("the controller refused the token: run molt login"),
+        "{err}"
     );
     // And a flag beats the environment.
-    let o = home
-        .cmd(&["groups", "--token", "good"])
-        .env("MOLT_TOKEN", "wrong")
-        .output()
-        .unwrap();
+    let o = home.molt_env(&["groups", "--token", "good"], &[("MOLT_TOKEN", "wrong")]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     // With no saved login at all, the environment alone is enough.
     let other = Home::new();
-    let o = other
-        .cmd(&["updates"])
-        .env("MOLT_CONTROLLER", &fake.url)
-        .env("MOLT_TOKEN", "good")
-        .output()
-        .unwrap();
+    let o = other.molt_env(
+        &["updates"],
+        &[("MOLT_CONTROLLER", &fake.url), ("MOLT_TOKEN", "good")],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     // The saved token is not sent to another controller.
@@ -437,13 +442,8 @@ fn an_unreachable_controller_is_named() {
         err.contains(&format!("cannot reach the controller at {url}: ")),
         "{err}"
     );
-    let o = home.login(&url, "t");
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("cannot reach the controller"),
-        "{}",
-        stderr(&o)
-    );
+    let err = refusal("login to nowhere", &home.login(&url, "t"));
+    assert!(err.contains("cannot reach the controller"), "{err}");
     assert!(!home.config().exists());
 }
 
@@ -929,24 +929,20 @@ fn real_controller_login_and_errors() {
     let home = Home::new();
 
     // A bad token: message and exit 1, nothing saved.
-    let o = home.login(&ctl.url, "not-the-token");
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("refused the token"), "{}", stderr(&o));
+    let err = refusal(
+        "login with a bad token",
+        &home.login(&ctl.url, "not-the-token"),
+    );
+    assert!(err.contains("refused the token"), "{err}");
     assert!(!home.config().exists());
     let o = home.login(&ctl.url, &ctl.token);
     assert!(o.status.success(), "{}", stderr(&o));
 
     // A bad token later, from the environment.
-    let o = home
-        .cmd(&["status"])
-        .env("MOLT_TOKEN", "nope")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    let err = home.fails_env(&["status"], &[("MOLT_TOKEN", "nope")]);
     assert!(
-        stderr(&o).contains("the controller refused the token: run molt login"),
-        "{}",
-        stderr(&o)
+        err.contains("the controller refused the token: run molt login"),
+        "{err}"
     );
 
     // The server's own messages come through.
@@ -1213,9 +1209,7 @@ fn https_controller_with_a_private_certificate() {
     let run = |extra: &[&str]| remote(extra).output().unwrap();
 
     // Not trusted without --ca: the message names the controller, the certificate and the fix.
-    let o = run(&["groups"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let err = stderr(&o);
+    let err = refusal("groups without --ca", &run(&["groups"]));
     assert!(
         err.contains(&format!("the certificate of the controller at {}", ctl.url)),
         "{err}"
@@ -1237,9 +1231,10 @@ fn https_controller_with_a_private_certificate() {
 
     // Another certificate as the CA does not vouch for this one: the CA file is named.
     let (other, _) = self_signed(certs.path(), "other");
-    let o = run(&["--ca", s(&other), "groups"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
+    let err = refusal(
+        "groups with another CA",
+        &run(&["--ca", s(&other), "groups"]),
+    );
     assert!(
         err.contains("does not verify") && err.contains(s(&other)),
         "{err}"
@@ -1263,9 +1258,11 @@ fn https_controller_with_a_private_certificate() {
         ),
         (&key, s(&key).to_owned()),
     ] {
-        let o = run(&["--ca", s(file), "groups"]);
-        assert_eq!(o.status.code(), Some(1));
-        assert!(stderr(&o).contains(&says), "{}", stderr(&o));
+        let err = refusal(
+            &format!("--ca {}", file.display()),
+            &run(&["--ca", s(file), "groups"]),
+        );
+        assert!(err.contains(&says), "{err}");
     }
 
     // `molt login --ca` saves the CA beside the URL and token, as an absolute path (given
@@ -1291,9 +1288,8 @@ fn https_controller_with_a_private_certificate() {
 
     // Logging in to an https controller without its CA fails and saves nothing.
     let home2 = Home::new();
-    let o = home2.login(&ctl.url, &ctl.token);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--ca FILE"), "{}", stderr(&o));
+    let err = refusal("login without --ca", &home2.login(&ctl.url, &ctl.token));
+    assert!(err.contains("--ca FILE"), "{err}");
     assert!(!home2.config().exists());
 }
 

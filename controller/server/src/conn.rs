@@ -37,6 +37,24 @@ use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Implements `AsyncRead` for the connection wrapper `$wrapper<S>` by reading its
+/// `inner` stream: the wrappers here change what is written, or how long a
+/// connection is held, never what is read. (Defined before `mod head_errors` so
+/// that module's wrapper can use it too.)
+macro_rules! read_through {
+    ($wrapper:ident) => {
+        impl<S: AsyncRead + Unpin> AsyncRead for $wrapper<S> {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+    };
+}
+
 mod head_errors;
 pub use head_errors::JsonHeadErrors;
 
@@ -153,16 +171,9 @@ pub struct Held<S> {
     _permit: OwnedSemaphorePermit,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+read_through!(Held);
 
+// Writes, too, go to the stream as they are: the permit is all `Held` adds.
 impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,

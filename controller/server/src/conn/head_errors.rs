@@ -398,15 +398,8 @@ impl<S: AsyncWrite + Unpin> Answers<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Answers<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+// Requests are read as they come: only the answers' heads are rewritten.
+read_through!(Answers);
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Answers<S> {
     fn poll_write(

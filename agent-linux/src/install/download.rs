@@ -29,7 +29,6 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use molt_engine::bundle::zstd::LibZstd;
 use molt_engine::bundle::{
@@ -39,13 +38,16 @@ use molt_engine::slot::{Slot, Status};
 use molt_engine::update::{CauseKind, Plan};
 use molt_engine::Error as BundleError;
 use molt_engine::Limits;
-use serde::{Deserialize, Serialize};
 
 use super::note::SlotNote;
 use super::writer::{Flusher, Writer};
 use super::{layout, slot_name, write_durable, Device};
+use crate::config::Config;
 use crate::fetch;
-use crate::fsops::{self, ExtractState, SlotDir, TMP_PREFIX};
+use crate::fsops::{self, Extractor, SlotDir};
+
+mod resume;
+use resume::{Cadence, Saved};
 
 /// Download progress between two checkpoints, at most (bytes of the bundle).
 pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
@@ -67,20 +69,89 @@ fn test_hook(name: &str) -> Option<u64> {
 /// Why the phase failed, as the state machine's cause plus a sentence for the log.
 type Failure = (CauseKind, String);
 
-/// What `staging/checkpoint` holds.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    /// The engine's checkpoint record (CRC-protected, bound to the bundle).
-    decoder: Vec<u8>,
-    extract: ExtractState,
-    validator: Option<String>,
-}
-
-/// One attempt's result: done, failed, or a resume that did not fit (start over).
-enum Attempt {
-    Done(Plan),
+/// Why one download stopped short of a plan: it failed, or the checkpoint it was to
+/// continue from does not fit (then the caller starts over).
+enum Stop {
     Failed(Failure),
     CannotResume(String),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Failed(f)
+    }
+}
+
+impl Stop {
+    /// The failure to report once no further attempt follows.
+    fn into_failure(self) -> Failure {
+        match self {
+            Stop::Failed(f) => f,
+            Stop::CannotResume(why) => (CauseKind::Io, why),
+        }
+    }
+}
+
+/// Where a download writes: the inactive slot, and the staging directory for the
+/// bundle's own files (packages, scripts).
+struct Target {
+    slot: Slot,
+    dir: SlotDir,
+    staging: SlotDir,
+}
+
+/// What a download reads from and writes with, fresh or resumed; the plan is known
+/// already when a resume verified the stored manifest.
+struct Opened<'d> {
+    source: fetch::Source,
+    extractor: Extractor<'d>,
+    plan: Option<Plan>,
+}
+
+/// The decoder's memory, sized by the device's limits; the decoder borrows it.
+struct Memory {
+    manifest: Vec<u8>,
+    wire: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl Memory {
+    /// `decompress`: room for a decompressed chunk too (a chain-only check needs none).
+    fn new(limits: &Limits, decompress: bool) -> Memory {
+        let (m, w, r) = Buffers::required(limits, limits.max_chunk_size);
+        Memory {
+            manifest: vec![0; m],
+            wire: vec![0; w],
+            raw: vec![0; if decompress { r } else { 0 }],
+        }
+    }
+
+    fn buffers(&mut self) -> Buffers<'_> {
+        Buffers {
+            manifest: &mut self.manifest,
+            wire: &mut self.wire,
+            raw: &mut self.raw,
+        }
+    }
+}
+
+/// The keys the device trusts, from its configuration.
+fn pinned(cfg: &Config) -> Trust<'_> {
+    Trust::Pinned {
+        keys: &cfg.trusted_keys,
+        revoked: &cfg.revoked_keys,
+    }
+}
+
+/// The device's decisions on a verified manifest before anything is written: the
+/// compatibility string, then the release floor.
+fn accept(m: &Manifest<'_>, cfg: &Config, floor: u64) -> Result<(), BundleError> {
+    m.check_compatible(&cfg.compatible)
+        .and_then(|()| m.check_floor(floor))
+}
+
+fn zstd_failure(e: io::Error) -> Failure {
+    (CauseKind::Io, format!("zstd: {e}"))
 }
 
 fn fs_failure(e: fsops::FsError) -> Failure {
@@ -105,28 +176,22 @@ fn bundle_failure(e: BundleError, path: &str) -> Failure {
     (kind, why)
 }
 
+fn is_http(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
 /// The version and entry-table digest of the local bundle file at `path`, from its
 /// verified manifest (its head only is read), if this device would accept it
 /// (compatible, not below the release floor `floor`).
 pub(super) fn peek_manifest(
     path: &str,
-    cfg: &crate::config::Config,
+    cfg: &Config,
     floor: u64,
 ) -> anyhow::Result<(String, [u8; 32])> {
     let mut f = File::open(path)?;
-    let limits = cfg.limits;
-    let (m, w, _) = Buffers::required(&limits, limits.max_chunk_size);
-    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
-    let trust = Trust::Pinned {
-        keys: &cfg.trusted_keys,
-        revoked: &cfg.revoked_keys,
-    };
-    let bufs = Buffers {
-        manifest: &mut mb,
-        wire: &mut wb,
-        raw: &mut [],
-    };
-    let mut dec = Decoder::new(trust, limits, LibZstd::new()?, bufs).chain_only();
+    let mut mem = Memory::new(&cfg.limits, false);
+    let z = LibZstd::new()?;
+    let mut dec = Decoder::new(pinned(cfg), cfg.limits, z, mem.buffers()).chain_only();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = f.read(&mut buf)?;
@@ -143,9 +208,7 @@ pub(super) fn peek_manifest(
             if verified {
                 let m =
                     Manifest::decode(dec.manifest_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-                m.check_compatible(&cfg.compatible)
-                    .and_then(|()| m.check_floor(floor))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                accept(&m, cfg, floor).map_err(|e| anyhow::anyhow!("{e}"))?;
                 return Ok((m.version.to_owned(), m.entries.digest));
             }
             rest = &rest[consumed..];
@@ -167,15 +230,9 @@ fn chain_check(
             format!("cannot open bundle file {path}: {e}"),
         )
     })?;
-    let (m, w, _) = Buffers::required(&limits, limits.max_chunk_size);
-    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
-    let z = LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}")))?;
-    let bufs = Buffers {
-        manifest: &mut mb,
-        wire: &mut wb,
-        raw: &mut [],
-    };
-    let mut dec = Decoder::new(trust, limits, z, bufs).chain_only();
+    let mut mem = Memory::new(&limits, false);
+    let z = LibZstd::new().map_err(zstd_failure)?;
+    let mut dec = Decoder::new(trust, limits, z, mem.buffers()).chain_only();
     let refused = |dec: &Decoder<'_, '_, LibZstd>, e| bundle_failure(e, dec.failed_path());
     loop {
         let n = f.read(buf).map_err(|e| {
@@ -211,25 +268,16 @@ impl Device {
         if resume && saved.is_none() {
             self.log("no usable download checkpoint: downloading from the start");
         }
-        let attempt = match saved {
-            Some(s) => self.download(slot, &source, Some(s)),
-            None => self.download(slot, &source, None),
-        };
-        let result = match attempt {
-            Attempt::Done(plan) => Ok(plan),
-            Attempt::Failed(f) => Err(f),
-            Attempt::CannotResume(why) => {
+        let result = match self.download(slot, &source, saved) {
+            Err(Stop::CannotResume(why)) => {
                 self.log(&format!(
                     "cannot resume the download ({why}): downloading from the start"
                 ));
-                match self.download(slot, &source, None) {
-                    Attempt::Done(plan) => Ok(plan),
-                    Attempt::Failed(f) => Err(f),
-                    Attempt::CannotResume(why) => Err((CauseKind::Io, why)),
-                }
+                self.download(slot, &source, None)
             }
+            first => first,
         };
-        match result {
+        match result.map_err(Stop::into_failure) {
             Ok(plan) => {
                 // Nothing left to resume: a later restart goes on with the next phase.
                 let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
@@ -239,39 +287,241 @@ impl Device {
         }
     }
 
-    fn load_checkpoint(&self) -> Option<(Vec<u8>, Saved)> {
-        let head = fs::read(self.data.join(layout::HEAD)).ok()?;
-        let bytes = fs::read(self.data.join(layout::CHECKPOINT)).ok()?;
-        let saved: Saved = postcard::from_bytes(&bytes).ok()?;
-        Some((head, saved))
+    /// One download into `slot`: from the start, or continuing `saved`.
+    fn download(
+        &mut self,
+        slot: Slot,
+        source: &str,
+        saved: Option<(Vec<u8>, Saved)>,
+    ) -> Result<Plan, Stop> {
+        let resuming = saved.is_some();
+        if !resuming {
+            let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
+        }
+        let target = self.open_target(slot, resuming)?;
+        let limits = self.cfg.limits;
+        let mut mem = Memory::new(&limits, true);
+        let z = LibZstd::new().map_err(zstd_failure)?;
+        // The decoder outlives borrows of `self` (the record and the log are written
+        // while it runs), so it trusts a copy of the keys.
+        let cfg = self.cfg.clone();
+        let trust = pinned(&cfg);
+        let mut dec = Decoder::new(trust, limits, z, mem.buffers());
+        let mut buf = vec![0u8; 256 * 1024];
+        let opened = match saved {
+            None => {
+                let opened = self.start(source, trust, &target, &mut buf)?;
+                // The checkpoint's anchor; written before any checkpoint can name it.
+                let _ = fs::remove_file(self.data.join(layout::HEAD));
+                opened
+            }
+            Some((head, saved)) => self
+                .resume_at(source, &mut dec, &head, saved, &target, &mut buf)
+                .map_err(Stop::CannotResume)?,
+        };
+        Ok(self.stream(source, &target, &mut dec, opened, &mut buf)?)
     }
 
-    fn save_checkpoint(
+    /// The slot's directory and the staging directory, staging emptied unless resuming.
+    fn open_target(&self, slot: Slot, resuming: bool) -> Result<Target, Failure> {
+        let dir = SlotDir::create(self.slot_path(slot))
+            .map_err(fs_failure)?
+            .with_label(format!("slot {}", slot_name(slot)));
+        let staging = SlotDir::create(self.data.join(layout::BUNDLE_FILES))
+            .map_err(fs_failure)?
+            .with_label("staging");
+        if !resuming {
+            staging.clear().map_err(fs_failure)?;
+        }
+        Ok(Target { slot, dir, staging })
+    }
+
+    /// The source and extractor of a download from the start. A local file can be read
+    /// twice: its whole chunk chain is checked (hashing only) before the inactive slot
+    /// is emptied, so a file a device refuses (cut short, one byte appended, a chunk
+    /// altered) costs nothing and the rollback target survives.
+    fn start<'d>(
         &self,
-        slot_dir: &SlotDir,
-        staging: &SlotDir,
-        decoder: &[u8],
-        extract: ExtractState,
-        validator: &Option<String>,
-    ) -> Result<(), Failure> {
-        // Durable data first: the checkpoint must never describe bytes still in the page cache.
-        fsops::sync_tree(slot_dir).map_err(fs_failure)?;
-        fsops::sync_tree(staging).map_err(fs_failure)?;
-        let saved = Saved {
-            decoder: decoder.to_vec(),
-            extract,
-            validator: validator.clone(),
+        source: &str,
+        trust: Trust<'_>,
+        target: &'d Target,
+        buf: &mut [u8],
+    ) -> Result<Opened<'d>, Failure> {
+        if !is_http(source) {
+            chain_check(source, trust, self.cfg.limits, buf)?;
+        }
+        let src = self
+            .open_source(source, 0, None)
+            .map_err(|e| (CauseKind::Network, format!("{e:#}")))?;
+        let extractor = Extractor::new(&target.dir, &target.staging).map_err(fs_failure)?;
+        Ok(Opened {
+            source: src,
+            extractor,
+            plan: None,
+        })
+    }
+
+    /// The bundle from byte `at` on; a wait between retries ends when the abort flag is set.
+    fn open_source(
+        &self,
+        source: &str,
+        at: u64,
+        validator: Option<String>,
+    ) -> anyhow::Result<fetch::Source> {
+        let bearer = self.hooks.bearer.as_ref();
+        let abort = Some(self.hooks.abort.clone());
+        fetch::open_abortable(source, &self.cfg, bearer, at, validator, abort)
+    }
+
+    /// Reads the source to its end through the decoder. From here the extractor belongs
+    /// to the writing thread (writer.rs); this thread reads and decodes, and saves a
+    /// checkpoint when one is due. The scope joins the writer however this ends.
+    fn stream(
+        &mut self,
+        source: &str,
+        target: &Target,
+        dec: &mut Decoder<'_, '_, LibZstd>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Plan, Failure> {
+        let Opened {
+            source: src,
+            extractor,
+            mut plan,
+        } = opened;
+        let fetch::Source {
+            mut reader,
+            validator,
+            total,
+        } = src;
+        std::thread::scope(|scope| {
+            let mut writer = Writer::spawn(scope, extractor);
+            let mut flusher = Flusher::spawn(scope, &target.dir);
+            let mut cp = vec![0u8; CHECKPOINT_MAX];
+            let mut cadence = Cadence::new(dec.position());
+            let crash_at = test_hook("MOLT_TEST_CRASH_AT_BYTE");
+            while let Some(n) = self.read_some(&mut *reader, source, dec.position(), buf)? {
+                let mut rest = &buf[..n];
+                loop {
+                    let f = match dec.feed(rest) {
+                        Ok(f) => f,
+                        Err(e) => return Err(bundle_failure(e, dec.failed_path())),
+                    };
+                    rest = &rest[f.consumed..];
+                    let Some(ev) = f.event else { break };
+                    match ev {
+                        BundleEvent::ManifestVerified { .. } => {
+                            plan = Some(self.on_manifest(target, dec)?);
+                        }
+                        BundleEvent::Done => {}
+                        ev => writer.send(&ev).map_err(fs_failure)?,
+                    }
+                }
+                let at = dec.position();
+                self.progress(at, total);
+                flusher.poke(at);
+                if crash_at.is_some_and(|b| at >= b) {
+                    // Test hook: a power cut in the middle of the download.
+                    let _ = rustix::process::kill_process(
+                        rustix::process::getpid(),
+                        rustix::process::Signal::KILL,
+                    );
+                }
+                if cadence.due(at) {
+                    if let Ok(Some(len)) = dec.checkpoint(&mut cp) {
+                        // The writer answers once it applied everything before: the state
+                        // matches the decoder's position.
+                        if let Some(state) = writer.state().map_err(fs_failure)? {
+                            self.save_checkpoint(target, &cp[..len], state, &validator)?;
+                            cadence.saved(at);
+                        }
+                    }
+                }
+            }
+            dec.finish().map_err(|e| bundle_failure(e, ""))?;
+            let stats = writer.finish().map_err(fs_failure)?;
+            drop(flusher);
+            // syncfs reports only write-back errors seen since *its* descriptor was opened,
+            // so the handle that wrote the slot is the one that must flush it; Seal flushes
+            // again later for whatever the before script and packages wrote.
+            fsops::sync_tree(&target.dir).map_err(fs_failure)?;
+            fsops::sync_tree(&target.staging).map_err(fs_failure)?;
+            self.log(&format!("extracted {stats}"));
+            plan.ok_or_else(|| (CauseKind::BadBundle, "bundle has no manifest".into()))
+        })
+    }
+
+    /// The next bytes of the bundle into `buf`, `None` at its end. The operator's abort
+    /// is looked at before every read; `at` is the decoder's position, for the message.
+    fn read_some(
+        &self,
+        reader: &mut dyn Read,
+        source: &str,
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Failure> {
+        loop {
+            if self.abort_requested() {
+                return Err((
+                    CauseKind::Aborted,
+                    format!("download aborted by an operator at byte {at}"),
+                ));
+            }
+            match reader.read(buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The source gives up its retry wait when the abort flag is set
+                // (fetch::open_abortable): that is the operator's abort, not the
+                // network's failure.
+                Err(e) if self.abort_requested() => {
+                    return Err((
+                        CauseKind::Aborted,
+                        format!("download aborted by an operator at byte {at}: {e}"),
+                    ))
+                }
+                Err(e) => return Err((CauseKind::Network, format!("reading {source}: {e}"))),
+            }
+        }
+    }
+
+    /// The manifest of a fresh download verified: the device's checks, the record and
+    /// the slot (`begin`), then the manifest and the bundle's head kept durably for a
+    /// resume. Returns the signed recipe's plan.
+    fn on_manifest(
+        &mut self,
+        target: &Target,
+        dec: &Decoder<'_, '_, LibZstd>,
+    ) -> Result<Plan, Failure> {
+        let bytes = dec.manifest_bytes().to_vec();
+        let m = Manifest::decode(&bytes).map_err(|e| bundle_failure(e, ""))?;
+        accept(&m, &self.cfg, self.record.floor()).map_err(|e| bundle_failure(e, ""))?;
+        self.begin(target, &m)?;
+        write_durable(&self.data.join(layout::MANIFEST), &bytes)
+            .map_err(|e| (CauseKind::Io, format!("cannot keep the manifest: {e}")))?;
+        let mut head = dec.head_bytes().to_vec();
+        head.extend_from_slice(&bytes);
+        write_durable(&self.data.join(layout::HEAD), &head)
+            .map_err(|e| (CauseKind::Io, format!("cannot keep the bundle head: {e}")))?;
+        let kind = if matches!(m.kind, BundleKind::Full) {
+            "full"
+        } else {
+            "patch"
         };
-        let bytes = postcard::to_allocvec(&saved)
-            .map_err(|e| (CauseKind::Io, format!("cannot encode the checkpoint: {e}")))?;
-        write_durable(&self.data.join(layout::CHECKPOINT), &bytes)
-            .map_err(|e| (CauseKind::Io, format!("cannot save the checkpoint: {e}")))
+        self.log(&format!(
+            "bundle {} (release {}, {kind}) verified; writing slot {}",
+            m.version,
+            m.release,
+            slot_name(target.slot)
+        ));
+        Ok(Plan::from_recipe(&m.recipe))
     }
 
     /// The first manifest check of a fresh download: compatibility, version floor, patch
     /// base; then the record says the slot is being staged, and only then is the slot
     /// emptied (or, for a patch, started from the active snapshot).
-    fn begin(&mut self, slot: Slot, slot_dir: &SlotDir, m: &Manifest<'_>) -> Result<(), Failure> {
+    fn begin(&mut self, t: &Target, m: &Manifest<'_>) -> Result<(), Failure> {
+        let (slot, slot_dir) = (t.slot, &t.dir);
         let active = self.record.active();
         // What the slot holds now, before the record forgets it: a fresh download after
         // an interrupted one of the same install finds the slot Staging, and the first
@@ -454,309 +704,5 @@ impl Device {
             .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", staging.display()))?;
         SlotDir::open(path)?.clear()?;
         Ok(())
-    }
-
-    fn download(&mut self, slot: Slot, source: &str, saved: Option<(Vec<u8>, Saved)>) -> Attempt {
-        macro_rules! fail {
-            ($e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(f) => return Attempt::Failed(f),
-                }
-            };
-        }
-        let resuming = saved.is_some();
-        if !resuming {
-            let _ = fs::remove_file(self.data.join(layout::CHECKPOINT));
-        }
-        let slot_dir = fail!(SlotDir::create(self.slot_path(slot))
-            .map_err(fs_failure)
-            .map(|d| d.with_label(format!("slot {}", slot_name(slot)))));
-        let staging = fail!(SlotDir::create(self.data.join(layout::BUNDLE_FILES))
-            .map_err(fs_failure)
-            .map(|d| d.with_label("staging")));
-        if !resuming {
-            fail!(staging.clear().map_err(fs_failure));
-        }
-
-        let limits = self.cfg.limits;
-        let (m, w, r) = Buffers::required(&limits, limits.max_chunk_size);
-        let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-        let z = fail!(LibZstd::new().map_err(|e| (CauseKind::Io, format!("zstd: {e}"))));
-        let (keys, revoked) = (self.cfg.trusted_keys.clone(), self.cfg.revoked_keys.clone());
-        let trust = Trust::Pinned {
-            keys: &keys,
-            revoked: &revoked,
-        };
-        let mut dec = Decoder::new(
-            trust,
-            limits,
-            z,
-            Buffers {
-                manifest: &mut mb,
-                wire: &mut wb,
-                raw: &mut rb,
-            },
-        );
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut plan = None;
-
-        // Where the bytes come from, and the extractor continuing or starting the slot.
-        let (mut reader, validator, total, extractor) = match saved {
-            None => {
-                if !source.starts_with("http://") && !source.starts_with("https://") {
-                    // A local file can be read twice: its whole chunk chain is checked
-                    // (hashing only) before the inactive slot is emptied, so a file a
-                    // device refuses (cut short, one byte appended, a chunk altered)
-                    // costs nothing and the rollback target survives.
-                    fail!(chain_check(source, trust, limits, &mut buf));
-                }
-                let bearer = self.hooks.bearer.as_ref();
-                let abort = Some(self.hooks.abort.clone());
-                let src = match fetch::open_abortable(source, &self.cfg, bearer, 0, None, abort) {
-                    Ok(s) => s,
-                    Err(e) => return Attempt::Failed((CauseKind::Network, format!("{e:#}"))),
-                };
-                let x = fail!(fsops::Extractor::new(&slot_dir, &staging).map_err(fs_failure));
-                (src.reader, src.validator, src.total, x)
-            }
-            Some((head, saved)) => {
-                // The stored first bytes, verified again: the manifest must be the one the
-                // record is staging, or this checkpoint is not ours.
-                let mut rest = &head[..];
-                let mut verified = false;
-                while !rest.is_empty() {
-                    match dec.feed(rest) {
-                        Ok(f) => {
-                            rest = &rest[f.consumed..];
-                            verified |=
-                                matches!(f.event, Some(BundleEvent::ManifestVerified { .. }));
-                        }
-                        Err(e) => return Attempt::CannotResume(format!("stored head: {e}")),
-                    }
-                }
-                if !verified {
-                    return Attempt::CannotResume("stored head holds no manifest".into());
-                }
-                let bytes = dec.manifest_bytes().to_vec();
-                let m = match Manifest::decode(&bytes) {
-                    Ok(m) => m,
-                    Err(e) => return Attempt::CannotResume(format!("stored manifest: {e}")),
-                };
-                let info = self.record.slot(slot);
-                if info.status != Status::Staging || info.digest != m.entries.digest {
-                    return Attempt::CannotResume("the slot record stages another bundle".into());
-                }
-                if fs::read(self.data.join(layout::MANIFEST)).ok().as_deref() != Some(&bytes[..]) {
-                    return Attempt::CannotResume("the kept manifest differs".into());
-                }
-                plan = Some(Plan::from_recipe(&m.recipe));
-                let resume = match dec.resume(&saved.decoder) {
-                    Ok(r) => r,
-                    Err(e) => return Attempt::CannotResume(e.to_string()),
-                };
-                // A crash leaves at most the temporary file being written when it struck;
-                // it must not reach the snapshot. The checkpoint's own file in progress stays.
-                let keep = saved.extract.pending_tmp();
-                for (dir, is_staging) in [(&slot_dir, false), (&staging, true)] {
-                    let k = keep
-                        .as_ref()
-                        .filter(|(s, _)| *s == is_staging)
-                        .map(|(_, p)| p.as_str());
-                    if let Err(e) = dir.remove_named(TMP_PREFIX, k) {
-                        return Attempt::CannotResume(e.to_string());
-                    }
-                }
-                let x = match fsops::Extractor::resume(&slot_dir, &staging, &saved.extract) {
-                    Ok(x) => x,
-                    Err(e) => return Attempt::CannotResume(e.to_string()),
-                };
-                if resume.file_prefix != saved.extract.file_prefix() {
-                    return Attempt::CannotResume("decoder and extractor disagree".into());
-                }
-                let mut refused = None;
-                let read = x.read_pending(&mut buf, |bytes| {
-                    if refused.is_none() {
-                        refused = dec.rehash_prefix(bytes).err();
-                    }
-                    Ok(())
-                });
-                if let Err(e) = read {
-                    return Attempt::CannotResume(e.to_string());
-                }
-                if let Some(e) = refused {
-                    return Attempt::CannotResume(e.to_string());
-                }
-                let bearer = self.hooks.bearer.as_ref();
-                let abort = Some(self.hooks.abort.clone());
-                let at = resume.offset;
-                let src = match fetch::open_abortable(
-                    source,
-                    &self.cfg,
-                    bearer,
-                    at,
-                    saved.validator,
-                    abort,
-                ) {
-                    Ok(s) => s,
-                    Err(e) => return Attempt::CannotResume(format!("{e:#}")),
-                };
-                let (chunk, chunks) = dec.chunk_progress();
-                self.log(&format!(
-                    "resuming the download at byte {} (chunk {chunk} of {chunks}, {} bytes of the file in progress kept)",
-                    resume.offset, resume.file_prefix
-                ));
-                (src.reader, src.validator, src.total, x)
-            }
-        };
-        if !resuming {
-            // The checkpoint's anchor; written before any checkpoint can name it.
-            let _ = fs::remove_file(self.data.join(layout::HEAD));
-        }
-
-        // From here the extractor belongs to the writing thread (writer.rs); this thread
-        // reads and decodes. The scope joins the writer whatever way this block ends.
-        std::thread::scope(|scope| {
-            let mut writer = Writer::spawn(scope, extractor);
-            let mut flusher = Flusher::spawn(scope, &slot_dir);
-            let mut cp = vec![0u8; CHECKPOINT_MAX];
-            let mut last_cp = (dec.position(), Instant::now());
-            let hook = test_hook("MOLT_TEST_CHECKPOINT_BYTES");
-            let every = hook.unwrap_or(CHECKPOINT_BYTES);
-            // A checkpoint costs a syncfs, which waits for every byte written since the
-            // last one: on a fast source it is cheaper to redo a second of work after a
-            // power cut than to stall every 32 MiB (tests set the byte interval alone).
-            let min_gap = if hook.is_some() {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(CHECKPOINT_MIN_MILLIS)
-            };
-            let crash_at = test_hook("MOLT_TEST_CRASH_AT_BYTE");
-            'read: loop {
-                if self.abort_requested() {
-                    return Attempt::Failed((
-                        CauseKind::Aborted,
-                        format!("download aborted by an operator at byte {}", dec.position()),
-                    ));
-                }
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break 'read,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The source gives up its retry wait when the abort flag is set
-                    // (fetch::open_abortable): that is the operator's abort, not the
-                    // network's failure.
-                    Err(e) if self.abort_requested() => {
-                        return Attempt::Failed((
-                            CauseKind::Aborted,
-                            format!(
-                                "download aborted by an operator at byte {}: {e}",
-                                dec.position()
-                            ),
-                        ))
-                    }
-                    Err(e) => {
-                        return Attempt::Failed((
-                            CauseKind::Network,
-                            format!("reading {source}: {e}"),
-                        ))
-                    }
-                };
-                let mut rest = &buf[..n];
-                loop {
-                    let f = match dec.feed(rest) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            let p = dec.failed_path().to_string();
-                            return Attempt::Failed(bundle_failure(e, &p));
-                        }
-                    };
-                    rest = &rest[f.consumed..];
-                    let Some(ev) = f.event else { break };
-                    match ev {
-                        BundleEvent::ManifestVerified { .. } => {
-                            let bytes = dec.manifest_bytes().to_vec();
-                            let m =
-                                fail!(Manifest::decode(&bytes).map_err(|e| bundle_failure(e, "")));
-                            fail!(m
-                                .check_compatible(&self.cfg.compatible)
-                                .map_err(|e| bundle_failure(e, "")));
-                            fail!(m
-                                .check_floor(self.record.floor())
-                                .map_err(|e| bundle_failure(e, "")));
-                            fail!(self.begin(slot, &slot_dir, &m));
-                            fail!(write_durable(&self.data.join(layout::MANIFEST), &bytes)
-                                .map_err(|e| (
-                                    CauseKind::Io,
-                                    format!("cannot keep the manifest: {e}")
-                                )));
-                            let mut head = dec.head_bytes().to_vec();
-                            head.extend_from_slice(&bytes);
-                            fail!(write_durable(&self.data.join(layout::HEAD), &head).map_err(
-                                |e| (CauseKind::Io, format!("cannot keep the bundle head: {e}"))
-                            ));
-                            self.log(&format!(
-                                "bundle {} (release {}, {}) verified; writing slot {}",
-                                m.version,
-                                m.release,
-                                if matches!(m.kind, BundleKind::Full) {
-                                    "full"
-                                } else {
-                                    "patch"
-                                },
-                                slot_name(slot)
-                            ));
-                            plan = Some(Plan::from_recipe(&m.recipe));
-                        }
-                        BundleEvent::Done => {}
-                        ev => fail!(writer.send(&ev).map_err(fs_failure)),
-                    }
-                }
-                self.progress(dec.position(), total);
-                flusher.poke(dec.position());
-                if crash_at.is_some_and(|b| dec.position() >= b) {
-                    // Test hook: a power cut in the middle of the download.
-                    let _ = rustix::process::kill_process(
-                        rustix::process::getpid(),
-                        rustix::process::Signal::KILL,
-                    );
-                }
-                let (pos, at) = last_cp;
-                let since = at.elapsed();
-                let due = (dec.position() - pos >= every && since >= min_gap)
-                    || (since >= Duration::from_secs(CHECKPOINT_SECS) && dec.position() > pos);
-                if due {
-                    if let Ok(Some(len)) = dec.checkpoint(&mut cp) {
-                        // The writer answers once it applied everything before: the state
-                        // matches the decoder's position.
-                        if let Some(state) = fail!(writer.state().map_err(fs_failure)) {
-                            fail!(self.save_checkpoint(
-                                &slot_dir,
-                                &staging,
-                                &cp[..len],
-                                state,
-                                &validator
-                            ));
-                            last_cp = (dec.position(), Instant::now());
-                        }
-                    }
-                }
-            }
-            if let Err(e) = dec.finish() {
-                return Attempt::Failed(bundle_failure(e, ""));
-            }
-            let stats = fail!(writer.finish().map_err(fs_failure));
-            drop(flusher);
-            // syncfs reports only write-back errors seen since *its* descriptor was opened,
-            // so the handle that wrote the slot is the one that must flush it; Seal flushes
-            // again later for whatever the before script and packages wrote.
-            fail!(fsops::sync_tree(&slot_dir).map_err(fs_failure));
-            fail!(fsops::sync_tree(&staging).map_err(fs_failure));
-            self.log(&format!("extracted {stats}"));
-            match plan {
-                Some(p) => Attempt::Done(p),
-                None => Attempt::Failed((CauseKind::BadBundle, "bundle has no manifest".into())),
-            }
-        })
     }
 }

@@ -162,6 +162,14 @@ impl Decoded {
             .as_deref()
             .and_then(|b| Manifest::decode(b).ok())
     }
+
+    /// The manifest, once accepted, or an error `{path}: {missing}`: for the callers that
+    /// go on from a bundle's manifest (verify, `molt update push`), each saying in its
+    /// own words what is missing.
+    pub fn require_manifest(&self, path: &Path, missing: &str) -> Result<Manifest<'_>> {
+        self.manifest()
+            .ok_or_else(|| anyhow!("{}: {missing}", path.display()))
+    }
 }
 
 /// What the first bytes of the file say, read straight from it.
@@ -429,9 +437,7 @@ fn verified(
     if let Some(r) = d.refusal {
         return Err(anyhow::Error::new(r));
     }
-    let m = d
-        .manifest()
-        .ok_or_else(|| anyhow!("{}: no manifest was read", path.display()))?;
+    let m = d.require_manifest(path, "no manifest was read")?;
     Ok(Verified {
         version: m.version.to_owned(),
         compatible: m.compatible.to_owned(),

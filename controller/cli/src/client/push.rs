@@ -68,9 +68,7 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo> {
     if let Some(r) = &head.refusal {
         bail!("{}: not a usable bundle: {r}", path.display());
     }
-    let m = head
-        .manifest()
-        .ok_or_else(|| anyhow!("{}: not a usable bundle: no manifest", path.display()))?;
+    let m = head.require_manifest(path, "not a usable bundle: no manifest")?;
     Ok(BundleInfo {
         version: m.version.to_owned(),
         compatible: m.compatible.to_owned(),

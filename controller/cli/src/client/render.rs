@@ -125,6 +125,21 @@ pub fn counts_text(c: &Counts) -> String {
     }
 }
 
+/// The table of `items`, a row each by `row`, under `header`; `none` instead when there
+/// are no items (a line that says how to make the first one).
+fn table_or<T>(
+    items: &[T],
+    none: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> String {
+    if items.is_empty() {
+        return none.to_owned();
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    table(header, &rows)
+}
+
 /// A deployment's state for people: `in progress` rather than `in_progress`.
 fn state_word(state: &str) -> String {
     state.replace('_', " ")
@@ -132,31 +147,35 @@ fn state_word(state: &str) -> String {
 
 /// `molt groups`.
 pub fn groups_table(groups: &[Group]) -> String {
-    if groups.is_empty() {
-        return "no groups yet: molt groups create NAME\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|g| {
+    table_or(
+        groups,
+        "no groups yet: molt groups create NAME\n",
+        &["GROUP", "DEVICES", "ENROLLMENT TOKEN"],
+        |g| {
             vec![
                 g.name.clone(),
                 g.devices.to_string(),
                 g.enrollment_token.clone(),
             ]
-        })
-        .collect();
-    table(&["GROUP", "DEVICES", "ENROLLMENT TOKEN"], &rows)
+        },
+    )
 }
 
 /// `molt devices`; `now` in Unix seconds for "last seen".
 pub fn devices_table(devices: &[Device], now: i64) -> String {
-    if devices.is_empty() {
-        return "no devices (a device joins with its group's enrollment token: molt groups)\n"
-            .to_owned();
-    }
-    let rows: Vec<Vec<String>> = devices
-        .iter()
-        .map(|d| {
+    table_or(
+        devices,
+        "no devices (a device joins with its group's enrollment token: molt groups)\n",
+        &[
+            "ID",
+            "NAME",
+            "GROUP",
+            "STATUS",
+            "ACTIVE",
+            "AGENT",
+            "LAST SEEN",
+        ],
+        |d| {
             vec![
                 d.id.clone(),
                 d.name.clone(),
@@ -168,42 +187,15 @@ pub fn devices_table(devices: &[Device], now: i64) -> String {
                     .as_deref()
                     .map_or("never".to_owned(), |t| ago(t, now)),
             ]
-        })
-        .collect();
-    table(
-        &[
-            "ID",
-            "NAME",
-            "GROUP",
-            "STATUS",
-            "ACTIVE",
-            "AGENT",
-            "LAST SEEN",
-        ],
-        &rows,
+        },
     )
 }
 
 /// `molt updates`.
 pub fn updates_table(updates: &[Update]) -> String {
-    if updates.is_empty() {
-        return "no updates yet: molt update push BUNDLE|RECIPE\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = updates
-        .iter()
-        .map(|u| {
-            vec![
-                u.id.to_string(),
-                u.version.clone(),
-                u.kind.clone(),
-                u.compatible.clone(),
-                human(u.size),
-                show_time(&u.created),
-                shorten(&u.comment, 40),
-            ]
-        })
-        .collect();
-    table(
+    table_or(
+        updates,
+        "no updates yet: molt update push BUNDLE|RECIPE\n",
         &[
             "ID",
             "VERSION",
@@ -213,7 +205,17 @@ pub fn updates_table(updates: &[Update]) -> String {
             "CREATED",
             "COMMENT",
         ],
-        &rows,
+        |u| {
+            vec![
+                u.id.to_string(),
+                u.version.clone(),
+                u.kind.clone(),
+                u.compatible.clone(),
+                human(u.size),
+                show_time(&u.created),
+                shorten(&u.comment, 40),
+            ]
+        },
     )
 }
 
@@ -228,23 +230,9 @@ fn target(d: &Deployment) -> String {
 
 /// `molt status`: recent updates, the web UI's table.
 pub fn deployments_table(deployments: &[Deployment]) -> String {
-    if deployments.is_empty() {
-        return "no deployments yet: molt deploy UPDATE --group GROUP\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = deployments
-        .iter()
-        .map(|d| {
-            vec![
-                d.id.to_string(),
-                d.version.clone(),
-                target(d),
-                format!("{} ({})", state_word(&d.state), counts_text(&d.counts)),
-                show_time(&d.created),
-                shorten(&d.comment, 40),
-            ]
-        })
-        .collect();
-    table(
+    table_or(
+        deployments,
+        "no deployments yet: molt deploy UPDATE --group GROUP\n",
         &[
             "DEPLOYMENT",
             "VERSION",
@@ -253,7 +241,16 @@ pub fn deployments_table(deployments: &[Deployment]) -> String {
             "CREATED",
             "COMMENT",
         ],
-        &rows,
+        |d| {
+            vec![
+                d.id.to_string(),
+                d.version.clone(),
+                target(d),
+                format!("{} ({})", state_word(&d.state), counts_text(&d.counts)),
+                show_time(&d.created),
+                shorten(&d.comment, 40),
+            ]
+        },
     )
 }
 

@@ -81,6 +81,16 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(secret.trim())
 }
 
+/// The bearer secret of a request, or a 401 saying to send `credential` (what the
+/// route wants: the operator token or a device credential) that way.
+fn bearer_or_401<'a>(parts: &'a Parts, credential: &str) -> Result<&'a str, AppError> {
+    bearer(parts).ok_or_else(|| {
+        AppError::unauthorized(format!(
+            "missing credential: send `Authorization: Bearer <{credential}>`"
+        ))
+    })
+}
+
 /// The device a credential belongs to: from memory once it was found (a device's
 /// credential never changes and devices are never deleted), else from the database.
 async fn device_of(state: &AppState, secret: &str) -> Result<Option<String>, AppError> {
@@ -112,11 +122,7 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let secret = bearer(parts).ok_or_else(|| {
-            AppError::unauthorized(
-                "missing credential: send `Authorization: Bearer <operator token>`",
-            )
-        })?;
+        let secret = bearer_or_401(parts, "operator token")?;
         if hash(secret) == state.operator_hash {
             return Ok(Operator);
         }
@@ -136,11 +142,7 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let secret = bearer(parts).ok_or_else(|| {
-            AppError::unauthorized(
-                "missing credential: send `Authorization: Bearer <device credential>`",
-            )
-        })?;
+        let secret = bearer_or_401(parts, "device credential")?;
         if let Some(id) = device_of(state, secret).await? {
             return Ok(Device(id));
         }

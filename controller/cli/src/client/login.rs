@@ -250,6 +250,15 @@ mod tests {
         }
     }
 
+    /// Every setting given, as flags or as the environment give them.
+    fn given<'a>(controller: &'a str, token: &'a str, ca: &'a str) -> Given<'a> {
+        Given {
+            controller: Some(controller),
+            token: Some(token),
+            ca: Some(Path::new(ca)),
+        }
+    }
+
     #[test]
     fn flags_beat_the_environment_which_beats_the_saved_login() {
         let saved = saved();
@@ -258,16 +267,8 @@ mod tests {
         assert_eq!(t.controller, "http://saved:1");
         assert_eq!(t.token, "saved-token");
         assert_eq!(t.ca.as_deref(), Some(Path::new("/saved/ca.pem")));
-        let flags = Given {
-            controller: Some("http://flag:2/"),
-            token: Some("flag-token"),
-            ca: Some(Path::new("/flag/ca.pem")),
-        };
-        let env = Given {
-            controller: Some("http://env:3"),
-            token: Some("env-token"),
-            ca: Some(Path::new("/env/ca.pem")),
-        };
+        let flags = given("http://flag:2/", "flag-token", "/flag/ca.pem");
+        let env = given("http://env:3", "env-token", "/env/ca.pem");
         let t = resolve(flags, env, Some(&saved)).unwrap();
         assert_eq!(t.controller, "http://flag:2");
         assert_eq!(t.token, "flag-token");
@@ -287,11 +288,7 @@ mod tests {
         assert_eq!(t.token, "saved-token");
         assert_eq!(t.ca.as_deref(), Some(Path::new("/saved/ca.pem")));
         // Blank values count as not given.
-        let blank = Given {
-            controller: Some(" "),
-            token: Some(""),
-            ca: Some(Path::new("")),
-        };
+        let blank = given(" ", "", "");
         assert_eq!(
             resolve(blank, blank, Some(&saved)).unwrap(),
             resolve(none, none, Some(&saved)).unwrap()

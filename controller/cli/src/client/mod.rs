@@ -518,6 +518,16 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
+    /// A client for `url` with the operator token `token` and the system's CAs.
+    fn client(url: &str, token: &str) -> Client {
+        Client::new(&Target {
+            controller: url.to_owned(),
+            token: token.into(),
+            ca: None,
+        })
+        .unwrap()
+    }
+
     /// Serves one canned answer per connection.
     fn fake_server(answers: Vec<String>) -> (String, thread::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -557,12 +567,7 @@ mod tests {
             answer("502 Bad Gateway", "upstrm!"),
             answer("200 OK", "{}"),
         ]);
-        let c = Client::new(&Target {
-            controller: url.clone(),
-            token: "tok en".into(),
-            ca: None,
-        })
-        .unwrap();
+        let c = client(&url, "tok en");
         let e = c.groups::<Value>().unwrap_err().to_string();
         assert_eq!(e, "the controller refused the token: run molt login");
         let e = c.deployment::<Value>(99).unwrap_err().to_string();
@@ -600,12 +605,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         drop(l);
-        let c = Client::new(&Target {
-            controller: url.clone(),
-            token: "t".into(),
-            ca: None,
-        })
-        .unwrap();
+        let c = client(&url, "t");
         let e = c.groups::<Value>().unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("cannot reach the controller at {url}: ")),

@@ -1,7 +1,7 @@
 //! The update journal: its byte layout, damage to either copy, other formats, the previous agent's layout, and a power cut at every byte of every save of an install.
 
 use crc::{Crc, CRC_32_ISCSI};
-use molt_engine::slot::{Slot, StoreOp};
+use molt_engine::slot::{RecordError, Slot, StoreErrorKind, StoreOp};
 use molt_engine::testing::{Tear, TearingStore};
 use molt_engine::update::journal::{self, Error, COPY_LEN, FORMAT, REGION_LEN, STATE_CAPACITY};
 use molt_engine::update::{
@@ -154,9 +154,15 @@ fn both_copies_damaged_is_corrupt_not_idle() {
     let mut store = saved(&install_states()[..2]);
     copy_mut(&mut store, 0)[30] ^= 0x80;
     copy_mut(&mut store, 1)[30] ^= 0x80;
-    assert_eq!(journal::load(&mut store), Err(Error::Corrupt));
+    assert_eq!(
+        journal::load(&mut store),
+        Err(Error::Record(RecordError::Corrupt))
+    );
     let mut garbage = Store::new(0xA5);
-    assert_eq!(journal::load(&mut garbage), Err(Error::Corrupt));
+    assert_eq!(
+        journal::load(&mut garbage),
+        Err(Error::Record(RecordError::Corrupt))
+    );
     // A damaged journal may be written again: the caller decides to start over.
     journal::save(&mut garbage, &State::IDLE).unwrap();
     assert_eq!(load(&mut garbage), Some(State::IDLE));
@@ -172,15 +178,15 @@ fn a_newer_format_is_refused_on_load_and_save_not_skipped() {
     reseal(copy);
     assert_eq!(
         journal::load(&mut store),
-        Err(Error::UnsupportedFormat { format: 2 })
+        Err(Error::Record(RecordError::UnsupportedFormat { format: 2 }))
     );
     assert_eq!(
         journal::save(&mut store, &states[2]),
-        Err(Error::UnsupportedFormat { format: 2 })
+        Err(Error::Record(RecordError::UnsupportedFormat { format: 2 }))
     );
     assert_eq!(
         journal::load(&mut store),
-        Err(Error::UnsupportedFormat { format: 2 }),
+        Err(Error::Record(RecordError::UnsupportedFormat { format: 2 })),
         "the refused save wrote nothing"
     );
 }
@@ -234,7 +240,10 @@ fn the_previous_layout_is_never_read_as_a_state() {
     );
     let mut two = one.clone();
     two.bytes_mut()[COPY_LEN..].copy_from_slice(&previous_layout(&State::IDLE, 2));
-    assert_eq!(journal::load(&mut two), Err(Error::Corrupt));
+    assert_eq!(
+        journal::load(&mut two),
+        Err(Error::Record(RecordError::Corrupt))
+    );
 }
 
 #[test]
@@ -243,25 +252,25 @@ fn each_failing_operation_is_named() {
     store.cut_after(0, Tear::Keep);
     assert!(matches!(
         journal::save(&mut store, &State::IDLE),
-        Err(Error::Store {
+        Err(Error::Record(RecordError::Store {
             op: StoreOp::Write,
             ..
-        })
+        }))
     ));
     assert!(matches!(
         journal::load(&mut store),
-        Err(Error::Store {
+        Err(Error::Record(RecordError::Store {
             op: StoreOp::Read,
             ..
-        })
+        }))
     ));
     let mut small = TearingStore::<COPY_LEN>::default();
     assert!(matches!(
         journal::load(&mut small),
-        Err(Error::Store {
+        Err(Error::Record(RecordError::Store {
             op: StoreOp::Read,
             ..
-        })
+        }))
     ));
 }
 
@@ -331,5 +340,29 @@ mod power_cut {
                 assert!(got == Some(old) || got == Some(new), "k1={k1} k2={k2}");
             }
         }
+    }
+}
+
+#[test]
+fn errors_read_as_sentences() {
+    let cases = [
+        (
+            Error::Record(RecordError::Store {
+                op: StoreOp::Flush,
+                kind: StoreErrorKind::Io,
+            }),
+            "journal store flush failed: I/O error",
+        ),
+        (
+            Error::Record(RecordError::Corrupt),
+            "both copies of the update journal are corrupt (not blank)",
+        ),
+        (
+            Error::Record(RecordError::UnsupportedFormat { format: 9 }),
+            "the update journal has format 9, which this version of molt cannot read (expected 1)",
+        ),
+    ];
+    for (e, text) in cases {
+        assert_eq!(e.to_string(), text);
     }
 }

@@ -2,8 +2,8 @@
 
 use crc::{Crc, CRC_32_ISCSI};
 use molt_engine::slot::{
-    Boot, Error, Loaded, Slot, SlotRecord, SlotStore, Status, StoreErrorKind, StoreOp, FORMAT,
-    RECORD_LEN, REGION_LEN, VERSION_CAPACITY,
+    Boot, Error, Loaded, RecordError, Slot, SlotRecord, SlotStore, Status, StoreErrorKind, StoreOp,
+    FORMAT, RECORD_LEN, REGION_LEN, VERSION_CAPACITY,
 };
 use molt_engine::testing::{RecordStore, Tear, TearingStore};
 use proptest::prelude::*;
@@ -283,7 +283,10 @@ mod copies {
         let (_, new, mut store) = two_saves();
         store.bytes_mut()[3] ^= 0x10;
         store.bytes_mut()[RECORD_LEN + 200] ^= 0x10;
-        assert_eq!(SlotRecord::load(&mut store), Err(Error::Corrupt));
+        assert_eq!(
+            SlotRecord::load(&mut store),
+            Err(Error::Record(RecordError::Corrupt))
+        );
         // Saving over a corrupt region is how a device is provisioned again.
         new.save(&mut store).unwrap();
         assert_eq!(found(&mut store), new);
@@ -295,7 +298,10 @@ mod copies {
         for (i, b) in store.bytes_mut().iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(31).wrapping_add(7);
         }
-        assert_eq!(SlotRecord::load(&mut store), Err(Error::Corrupt));
+        assert_eq!(
+            SlotRecord::load(&mut store),
+            Err(Error::Record(RecordError::Corrupt))
+        );
     }
 
     #[test]
@@ -368,12 +374,12 @@ mod copies {
         reseal(b);
         assert_eq!(
             SlotRecord::load(&mut store),
-            Err(Error::UnsupportedFormat { format: 2 })
+            Err(Error::Record(RecordError::UnsupportedFormat { format: 2 }))
         );
         let before = *store.bytes();
         assert_eq!(
             old.save(&mut store),
-            Err(Error::UnsupportedFormat { format: 2 })
+            Err(Error::Record(RecordError::UnsupportedFormat { format: 2 }))
         );
         assert_eq!(store.bytes(), &before, "nothing written");
     }
@@ -401,10 +407,10 @@ mod store_errors {
     #[test]
     fn a_store_smaller_than_the_region_is_out_of_bounds() {
         let mut small = TearingStore::<{ RECORD_LEN + 10 }>::default();
-        let err = Error::Store {
+        let err = Error::Record(RecordError::Store {
             op: StoreOp::Read,
             kind: StoreErrorKind::OutOfBounds,
-        };
+        });
         assert_eq!(SlotRecord::load(&mut small), Err(err));
         assert_eq!(factory().save(&mut small), Err(err));
     }
@@ -416,17 +422,17 @@ mod store_errors {
         store.cut_after(0, Tear::Keep);
         assert_eq!(
             r.save(&mut store),
-            Err(Error::Store {
+            Err(Error::Record(RecordError::Store {
                 op: StoreOp::Write,
                 kind: StoreErrorKind::Io
-            })
+            }))
         );
         assert_eq!(
             SlotRecord::load(&mut store),
-            Err(Error::Store {
+            Err(Error::Record(RecordError::Store {
                 op: StoreOp::Read,
                 kind: StoreErrorKind::Io
-            }),
+            })),
             "no power until reboot"
         );
 
@@ -434,10 +440,10 @@ mod store_errors {
         store.cut_after(RECORD_LEN, Tear::Keep);
         assert_eq!(
             r.save(&mut store),
-            Err(Error::Store {
+            Err(Error::Record(RecordError::Store {
                 op: StoreOp::Flush,
                 kind: StoreErrorKind::Io
-            })
+            }))
         );
     }
 
@@ -464,10 +470,10 @@ mod store_errors {
         let mut flaky = Flaky([0; REGION_LEN]);
         assert_eq!(
             factory().save(&mut flaky),
-            Err(Error::Store {
+            Err(Error::Record(RecordError::Store {
                 op: StoreOp::Flush,
                 kind: StoreErrorKind::Other
-            })
+            }))
         );
         // Through a `&mut` borrow as well.
         let mut borrowed = &mut flaky;
@@ -1017,10 +1023,10 @@ mod logic {
     fn errors_read_as_sentences() {
         let cases = [
             (
-                Error::Store {
+                Error::Record(RecordError::Store {
                     op: StoreOp::Flush,
                     kind: StoreErrorKind::Io,
-                },
+                }),
                 "slot store flush failed: I/O error",
             ),
             (
@@ -1031,15 +1037,19 @@ mod logic {
                 "release 3 is below the device's version floor 7 and no downgrade was allowed",
             ),
             (
-                Error::UnsupportedFormat { format: 9 },
+                Error::Record(RecordError::UnsupportedFormat { format: 9 }),
                 "the slot record has format 9, which this version of molt cannot read (expected 1)",
             ),
         ];
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
         }
+        assert_eq!(
+            Error::Record(RecordError::Corrupt).to_string(),
+            "both copies of the slot record are corrupt (not blank): refusing to treat the device as new"
+        );
         for e in [
-            Error::Corrupt,
+            Error::Record(RecordError::Corrupt),
             Error::VersionTooLong { len: 70 },
             Error::TrialInProgress,
             Error::NotStaged,

@@ -21,6 +21,8 @@
 //! [`SlotRecord::load`](super::SlotRecord::load) and
 //! [`SlotRecord::save`](super::SlotRecord::save) document the rules for both.
 
+use core::fmt;
+
 use crc::{Crc, NoTable, CRC_32_ISCSI};
 
 use super::store::{SlotStore, StoreError, StoreErrorKind, StoreOp};
@@ -60,15 +62,64 @@ pub(crate) trait Payload<const N: usize>: Sized {
     fn decode(copy: &[u8; N]) -> Option<Self>;
 }
 
-/// Why loading or saving a two-copy record failed; each record words it for its own error type.
+/// Why loading or saving a two-copy record failed: the slot record's and the
+/// update journal's errors both carry it ([`RecordError::Record`](super::Error::Record),
+/// [`journal::Error::Record`](crate::update::journal::Error::Record)), which name the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Error {
-    /// The store failed this operation.
-    Store { op: StoreOp, kind: StoreErrorKind },
-    /// Neither copy is valid and neither is blank.
+#[non_exhaustive]
+pub enum RecordError {
+    /// The [`SlotStore`] failed; after a failed write or flush the new copy may or may not be durable, so load again before acting on the record.
+    Store {
+        /// The operation that failed.
+        op: StoreOp,
+        /// What the driver reported, reduced to a kind.
+        kind: StoreErrorKind,
+    },
+    /// Neither copy is valid and neither is blank: a record existed and was destroyed (or the store holds something else).
     Corrupt,
-    /// The newest intact copy has another format byte.
-    UnsupportedFormat { format: u8 },
+    /// The newest intact copy has a format this engine does not know (written by a newer molt); falling back to the older copy would roll the record back.
+    UnsupportedFormat {
+        /// The format byte found.
+        format: u8,
+    },
+}
+
+/// Which two-copy record a [`RecordError`] is about, for its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Slot,
+    Journal,
+}
+
+impl RecordError {
+    /// Writes the error as a sentence about `record`.
+    pub(crate) fn describe(self, record: Record, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A blank slot record means a new device, so a destroyed one must not read as one.
+        let (store, name, expected, if_corrupt) = match record {
+            Record::Slot => (
+                "slot",
+                "slot record",
+                super::FORMAT,
+                ": refusing to treat the device as new",
+            ),
+            Record::Journal => (
+                "journal",
+                "update journal",
+                crate::update::journal::FORMAT,
+                "",
+            ),
+        };
+        match self {
+            RecordError::Store { op, kind } => write!(f, "{store} store {op} failed: {kind}"),
+            RecordError::Corrupt => {
+                write!(f, "both copies of the {name} are corrupt (not blank){if_corrupt}")
+            }
+            RecordError::UnsupportedFormat { format } => write!(
+                f,
+                "the {name} has format {format}, which this version of molt cannot read (expected {expected})"
+            ),
+        }
+    }
 }
 
 /// Reads both copies and returns the newest valid payload, `None` when no save ever completed.
@@ -77,10 +128,10 @@ pub(crate) enum Error {
 /// encoding of a payload; of two valid copies the one with the newer sequence
 /// number wins (equal numbers pick copy A). With no valid copy, a blank copy
 /// (all `0x00` or all `0xFF`) means no save ever completed, while two copies
-/// that are neither valid nor blank are [`Error::Corrupt`]. A newest intact
-/// copy of an unknown format is [`Error::UnsupportedFormat`], never skipped for
+/// that are neither valid nor blank are [`RecordError::Corrupt`]. A newest intact
+/// copy of an unknown format is [`RecordError::UnsupportedFormat`], never skipped for
 /// the older copy. Loading never writes.
-pub(crate) fn load<P, S, const N: usize>(store: &mut S) -> Result<Option<P>, Error>
+pub(crate) fn load<P, S, const N: usize>(store: &mut S) -> Result<Option<P>, RecordError>
 where
     P: Payload<N>,
     S: SlotStore + ?Sized,
@@ -91,10 +142,10 @@ where
     match newest(a, b) {
         Some((_, intact)) => match intact.body {
             Body::Payload(p) => Ok(Some(p)),
-            Body::Unknown(format) => Err(Error::UnsupportedFormat { format }),
+            Body::Unknown(format) => Err(RecordError::UnsupportedFormat { format }),
         },
         None if any_blank => Ok(None),
-        None => Err(Error::Corrupt),
+        None => Err(RecordError::Corrupt),
     }
 }
 
@@ -102,9 +153,9 @@ where
 ///
 /// With no valid copy it writes a copy that is not blank (copy A if both or
 /// neither are), so that a blank copy keeps marking the store as never saved
-/// should this write be torn. Refused with [`Error::UnsupportedFormat`] when the
+/// should this write be torn. Refused with [`RecordError::UnsupportedFormat`] when the
 /// newest copy has a format this save would supersede.
-pub(crate) fn save<P, S, const N: usize>(payload: &P, store: &mut S) -> Result<(), Error>
+pub(crate) fn save<P, S, const N: usize>(payload: &P, store: &mut S) -> Result<(), RecordError>
 where
     P: Payload<N>,
     S: SlotStore + ?Sized,
@@ -117,7 +168,7 @@ where
     let (target, seq) = match newest(a, b) {
         Some((newest, intact)) => match intact.body {
             Body::Payload(_) => (newest.other(), intact.seq.wrapping_add(1)),
-            Body::Unknown(format) => return Err(Error::UnsupportedFormat { format }),
+            Body::Unknown(format) => return Err(RecordError::UnsupportedFormat { format }),
         },
         None if keep_blank_a => (CopyId::B, 0),
         None => (CopyId::A, 0),
@@ -197,7 +248,7 @@ enum Body<P> {
     Unknown(u8),
 }
 
-fn read_copy<P, S, const N: usize>(store: &mut S, id: CopyId) -> Result<CopyState<P>, Error>
+fn read_copy<P, S, const N: usize>(store: &mut S, id: CopyId) -> Result<CopyState<P>, RecordError>
 where
     P: Payload<N>,
     S: SlotStore + ?Sized,
@@ -264,8 +315,8 @@ fn newer(x: u32, y: u32) -> bool {
     matches!(x.wrapping_sub(y), 1..=0x7FFF_FFFF)
 }
 
-fn store_error<E: StoreError>(op: StoreOp, error: &E) -> Error {
-    Error::Store {
+fn store_error<E: StoreError>(op: StoreOp, error: &E) -> RecordError {
+    RecordError::Store {
         op,
         kind: error.kind(),
     }

@@ -80,11 +80,14 @@ pub(crate) mod copies;
 mod record;
 mod store;
 
+pub use copies::RecordError;
 pub use record::{
     Boot, Loaded, Slot, SlotInfo, SlotRecord, Status, Version, FORMAT, RECORD_LEN, REGION_LEN,
     VERSION_CAPACITY,
 };
 pub use store::{SlotStore, StoreError, StoreErrorKind, StoreOp};
+
+use copies::Record;
 
 use core::fmt;
 
@@ -92,20 +95,8 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// The [`SlotStore`] failed; after a failed write or flush the new record may or may not be durable, so reload before deciding anything.
-    Store {
-        /// The operation that failed.
-        op: StoreOp,
-        /// What the driver reported, reduced to a kind.
-        kind: StoreErrorKind,
-    },
-    /// Neither copy is valid and neither is blank: a record existed and was destroyed, so the device is not treated as new (that would forget the version floor).
-    Corrupt,
-    /// The newest intact copy has a record format this engine does not know (written by a newer molt); falling back to the older copy would roll the state back.
-    UnsupportedFormat {
-        /// The format byte found.
-        format: u8,
-    },
+    /// Loading or saving the record failed: the store, or what it holds.
+    Record(RecordError),
     /// The release is below the version floor and the downgrade was not allowed.
     Downgrade {
         /// The release offered.
@@ -133,14 +124,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Store { op, kind } => write!(f, "slot store {op} failed: {kind}"),
-            Error::Corrupt => f.write_str(
-                "both copies of the slot record are corrupt (not blank): refusing to treat the device as new",
-            ),
-            Error::UnsupportedFormat { format } => write!(
-                f,
-                "the slot record has format {format}, which this version of molt cannot read (expected {FORMAT})"
-            ),
+            Error::Record(e) => e.describe(Record::Slot, f),
             Error::Downgrade { release, floor } => write!(
                 f,
                 "release {release} is below the device's version floor {floor} and no downgrade was allowed"
@@ -163,12 +147,8 @@ impl fmt::Display for Error {
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
 
-impl From<copies::Error> for Error {
-    fn from(e: copies::Error) -> Self {
-        match e {
-            copies::Error::Store { op, kind } => Error::Store { op, kind },
-            copies::Error::Corrupt => Error::Corrupt,
-            copies::Error::UnsupportedFormat { format } => Error::UnsupportedFormat { format },
-        }
+impl From<RecordError> for Error {
+    fn from(e: RecordError) -> Self {
+        Error::Record(e)
     }
 }

@@ -593,12 +593,12 @@ impl SlotRecord {
     ///   erased flash reads): [`Loaded::Fresh`]. No save ever completed, because
     ///   a completed save leaves a valid copy and the first save writes a
     ///   non-blank copy, so this is also what a cut first save reads as;
-    /// * both copies hold bytes that are not a record: [`Error::Corrupt`]. A
+    /// * both copies hold bytes that are not a record: [`RecordError::Corrupt`](super::RecordError::Corrupt). A
     ///   record existed and was destroyed; starting over would forget the
     ///   version floor and which slot is Good, so the decision is left to the caller.
     ///
     /// If the newest intact copy has an unknown format, the result is
-    /// [`Error::UnsupportedFormat`] rather than the older copy, which would roll
+    /// [`RecordError::UnsupportedFormat`](super::RecordError::UnsupportedFormat) rather than the older copy, which would roll
     /// the device's state back. Loading never writes: a damaged copy is simply
     /// the one the next save overwrites.
     pub fn load<S: SlotStore + ?Sized>(store: &mut S) -> Result<Loaded, Error> {
@@ -625,9 +625,9 @@ impl SlotRecord {
     ///    holds the old record, and any mix of old and new bytes in the copy
     ///    being written fails its CRC.
     ///
-    /// Refused with [`Error::UnsupportedFormat`] when the newest copy was
+    /// Refused with [`RecordError::UnsupportedFormat`](super::RecordError::UnsupportedFormat) when the newest copy was
     /// written by a newer format, which this save would otherwise supersede. On
-    /// [`Error::Store`] from the write or the flush the new record may or may
+    /// [`RecordError::Store`](super::RecordError::Store) from the write or the flush the new record may or may
     /// not be durable: load again before deciding anything.
     pub fn save<S: SlotStore + ?Sized>(&self, store: &mut S) -> Result<(), Error> {
         Ok(copies::save::<SlotRecord, S, RECORD_LEN>(self, store)?)

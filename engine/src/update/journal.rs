@@ -46,8 +46,8 @@
 use core::fmt;
 
 use super::state::State;
-use crate::slot::copies::{self, get, put, Payload, FRAME_LEN};
-use crate::slot::{SlotStore, StoreErrorKind, StoreOp};
+use crate::slot::copies::{self, get, put, Payload, Record, FRAME_LEN};
+use crate::slot::{RecordError, SlotStore};
 
 /// Bytes in one copy of the journal.
 pub const COPY_LEN: usize = 128;
@@ -74,20 +74,12 @@ const _: () = assert!(STATE_CAPACITY <= u8::MAX as usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// The [`SlotStore`] failed; after a failed write or flush the new state may or may not be durable, so load again before acting on it.
-    Store {
-        /// The operation that failed.
-        op: StoreOp,
-        /// What the driver reported, reduced to a kind.
-        kind: StoreErrorKind,
-    },
-    /// Neither copy is valid and neither is blank: a journal existed and was destroyed (or holds something else).
-    Corrupt,
-    /// The newest intact copy has a journal format this engine does not know (written by a newer molt); reading the older copy instead would roll the install back.
-    UnsupportedFormat {
-        /// The format byte found.
-        format: u8,
-    },
+    /// Loading or saving the journal failed: the store, or what it holds. After a
+    /// failed write or flush ([`RecordError::Store`]) the new state may or may not
+    /// be durable, so load again before acting on it; a newest copy of an unknown
+    /// format is refused because reading the older copy instead would roll the
+    /// install back.
+    Record(RecordError),
     /// The state's encoding is longer than [`STATE_CAPACITY`] bytes (it never is: [`State::MAX_ENCODED_LEN`] bounds it).
     TooLarge,
 }
@@ -95,12 +87,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Store { op, kind } => write!(f, "journal store {op} failed: {kind}"),
-            Error::Corrupt => f.write_str("both copies of the update journal are corrupt (not blank)"),
-            Error::UnsupportedFormat { format } => write!(
-                f,
-                "the update journal has format {format}, which this version of molt cannot read (expected {FORMAT})"
-            ),
+            Error::Record(e) => e.describe(Record::Journal, f),
             Error::TooLarge => write!(
                 f,
                 "the update state does not fit the journal's {STATE_CAPACITY} bytes"
@@ -112,13 +99,9 @@ impl fmt::Display for Error {
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
 
-impl From<copies::Error> for Error {
-    fn from(e: copies::Error) -> Self {
-        match e {
-            copies::Error::Store { op, kind } => Error::Store { op, kind },
-            copies::Error::Corrupt => Error::Corrupt,
-            copies::Error::UnsupportedFormat { format } => Error::UnsupportedFormat { format },
-        }
+impl From<RecordError> for Error {
+    fn from(e: RecordError) -> Self {
+        Error::Record(e)
     }
 }
 
@@ -126,7 +109,7 @@ impl From<copies::Error> for Error {
 /// blank store, or a first save that was cut), which the caller treats as
 /// [`State::IDLE`].
 ///
-/// Both copies holding something that is not a journal is [`Error::Corrupt`]
+/// Both copies holding something that is not a journal is [`RecordError::Corrupt`]
 /// rather than `None`, so that the caller decides what a destroyed journal
 /// means (the agent reads it as idle and lets the slot record, a separate
 /// store, say which snapshot runs; it first checks for the previous layout).
@@ -136,7 +119,7 @@ pub fn load<S: SlotStore + ?Sized>(store: &mut S) -> Result<Option<State>, Error
 
 /// Makes `state` durable: writes it over the copy that does not hold the newest
 /// valid state, then flushes. A power cut at any byte leaves the old or the new
-/// state readable. On [`Error::Store`] the new state may or may not be durable:
+/// state readable. On [`RecordError::Store`] the new state may or may not be durable:
 /// its actions must not be carried out.
 pub fn save<S: SlotStore + ?Sized>(store: &mut S, state: &State) -> Result<(), Error> {
     // Encoded once up front so that a state that does not fit is refused before

@@ -31,8 +31,7 @@ fn the_first_start_prints_the_token_and_a_restart_keeps_it() {
     let none = request("GET", &c.api("/groups"), None, &[], None);
     none.refused(401, "Authorization");
     let wrong = get(&c.api("/groups"), "mop_nope");
-    assert_eq!(wrong.status, 401);
-    assert_eq!(wrong.error(), "unknown credential");
+    wrong.refused_exactly(401, "unknown credential");
 }
 
 #[test]
@@ -56,8 +55,7 @@ fn credentials_are_kept_to_their_routes() {
         &[],
         Some(br#"{"token":"grp_nope","name":"x","compatible":"y","agent_version":"1","active_version":"1"}"#),
     );
-    assert_eq!(bad.status, 401);
-    assert_eq!(bad.error(), "unknown enrollment token");
+    bad.refused_exactly(401, "unknown enrollment token");
 }
 
 #[test]
@@ -80,8 +78,7 @@ fn bad_input_is_a_json_error_naming_the_problem() {
     a.refused(400, "no spaces");
     group(&c, &token, "test");
     let a = post(&groups, &token, json!({"name": "test"}));
-    assert_eq!(a.status, 409);
-    assert_eq!(a.error(), "group `test` exists already");
+    a.refused_exactly(409, "group `test` exists already");
 
     for (path, want) in [
         ("/deployments/99", "deployment 99 does not exist"),
@@ -104,8 +101,7 @@ fn bad_input_is_a_json_error_naming_the_problem() {
         &[],
         Some(br#"{"group":"test"}"#),
     );
-    assert_eq!(a.status, 404);
-    assert_eq!(a.error(), "device dev_nope does not exist");
+    a.refused_exactly(404, "device dev_nope does not exist");
 }
 
 #[test]
@@ -213,13 +209,11 @@ fn deployments_refuse_what_cannot_be_deployed() {
     let deps = c.api("/deployments");
 
     let a = post(&deps, &token, json!({"update": update, "group": "empty"}));
-    assert_eq!(a.status, 400);
-    assert_eq!(a.error(), "group `empty` has no devices");
+    a.refused_exactly(400, "group `empty` has no devices");
     let a = post(&deps, &token, json!({"update": update, "group": "ghosts"}));
     assert_eq!(a.status, 404);
     let a = post(&deps, &token, json!({"update": 42, "group": "test"}));
-    assert_eq!(a.status, 404);
-    assert_eq!(a.error(), "update 42 does not exist");
+    a.refused_exactly(404, "update 42 does not exist");
     let a = post(&deps, &token, json!({"update": update, "devices": []}));
     assert_eq!(a.status, 400);
     let a = post(
@@ -227,8 +221,7 @@ fn deployments_refuse_what_cannot_be_deployed() {
         &token,
         json!({"update": update, "devices": ["dev_ghost"]}),
     );
-    assert_eq!(a.status, 400);
-    assert_eq!(a.error(), "unknown devices: dev_ghost");
+    a.refused_exactly(400, "unknown devices: dev_ghost");
     let a = post(&deps, &token, json!({"update": update}));
     assert_eq!(a.status, 400);
 

@@ -202,6 +202,12 @@ impl Answer {
         assert!(self.error().contains(says), "{}", self.error());
     }
 
+    /// Asserts this is an error answer with `status` whose message is exactly `error`.
+    pub fn refused_exactly(&self, status: u16, error: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.error(), error);
+    }
+
     /// The body as text, for messages.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -292,7 +298,12 @@ pub fn over_limit(url: &str, bearer: &str, content_type: &str, body: &[u8]) -> A
 }
 
 pub fn get(url: &str, bearer: &str) -> Answer {
-    request("GET", url, Some(bearer), &[], None)
+    get_with(url, bearer, &[])
+}
+
+/// `GET url` with the request headers `headers` (a range, a validator).
+pub fn get_with(url: &str, bearer: &str, headers: &[(&str, &str)]) -> Answer {
+    request("GET", url, Some(bearer), headers, None)
 }
 
 pub fn post(url: &str, bearer: &str, body: Value) -> Answer {

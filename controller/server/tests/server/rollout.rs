@@ -81,13 +81,7 @@ fn devices_get_offers_report_and_download_with_ranges() {
     assert_eq!(whole.body, r.bundle);
     let etag = whole.etag.clone().unwrap();
     assert_eq!(etag, format!("\"{hash}\""));
-    let part = request(
-        "GET",
-        &url,
-        Some(&r.a.cred),
-        &[("Range", "bytes=1000-")],
-        None,
-    );
+    let part = get_with(&url, &r.a.cred, &[("Range", "bytes=1000-")]);
     assert_eq!(part.status, 206);
     assert_eq!(part.body, r.bundle[1000..]);
     let len = r.bundle.len();
@@ -95,31 +89,21 @@ fn devices_get_offers_report_and_download_with_ranges() {
         part.content_range.unwrap(),
         format!("bytes 1000-{}/{len}", len - 1)
     );
-    let fresh = request(
-        "GET",
+    let fresh = get_with(
         &url,
-        Some(&r.a.cred),
+        &r.a.cred,
         &[("Range", "bytes=10-19"), ("If-Range", &etag)],
-        None,
     );
     assert_eq!(fresh.status, 206);
     assert_eq!(fresh.body, r.bundle[10..20]);
-    let stale = request(
-        "GET",
+    let stale = get_with(
         &url,
-        Some(&r.a.cred),
+        &r.a.cred,
         &[("Range", "bytes=10-"), ("If-Range", "\"another\"")],
-        None,
     );
     assert_eq!(stale.status, 200);
     assert_eq!(stale.body.len(), len);
-    let past = request(
-        "GET",
-        &url,
-        Some(&r.a.cred),
-        &[("Range", &format!("bytes={len}-"))],
-        None,
-    );
+    let past = get_with(&url, &r.a.cred, &[("Range", &format!("bytes={len}-"))]);
     assert_eq!(past.status, 416);
     let foreign = get(&url, &r.p.cred);
     assert_eq!(foreign.status, 403, "not its deployment");
@@ -277,13 +261,7 @@ fn a_kill_9_mid_rollout_loses_nothing() {
     assert_eq!(poll(&c, &r.a, Some(r.dep))["action"], "none");
     assert_eq!(poll(&c, &r.b, None)["action"], "install");
     let url = c.api(&format!("/device/deployments/{}/bundle", r.dep));
-    let part = request(
-        "GET",
-        &url,
-        Some(&r.a.cred),
-        &[("Range", "bytes=5000-")],
-        None,
-    );
+    let part = get_with(&url, &r.a.cred, &[("Range", "bytes=5000-")]);
     assert_eq!(part.status, 206);
     assert_eq!(part.body, r.bundle[5000..]);
     let done = report(&c, &r.a, r.dep, 2, "success", "part two\n");
@@ -423,12 +401,9 @@ fn a_removed_device_is_refused_at_once_and_its_unfinished_targets_cancelled() {
     );
     assert_eq!(polled.status, 401, "{}", polled.text());
     assert_eq!(report(&r.c, &r.a, r.dep, 2, "success", "").status, 401);
-    let bundle = request(
-        "GET",
+    let bundle = get(
         &r.c.api(&format!("/device/deployments/{}/bundle", r.dep)),
-        Some(&r.a.cred),
-        &[],
-        None,
+        &r.a.cred,
     );
     assert_eq!(bundle.status, 401);
 

@@ -89,6 +89,30 @@ struct Fleet {
     dir: std::path::PathBuf,
 }
 
+impl Fleet {
+    /// Builds the recipe `name` (see [`recipe`]) as a bundle, pushes it with `push_extra`
+    /// arguments and deploys it to group `test`: the new deployment's id.
+    fn deploy_to_test(
+        &self,
+        name: &str,
+        version: &str,
+        after: &str,
+        rollback_marker: &Path,
+        push_extra: &[&str],
+    ) -> u64 {
+        let r = recipe(&self.dir.join(name), version, after, rollback_marker);
+        let b = bundle(&r, &self.secret);
+        let mut push = vec!["update", "push", b.to_str().unwrap()];
+        push.extend_from_slice(push_extra);
+        self.ctl.molt(&push).ok();
+        let up = update_id(&self.ctl, version);
+        self.ctl
+            .molt(&["deploy", &up.to_string(), "--group", "test"])
+            .ok();
+        newest_deployment(&self.ctl)
+    }
+}
+
 /// A controller trusting a fresh key, and two running devices in each of `test` and `production`.
 fn fleet(via: Option<&dyn Fn(&Controller) -> String>) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
@@ -130,21 +154,13 @@ fn deploy_to_test_then_to_others() {
     }
     let f = fleet(None);
     let marker = f.dir.join("never");
-    let r = recipe(
-        &f.dir.join("v1"),
+    let first = f.deploy_to_test(
+        "v1",
         "1.0.0",
         "echo after $MOLT_NEW_VERSION",
         &marker,
+        &["--comment", "first"],
     );
-    let b = bundle(&r, &f.secret);
-    f.ctl
-        .molt(&["update", "push", b.to_str().unwrap(), "--comment", "first"])
-        .ok();
-    let up = update_id(&f.ctl, "1.0.0");
-    f.ctl
-        .molt(&["deploy", &up.to_string(), "--group", "test"])
-        .ok();
-    let first = newest_deployment(&f.ctl);
     let d = settle(&f.ctl, first, LONG);
     assert_eq!(d["state"], "success", "{d:#}");
     assert_eq!(d["counts"]["success"], 2, "{d:#}");
@@ -215,19 +231,7 @@ fn a_failing_after_rolls_back_and_the_output_is_visible() {
     }
     let f = fleet(None);
     let marker = f.dir.join("rolled-back");
-    let r = recipe(
-        &f.dir.join("bad"),
-        "2.0.0",
-        "echo about to fail; exit 3",
-        &marker,
-    );
-    let b = bundle(&r, &f.secret);
-    f.ctl.molt(&["update", "push", b.to_str().unwrap()]).ok();
-    let up = update_id(&f.ctl, "2.0.0");
-    f.ctl
-        .molt(&["deploy", &up.to_string(), "--group", "test"])
-        .ok();
-    let id = newest_deployment(&f.ctl);
+    let id = f.deploy_to_test("bad", "2.0.0", "echo about to fail; exit 3", &marker, &[]);
     let d = settle(&f.ctl, id, LONG);
     assert_eq!(d["counts"]["rolled_back"], 2, "{d:#}");
     assert_eq!(d["state"], "failed", "{d:#}");

@@ -109,7 +109,7 @@ pub fn hooks(cfg: &Config, enrollment: &Enrollment) -> Result<(Hooks, Arc<Outbox
     let outbox = Arc::new(Outbox::open(&cfg.data_dir())?);
     let reporter = Arc::new(OutboxReporter::new(outbox, Arc::new(Wake::default())));
     let hooks = Hooks {
-        reporter: Some(Box::new(reporter.clone())),
+        reporter: Some(reporter.clone()),
         bearer: Some(Bearer::new(&enrollment.controller, &enrollment.credential)),
         abort: Arc::default(),
     };
@@ -146,7 +146,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     let reporter = Arc::new(OutboxReporter::new(outbox.clone(), send_wake.clone()));
     let abort = Arc::new(AtomicBool::new(false));
     let hooks = Hooks {
-        reporter: Some(Box::new(reporter.clone())),
+        reporter: Some(reporter.clone()),
         bearer: Some(Bearer::new(&enrollment.controller, &enrollment.credential)),
         abort: abort.clone(),
     };

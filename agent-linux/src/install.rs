@@ -919,12 +919,13 @@ impl Device {
         fs::read(self.data.join(layout::MANIFEST)).context("the in-flight manifest is missing")
     }
 
-    /// The packages stage: each package manager the recipe uses runs inside a chroot of
-    /// the new slot, with /proc, /sys, /dev and resolv.conf bound in and the bundle's
-    /// shipped package files read-only at /run/molt/packages; the mounts are always
-    /// undone before the stage ends (and after a crash, on the next start).
-    fn install_packages(&mut self, slot: Slot) -> Option<Event> {
-        let phase = Phase::Packages;
+    /// Runs `stage` of `phase` with the in-flight manifest, or fails the phase when
+    /// the manifest cannot be read.
+    fn with_manifest(
+        &mut self,
+        phase: Phase,
+        stage: impl FnOnce(&mut Self, &Manifest<'_>) -> Option<Event>,
+    ) -> Option<Event> {
         let bytes = match self.manifest_bytes() {
             Ok(b) => b,
             Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
@@ -933,6 +934,27 @@ impl Device {
             Ok(m) => m,
             Err(e) => return self.fail(phase, CauseKind::Io, format!("stored manifest: {e}")),
         };
+        stage(self, &m)
+    }
+
+    /// Logs a command's outcome and, indented, what it printed.
+    fn log_outcome(&self, o: &exec::CommandOutcome) {
+        self.log(&format!("{o}"));
+        for line in o.output.lines() {
+            self.log(&format!("  | {line}"));
+        }
+    }
+
+    /// The packages stage: each package manager the recipe uses runs inside a chroot of
+    /// the new slot, with /proc, /sys, /dev and resolv.conf bound in and the bundle's
+    /// shipped package files read-only at /run/molt/packages; the mounts are always
+    /// undone before the stage ends (and after a crash, on the next start).
+    fn install_packages(&mut self, slot: Slot) -> Option<Event> {
+        self.with_manifest(Phase::Packages, |d, m| d.packages_stage(slot, m))
+    }
+
+    fn packages_stage(&mut self, slot: Slot, m: &Manifest<'_>) -> Option<Event> {
+        let phase = Phase::Packages;
         let steps = packages::plan(&m.recipe, packages::SHIPPED_DIR_IN_CHROOT);
         if steps.is_empty() {
             return Some(Event::Completed(phase));
@@ -985,10 +1007,7 @@ impl Device {
                 .with_cancel(self.hooks.abort.clone());
             match exec::run(&spec) {
                 Ok(o) => {
-                    self.log(&format!("{o}"));
-                    for line in o.output.lines() {
-                        self.log(&format!("  | {line}"));
-                    }
+                    self.log_outcome(&o);
                     if !o.success() {
                         let kind = match o.status {
                             ExitStatus::Cancelled { .. } => CauseKind::Aborted,
@@ -1030,14 +1049,10 @@ impl Device {
 
     /// Runs the recipe's command for `phase` (before, after, health check, rollback).
     fn run_stage(&mut self, phase: Phase, slot: Slot) -> Option<Event> {
-        let bytes = match self.manifest_bytes() {
-            Ok(b) => b,
-            Err(e) => return self.fail(phase, CauseKind::Io, format!("{e:#}")),
-        };
-        let m = match Manifest::decode(&bytes) {
-            Ok(m) => m,
-            Err(e) => return self.fail(phase, CauseKind::Io, format!("stored manifest: {e}")),
-        };
+        self.with_manifest(phase, |d, m| d.command_stage(phase, slot, m))
+    }
+
+    fn command_stage(&mut self, phase: Phase, slot: Slot, m: &Manifest<'_>) -> Option<Event> {
         let (cmd, mut retry) = match phase {
             Phase::Before => (m.recipe.before, Retry::once()),
             Phase::After => (m.recipe.after, Retry::once()),
@@ -1103,10 +1118,7 @@ impl Device {
             }
             match exec::run(&spec) {
                 Ok(o) => {
-                    self.log(&format!("{o}"));
-                    for line in o.output.lines() {
-                        self.log(&format!("  | {line}"));
-                    }
+                    self.log_outcome(&o);
                     let outcome = match o.status {
                         _ if o.success() => Attempt::Passed,
                         ExitStatus::Cancelled { .. } => Attempt::Stopped,

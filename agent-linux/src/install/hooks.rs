@@ -32,36 +32,12 @@ pub trait Reporter: Send {
     fn log(&self, line: &str);
 }
 
-impl<R: Reporter + Sync> Reporter for Arc<R> {
-    fn phase(&self, deployment: DeploymentId, phase: Phase, active_version: &str) {
-        (**self).phase(deployment, phase, active_version);
-    }
-    fn progress(&self, deployment: DeploymentId, done: u64, total: Option<u64>) {
-        (**self).progress(deployment, done, total);
-    }
-    fn finished(
-        &self,
-        deployment: DeploymentId,
-        outcome: Outcome,
-        message: &str,
-        active_version: &str,
-    ) {
-        (**self).finished(deployment, outcome, message, active_version);
-    }
-    fn abort_refused(&self, deployment: DeploymentId, why: AbortRefusal, active_version: &str) {
-        (**self).abort_refused(deployment, why, active_version);
-    }
-    fn log(&self, line: &str) {
-        (**self).log(line);
-    }
-}
-
 /// What the daemon plugs into the driver; [`Hooks::default`] is a local install's:
 /// no reporter, no credential, a flag nobody sets.
 #[derive(Default)]
 pub struct Hooks {
     /// Receives a controller deployment's reports.
-    pub reporter: Option<Box<dyn Reporter>>,
+    pub reporter: Option<Arc<dyn Reporter + Sync>>,
     /// The credential for the controller's bundle URLs.
     pub bearer: Option<Bearer>,
     /// Set (by the daemon's poller) when an operator aborted the deployment in progress.

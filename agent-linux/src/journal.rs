@@ -36,7 +36,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use molt_engine::slot::{SlotStore, StoreError, StoreErrorKind, StoreOp};
+use molt_engine::slot::{RecordError, SlotStore, StoreError, StoreErrorKind, StoreOp};
 use molt_engine::update::journal::{self, COPY_LEN, REGION_LEN};
 use molt_engine::update::State;
 
@@ -110,7 +110,7 @@ impl Journal {
     /// caller must not carry out its actions.
     pub fn write(&mut self, state: &State) -> io::Result<()> {
         journal::save(&mut self.store, state).map_err(|e| match e {
-            journal::Error::Store { op, kind } => io::Error::other(format!(
+            journal::Error::Record(RecordError::Store { op, kind }) => io::Error::other(format!(
                 "journal {op} failed ({kind}) in {}",
                 self.store.path().display()
             )),
@@ -134,7 +134,7 @@ fn load<S: SlotStore + ?Sized>(
         // No save ever completed in this format: a new journal, or one whose
         // first copy only the previous agent wrote.
         Ok(None) => false,
-        Err(journal::Error::Corrupt) => true,
+        Err(journal::Error::Record(RecordError::Corrupt)) => true,
         Err(e) => return Err(e),
     };
     let mut region = [0u8; REGION_LEN];
@@ -184,7 +184,7 @@ fn migrate<S: SlotStore + ?Sized>(
 }
 
 fn store_error<E: StoreError>(op: StoreOp, e: &E) -> journal::Error {
-    journal::Error::Store { op, kind: e.kind() }
+    journal::Error::Record(RecordError::Store { op, kind: e.kind() })
 }
 
 /// The previous agent's layout, read only (see the module documentation).

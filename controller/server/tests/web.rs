@@ -353,8 +353,7 @@ fn https_marks_the_cookie_secure() {
 fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let dev = one_test_device(&c, &token, "gw-1");
     let mut b = Browser::new(&c);
     b.login(&token);
     let csrf = b.csrf();
@@ -449,8 +448,7 @@ fn the_recipe_form_builds_deploys_and_keeps_input_on_errors() {
 fn hostile_names_comments_and_logs_are_escaped() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "<script>alert('device')</script>", "acme-gw");
+    let dev = one_test_device(&c, &token, "<script>alert('device')</script>");
     let key = molt_bundle::keys::read_secret(&f.data().join("signing.secret")).unwrap();
     let bundle = bundle(f.dir.path(), "1.0.0", &key);
     let up = upload(&c, &token, &bundle).json();
@@ -539,8 +537,7 @@ fn hostile_names_comments_and_logs_are_escaped() {
 fn a_device_is_removed_from_the_devices_page_after_a_confirmation() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "gw-web", "acme-gw");
+    let dev = one_test_device(&c, &token, "gw-web");
     poll(&c, &dev, None);
     let mut b = Browser::new(&c);
     b.login(&token);
@@ -621,8 +618,7 @@ fn without_a_signing_key_the_form_says_builds_are_off() {
     let f = Fixture::new();
     let (_, public) = key(f.dir.path(), "release");
     let (c, token) = f.start(&["--no-signing-key", "--trusted-key", &public]);
-    let t = group(&c, &token, "test");
-    enroll(&c, &t, "gw-1", "acme-gw");
+    one_test_device(&c, &token, "gw-1");
     let mut b = Browser::new(&c);
     b.login(&token);
     let form = b.get("/updates/new").body;
@@ -640,8 +636,7 @@ fn without_a_signing_key_the_form_says_builds_are_off() {
 fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    enroll(&c, &t, "gw-1", "acme-gw");
+    one_test_device(&c, &token, "gw-1");
     let mut b = Browser::new(&c);
     b.login(&token);
     let csrf = b.csrf();
@@ -671,8 +666,7 @@ fn wrong_hardware_is_refused_before_the_build_uses_up_the_version() {
 fn a_refused_form_comes_back_exactly_as_typed() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    enroll(&c, &t, "gw-1", "acme-gw");
+    one_test_device(&c, &token, "gw-1");
     let mut b = Browser::new(&c);
     b.login(&token);
     let csrf = b.csrf();
@@ -750,8 +744,7 @@ fn a_refused_form_comes_back_exactly_as_typed() {
 fn a_long_comment_is_clipped_in_the_list_and_whole_on_its_page() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    enroll(&c, &t, "gw-1", "acme-gw");
+    one_test_device(&c, &token, "gw-1");
     let key = molt_bundle::keys::read_secret(&f.data().join("signing.secret")).unwrap();
     let up = upload(&c, &token, &bundle(f.dir.path(), "1.0.0", &key)).json();
     let comment = "word ".repeat(600);

@@ -38,8 +38,7 @@ fn the_first_start_prints_the_token_and_a_restart_keeps_it() {
 fn credentials_are_kept_to_their_routes() {
     let f = Fixture::new();
     let (c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let dev = one_test_device(&c, &token, "gw-1");
     let a = get(&c.api("/devices"), &dev.cred);
     a.refused(403, "device credential");
     let a = post(
@@ -251,8 +250,7 @@ fn polls_move_last_seen_in_listings_at_once_and_a_graceful_stop_keeps_it() {
     // first, and so does a graceful stop, so neither shows an older time.
     let f = Fixture::new();
     let (mut c, token) = f.start(&[]);
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let dev = one_test_device(&c, &token, "gw-1");
     let enrolled = listed(&c, &token, &dev.id)["last_seen"].clone();
     // last_seen has one-second resolution (RFC 3339 strings of one format sort by time).
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -126,8 +126,7 @@ fn a_recipe_and_its_files_build_into_a_signed_update() {
 
     // Deployable like an upload; without a comment of its own the deployment
     // shows the recipe's.
-    let t = group(&c, &token, "test");
-    enroll(&c, &t, "gw", "acme-gw");
+    one_test_device(&c, &token, "gw");
     let d = post_ok(
         &c.api("/deployments"),
         &token,

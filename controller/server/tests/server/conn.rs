@@ -44,8 +44,7 @@ fn poll_p99(c: &Controller, d: &Dev, n: usize) -> Duration {
 fn idle_sockets_under_ulimit_1024_neither_starve_polls_nor_stay_open() {
     let f = Fixture::new();
     let (c, token) = f.started(Controller::start_with_nofile(&f.data(), &[], 1024));
-    let t = group(&c, &token, "test");
-    let dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let dev = one_test_device(&c, &token, "gw-1");
     let quiet = poll_p99(&c, &dev, 100);
 
     // 2,000 unauthenticated sockets that never send a byte: more than the soft
@@ -88,8 +87,7 @@ fn idle_sockets_under_ulimit_1024_neither_starve_polls_nor_stay_open() {
 fn past_the_connection_cap_new_sockets_are_closed_and_logged() {
     let f = Fixture::new();
     let (c, token) = f.start(&["--max-connections", "40"]);
-    let t = group(&c, &token, "test");
-    let _dev = enroll(&c, &t, "gw-1", "acme-gw");
+    let _dev = one_test_device(&c, &token, "gw-1");
     let mut held: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(addr(&c)).unwrap())
         .collect();

@@ -363,6 +363,13 @@ pub fn group(c: &Controller, token: &str, name: &str) -> String {
     g["enrollment_token"].as_str().unwrap().to_owned()
 }
 
+/// Makes group `test` and enrolls in it one `acme-gw` device named `name`: where most
+/// tests start.
+pub fn one_test_device(c: &Controller, token: &str, name: &str) -> Dev {
+    let t = group(c, token, "test");
+    enroll(c, &t, name, "acme-gw")
+}
+
 pub fn enroll(c: &Controller, enroll_token: &str, name: &str, compatible: &str) -> Dev {
     let body = json!({"token": enroll_token, "name": name, "compatible": compatible,
                       "agent_version": "0.1.0", "active_version": "factory"});

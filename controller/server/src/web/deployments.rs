@@ -338,17 +338,14 @@ pub async fn abort(
         return session::refused(Some(&session), &e);
     }
     if form.confirmed.as_deref() != Some("yes") {
-        let body = html! {
-            h1 { "Abort deployment " (id) "?" }
-            p { "Devices that have not started stop at once; devices downloading or installing stop on their next poll and stay on their old snapshot. Devices that already committed keep the update." }
-            form.inline method="post" action={ "/deployments/" (id) "/abort" } {
-                input type="hidden" name="csrf" value=(session.csrf);
-                input type="hidden" name="confirmed" value="yes";
-                button.danger type="submit" { "Yes, abort" }
-                a href={ "/deployments/" (id) } { "No, go back" }
-            }
+        let ask = layout::Ask {
+            question: html! { "Abort deployment " (id) "?" },
+            effect: "Devices that have not started stop at once; devices downloading or installing stop on their next poll and stay on their old snapshot. Devices that already committed keep the update.",
+            action: format!("/deployments/{id}/abort"),
+            yes: "Yes, abort",
+            back: format!("/deployments/{id}"),
         };
-        return layout::page("Abort?", Some(&session), Nav::None, body).into_response();
+        return layout::confirm_page(&session, "Abort?", Nav::None, ask);
     }
     match state.db.write(move |tx| api::abort_in(tx, id)).await {
         // Post/redirect/get: a reload shows the page again instead of re-sending.

@@ -123,17 +123,14 @@ pub async fn remove_device(
         return session::refused(Some(&session), &e);
     }
     if form.confirmed.as_deref() != Some("yes") {
-        let body = html! {
-            h1 { "Remove device " code { (id) } "?" }
-            p { "Its credential is refused from then on, its unfinished deployments are cancelled, and it leaves every list. Past deployments keep its rows." }
-            form.inline method="post" action={ "/devices/" (id) "/remove" } {
-                input type="hidden" name="csrf" value=(session.csrf);
-                input type="hidden" name="confirmed" value="yes";
-                button.danger type="submit" { "Yes, remove" }
-                a href="/devices" { "No, go back" }
-            }
+        let ask = layout::Ask {
+            question: html! { "Remove device " code { (id) } "?" },
+            effect: "Its credential is refused from then on, its unfinished deployments are cancelled, and it leaves every list. Past deployments keep its rows.",
+            action: format!("/devices/{id}/remove"),
+            yes: "Yes, remove",
+            back: "/devices".to_owned(),
         };
-        return layout::page("Remove?", Some(&session), Nav::Devices, body).into_response();
+        return layout::confirm_page(&session, "Remove?", Nav::Devices, ask);
     }
     match operator_api::remove(&state, id).await {
         Ok(r) => Redirect::to(&format!("/devices?removed={}", encode_component(&r.device)))

@@ -25,6 +25,37 @@ pub enum Nav {
     None,
 }
 
+/// What a confirmation page asks before a destructive form post.
+pub struct Ask<'a> {
+    /// The heading: the question.
+    pub question: Markup,
+    /// What happens once confirmed.
+    pub effect: &'a str,
+    /// Where the form posts again, confirmed.
+    pub action: String,
+    /// The button's label.
+    pub yes: &'a str,
+    /// Where "No, go back" leads.
+    pub back: String,
+}
+
+/// The page that asks before a destructive form post sent without JavaScript (app.js
+/// asks with `confirm()` and adds `confirmed=yes` itself): the question, what happens,
+/// and a button that posts the form again with the session's token and `confirmed=yes`.
+pub fn confirm_page(session: &Session, title: &str, nav: Nav, ask: Ask<'_>) -> Response {
+    let body = html! {
+        h1 { (ask.question) }
+        p { (ask.effect) }
+        form.inline method="post" action=(ask.action) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="confirmed" value="yes";
+            button.danger type="submit" { (ask.yes) }
+            a href=(ask.back) { "No, go back" }
+        }
+    };
+    page(title, Some(session), nav, body).into_response()
+}
+
 /// A whole page: `title`, the navigation when logged in, and `body`.
 pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> Markup {
     let link = |href: &str, label: &str, me: Nav| {

@@ -62,13 +62,27 @@ fn v3_full() -> Spec {
     Spec::full("3.0.0", 3, &[("app/a", b"A3\n"), ("app/three", b"3\n")])
 }
 
+/// A rooted device (see [`Device::rooted`]) already on v1, the start of most tests.
+fn rooted_on_v1() -> Option<Device> {
+    let d = Device::rooted()?;
+    d.install_ok(&v1());
+    Some(d)
+}
+
+/// `spec` with both rollback policies: a rollback command that leaves the `rollback`
+/// marker, and a reboot.
+fn with_full_rollback(mut spec: Spec, d: &Device) -> Spec {
+    spec.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
+    spec.reboot = true;
+    spec
+}
+
 /// Arms `spec` so that any script of its recipe leaves a marker: a bad bundle must run none.
-fn armed(mut spec: Spec, d: &Device) -> Spec {
+fn armed(spec: Spec, d: &Device) -> Spec {
+    let mut spec = with_full_rollback(spec, d);
     spec.before = Some(sh(format!("touch {}", d.marker("before").display())));
     spec.after = Some(sh(format!("touch {}", d.marker("after").display())));
     spec.health = Some((sh(format!("touch {}", d.marker("health").display())), 1, 0));
-    spec.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
-    spec.reboot = true;
     spec
 }
 
@@ -105,17 +119,6 @@ fn assert_settled(d: &Device, what: &str) -> String {
     st
 }
 
-/// Whether process `pid` is still running (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Successful installs
 // ---------------------------------------------------------------------------------------
@@ -124,10 +127,9 @@ fn alive(pid: u32) -> bool {
 /// every untouched file over from the active snapshot and never modifies that snapshot.
 #[test]
 fn a_full_install_then_a_patch_on_top() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let st = d.recover();
     assert!(
         st.contains("factory"),
@@ -195,13 +197,8 @@ fn a_full_install_then_a_patch_on_top() {
     let fp = d.fingerprint();
     let mut wrong = armed(Spec::patch("3.0.0", 3, &[("app/a", b"A3\n")], &[]), &d);
     wrong.base_version = "1.0.0".into();
-    let r = d.install_bytes("wrong-base.molt", &build(&wrong), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
-    assert!(
-        d.last_result().contains("patch for version 1.0.0"),
-        "{}",
-        d.last_result()
-    );
+    d.install_fails("wrong-base.molt", &wrong);
+    d.assert_last_result("patch for version 1.0.0");
     assert_eq!(d.fingerprint(), fp);
     for m in SCRIPT_MARKERS {
         assert!(!d.marker(m).exists(), "{m} ran for a refused bundle");
@@ -243,10 +240,9 @@ fn bash_entries() -> Vec<(String, Vec<u8>)> {
 /// to a carried-over file changes only the new slot's copy.
 #[test]
 fn a_chroot_script_appending_to_a_carried_over_file_leaves_the_active_slot_alone() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let mut s1 = Spec::full("1.0.0", 1, &[("app/data.txt", b"line 1\n")]);
     s1.chunk_size = 1024 * 1024;
     for (p, c) in bash_entries() {
@@ -393,11 +389,7 @@ fn fails_in(stage: Stage) {
             }
             Stage::Timeout => {
                 assert!(took < Duration::from_secs(8), "{what}: took {took:?}");
-                let pid: u32 = fs::read_to_string(&pidfile)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
+                let pid = read_pid(&pidfile);
                 assert!(
                     !alive(pid),
                     "{what}: the timed-out command's child {pid} survived"
@@ -430,14 +422,18 @@ fn fails_in(stage: Stage) {
     }
 }
 
+/// A failing before command never swaps; a failing after command, a failing health
+/// check and a command timeout (which kills the command's process group) swap back.
 #[test]
-fn a_failing_before_command_never_swaps_and_applies_each_policy() {
-    fails_in(Stage::Before);
-}
-
-#[test]
-fn a_failing_after_command_swaps_back_and_applies_each_policy() {
-    fails_in(Stage::After);
+fn a_failure_in_each_stage_applies_each_policy() {
+    for stage in [
+        Stage::Before,
+        Stage::After,
+        Stage::HealthCheck,
+        Stage::Timeout,
+    ] {
+        fails_in(stage);
+    }
 }
 
 /// The health check's attempts are spaced by its interval (the engine's `Retry`,
@@ -445,11 +441,9 @@ fn a_failing_after_command_swaps_back_and_applies_each_policy() {
 /// its second attempt starts at least `interval_secs` after the first one ended.
 #[test]
 fn a_health_check_that_passes_on_its_second_attempt_waits_the_interval_first() {
-    if !root_or_skip() {
+    let Some(d) = rooted_on_v1() else {
         return;
-    }
-    let d = Device::new();
-    d.install_ok(&v1());
+    };
     let (tried, times) = (d.marker("tried"), d.marker("times"));
     let mut s2 = v2_full();
     s2.health = Some((
@@ -479,16 +473,6 @@ fn a_health_check_that_passes_on_its_second_attempt_waits_the_interval_first() {
     );
 }
 
-#[test]
-fn a_failing_health_check_swaps_back_and_applies_each_policy() {
-    fails_in(Stage::HealthCheck);
-}
-
-#[test]
-fn a_command_timeout_kills_the_group_swaps_back_and_applies_each_policy() {
-    fails_in(Stage::Timeout);
-}
-
 // ---------------------------------------------------------------------------------------
 // 3. kill -9 in every phase
 // ---------------------------------------------------------------------------------------
@@ -499,15 +483,21 @@ enum Ends {
     New,
 }
 
-/// For each `(phase, expected end)`: install v1, install v2 with the agent killed right
-/// after it journals entry into `phase`, restart (`status` settles the journal), and check
-/// the device is on exactly v1 or v2, whole, with `current`, the record and the journal
-/// agreeing; then install v3.
-fn crash_sweep(scenario: &str, make_v2: impl Fn(&Device) -> Spec, cases: &[(&str, Ends)]) {
+/// For each phase: install v1, install v2 with the agent killed right after it journals
+/// entry into the phase, restart (`status` settles the journal), and check the device is
+/// on exactly v1 or v2 as `ends` says for the phase, whole, with `current`, the record
+/// and the journal agreeing; then install v3.
+fn crash_sweep(
+    scenario: &str,
+    make_v2: impl Fn(&Device) -> Spec,
+    phases: &[&str],
+    ends: impl Fn(&str) -> Ends,
+) {
     if !root_or_skip() {
         return;
     }
-    for &(phase, expect) in cases {
+    for &phase in phases {
+        let expect = ends(phase);
         let what = format!("{scenario}, killed in {phase}");
         let d = Device::new();
         let s1 = v1();
@@ -570,15 +560,19 @@ fn kill_9_in_every_phase_of_a_successful_install() {
             s
         },
         &[
-            ("fetching", Ends::New),
-            ("before", Ends::Old),
-            ("sealing", Ends::Old),
-            ("swapping", Ends::Old),
-            ("after", Ends::New),
-            ("health-check", Ends::New),
-            ("committing", Ends::New),
-            ("done", Ends::New),
+            "fetching",
+            "before",
+            "sealing",
+            "swapping",
+            "after",
+            "health-check",
+            "committing",
+            "done",
         ],
+        |phase| match phase {
+            "before" | "sealing" | "swapping" => Ends::Old,
+            _ => Ends::New,
+        },
     );
 }
 
@@ -589,25 +583,24 @@ fn kill_9_in_every_phase_of_a_failing_install_with_full_rollback() {
     crash_sweep(
         "after fails",
         |d| {
-            let mut s = v2_full();
+            let mut s = with_full_rollback(v2_full(), d);
             s.before = Some(sh("true"));
             s.after = Some(sh("exit 1"));
-            s.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
-            s.reboot = true;
             s
         },
         &[
-            ("fetching", Ends::Old),
-            ("before", Ends::Old),
-            ("sealing", Ends::Old),
-            ("swapping", Ends::Old),
-            ("after", Ends::Old),
-            ("swapping-back", Ends::Old),
-            ("reverting", Ends::Old),
-            ("rollback-command", Ends::Old),
-            ("rebooting", Ends::Old),
-            ("done", Ends::Old),
+            "fetching",
+            "before",
+            "sealing",
+            "swapping",
+            "after",
+            "swapping-back",
+            "reverting",
+            "rollback-command",
+            "rebooting",
+            "done",
         ],
+        |_| Ends::Old,
     );
 }
 
@@ -623,28 +616,34 @@ fn kill_9_in_the_health_check_and_packages_phases() {
             s.health = Some((sh("exit 1"), 1, 0));
             s
         },
-        &[
-            ("health-check", Ends::Old),
-            ("swapping-back", Ends::Old),
-            ("reverting", Ends::Old),
-        ],
+        &["health-check", "swapping-back", "reverting"],
+        |_| Ends::Old,
     );
     crash_sweep(
         "packages",
         |d| {
-            let mut s = v2_full();
+            let mut s = with_full_rollback(v2_full(), d);
             s.packages = vec![(PackageManager::Apt, "hello".into())];
-            s.rollback_command = Some(sh(format!("touch {}", d.marker("rollback").display())));
-            s.reboot = true;
             s
         },
-        &[
-            ("packages", Ends::Old),
-            ("reverting", Ends::Old),
-            ("rollback-command", Ends::Old),
-            ("rebooting", Ends::Old),
-        ],
+        &["packages", "reverting", "rollback-command", "rebooting"],
+        |_| Ends::Old,
     );
+}
+
+/// Installs v2 (full) with `after` as its after command, the agent killed right after
+/// it journals entry into `phase`; returns that v2.
+fn v2_killed_in(d: &Device, phase: &str, after: &str) -> Spec {
+    let mut s2 = v2_full();
+    s2.after = Some(sh(after));
+    let r = d.install_bytes("v2.molt", &build(&s2), Some(phase));
+    assert!(
+        r.killed(),
+        "not killed in {phase}: exit {:?}: {}",
+        r.code,
+        r.out
+    );
+    s2
 }
 
 /// A crash right after `done` is journaled, before the final report is written: the
@@ -661,11 +660,7 @@ fn kill_9_right_after_done_is_journaled_still_leaves_the_final_report() {
     ] {
         let d = Device::new();
         d.install_ok(&v1());
-        let mut s2 = v2_full();
-        s2.after = Some(sh(after));
-        assert!(d
-            .install_bytes("v2.molt", &build(&s2), Some("done"))
-            .killed());
+        v2_killed_in(&d, "done", after);
         assert_settled(&d, "killed in done");
         let last = d.last_result();
         assert!(
@@ -688,11 +683,7 @@ fn a_snapshot_that_keeps_dying_in_its_trial_runs_out_of_trials() {
     });
     let s1 = v1();
     d.install_ok(&s1);
-    let mut s2 = v2_full();
-    s2.after = Some(sh("true"));
-    assert!(d
-        .install_bytes("v2.molt", &build(&s2), Some("after"))
-        .killed());
+    v2_killed_in(&d, "after", "true");
     let mut restarts = 0;
     loop {
         let r = d.agent(&["recover"], Some("after"));
@@ -723,17 +714,28 @@ fn a_snapshot_that_keeps_dying_in_its_trial_runs_out_of_trials() {
 // 4. Bad bundles: refused before any script runs, the active slot byte-identical
 // ---------------------------------------------------------------------------------------
 
-/// A device on v1, ready to be offered bad bundles.
-fn victim(o: Opts) -> Device {
+/// A device on v1, ready to be offered bad bundles (root only, else `None`).
+fn victim(o: Opts) -> Option<Device> {
+    if !root_or_skip() {
+        return None;
+    }
     let d = Device::with(o);
     d.install_ok(&v1());
-    d
+    Some(d)
+}
+
+/// The good v2 that bad bundles are made from, as bytes and parsed.
+fn good_v2_parts(d: &Device) -> (Vec<u8>, Parts) {
+    let b = build(&good_v2(d));
+    let p = parse(&b);
+    (b, p)
 }
 
 /// Offers each `(name, bundle, expected words in the final status)` to the device and
 /// checks it is refused in the download phase, runs no script, leaves the active slot
 /// byte-identical and nothing named `evil` anywhere; collects every failure.
-fn refuse_all(d: &Device, cases: Vec<(String, Vec<u8>, &str)>) {
+fn refuse_all<'a>(d: &Device, cases: impl IntoIterator<Item = (String, Vec<u8>, &'a str)>) {
+    let cases: Vec<_> = cases.into_iter().collect();
     let link = d.current_link();
     let fp = d.fingerprint();
     let mut failures = Vec::new();
@@ -838,12 +840,10 @@ fn good_v2(d: &Device) -> Spec {
 
 #[test]
 fn truncated_bundles_are_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
-    let b = build(&good_v2(&d));
-    let p = parse(&b);
+    };
+    let (b, p) = good_v2_parts(&d);
     let c = &p.chunk_offsets;
     let mut cuts = vec![
         0,
@@ -871,21 +871,19 @@ fn truncated_bundles_are_refused() {
     ];
     cuts.sort_unstable();
     cuts.dedup();
-    let cases = cuts
-        .into_iter()
-        .map(|n| (format!("cut at {n}"), b[..n].to_vec(), "truncated"))
-        .collect();
-    refuse_all(&d, cases);
+    refuse_all(
+        &d,
+        cuts.into_iter()
+            .map(|n| (format!("cut at {n}"), b[..n].to_vec(), "truncated")),
+    );
 }
 
 #[test]
 fn bit_flips_anywhere_are_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
-    let b = build(&good_v2(&d));
-    let p = parse(&b);
+    };
+    let (b, p) = good_v2_parts(&d);
     let comment = b
         .windows(17)
         .position(|w| w == b"a comment to flip")
@@ -924,30 +922,25 @@ fn bit_flips_anywhere_are_refused() {
             .chunks(2)
             .map(|w| (usize::from(w[0]) << 8 | usize::from(w[1])) * 7919 % b.len()),
     );
-    let cases = positions
-        .into_iter()
-        .enumerate()
-        .map(|(i, at)| {
-            let mut x = b.clone();
-            x[at] ^= 1 << (i % 8);
-            (
-                format!("bit {} of byte {at} flipped", i % 8),
-                x,
-                "bundle refused",
-            )
-        })
-        .collect();
-    refuse_all(&d, cases);
+    let flipped = positions.into_iter().enumerate().map(|(i, at)| {
+        let mut x = b.clone();
+        x[at] ^= 1 << (i % 8);
+        (
+            format!("bit {} of byte {at} flipped", i % 8),
+            x,
+            "bundle refused",
+        )
+    });
+    refuse_all(&d, flipped);
 }
 
 /// The payload of one signed bundle spliced onto another's signed head: refused at the first
 /// chunk that differs, by its digest; a manifest changed after signing: refused by the signature.
 #[test]
 fn payload_or_manifest_changed_after_signing_is_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
+    };
     // Two bundles identical up to the fourth chunk: x1 spans chunks 0-3, x2 differs.
     let make = |tail: &[u8]| {
         let mut s = armed(
@@ -1006,14 +999,13 @@ fn payload_or_manifest_changed_after_signing_is_refused() {
 
 #[test]
 fn unknown_revoked_and_malformed_signatures_are_refused() {
-    if !root_or_skip() {
-        return;
-    }
-    let d = victim(Opts {
+    let Some(d) = victim(Opts {
         extra_keys: vec![key2()],
         revoked: vec![key2()],
         ..Opts::default()
-    });
+    }) else {
+        return;
+    };
     let spec = good_v2(&d);
     let with_keys = |keys: Vec<_>| {
         let mut s = spec.clone();
@@ -1059,10 +1051,9 @@ fn unknown_revoked_and_malformed_signatures_are_refused() {
 /// own checks switched off.
 #[test]
 fn path_link_and_special_file_attacks_are_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
+    };
     let escape = escape_target();
     let escape = escape.to_str().unwrap();
     let deep = format!("{}evil", "d/".repeat(70));
@@ -1070,258 +1061,174 @@ fn path_link_and_special_file_attacks_are_refused() {
     let long_name = format!("app/evil{}", "n".repeat(252));
     let up = format!("{}{}", "../".repeat(12), escape.trim_start_matches('/'));
     let file = |c: &str| Node::File(c.as_bytes().to_vec(), 0o644);
-    let dir = Node::Dir(0o755);
-    type Entries = Vec<(String, Node)>;
-    let e = |v: Vec<(&str, Node)>| -> Entries {
-        v.into_iter().map(|(p, n)| (p.to_string(), n)).collect()
+    let symlink = |t: &str| Node::Symlink(t.into());
+    let hardlink = |t: &str| Node::Hardlink(t.into());
+    let dir = || Node::Dir(0o755);
+    // What the manifest declares: nothing, or hardlinks (so that the link itself is judged).
+    let none = Specials::default();
+    let linked = Specials {
+        hardlinks: true,
+        ..Specials::default()
     };
-    let cases: Vec<(&str, Entries, Specials, &str)> = vec![
-        (
-            "`..` inside a path",
-            e(vec![("app", dir.clone()), ("app/../evil", file("x"))]),
-            Specials::default(),
-            "`.` or `..` component",
-        ),
-        (
-            "leading `..` to the host",
-            e(vec![(&up, file("x"))]),
-            Specials::default(),
-            "`.` or `..` component",
-        ),
-        (
-            "absolute path",
-            e(vec![(escape, file("x"))]),
-            Specials::default(),
-            "absolute path",
-        ),
-        (
-            "empty component",
-            e(vec![("app", dir.clone()), ("app//evil", file("x"))]),
-            Specials::default(),
-            "empty component",
-        ),
-        (
-            "NUL in a path",
-            e(vec![("app", dir.clone()), ("app/evil\0x", file("x"))]),
-            Specials::default(),
-            "NUL byte",
-        ),
-        (
-            "over-long path",
-            e(vec![("app", dir.clone()), (&long, file("x"))]),
-            Specials::default(),
-            "max_path_len",
-        ),
-        (
-            "over-deep path",
-            e(vec![(&deep, file("x"))]),
-            Specials::default(),
-            "max_path_depth",
-        ),
-        (
+    // A case: its name, the bundle's entries, what the manifest declares, the refusal's words.
+    type Case<'a> = (&'a str, Vec<(String, Node)>, Specials, &'a str);
+    let listed = |name, entries: Vec<(&str, Node)>, specials, want| -> Case<'_> {
+        let entries = entries.into_iter().map(|(p, n)| (p.to_string(), n));
+        (name, entries.collect(), specials, want)
+    };
+    // Most attacks are entries beneath `app/`, which the bundle holds first.
+    let in_app = |name, entries: Vec<(&str, Node)>, specials, want| -> Case<'_> {
+        listed(
+            name,
+            [vec![("app", dir())], entries].concat(),
+            specials,
+            want,
+        )
+    };
+    // The cases run in this order, each changing the final status line.
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    // A file at a path no entry may have (beneath `app/` where the path says so).
+    for (name, path, want) in [
+        ("`..` inside a path", "app/../evil", "`.` or `..` component"),
+        ("leading `..` to the host", &up, "`.` or `..` component"),
+        ("absolute path", escape, "absolute path"),
+        ("empty component", "app//evil", "empty component"),
+        ("NUL in a path", "app/evil\0x", "NUL byte"),
+        ("over-long path", &long, "max_path_len"),
+        ("over-deep path", &deep, "max_path_depth"),
+    ] {
+        cases.push(match path.starts_with("app/") {
+            true => in_app(name, vec![(path, file("x"))], none, want),
+            false => listed(name, vec![(path, file("x"))], none, want),
+        });
+    }
+    cases.extend([
+        in_app(
             "duplicate path",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/dup", file("x")),
-                ("app/dup", file("y")),
-            ]),
-            Specials::default(),
+            vec![("app/dup", file("x")), ("app/dup", file("y"))],
+            none,
             "duplicate or out of order",
         ),
-        (
+        listed(
             "parent missing from a full bundle",
-            e(vec![("app/evil", file("x"))]),
-            Specials::default(),
+            vec![("app/evil", file("x"))],
+            none,
             "parent directory is not in the full bundle",
         ),
-        (
+        in_app(
             "entry written through a symlink of the bundle",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/l", Node::Symlink("/".into())),
-                ("app/l/evil", file("x")),
-            ]),
-            Specials::default(),
+            vec![("app/l", symlink("/")), ("app/l/evil", file("x"))],
+            none,
             "beneath a symlink, file or deletion",
         ),
-        (
+        in_app(
             "undeclared hardlink",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/a", file("x")),
-                ("app/evil", Node::Hardlink("app/a".into())),
-            ]),
-            Specials::default(),
+            vec![("app/a", file("x")), ("app/evil", hardlink("app/a"))],
+            none,
             "hardlink not declared",
         ),
-        (
+        in_app(
             "hardlink to the host",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::Hardlink("../etc/passwd".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![("app/evil", hardlink("../etc/passwd"))],
+            linked,
             "hardlink target is not a valid path",
         ),
-        (
+        in_app(
             "hardlink to a missing file",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::Hardlink("app/a".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![("app/evil", hardlink("app/a"))],
+            linked,
             "the hardlink's target does not exist",
         ),
-        (
+        in_app(
             "hardlink to a directory",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/d", dir.clone()),
-                ("app/evil", Node::Hardlink("app/d".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![("app/d", dir()), ("app/evil", hardlink("app/d"))],
+            linked,
             "the hardlink's target is not a regular file",
         ),
-        (
+        in_app(
             "hardlink to a symlink",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/a", Node::Symlink("/etc/shadow".into())),
-                ("app/evil", Node::Hardlink("app/a".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![
+                ("app/a", symlink("/etc/shadow")),
+                ("app/evil", hardlink("app/a")),
+            ],
+            linked,
             "the hardlink's target is not a regular file",
         ),
-        (
+        in_app(
             "hardlink through a symlink of the bundle",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/l", Node::Symlink("/".into())),
-                ("app/m", Node::Hardlink("app/l/etc/passwd".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![
+                ("app/l", symlink("/")),
+                ("app/m", hardlink("app/l/etc/passwd")),
+            ],
+            linked,
             "passes through a symlink",
         ),
-        (
+        in_app(
             "hardlink to a later entry",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::Hardlink("app/z".into())),
-                ("app/z", file("x")),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+            vec![("app/evil", hardlink("app/z")), ("app/z", file("x"))],
+            linked,
             "sorting before the link",
         ),
-        (
+        listed(
             "hardlink to a file under .molt/",
-            e(vec![
-                (".molt", dir.clone()),
+            vec![
+                (".molt", dir()),
                 (".molt/p", file("x")),
-                ("app", dir.clone()),
-                ("app/evil", Node::Hardlink(".molt/p".into())),
-            ]),
-            Specials {
-                hardlinks: true,
-                ..Specials::default()
-            },
+                ("app", dir()),
+                ("app/evil", hardlink(".molt/p")),
+            ],
+            linked,
             "lies under `.molt/`",
         ),
-        (
+        in_app(
             "path component of 256 bytes",
-            e(vec![("app", dir.clone()), (&long_name, file("x"))]),
-            Specials::default(),
+            vec![(&long_name, file("x"))],
+            none,
             "longer than 255 bytes",
         ),
-        (
-            "device node",
-            e(vec![("app", dir.clone()), ("app/evil", Node::CharDev)]),
-            Specials::default(),
-            "device node not declared",
-        ),
-        (
-            "FIFO",
-            e(vec![("app", dir.clone()), ("app/evil", Node::Fifo)]),
-            Specials::default(),
-            "FIFO not declared",
-        ),
-        (
-            "socket",
-            e(vec![("app", dir.clone()), ("app/evil", Node::Socket)]),
-            Specials::default(),
-            "socket not declared",
-        ),
+    ]);
+    // One entry at `app/evil` of a kind or mode the manifest does not declare.
+    for (name, node, want) in [
+        ("device node", Node::CharDev, "device node not declared"),
+        ("FIFO", Node::Fifo, "FIFO not declared"),
+        ("socket", Node::Socket, "socket not declared"),
         (
             "setuid file",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::File(b"x".to_vec(), 0o4755)),
-            ]),
-            Specials::default(),
+            Node::File(b"x".to_vec(), 0o4755),
             "setuid/setgid bit not declared",
         ),
         (
             "setgid file",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::File(b"x".to_vec(), 0o2755)),
-            ]),
-            Specials::default(),
+            Node::File(b"x".to_vec(), 0o2755),
             "setuid/setgid bit not declared",
         ),
         (
             "mode bits outside 0o7777",
-            e(vec![
-                ("app", dir.clone()),
-                ("app/evil", Node::File(b"x".to_vec(), 0o100644)),
-            ]),
-            Specials::default(),
+            Node::File(b"x".to_vec(), 0o100644),
             "mode has bits outside",
         ),
         (
             "deletion in a full bundle",
-            e(vec![("app", dir.clone()), ("app/evil", Node::Delete)]),
-            Specials::default(),
+            Node::Delete,
             "deletion in a full bundle",
         ),
-        (
-            "symlink under .molt/",
-            e(vec![
-                (".molt", dir.clone()),
-                (".molt/evil", Node::Symlink("x".into())),
-            ]),
-            Specials::default(),
-            "only files and directories may live under `.molt/`",
-        ),
-    ];
-    let bundles = cases
-        .into_iter()
-        .map(|(name, entries, specials, want)| {
-            let mut s = armed(Spec::full("2.0.0", 2, &[]), &d);
-            s.entries = entries.into_iter().map(|(p, n)| n.at(&p)).collect();
-            s.raw_order = true;
-            s.check_policy = false;
-            s.specials = specials;
-            (name.to_string(), build(&s), want)
-        })
-        .collect();
+    ] {
+        cases.push(in_app(name, vec![("app/evil", node)], none, want));
+    }
+    cases.push(listed(
+        "symlink under .molt/",
+        vec![(".molt", dir()), (".molt/evil", symlink("x"))],
+        none,
+        "only files and directories may live under `.molt/`",
+    ));
+    let bundles = cases.into_iter().map(|(name, entries, specials, want)| {
+        let mut s = armed(Spec::full("2.0.0", 2, &[]), &d);
+        s.entries = entries.into_iter().map(|(p, n)| n.at(&p)).collect();
+        s.raw_order = true;
+        s.check_policy = false;
+        s.specials = specials;
+        (name.to_string(), build(&s), want)
+    });
     refuse_all(&d, bundles);
 }
 
@@ -1332,11 +1239,9 @@ fn path_link_and_special_file_attacks_are_refused() {
 /// a patch clones it as links, and the file it names on the host is never touched.
 #[test]
 fn symlink_chains_are_installed_verbatim_and_never_followed_on_the_host() {
-    if !root_or_skip() {
+    let Some(d) = rooted_on_v1() else {
         return;
-    }
-    let d = Device::new();
-    d.install_ok(&v1());
+    };
     let canary = d.root().join("canary");
     fs::write(&canary, "host file\n").unwrap();
     // From a slot's root, this many `..` reach the device root (both slots sit alike).
@@ -1381,10 +1286,9 @@ fn symlink_chains_are_installed_verbatim_and_never_followed_on_the_host() {
 /// them: extraction happens beneath the slot's directory handle.
 #[test]
 fn a_patch_cannot_write_or_delete_through_a_symlink_of_the_active_snapshot() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let mut s1 = v1();
     s1 = s1.with("app/root", Node::Symlink("/".into()));
     d.install_ok(&s1);
@@ -1435,7 +1339,7 @@ fn a_patch_cannot_write_or_delete_through_a_symlink_of_the_active_snapshot() {
                 "passes through a symlink",
             )
         })
-        .collect();
+        .collect::<Vec<_>>();
     let result = std::panic::catch_unwind(|| refuse_all(&d, bundles));
     let host_after = fingerprint(&outside);
     let landed = fs::read_dir(&outside).unwrap().count();
@@ -1449,10 +1353,9 @@ fn a_patch_cannot_write_or_delete_through_a_symlink_of_the_active_snapshot() {
 
 #[test]
 fn bundles_for_other_hardware_or_below_the_floor_are_refused() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let mut s10 = Spec::full("10.0.0", 10, &[("app/a", b"ten\n")]);
     s10.before = Some(sh("true"));
     d.install_ok(&s10);
@@ -1489,13 +1392,8 @@ fn bundles_for_other_hardware_or_below_the_floor_are_refused() {
     assert_tree(&d, &down.tree(), "allowed downgrade");
     // The floor stays: a plain older bundle is still refused.
     let plain = armed(Spec::full("6.0.0", 6, &[("app/a", b"six\n")]), &d);
-    let r = d.install_bytes("six.molt", &build(&plain), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
-    assert!(
-        d.last_result().contains("below the device's floor 900"),
-        "{}",
-        d.last_result()
-    );
+    d.install_fails("six.molt", &plain);
+    d.assert_last_result("below the device's floor 900");
     assert_tree(&d, &down.tree(), "after the refused downgrade");
 }
 
@@ -1503,10 +1401,9 @@ fn bundles_for_other_hardware_or_below_the_floor_are_refused() {
 /// pipeline holding the key): huge strings, bad words, impossible numbers, invalid UTF-8.
 #[test]
 fn malicious_manifest_fields_are_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
+    };
     let base = || {
         let mut s = good_v2(&d);
         s.check_policy = false;
@@ -1662,19 +1559,17 @@ fn bomb(d: &Device) -> Vec<u8> {
 /// that inflates past its signed size, and the configured limits.
 #[test]
 fn the_signed_manifest_binds_length_entries_and_size() {
-    if !root_or_skip() {
-        return;
-    }
-    let d = victim(Opts {
+    let Some(d) = victim(Opts {
         limits: vec![
             "max_entries = 100".into(),
             "max_file_size = 65536".into(),
             "max_chunk_size = 1048576".into(),
         ],
         ..Opts::default()
-    });
-    let good = build(&good_v2(&d));
-    let p = parse(&good);
+    }) else {
+        return;
+    };
+    let (good, p) = good_v2_parts(&d);
     let resign = |edit: &dyn Fn(&mut Manifest<'_>)| {
         let mut m = Manifest::decode(&p.manifest).unwrap();
         edit(&mut m);
@@ -1880,10 +1775,9 @@ fn http_v2(d: &Device) -> Spec {
 
 #[test]
 fn an_http_download_that_drops_twice_resumes_with_range_and_installs() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
+    };
     let mut s2 = http_v2(&d);
     s2.before = None;
     s2.after = None;
@@ -1907,10 +1801,9 @@ fn an_http_download_that_drops_twice_resumes_with_range_and_installs() {
 
 #[test]
 fn an_http_server_that_ignores_or_misanswers_range_is_refused() {
-    if !root_or_skip() {
+    let Some(d) = victim(Opts::default()) else {
         return;
-    }
-    let d = victim(Opts::default());
+    };
     let body = build(&http_v2(&d));
     let link = d.current_link();
     let fp = d.fingerprint();
@@ -1943,10 +1836,9 @@ fn an_http_server_that_ignores_or_misanswers_range_is_refused() {
 
 #[test]
 fn manual_rollback_after_two_installs_switches_back_and_current_follows() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let s1 = v1();
     d.install_ok(&s1);
     let slot1 = d.current_link();
@@ -1997,10 +1889,9 @@ fn manual_rollback_after_two_installs_switches_back_and_current_follows() {
 #[test]
 
 fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let s1 = v1();
     d.install_ok(&s1);
     let slot1 = d.current_link();
@@ -2031,17 +1922,12 @@ fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
 #[test]
 
 fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let s1 = v1();
     d.install_ok(&s1);
-    let mut s2 = v2_full();
-    s2.after = Some(sh("true"));
-    assert!(d
-        .install_bytes("v2.molt", &build(&s2), Some("after"))
-        .killed());
+    let s2 = v2_killed_in(&d, "after", "true");
     fs::write(d.data().join("journal"), b"").unwrap();
     let st = assert_settled(&d, "lost journal");
     let got = d.tree();
@@ -2059,10 +1945,9 @@ fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
 /// file system kept the size, not the data). The next start cuts them and says so.
 #[test]
 fn nuls_a_power_cut_left_in_the_install_log_are_cut_at_the_next_start() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let r = d.install_bytes("v1.molt", &build(&v1()), None);
     assert_eq!(r.code, Some(0), "{}", r.out);
     let log = d.data().join("install.log");
@@ -2087,10 +1972,9 @@ fn nuls_a_power_cut_left_in_the_install_log_are_cut_at_the_next_start() {
 /// crosses the writing thread in pieces without losing a byte.
 #[test]
 fn a_non_durable_device_installs_the_same_snapshot_and_says_what_it_risks() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let cfg = d.root().join("agent.toml");
     let text = fs::read_to_string(&cfg).unwrap();
     fs::write(&cfg, format!("durable = false\n{text}")).unwrap();
@@ -2122,23 +2006,18 @@ fn state_bytes(d: &Device) -> Vec<Option<Vec<u8>>> {
 
 #[test]
 fn status_is_read_only_after_a_crash_and_on_a_new_device() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     // A new device: the factory slot is shown, and nothing is created.
     let st = d.status();
     assert!(st.contains("factory"), "{st}");
     assert!(!d.data().exists(), "status created {}", d.data().display());
 
     d.install_ok(&v1());
-    let mut s2 = v2_full();
     let ran = d.marker("after-ran");
-    s2.after = Some(sh(format!("echo ran >> {}", ran.display())));
     // Killed right after journaling the after phase, before the command ran.
-    assert!(d
-        .install_bytes("v2.molt", &build(&s2), Some("after"))
-        .killed());
+    v2_killed_in(&d, "after", &format!("echo ran >> {}", ran.display()));
     let before = state_bytes(&d);
     for _ in 0..2 {
         let st = d.status();
@@ -2305,10 +2184,9 @@ fn state_stays_private_under_umask_000_and_the_lock_is_root_only() {
 
 #[test]
 fn logs_carry_no_colour_codes_off_a_terminal() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     // Neither to a pipe nor with NO_COLOR set does a log line carry an escape code.
     for (spec, env) in [
         (v1(), vec![("MOLT_LOG", "info")]),
@@ -2324,10 +2202,9 @@ fn logs_carry_no_colour_codes_off_a_terminal() {
 
 #[test]
 fn hostile_paths_and_script_output_reach_logs_and_status_escaped() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let evil = "app/x\nFORGED\u{1b}[31m\u{9b}2J";
     let mut s1 = v1().with(evil, Node::File(b"boo".to_vec(), 0o644));
     // A script printing escape sequences, then a refusal quoting the path: the
@@ -2362,11 +2239,9 @@ fn hostile_paths_and_script_output_reach_logs_and_status_escaped() {
 
 #[test]
 fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
-    if !root_or_skip() {
+    let Some(d) = rooted_on_v1() else {
         return;
-    }
-    let d = Device::new();
-    d.install_ok(&v1());
+    };
     d.install_ok(&v2_full());
     // v1 is now the inactive slot: the rollback target.
     let good = build(&v3_full());
@@ -2392,10 +2267,9 @@ fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
 
 #[test]
 fn installing_what_is_already_active_changes_nothing() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
+    };
     let ran = d.marker("after-count");
     let mut s1 = v1();
     s1.after = Some(sh(format!("echo ran >> {}", ran.display())));

@@ -201,6 +201,17 @@ fn patch(version: &str, release: u64) -> Spec {
     s
 }
 
+/// [`ship`] for the usual test .deb: the apt package `name` in `{name}_1.0_all.deb`.
+fn ship_deb(s: Spec, name: &str, bytes: Vec<u8>) -> Spec {
+    ship(
+        s,
+        PackageManager::Apt,
+        name,
+        &format!("{name}_1.0_all.deb"),
+        bytes,
+    )
+}
+
 fn ship(mut s: Spec, manager: PackageManager, name: &str, file: &str, bytes: Vec<u8>) -> Spec {
     let dir = format!(".molt/packages/{}", manager.name());
     if !s.entries.iter().any(|e| e.path == dir) {
@@ -233,13 +244,7 @@ fn shipped_packages_install_offline_for_every_manager_and_roll_back_with_the_sna
     let (_scratch, d) = device(&rootfs);
     let tmp = tempfile::tempdir().unwrap();
     let mut s = patch("2.0.0", 2);
-    s = ship(
-        s,
-        PackageManager::Apt,
-        "molt-hello",
-        "molt-hello_1.0_all.deb",
-        deb(tmp.path(), "molt-hello", None),
-    );
+    s = ship_deb(s, "molt-hello", deb(tmp.path(), "molt-hello", None));
     let (f, w) = wheel(tmp.path(), "molt_pip_hello");
     s = ship(s, PackageManager::Pip, "molt_pip_hello", &f, w);
     let (f, w) = wheel(tmp.path(), "molt_pip3_hello");
@@ -307,22 +312,15 @@ fn a_failing_after_script_rolls_the_packages_back_too() {
     let Some(rootfs) = rootfs() else { return };
     let (_scratch, d) = device(&rootfs);
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = ship(
+    let mut s = ship_deb(
         patch("2.0.0", 2),
-        PackageManager::Apt,
         "molt-hello",
-        "molt-hello_1.0_all.deb",
         deb(tmp.path(), "molt-hello", None),
     );
     s.after = Some(sh("exit 4"));
     let old_fp = d.fingerprint();
-    let r = d.install_bytes("v2.molt", &build(&s), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
-    assert!(
-        d.last_result().contains("rolled back"),
-        "{}",
-        d.last_result()
-    );
+    d.install_fails("v2.molt", &s);
+    d.assert_last_result("rolled back");
     assert_eq!(d.fingerprint(), old_fp, "the active root changed");
     assert!(!d.current_dir().join("usr/bin/molt-hello").exists());
     assert_no_mounts(&d);
@@ -335,24 +333,24 @@ fn failing_installs_fail_before_the_swap_with_the_tools_error() {
     let old_fp = d.fingerprint();
     let old = d.current_link();
     let tmp = tempfile::tempdir().unwrap();
+    // After an apt failure: apt's error in `log` (this install's part of the log), the
+    // active root as it was, no mounts left.
+    let assert_apt_failed = |log: &str| {
+        assert!(log.contains("E: "), "apt's error is in the log:\n{log}");
+        assert_eq!(d.current_link(), old);
+        assert_eq!(d.fingerprint(), old_fp, "the active root changed");
+        assert_no_mounts(&d);
+    };
 
     // A .deb that is not one.
-    let s = ship(
+    let s = ship_deb(
         patch("2.0.0", 2),
-        PackageManager::Apt,
         "molt-broken",
-        "molt-broken_1.0_all.deb",
         b"this is not a debian archive\n".to_vec(),
     );
-    let r = d.install_bytes("broken.molt", &build(&s), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
-    let last = d.last_result();
-    assert!(last.contains("packages"), "{last}");
-    let log = d.log();
-    assert!(log.contains("E: "), "apt's error is in the log:\n{log}");
-    assert_eq!(d.current_link(), old);
-    assert_eq!(d.fingerprint(), old_fp, "the active root changed");
-    assert_no_mounts(&d);
+    d.install_fails("broken.molt", &s);
+    d.assert_last_result("packages");
+    assert_apt_failed(&d.log());
 
     // A wheel pip cannot install, then a package the registry does not have (with no
     // network apt-get update fails instead; either way apt's error is reported).
@@ -364,8 +362,7 @@ fn failing_installs_fail_before_the_swap_with_the_tools_error() {
         &f,
         b"not a zip".to_vec(),
     );
-    let r = d.install_bytes("badwheel.molt", &build(&s), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
+    d.install_fails("badwheel.molt", &s);
     assert!(
         d.log().contains("ERROR"),
         "pip's error is in the log:\n{}",
@@ -374,14 +371,9 @@ fn failing_installs_fail_before_the_swap_with_the_tools_error() {
 
     let mut s = patch("2.0.2", 4);
     s.packages = vec![(PackageManager::Apt, "molt-no-such-package".into())];
-    let r = d.install_bytes("missing.molt", &build(&s), None);
-    assert_eq!(r.code, Some(1), "{}", r.out);
+    d.install_fails("missing.molt", &s);
     let log = d.log();
-    let tail = &log[log.rfind("apt packages: in a chroot").unwrap()..];
-    assert!(tail.contains("E: "), "apt's error is in the log:\n{tail}");
-    assert_eq!(d.current_link(), old);
-    assert_eq!(d.fingerprint(), old_fp, "the active root changed");
-    assert_no_mounts(&d);
+    assert_apt_failed(&log[log.rfind("apt packages: in a chroot").unwrap()..]);
 }
 
 #[test]
@@ -390,11 +382,9 @@ fn kill_9_during_dpkg_leaves_no_mounts_or_processes_after_the_restart() {
     let (_scratch, d) = device(&rootfs);
     let old_fp = d.fingerprint();
     let tmp = tempfile::tempdir().unwrap();
-    let s = ship(
+    let s = ship_deb(
         patch("2.0.0", 2),
-        PackageManager::Apt,
         "molt-slow",
-        "molt-slow_1.0_all.deb",
         deb(
             tmp.path(),
             "molt-slow",

@@ -49,6 +49,12 @@ pub struct Device {
 }
 
 impl Device {
+    /// A new device for a test that needs root, or `None` when the test is skipped
+    /// (not root): the opening every such test shares.
+    pub fn rooted() -> Option<Device> {
+        root_or_skip().then(Device::new)
+    }
+
     pub fn new() -> Device {
         Device::with(Opts::default())
     }
@@ -169,6 +175,20 @@ impl Device {
         );
     }
 
+    /// Builds and installs `spec` from a file called `name`, expecting the agent to
+    /// refuse it or fail (exit 1).
+    pub fn install_fails(&self, name: &str, spec: &Spec) -> Run {
+        let r = self.install_bytes(name, &build(spec), None);
+        assert_eq!(r.code, Some(1), "{}", r.out);
+        r
+    }
+
+    /// Asserts the last final report (the `status` file) says `want`.
+    pub fn assert_last_result(&self, want: &str) {
+        let last = self.last_result();
+        assert!(last.contains(want), "{last}");
+    }
+
     /// Where `current` points (relative, as stored).
     pub fn current_link(&self) -> PathBuf {
         fs::read_link(self.data().join("current")).unwrap()
@@ -212,6 +232,22 @@ impl Device {
     /// The install log.
     pub fn log(&self) -> String {
         fs::read_to_string(self.data().join("install.log")).unwrap_or_default()
+    }
+}
+
+/// The pid a test script wrote to `file`.
+pub fn read_pid(file: &Path) -> u32 {
+    fs::read_to_string(file).unwrap().trim().parse().unwrap()
+}
+
+/// Whether process `pid` is still running (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 

@@ -1021,32 +1021,13 @@ mod logic {
 
     #[test]
     fn errors_read_as_sentences() {
-        let cases = [
-            (
-                Error::Record(RecordError::Store {
-                    op: StoreOp::Flush,
-                    kind: StoreErrorKind::Io,
-                }),
-                "slot store flush failed: I/O error",
-            ),
-            (
-                Error::Downgrade {
-                    release: 3,
-                    floor: 7,
-                },
-                "release 3 is below the device's version floor 7 and no downgrade was allowed",
-            ),
-            (
-                Error::Record(RecordError::UnsupportedFormat { format: 9 }),
-                "the slot record has format 9, which this version of molt cannot read (expected 1)",
-            ),
-        ];
-        for (e, text) in cases {
-            assert_eq!(e.to_string(), text);
-        }
         assert_eq!(
-            Error::Record(RecordError::Corrupt).to_string(),
-            "both copies of the slot record are corrupt (not blank): refusing to treat the device as new"
+            Error::Downgrade {
+                release: 3,
+                floor: 7,
+            }
+            .to_string(),
+            "release 3 is below the device's version floor 7 and no downgrade was allowed"
         );
         for e in [
             Error::Record(RecordError::Corrupt),
@@ -1061,6 +1042,38 @@ mod logic {
         }
         assert_eq!(Slot::B.to_string(), "B");
         assert_eq!(Status::Trial.to_string(), "trial");
+    }
+
+    /// The slot record and the update journal word the same [`RecordError`] each about itself.
+    #[test]
+    fn record_errors_name_their_record() {
+        let cases = [
+            (
+                RecordError::Store {
+                    op: StoreOp::Flush,
+                    kind: StoreErrorKind::Io,
+                },
+                "slot store flush failed: I/O error",
+                "journal store flush failed: I/O error",
+            ),
+            (
+                RecordError::Corrupt,
+                "both copies of the slot record are corrupt (not blank): refusing to treat the device as new",
+                "both copies of the update journal are corrupt (not blank)",
+            ),
+            (
+                RecordError::UnsupportedFormat { format: 9 },
+                "the slot record has format 9, which this version of molt cannot read (expected 1)",
+                "the update journal has format 9, which this version of molt cannot read (expected 1)",
+            ),
+        ];
+        for (e, slot, journal) in cases {
+            assert_eq!(Error::Record(e).to_string(), slot);
+            assert_eq!(
+                molt_engine::update::journal::Error::Record(e).to_string(),
+                journal
+            );
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use molt_engine::bundle::format::{EntryTable, Payload};
+use molt_engine::bundle::format::{EntryTable, KeyId, Payload};
 use molt_engine::bundle::zstd::{LibZstd, RuZstd};
-use molt_engine::bundle::{Buffers, Decoder, Specials, Trust};
+use molt_engine::bundle::{Decoder, Specials, Trust, TrustedKey};
 use molt_engine::error::{LimitKind, Rule};
 use molt_engine::{Error, Limits};
 use proptest::prelude::*;
@@ -62,18 +62,8 @@ fn manifest_is_readable_after_verification() {
     };
     let bytes = build(&spec);
     let limits = Limits::DEFAULT;
-    let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
-    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let mut d = molt_engine::bundle::Decoder::new(
-        pinned(),
-        limits,
-        LibZstd::new().unwrap(),
-        molt_engine::bundle::Buffers {
-            manifest: &mut mb,
-            wire: &mut wb,
-            raw: &mut rb,
-        },
-    );
+    let mut bufs = Bufs::sized(&limits, limits.max_chunk_size);
+    let mut d = Decoder::new(pinned(), limits, LibZstd::new().unwrap(), bufs.lend());
     let f = d.feed(&bytes).unwrap();
     assert!(matches!(
         f.event,
@@ -174,15 +164,10 @@ fn bit_flips_anywhere_are_refused_without_panic() {
 #[test]
 fn payload_change_is_caught_at_the_chunk_where_it_diverges() {
     let bytes = small();
-    // Flip a byte in the last chunk's frame: the earlier chunks decode, that one fails.
-    let mut b = bytes.clone();
-    let last = b.len() - 5;
-    b[last] ^= 0xff;
-    let (evs, r) = decode(&b);
-    match r {
-        Err(Error::ChunkDigest { chunk, .. }) => assert!(chunk >= 1, "chunk {chunk}"),
-        other => panic!("expected a chunk digest error, got {other:?}"),
-    }
+    // The earlier chunks decode, the changed last one fails.
+    let (evs, r) = decode(&last_frame_changed(&bytes));
+    let chunk = refusal!(r, "chunk digest", Error::ChunkDigest { chunk, .. } => chunk);
+    assert!(chunk >= 1, "chunk {chunk}");
     // Events from the earlier, verified chunk were delivered; none from the bad one.
     assert!(evs.iter().any(|e| matches!(e, Ev::Start(..))));
     assert!(!evs.contains(&Ev::Done));
@@ -196,32 +181,20 @@ fn trailing_data_is_refused() {
     assert_eq!(decode(&b).1, Err(Error::TrailingData { at: n }));
 }
 
+/// Decodes `bytes` in one piece with ruzstd, trusting `keys` except those `revoked`.
+fn decode_trusting(bytes: &[u8], keys: &[TrustedKey], revoked: &[KeyId]) -> Result<(), Error> {
+    let trust = Trust::Pinned { keys, revoked };
+    decode_with(bytes, &[], trust, limits(), RuZstd::new()).1
+}
+
 #[test]
 fn unknown_revoked_and_wrong_keys_are_refused() {
     let bytes = small();
     let other = [trusted(&key(9))];
-    let (_, r) = decode_with(
-        &bytes,
-        &[],
-        Trust::Pinned {
-            keys: &other,
-            revoked: &[],
-        },
-        limits(),
-        RuZstd::new(),
-    );
+    let r = decode_trusting(&bytes, &other, &[]);
     assert!(matches!(r, Err(Error::UnknownKey { .. })), "{r:?}");
     let mine = [trusted(&key(1))];
-    let (_, r) = decode_with(
-        &bytes,
-        &[],
-        Trust::Pinned {
-            keys: &mine,
-            revoked: &[mine[0].id],
-        },
-        limits(),
-        RuZstd::new(),
-    );
+    let r = decode_trusting(&bytes, &mine, &[mine[0].id]);
     assert_eq!(r, Err(Error::RevokedKey { key_id: mine[0].id }));
     // A manifest byte changed after signing.
     let mut b = bytes.clone();
@@ -245,17 +218,7 @@ fn rotation_accepts_either_of_two_signatures() {
     let bytes = build(&spec);
     for k in [key(1), key(2)] {
         let t = [trusted(&k)];
-        let (_, r) = decode_with(
-            &bytes,
-            &[],
-            Trust::Pinned {
-                keys: &t,
-                revoked: &[],
-            },
-            limits(),
-            RuZstd::new(),
-        );
-        r.unwrap();
+        decode_trusting(&bytes, &t, &[]).unwrap();
     }
 }
 
@@ -305,10 +268,7 @@ fn refused(entries: Vec<E>, full: bool, specials: Specials) -> Result<(), Error>
 }
 
 fn rule(r: Result<(), Error>) -> Rule {
-    match r {
-        Err(Error::Policy { rule, .. }) => rule,
-        other => panic!("expected a policy error, got {other:?}"),
-    }
+    refusal!(r, "policy", Error::Policy { rule, .. } => rule)
 }
 
 #[test]
@@ -617,18 +577,8 @@ fn failed_path_names_the_offender() {
     };
     let bytes = build(&spec);
     let limits = Limits::DEFAULT;
-    let (m, w, r) = molt_engine::bundle::Buffers::required(&limits, limits.max_chunk_size);
-    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let mut d = molt_engine::bundle::Decoder::new(
-        pinned(),
-        limits,
-        RuZstd::new(),
-        molt_engine::bundle::Buffers {
-            manifest: &mut mb,
-            wire: &mut wb,
-            raw: &mut rb,
-        },
-    );
+    let mut bufs = Bufs::sized(&limits, limits.max_chunk_size);
+    let mut d = Decoder::new(pinned(), limits, RuZstd::new(), bufs.lend());
     let mut rest = &bytes[..];
     let err = loop {
         match d.feed(rest) {
@@ -658,10 +608,7 @@ fn decode_limited(bytes: &[u8], l: Limits) -> Result<(), Error> {
 }
 
 fn limit(r: Result<(), Error>) -> LimitKind {
-    match r {
-        Err(Error::Limit { limit, .. }) => limit,
-        other => panic!("expected a limit error, got {other:?}"),
-    }
+    refusal!(r, "limit", Error::Limit { limit, .. } => limit)
 }
 
 #[test]
@@ -834,14 +781,8 @@ fn refused_by_every_decoder(b: &[u8], why: &str) {
     };
     let chain_only = {
         let l = Limits::DEFAULT;
-        let (m, w, _) = Buffers::required(&l, 64 * 1024);
-        let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
-        let bufs = Buffers {
-            manifest: &mut mb,
-            wire: &mut wb,
-            raw: &mut [],
-        };
-        let mut d = Decoder::new(pinned(), l, RuZstd::new(), bufs).chain_only();
+        let mut bufs = Bufs::chain_only(&l, 64 * 1024);
+        let mut d = Decoder::new(pinned(), l, RuZstd::new(), bufs.lend()).chain_only();
         let mut rest = b;
         loop {
             match d.feed(rest) {
@@ -955,14 +896,20 @@ fn entries_missing_or_unlisted_are_refused() {
     // with the one-entry payload by re-assembling the frames.
     let frame = zstd::bulk::compress(&raw_entries(&spec.entries), 3).unwrap();
     let raw_len = raw_entries(&spec.entries).len() as u32;
-    let mut m = manifest(&one);
-    m.payload.chunk_size = 16 * 1024;
-    m.entries = EntryTable {
-        count: 2,
-        digest: [0; 32],
-        file_bytes: 2,
-        specials: Specials::default(),
+    // `spec`'s manifest with one chunk of 16 KiB and an entry table that claims
+    // `count` entries of `file_bytes` bytes in all.
+    let claiming = |spec, count, file_bytes| {
+        let mut m = manifest(spec);
+        m.payload.chunk_size = 16 * 1024;
+        m.entries = EntryTable {
+            count,
+            digest: [0; 32],
+            file_bytes,
+            specials: Specials::default(),
+        };
+        m
     };
+    let mut m = claiming(&one, 2, 2);
     m.payload.raw_len = raw_len as u64;
     let b = assemble(m, &[(frame.clone(), raw_len)], &spec.keys);
     assert!(
@@ -971,14 +918,7 @@ fn entries_missing_or_unlisted_are_refused() {
         decode(&b).1
     );
     // A manifest listing zero entries with a payload that carries one.
-    let mut m = manifest(&spec);
-    m.payload.chunk_size = 16 * 1024;
-    m.entries = EntryTable {
-        count: 0,
-        digest: [0; 32],
-        file_bytes: 0,
-        specials: Specials::default(),
-    };
+    let m = claiming(&spec, 0, 0);
     let b = assemble(m, &[(frame, raw_len)], &spec.keys);
     assert!(
         matches!(
@@ -1034,75 +974,53 @@ fn malicious_manifest_fields_are_refused() {
         .unwrap();
         decode(&b).1
     };
-    let field = |r: Result<(), Error>| match r {
-        Err(Error::Field { field, .. }) => field,
-        other => panic!("expected a field error, got {other:?}"),
-    };
+    let field = |r: Result<(), Error>| refusal!(r, "field", Error::Field { field, .. } => field);
     assert_eq!(field(check(&|m| m.version = "../../etc")), "version");
     assert_eq!(field(check(&|m| m.version = "")), "version");
     assert_eq!(field(check(&|m| m.compatible = "")), "compatible");
-    let evil = Package {
-        manager: PackageManager::Apt,
-        name: "../evil",
-        version: None,
-        file: None,
-    };
-    assert_eq!(
-        field(check(&|m| {
-            m.recipe.packages.push(evil).unwrap();
-        })),
-        "recipe.packages.name"
-    );
-    let opt = Package {
-        manager: PackageManager::Pip,
-        name: "--index-url=http://x",
-        version: None,
-        file: None,
-    };
-    assert_eq!(
-        field(check(&|m| {
-            m.recipe.packages.push(opt).unwrap();
-        })),
-        "recipe.packages.name"
-    );
-    let path = Package {
-        manager: PackageManager::Apt,
-        name: "app",
-        version: None,
-        file: Some("/tmp/x.deb"),
-    };
-    assert_eq!(
-        field(check(&|m| {
-            m.recipe.packages.push(path).unwrap();
-        })),
-        "recipe.packages.file"
-    );
-    let slash = Package {
-        manager: PackageManager::Npm,
-        name: "a/b",
-        version: None,
-        file: None,
-    };
-    assert_eq!(
-        field(check(&|m| {
-            m.recipe.packages.push(slash).unwrap();
-        })),
-        "recipe.packages.name"
-    );
-    let cmd = Command {
-        script: "echo hi",
+    // Package names that would escape a directory or pass as an option, and a file outside the bundle.
+    let packages = [
+        (PackageManager::Apt, "../evil", None, "recipe.packages.name"),
+        (
+            PackageManager::Pip,
+            "--index-url=http://x",
+            None,
+            "recipe.packages.name",
+        ),
+        (
+            PackageManager::Apt,
+            "app",
+            Some("/tmp/x.deb"),
+            "recipe.packages.file",
+        ),
+        (PackageManager::Npm, "a/b", None, "recipe.packages.name"),
+    ];
+    for (manager, name, file, expected) in packages {
+        let package = Package {
+            manager,
+            name,
+            version: None,
+            file,
+        };
+        assert_eq!(
+            field(check(&|m| {
+                m.recipe.packages.push(package).unwrap();
+            })),
+            expected,
+            "{name}"
+        );
+    }
+    let command = |script, timeout_secs| Command {
+        script,
         chroot: false,
-        timeout_secs: 0,
+        timeout_secs,
     };
+    let no_timeout = command("echo hi", 0);
     assert_eq!(
-        field(check(&|m| m.recipe.before = Some(cmd))),
+        field(check(&|m| m.recipe.before = Some(no_timeout))),
         "recipe.before"
     );
-    let nul = Command {
-        script: "echo\0hi",
-        chroot: false,
-        timeout_secs: 5,
-    };
+    let nul = command("echo\0hi", 5);
     assert_eq!(
         field(check(&|m| m.recipe.after = Some(nul))),
         "recipe.after"

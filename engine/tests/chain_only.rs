@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use molt_engine::bundle::zstd::{DecompressError, Decompressor};
-use molt_engine::bundle::{Buffers, Decoder, Event, Trust};
+use molt_engine::bundle::{Decoder, Event, Trust};
 use molt_engine::Error;
 
 /// A decompressor a chain-only decoder must never call.
@@ -38,8 +38,7 @@ enum Seen {
 fn chain(bytes: &[u8], step: usize) -> (Vec<Seen>, Result<(), Error>, bool) {
     let keys = [trusted(&key(1))];
     let limits = limits();
-    let (m, w, _) = Buffers::required(&limits, 64 * 1024);
-    let (mut mb, mut wb) = (vec![0u8; m], vec![0u8; w]);
+    let mut bufs = Bufs::chain_only(&limits, 64 * 1024);
     let mut d = Decoder::new(
         Trust::Pinned {
             keys: &keys,
@@ -47,11 +46,7 @@ fn chain(bytes: &[u8], step: usize) -> (Vec<Seen>, Result<(), Error>, bool) {
         },
         limits,
         Never,
-        Buffers {
-            manifest: &mut mb,
-            wire: &mut wb,
-            raw: &mut [],
-        },
+        bufs.lend(),
     )
     .chain_only();
     let (mut seen, mut offered) = (Vec::new(), false);
@@ -125,14 +120,10 @@ fn a_change_to_any_byte_is_refused() {
 
 #[test]
 fn a_changed_frame_is_named_by_its_chunk() {
-    let bytes = bundle();
-    let mut b = bytes.clone();
-    let at = b.len() - 5;
-    b[at] ^= 0xff;
-    match chain(&b, 4096).1 {
-        Err(Error::ChunkDigest { chunk, .. }) => assert!(chunk >= 2, "chunk {chunk}"),
-        other => panic!("expected a chunk digest error, got {other:?}"),
-    }
+    let b = last_frame_changed(&bundle());
+    let chunk =
+        refusal!(chain(&b, 4096).1, "chunk digest", Error::ChunkDigest { chunk, .. } => chunk);
+    assert!(chunk >= 2, "chunk {chunk}");
 }
 
 #[test]

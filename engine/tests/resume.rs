@@ -4,25 +4,8 @@ mod common;
 
 use common::*;
 use molt_engine::bundle::zstd::LibZstd;
-use molt_engine::bundle::{Buffers, Decoder, Event, Trust, CHECKPOINT_MAX};
+use molt_engine::bundle::{Decoder, Event, Trust, CHECKPOINT_MAX};
 use molt_engine::Error;
-
-/// Owned decoder buffers.
-struct Bufs(Vec<u8>, Vec<u8>, Vec<u8>);
-
-impl Bufs {
-    fn new() -> Self {
-        let (m, w, r) = Buffers::required(&limits(), 64 * 1024);
-        Bufs(vec![0; m], vec![0; w], vec![0; r])
-    }
-    fn lend(&mut self) -> Buffers<'_> {
-        Buffers {
-            manifest: &mut self.0,
-            wire: &mut self.1,
-            raw: &mut self.2,
-        }
-    }
-}
 
 /// A decoder that has been fed `head` (the bundle's first bytes, through its manifest).
 fn headed<'b, 'k>(

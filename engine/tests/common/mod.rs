@@ -28,6 +28,70 @@ pub fn limits() -> Limits {
     Limits::DEFAULT
 }
 
+/// What the error in `$r` carries: `$r` must be an `Err` matching `$pat`, and `$out`
+/// is taken from it; any other result fails the test, saying which error was expected.
+// Not every test binary that includes this module uses it.
+#[allow(unused_macros)]
+macro_rules! refusal {
+    ($r:expr, $what:literal, $pat:pat => $out:expr) => {
+        match $r {
+            Err($pat) => $out,
+            other => panic!(concat!("expected a ", $what, " error, got {:?}"), other),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use refusal;
+
+/// `bytes` with a byte inside the last chunk's frame flipped (a bundle ends with its
+/// last frame, and five bytes from the end is inside any frame the tests build).
+pub fn last_frame_changed(bytes: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let at = b.len() - 5;
+    b[at] ^= 0xff;
+    b
+}
+
+/// Owned decoder buffers, lent to one decoder at a time.
+pub struct Bufs {
+    manifest: Vec<u8>,
+    wire: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl Bufs {
+    /// Buffers for bundles within the default limits with chunks of at most 64 KiB.
+    pub fn new() -> Self {
+        Self::sized(&limits(), 64 * 1024)
+    }
+
+    /// Buffers for bundles within `limits` with chunks of at most `chunk_size`.
+    pub fn sized(limits: &Limits, chunk_size: u32) -> Self {
+        let (m, w, r) = Buffers::required(limits, chunk_size);
+        Bufs {
+            manifest: vec![0; m],
+            wire: vec![0; w],
+            raw: vec![0; r],
+        }
+    }
+
+    /// As [`Bufs::sized`] but with no raw buffer at all, which a chain-only decoder never touches.
+    pub fn chain_only(limits: &Limits, chunk_size: u32) -> Self {
+        Bufs {
+            raw: Vec::new(),
+            ..Self::sized(limits, chunk_size)
+        }
+    }
+
+    pub fn lend(&mut self) -> Buffers<'_> {
+        Buffers {
+            manifest: &mut self.manifest,
+            wire: &mut self.wire,
+            raw: &mut self.raw,
+        }
+    }
+}
+
 /// Decodes `bytes` fed in pieces cut at `cuts` (sorted offsets), with the given backend.
 pub fn decode_with<Z: Decompressor>(
     bytes: &[u8],
@@ -36,14 +100,8 @@ pub fn decode_with<Z: Decompressor>(
     limits: Limits,
     z: Z,
 ) -> (Vec<Ev>, Result<(), Error>) {
-    let (m, w, r) = Buffers::required(&limits, 64 * 1024);
-    let (mut mb, mut wb, mut rb) = (vec![0u8; m], vec![0u8; w], vec![0u8; r]);
-    let buffers = Buffers {
-        manifest: &mut mb,
-        wire: &mut wb,
-        raw: &mut rb,
-    };
-    let mut d = Decoder::new(trust, limits, z, buffers);
+    let mut bufs = Bufs::sized(&limits, 64 * 1024);
+    let mut d = Decoder::new(trust, limits, z, bufs.lend());
     let mut evs = Vec::new();
     let mut start = 0;
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= bytes.len()).collect();

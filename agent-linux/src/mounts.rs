@@ -49,6 +49,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use molt_mountinfo::unescape;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
@@ -536,42 +537,7 @@ pub fn mounts_below(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Every mount point of this process's mount namespace, in `/proc/self/mountinfo` order.
 fn mount_points() -> Result<Vec<PathBuf>> {
-    let text = fs::read("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// The mount point column (the fifth) of each mountinfo line, unescaped.
-fn parse_mountinfo(text: &[u8]) -> Vec<PathBuf> {
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(OsString::from_vec(unescape(field))))
-        .collect()
-}
-
-/// Undoes the kernel's (and the record's) octal escapes: `\040` is a space, `\011` a
-/// tab, `\012` a newline, `\134` a backslash. Anything else stays as it is.
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        if b == b'\\' {
-            if let Some(digits) = s.get(i + 1..i + 4) {
-                if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                    let v = digits
-                        .iter()
-                        .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                    if let Ok(v) = u8::try_from(v) {
-                        out.push(v);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    out
+    Ok(molt_mountinfo::mount_points()?)
 }
 
 /// The inverse of [`unescape`] for the record: whitespace, backslash and control bytes
@@ -1133,22 +1099,6 @@ fn sync_parent(file: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        let text = b"36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
-                     37 35 98:0 / /x\\011y\\012z\\134w rw - ext3 /dev/root rw\n\
-                     38 35 98:0 / /odd\\9 rw - ext3 /dev/root rw\n";
-        let got = parse_mountinfo(text);
-        assert_eq!(
-            got,
-            vec![
-                PathBuf::from("/mnt/a b"),
-                PathBuf::from("/x\ty\nz\\w"),
-                PathBuf::from("/odd\\9"),
-            ]
-        );
-    }
 
     #[test]
     fn record_escape_round_trips() {

@@ -15,9 +15,7 @@
 //! leftover bind mount of /dev would turn a later `rm -rf` of the tree into deleting
 //! the host's device nodes.
 
-use std::ffi::OsString;
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -546,42 +544,10 @@ fn umount(point: &Path, log: &Log) -> Result<()> {
 
 /// Mount points at or beneath `dir` (a resolved path), in /proc/self/mountinfo order.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let text = fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text)
+    Ok(molt_mountinfo::mount_points()?
         .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect())
-}
-
-/// The mount point (fifth field) of each mountinfo line.
-fn parse_mountinfo(text: &[u8]) -> Vec<PathBuf> {
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(OsString::from_vec(unescape_octal(field))))
-        .collect()
-}
-
-/// The kernel writes space, tab, newline and backslash in mount points as `\ooo`.
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field.get(i + 1..i + 4).and_then(|d| {
-            let s = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (field[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Replaces the tree's /etc/resolv.conf with a copy of the host's, so apt inside resolves
@@ -888,16 +854,5 @@ deb [arch=amd64] http://deb.example.org/debian bookworm main # trailing
             suites: vec!["bookworm".into()],
         }];
         assert_eq!(pick_mirror(sources), None);
-    }
-
-    #[test]
-    fn mountinfo_mount_points_are_unescaped() {
-        let text = b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
-                     80 22 0:5 / /tmp/a\\040b/dev rw - devtmpfs udev rw\n";
-        assert_eq!(
-            parse_mountinfo(text),
-            vec![PathBuf::from("/proc"), PathBuf::from("/tmp/a b/dev")]
-        );
-        assert_eq!(unescape_octal(b"a\\134b\\"), b"a\\b\\".to_vec());
     }
 }

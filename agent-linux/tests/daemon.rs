@@ -386,14 +386,59 @@ fn agent(d: &Device, args: &[&str], env: &[(&str, &str)], deadline: Duration) ->
     }
 }
 
-fn enroll(d: &Device, fake: &Fake) {
-    let r = agent(
+/// `molt-agent enroll` with the fake's URL and the good token; the caller judges the outcome.
+fn try_enroll(d: &Device, fake: &Fake) -> Run {
+    agent(
         d,
         &["enroll", "--controller", &fake.url(), "--token", TOKEN],
         &[],
         Duration::from_secs(30),
-    );
+    )
+}
+
+fn enroll(d: &Device, fake: &Fake) {
+    let r = try_enroll(d, fake);
     assert_eq!(r.code, Some(0), "enroll: {}", r.out);
+}
+
+/// The opening of most tests: a controller and a device (root only, else `None`), the
+/// device on each of `installed` in turn, then enrolled.
+fn enrolled_on(installed: &[Spec]) -> Option<(Fake, Device)> {
+    let fake = root_or_skip().then(Fake::start)?;
+    let d = Device::new();
+    for spec in installed {
+        d.install_ok(spec);
+    }
+    enroll(&d, &fake);
+    Some((fake, d))
+}
+
+/// A new enrolled device (see [`enrolled_on`]) whose controller offers [`v2`] with
+/// `after` as its after command.
+fn offering_v2(after: &str) -> Option<(Fake, Device, Spec)> {
+    let (fake, d) = enrolled_on(&[])?;
+    let spec = v2(after);
+    offer_v2(&fake, &spec);
+    Some((fake, d, spec))
+}
+
+/// Offers `spec` to the device as deployment [`DEPLOYMENT`], version 2.0.0.
+fn offer_v2(fake: &Fake, spec: &Spec) {
+    fake.offer(DEPLOYMENT, "2.0.0", build(spec));
+}
+
+/// The deployment's deduplicated reports, asserting the final one says `want`.
+fn reports_ending(fake: &Fake, want: DeviceState) -> Vec<Report> {
+    let reports = distinct(&fake.reports(DEPLOYMENT));
+    assert_eq!(final_state(&reports), want, "{reports:#?}");
+    reports
+}
+
+/// `run --once` that must end before `limit`: an abort is acted on promptly.
+fn run_once_within(d: &Device, limit: Duration) {
+    let t = Instant::now();
+    run_once(d, &[]);
+    assert!(t.elapsed() < limit, "took {:?}", t.elapsed());
 }
 
 fn run_once(d: &Device, env: &[(&str, &str)]) -> Run {
@@ -548,24 +593,16 @@ fn enroll_stores_the_credential_and_a_bad_token_is_refused() {
     let st = d.recover();
     assert!(st.contains(&fake.url()) && st.contains("dev_fake1"), "{st}");
 
-    let again = agent(
-        &d,
-        &["enroll", "--controller", &fake.url(), "--token", TOKEN],
-        &[],
-        Duration::from_secs(30),
-    );
+    let again = try_enroll(&d, &fake);
     assert_eq!(again.code, Some(1), "{}", again.out);
     assert!(again.out.contains("--force"), "{}", again.out);
 }
 
 #[test]
 fn run_installs_an_offer_and_reports_every_phase() {
-    if !root_or_skip() {
+    let Some((fake, d)) = enrolled_on(&[]) else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    enroll(&d, &fake);
+    };
     // 2000 lines of output: more log than one report may carry.
     let spec = v2(
         "echo after-says-hello; echo to-stderr >&2; seq 1 2000 | sed 's/$/ some-padding-to-make-the-log-long/'",
@@ -644,14 +681,9 @@ fn run_installs_an_offer_and_reports_every_phase() {
 
 #[test]
 fn a_lost_answer_makes_the_agent_resend_the_same_seq() {
-    if !root_or_skip() {
+    let Some((fake, d, _)) = offering_v2("echo fine") else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    enroll(&d, &fake);
-    let spec = v2("echo fine");
-    fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
+    };
     fake.with(|s| s.drop_report_seq = Some(2));
 
     run_once(&d, &[]);
@@ -665,14 +697,10 @@ fn a_lost_answer_makes_the_agent_resend_the_same_seq() {
 
 #[test]
 fn abort_during_a_slow_download_keeps_the_active_snapshot() {
-    if !root_or_skip() {
+    let Some((fake, d)) = enrolled_on(&[v1()]) else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    d.install_ok(&v1());
+    };
     let before = d.fingerprint();
-    enroll(&d, &fake);
     let spec = Spec::full("2.0.0", 2, &[("app/big.bin", &noise(5, 3 << 20))]);
     fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
     // About 160 KiB/s: the 3 MiB bundle would take some 20 s.
@@ -681,15 +709,8 @@ fn abort_during_a_slow_download_keeps_the_active_snapshot() {
         s.abort_on_progress = true;
     });
 
-    let t = Instant::now();
-    run_once(&d, &[]);
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t.elapsed()
-    );
-    let reports = distinct(&fake.reports(DEPLOYMENT));
-    assert_eq!(final_state(&reports), DeviceState::Aborted, "{reports:#?}");
+    run_once_within(&d, Duration::from_secs(15));
+    let reports = reports_ending(&fake, DeviceState::Aborted);
     assert_eq!(d.fingerprint(), before);
     assert!(all_logs(&reports).contains("aborted"), "{reports:#?}");
     assert_eq!(install_phase(&d.recover()), "idle");
@@ -697,62 +718,37 @@ fn abort_during_a_slow_download_keeps_the_active_snapshot() {
 
 #[test]
 fn abort_during_a_long_after_script_kills_it_and_rolls_back() {
-    if !root_or_skip() {
+    let Some((fake, d)) = enrolled_on(&[v1()]) else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    d.install_ok(&v1());
+    };
     let before = d.fingerprint();
-    enroll(&d, &fake);
     let pidfile = d.marker("after.pid");
     let mut spec = v2(&format!("echo $$ > {}; sleep 30", pidfile.display()));
     spec.after.as_mut().unwrap().timeout_secs = 120;
-    fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
+    offer_v2(&fake, &spec);
     fake.with(|s| s.abort_on_phase = Some("after".into()));
 
-    let t = Instant::now();
-    run_once(&d, &[]);
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t.elapsed()
-    );
-    let reports = distinct(&fake.reports(DEPLOYMENT));
-    assert_eq!(final_state(&reports), DeviceState::Aborted, "{reports:#?}");
+    run_once_within(&d, Duration::from_secs(20));
+    let reports = reports_ending(&fake, DeviceState::Aborted);
     let phases: Vec<&str> = reports.iter().map(|r| r.phase.as_str()).collect();
     assert!(phases.contains(&"swapping-back"), "{phases:?}");
     assert_eq!(d.fingerprint(), before);
     assert_eq!(reports.last().unwrap().active_version, "1.0.0");
     assert!(all_logs(&reports).contains("cancelled"), "{reports:#?}");
-    let pid: u32 = fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z")),
-        "the after script still runs"
-    );
+    let pid = read_pid(&pidfile);
+    assert!(!alive(pid), "the after script still runs");
 }
 
 #[test]
 fn abort_after_the_commit_is_refused_and_the_install_succeeds() {
-    if !root_or_skip() {
+    let Some((fake, d, spec)) = offering_v2("echo fine") else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    enroll(&d, &fake);
-    let spec = v2("echo fine");
-    fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
+    };
     fake.with(|s| s.abort_on_phase = Some("committing".into()));
 
     // Committing is short: the hook holds it long enough for a poll to see the abort.
     run_once(&d, &[("MOLT_TEST_PAUSE_AT", "committing:3000")]);
-    let reports = distinct(&fake.reports(DEPLOYMENT));
-    assert_eq!(final_state(&reports), DeviceState::Success, "{reports:#?}");
+    let reports = reports_ending(&fake, DeviceState::Success);
     assert!(
         reports.iter().any(|r| r
             .message
@@ -768,22 +764,16 @@ fn abort_after_the_commit_is_refused_and_the_install_succeeds() {
 /// gone, which version it was, and why.
 #[test]
 fn a_bundle_refused_part_way_reports_that_the_rollback_target_was_overwritten() {
-    if !root_or_skip() {
+    let Some((fake, d)) = enrolled_on(&[v1(), v2("true")]) else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    d.install_ok(&v1());
-    d.install_ok(&v2("true"));
+    };
     let before = d.fingerprint();
-    enroll(&d, &fake);
     let mut bad = build(&Spec::full("3.0.0", 3, &[("app/a", b"A3\n")]));
     bad.push(0);
     fake.offer(DEPLOYMENT, "3.0.0", bad);
 
     run_once(&d, &[]);
-    let reports = distinct(&fake.reports(DEPLOYMENT));
-    assert_eq!(final_state(&reports), DeviceState::Failed, "{reports:#?}");
+    let reports = reports_ending(&fake, DeviceState::Failed);
     let message = reports.last().unwrap().message.clone().unwrap_or_default();
     for want in [
         "bundle refused",
@@ -802,12 +792,9 @@ fn a_bundle_refused_part_way_reports_that_the_rollback_target_was_overwritten() 
 
 #[test]
 fn a_controller_that_is_down_at_first_is_retried_with_backoff() {
-    if !root_or_skip() {
+    let Some((fake, d)) = enrolled_on(&[]) else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    enroll(&d, &fake);
+    };
     let addr = fake.addr;
     drop(fake);
     // The old listener is gone once its thread sees the stop flag.
@@ -862,14 +849,9 @@ fn a_controller_that_is_down_at_first_is_retried_with_backoff() {
 
 #[test]
 fn kill_9_mid_install_then_run_again_settles_and_reports() {
-    if !root_or_skip() {
+    let Some((fake, d, spec)) = offering_v2("echo after-ran >> /dev/null") else {
         return;
-    }
-    let fake = Fake::start();
-    let d = Device::new();
-    enroll(&d, &fake);
-    let spec = v2("echo after-ran >> /dev/null");
-    fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
+    };
 
     let r = agent(
         &d,
@@ -921,12 +903,7 @@ fn an_https_controller_with_a_private_ca_works_once_the_ca_is_configured() {
     let d = Device::new();
 
     // Without the CA the certificate is refused, and enroll says so.
-    let r = agent(
-        &d,
-        &["enroll", "--controller", &fake.url(), "--token", TOKEN],
-        &[],
-        Duration::from_secs(30),
-    );
+    let r = try_enroll(&d, &fake);
     assert_eq!(r.code, Some(1), "{}", r.out);
     assert!(r.out.contains("certificate"), "{}", r.out);
 
@@ -941,7 +918,7 @@ fn an_https_controller_with_a_private_ca_works_once_the_ca_is_configured() {
 
     enroll(&d, &fake);
     let spec = v2("echo over-tls");
-    fake.offer(DEPLOYMENT, "2.0.0", build(&spec));
+    offer_v2(&fake, &spec);
     run_once(&d, &[]);
     assert_eq!(d.tree(), spec.tree());
     let reports = distinct(&fake.reports(DEPLOYMENT));

@@ -38,11 +38,87 @@ impl Drop for DetachBelow {
     }
 }
 
-/// A temporary directory and its safety net.
-fn tempdir() -> (tempfile::TempDir, DetachBelow) {
-    let t = tempfile::tempdir().unwrap();
-    let guard = DetachBelow(t.path().to_path_buf());
-    (t, guard)
+/// A test's temporary directory behind its safety net (the net is declared first, so
+/// it drops first), where slots, package files and the mounts record go.
+struct Bench {
+    _net: DetachBelow,
+    tmp: tempfile::TempDir,
+}
+
+/// A new bench for a test that needs root, or `None` (skipped) without it.
+fn bench() -> Option<Bench> {
+    if !root_or_skip() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _net = DetachBelow(tmp.path().to_path_buf());
+    Some(Bench { _net, tmp })
+}
+
+impl Bench {
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Where the mounts record goes.
+    fn record(&self) -> PathBuf {
+        self.path().join("mounts")
+    }
+
+    /// A minimal slot called `name` (see [`make_slot`]).
+    fn slot(&self, name: &str, resolv: Option<&str>) -> PathBuf {
+        let slot = self.path().join(name);
+        make_slot(&slot, resolv);
+        slot
+    }
+
+    /// Slot `slot` set up with package files bound read-only: the slot, the package
+    /// files, the mounts.
+    fn mounted_with_packages(&self) -> (PathBuf, PathBuf, ChrootMounts) {
+        let slot = self.slot("slot", None);
+        let packages = make_packages(self.path());
+        let m = setup_with_packages(&slot, &packages, &self.record()).unwrap();
+        (slot, packages, m)
+    }
+
+    /// A directory outside every slot holding the host file `name` with `text`.
+    fn outside(&self, name: &str, text: &[u8]) -> PathBuf {
+        let outside = self.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join(name), text).unwrap();
+        outside
+    }
+}
+
+/// Makes `slot`'s `etc/resolv.conf` a symlink to `target` and sets up its mounts; the
+/// mounts and the slot's canonical path.
+fn setup_with_resolv_link(
+    slot: &Path,
+    target: impl AsRef<Path>,
+    record: &Path,
+) -> (ChrootMounts, PathBuf) {
+    std::os::unix::fs::symlink(target, slot.join("etc/resolv.conf")).unwrap();
+    let m = ChrootMounts::setup(slot, &[], record).unwrap();
+    (m, slot.canonicalize().unwrap())
+}
+
+/// Sets up `slot`'s mounts with the package files bound read-only at `run/molt/packages`.
+fn setup_with_packages(
+    slot: &Path,
+    packages: &Path,
+    record: &Path,
+) -> anyhow::Result<ChrootMounts> {
+    ChrootMounts::setup(
+        slot,
+        &[BindSpec::read_only(packages, "run/molt/packages")],
+        record,
+    )
+}
+
+/// Asserts nothing is mounted below `dir`.
+fn assert_nothing_mounted_below(dir: &Path) {
+    let left = mountinfo_below(dir);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A minimal slot: `bin/`, `etc/` (with `resolv.conf` when `resolv` is given), `run/`.
@@ -94,14 +170,12 @@ fn is_erofs(e: &std::io::Error) -> bool {
 
 #[test]
 fn mounts_what_a_package_manager_needs_and_teardown_removes_it_all() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, Some("nameserver 192.0.2.1\n"));
-    let packages = make_packages(tmp.path());
-    let record = tmp.path().join("mounts");
+    };
+    let slot = b.slot("slot", Some("nameserver 192.0.2.1\n"));
+    let packages = make_packages(b.path());
+    let record = b.record();
     let slot = slot.canonicalize().unwrap();
 
     let m = ChrootMounts::setup(
@@ -175,11 +249,7 @@ fn mounts_what_a_package_manager_needs_and_teardown_removes_it_all() {
     );
 
     m.teardown().unwrap();
-    assert!(
-        mountinfo_below(&slot).is_empty(),
-        "{:?}",
-        mountinfo_below(&slot)
-    );
+    assert_nothing_mounted_below(&slot);
     // What setup created is gone; what was there stays.
     for gone in ["proc", "sys", "dev", "run"] {
         assert!(
@@ -199,23 +269,21 @@ fn mounts_what_a_package_manager_needs_and_teardown_removes_it_all() {
 
 #[test]
 fn existing_mount_points_are_kept_and_a_missing_resolv_conf_is_created_then_removed() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
+    };
+    let slot = b.slot("slot", None);
     for d in ["proc", "sys", "dev/pts"] {
         fs::create_dir_all(slot.join(d)).unwrap();
     }
-    let record = tmp.path().join("mounts");
+    let record = b.record();
     let m = ChrootMounts::setup(&slot, &[], &record).unwrap();
     if let Some(host) = host_resolv() {
         assert_eq!(fs::read(slot.join("etc/resolv.conf")).unwrap(), host);
     }
     drop(m); // drop tears down as well
     let slot = slot.canonicalize().unwrap();
-    assert!(mountinfo_below(&slot).is_empty());
+    assert_nothing_mounted_below(&slot);
     for kept in ["proc", "sys", "dev/pts"] {
         assert!(slot.join(kept).is_dir(), "{kept} existed before and stays");
     }
@@ -228,20 +296,10 @@ fn existing_mount_points_are_kept_and_a_missing_resolv_conf_is_created_then_remo
 
 #[test]
 fn read_only_bind_refuses_writes() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
-    let packages = make_packages(tmp.path());
-    let record = tmp.path().join("mounts");
-    let m = ChrootMounts::setup(
-        &slot,
-        &[BindSpec::read_only(&packages, "run/molt/packages")],
-        &record,
-    )
-    .unwrap();
+    };
+    let (slot, packages, m) = b.mounted_with_packages();
     let inside = slot.join("run/molt/packages");
     for e in [
         fs::write(inside.join("new.deb"), b"x").unwrap_err(),
@@ -265,20 +323,10 @@ fn read_only_bind_refuses_writes() {
 
 #[test]
 fn a_busy_mount_is_detached_after_retries() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
-    let packages = make_packages(tmp.path());
-    let record = tmp.path().join("mounts");
-    let m = ChrootMounts::setup(
-        &slot,
-        &[BindSpec::read_only(&packages, "run/molt/packages")],
-        &record,
-    )
-    .unwrap();
+    };
+    let (slot, _packages, m) = b.mounted_with_packages();
     // A process left behind in the chroot holding a file open keeps the mount busy.
     let held = fs::File::open(slot.join("run/molt/packages/apt/x.deb")).unwrap();
     let started = std::time::Instant::now();
@@ -287,59 +335,41 @@ fn a_busy_mount_is_detached_after_retries() {
         started.elapsed() >= std::time::Duration::from_millis(500),
         "retried before detaching"
     );
-    let slot = slot.canonicalize().unwrap();
-    assert!(
-        mountinfo_below(&slot).is_empty(),
-        "{:?}",
-        mountinfo_below(&slot)
-    );
+    assert_nothing_mounted_below(&slot.canonicalize().unwrap());
     // Detached, not gone for its user: the open file still reads.
     let mut text = String::new();
     std::io::Read::read_to_string(&mut &held, &mut text).unwrap();
     assert_eq!(text, "not really a deb");
-    assert!(!record.exists());
+    assert!(!b.record().exists());
 }
 
 #[test]
 fn a_symlinked_mount_point_is_refused_without_mounting_anything() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let outside = tmp.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    fs::write(outside.join("passwd"), b"root:x:0:0\n").unwrap();
-    let record = tmp.path().join("mounts");
+    };
+    let outside = b.outside("passwd", b"root:x:0:0\n");
+    let record = b.record();
 
     // `proc` -> a directory of the host: mounting there would cover the host's files.
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
+    let slot = b.slot("slot", None);
     std::os::unix::fs::symlink(&outside, slot.join("proc")).unwrap();
     let before = listing(&slot);
     let e = ChrootMounts::setup(&slot, &[], &record).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("symlink") && msg.contains("proc"), "{msg}");
-    assert!(
-        mountinfo_below(tmp.path()).is_empty(),
-        "nothing mounted anywhere"
-    );
+    assert_nothing_mounted_below(b.path());
     assert_eq!(listing(&slot), before, "nothing created in the slot");
     assert_eq!(listing(&outside), vec!["passwd".to_string()]);
     assert!(!record.exists(), "nothing to record");
 
     // A symlink in the middle of an extra bind's target: refused the same way.
-    let slot2 = tmp.path().join("slot2");
-    make_slot(&slot2, None);
+    let slot2 = b.slot("slot2", None);
     std::os::unix::fs::symlink(&outside, slot2.join("run")).unwrap();
-    let packages = make_packages(tmp.path());
-    let e = ChrootMounts::setup(
-        &slot2,
-        &[BindSpec::read_only(&packages, "run/molt/packages")],
-        &record,
-    )
-    .unwrap_err();
+    let packages = make_packages(b.path());
+    let e = setup_with_packages(&slot2, &packages, &record).unwrap_err();
     assert!(format!("{e:#}").contains("symlink"), "{e:#}");
-    assert!(mountinfo_below(tmp.path()).is_empty());
+    assert_nothing_mounted_below(b.path());
     assert_eq!(listing(&outside), vec!["passwd".to_string()]);
 
     // `..` in an extra target is refused before anything happens.
@@ -351,12 +381,11 @@ fn a_symlinked_mount_point_is_refused_without_mounting_anything() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("plain names"), "{e:#}");
     // So is a target inside one of the system mounts (it would be the host's /dev).
-    let slot3 = tmp.path().join("slot3");
-    make_slot(&slot3, None);
+    let slot3 = b.slot("slot3", None);
     let e = ChrootMounts::setup(&slot3, &[BindSpec::read_only(&packages, "dev/x")], &record)
         .unwrap_err();
     assert!(format!("{e:#}").contains("inside the mount"), "{e:#}");
-    assert!(mountinfo_below(tmp.path()).is_empty());
+    assert_nothing_mounted_below(b.path());
     assert!(!record.exists());
 }
 
@@ -372,37 +401,28 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
+    };
     let Some(host) = host_resolv() else {
         eprintln!("skipped: the host has no /etc/resolv.conf");
         return;
     };
-    let (tmp, _net) = tempdir();
-    let outside = tmp.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    fs::write(outside.join("resolv.conf"), b"outside\n").unwrap();
-    let record = tmp.path().join("mounts");
+    let outside = b.outside("resolv.conf", b"outside\n");
+    let record = b.record();
 
     // systemd-resolved's layout: a relative link into /run, whose target does not
     // exist in an image.
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
+    let slot = b.slot("slot", None);
     fs::create_dir_all(slot.join("run")).unwrap();
-    std::os::unix::fs::symlink(
-        "../run/systemd/resolve/stub-resolv.conf",
-        slot.join("etc/resolv.conf"),
-    )
-    .unwrap();
-    let m = ChrootMounts::setup(&slot, &[], &record).unwrap();
-    let slot = slot.canonicalize().unwrap();
+    let (m, slot) =
+        setup_with_resolv_link(&slot, "../run/systemd/resolve/stub-resolv.conf", &record);
     let target = slot.join("run/systemd/resolve/stub-resolv.conf");
     assert!(m.mount_points().contains(&target), "{:?}", m.mount_points());
     // Read through the symlink, as the chroot's resolver would.
     assert_eq!(fs::read(slot.join("etc/resolv.conf")).unwrap(), host);
     m.teardown().unwrap();
-    assert!(mountinfo_below(&slot).is_empty());
+    assert_nothing_mounted_below(&slot);
     assert!(
         fs::symlink_metadata(slot.join("run/systemd")).is_err(),
         "the directories made for the target are removed"
@@ -415,12 +435,9 @@ fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
 
     // An absolute link to a host file: resolved with the slot as `/`, so it lands on
     // the same path inside the slot, and the host's file is neither covered nor touched.
-    let slot2 = tmp.path().join("slot2");
-    make_slot(&slot2, None);
+    let slot2 = b.slot("slot2", None);
     let host_target = outside.join("resolv.conf").canonicalize().unwrap();
-    std::os::unix::fs::symlink(&host_target, slot2.join("etc/resolv.conf")).unwrap();
-    let m = ChrootMounts::setup(&slot2, &[], &record).unwrap();
-    let slot2 = slot2.canonicalize().unwrap();
+    let (m, slot2) = setup_with_resolv_link(&slot2, &host_target, &record);
     let inside = slot2.join(host_target.strip_prefix("/").unwrap());
     assert!(m.mount_points().contains(&inside), "{:?}", m.mount_points());
     assert_eq!(fs::read(&inside).unwrap(), host);
@@ -430,7 +447,7 @@ fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
         "nothing is mounted on the host's file"
     );
     m.teardown().unwrap();
-    assert!(mountinfo_below(&slot2).is_empty());
+    assert_nothing_mounted_below(&slot2);
     let first = host_target.components().nth(1).unwrap();
     assert!(
         fs::symlink_metadata(slot2.join(first)).is_err(),
@@ -439,16 +456,9 @@ fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
     assert_eq!(fs::read(&host_target).unwrap(), b"outside\n");
 
     // A link that climbs with `..`: stops at the slot's root, like a chroot.
-    let slot3 = tmp.path().join("slot3");
-    make_slot(&slot3, Some("x"));
+    let slot3 = b.slot("slot3", Some("x"));
     fs::rename(slot3.join("etc/resolv.conf"), slot3.join("etc/real.conf")).unwrap();
-    std::os::unix::fs::symlink(
-        "../../../../../etc/real.conf",
-        slot3.join("etc/resolv.conf"),
-    )
-    .unwrap();
-    let m = ChrootMounts::setup(&slot3, &[], &record).unwrap();
-    let slot3 = slot3.canonicalize().unwrap();
+    let (m, slot3) = setup_with_resolv_link(&slot3, "../../../../../etc/real.conf", &record);
     assert!(m.mount_points().contains(&slot3.join("etc/real.conf")));
     m.teardown().unwrap();
     assert_eq!(fs::read(slot3.join("etc/real.conf")).unwrap(), b"x");
@@ -456,25 +466,18 @@ fn a_symlinked_resolv_conf_is_followed_only_inside_the_slot() {
 
 #[test]
 fn cleanup_stale_unmounts_what_a_crash_left_behind() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
+    };
     // A space in the path: mountinfo writes it as `\040`.
-    let slots = tmp.path().join("data dir/slots");
-    let slot = slots.join("b");
-    make_slot(&slot, None);
-    let packages = make_packages(tmp.path());
-    let record = tmp.path().join("data dir/mounts");
+    let slots = b.path().join("data dir/slots");
+    let slot = b.slot("data dir/slots/b", None);
+    let packages = make_packages(b.path());
+    let record = b.path().join("data dir/mounts");
     let slot = slot.canonicalize().unwrap();
 
     // A crash: the guard never runs.
-    let m = ChrootMounts::setup(
-        &slot,
-        &[BindSpec::read_only(&packages, "run/molt/packages")],
-        &record,
-    )
-    .unwrap();
+    let m = setup_with_packages(&slot, &packages, &record).unwrap();
     let mounted = m.mount_points();
     std::mem::forget(m);
     assert_eq!(mounts_below(&slot).unwrap(), mounted);
@@ -485,11 +488,7 @@ fn cleanup_stale_unmounts_what_a_crash_left_behind() {
     assert!(format!("{e:#}").contains("cleanup_stale"), "{e:#}");
 
     let mut unmounted = cleanup_stale(&record, &slots).unwrap();
-    assert!(
-        mountinfo_below(&slot).is_empty(),
-        "{:?}",
-        mountinfo_below(&slot)
-    );
+    assert_nothing_mounted_below(&slot);
     assert!(!record.exists(), "the record is removed");
     // Deepest first.
     let depths: Vec<usize> = unmounted.iter().map(|p| p.components().count()).collect();
@@ -517,7 +516,7 @@ fn cleanup_stale_unmounts_what_a_crash_left_behind() {
     fs::remove_file(&record).unwrap();
     let unmounted = cleanup_stale(&record, &slots).unwrap();
     assert_eq!(unmounted.len(), mounted.len(), "{unmounted:?}");
-    assert!(mountinfo_below(&slot).is_empty());
+    assert_nothing_mounted_below(&slot);
 
     // A filesystem mounted on a slot directory itself (a slot on its own partition)
     // is not ours, and stays.
@@ -540,19 +539,17 @@ fn cleanup_stale_unmounts_what_a_crash_left_behind() {
 
 #[test]
 fn setup_refuses_while_the_record_exists() {
-    if !root_or_skip() {
+    let Some(b) = bench() else {
         return;
-    }
-    let (tmp, _net) = tempdir();
-    let slot = tmp.path().join("slot");
-    make_slot(&slot, None);
-    let record = tmp.path().join("mounts");
+    };
+    let slot = b.slot("slot", None);
+    let record = b.record();
     fs::write(&record, b"leftover").unwrap();
     let e = ChrootMounts::setup(&slot, &[], &record).unwrap_err();
     assert!(format!("{e:#}").contains("cleanup_stale"), "{e:#}");
-    assert!(mountinfo_below(tmp.path()).is_empty());
+    assert_nothing_mounted_below(b.path());
     // An unreadable record does not stop the cleanup.
-    assert!(cleanup_stale(&record, tmp.path()).unwrap().is_empty());
+    assert!(cleanup_stale(&record, b.path()).unwrap().is_empty());
     assert!(!record.exists());
     let e = fs::metadata(&record).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);

@@ -325,18 +325,28 @@ mod tests {
         }
     }
 
+    /// Queues a report of `state` for deployment `d`: its seq, or `None` when the
+    /// deployment's final report was queued already.
+    fn seq(o: &Outbox, d: u64, state: DeviceState) -> Option<u64> {
+        o.enqueue(d, report(state)).expect("enqueue")
+    }
+
+    /// Sends (and so deletes) every queued report; returns (deployment, seq) in order.
+    fn send_all(o: &Outbox) -> Vec<(u64, u64)> {
+        let mut order = Vec::new();
+        while let Some(p) = o.next().expect("next") {
+            order.push((p.deployment, p.report.seq));
+            o.sent(&p).expect("sent");
+        }
+        order
+    }
+
     #[test]
     fn seqs_rise_survive_sending_and_are_never_reused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let o = Outbox::open(tmp.path()).expect("open");
-        assert_eq!(
-            o.enqueue(7, report(DeviceState::Downloading)).ok(),
-            Some(Some(1))
-        );
-        assert_eq!(
-            o.enqueue(7, report(DeviceState::Installing)).ok(),
-            Some(Some(2))
-        );
+        assert_eq!(seq(&o, 7, DeviceState::Downloading), Some(1));
+        assert_eq!(seq(&o, 7, DeviceState::Installing), Some(2));
         let p = o.next().expect("next").expect("a report");
         assert_eq!((p.deployment, p.report.seq), (7, 1));
         o.sent(&p).expect("sent");
@@ -345,27 +355,20 @@ mod tests {
         assert!(o.next().expect("next").is_none());
         // Everything sent and deleted: the counter still goes on (a reopened outbox too).
         let o = Outbox::open(tmp.path()).expect("reopen");
-        assert_eq!(
-            o.enqueue(7, report(DeviceState::Installing)).ok(),
-            Some(Some(3))
-        );
+        assert_eq!(seq(&o, 7, DeviceState::Installing), Some(3));
     }
 
     #[test]
     fn a_crash_between_the_report_and_the_counter_does_not_reuse_the_seq() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let o = Outbox::open(tmp.path()).expect("open");
-        o.enqueue(3, report(DeviceState::Downloading))
-            .expect("enqueue");
+        seq(&o, 3, DeviceState::Downloading);
         // As if the agent died after writing report 2 but before state.json.
         let dir = tmp.path().join(DIR).join("3");
         let mut r = report(DeviceState::Installing);
         r.seq = 2;
         fs::write(dir.join("2.json"), serde_json::to_vec(&r).expect("json")).expect("write");
-        assert_eq!(
-            o.enqueue(3, report(DeviceState::Installing)).ok(),
-            Some(Some(3))
-        );
+        assert_eq!(seq(&o, 3, DeviceState::Installing), Some(3));
     }
 
     #[test]
@@ -373,27 +376,20 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let o = Outbox::open(tmp.path()).expect("open");
         assert!(!o.knows(9));
-        o.enqueue(9, report(DeviceState::Installing))
-            .expect("enqueue");
+        seq(&o, 9, DeviceState::Installing);
         assert!(o.knows(9));
-        assert_eq!(
-            o.enqueue(9, report(DeviceState::Success)).ok(),
-            Some(Some(2))
-        );
+        assert_eq!(seq(&o, 9, DeviceState::Success), Some(2));
         // A restart in Done emits the final report again: it is not queued twice.
-        assert_eq!(o.enqueue(9, report(DeviceState::Success)).ok(), Some(None));
+        assert_eq!(seq(&o, 9, DeviceState::Success), None);
         assert!(!o.delivered(9).expect("delivered"));
-        while let Some(p) = o.next().expect("next") {
-            o.sent(&p).expect("sent");
-        }
+        send_all(&o);
         assert!(o.delivered(9).expect("delivered"));
 
-        o.enqueue(10, report(DeviceState::Installing))
-            .expect("enqueue");
+        seq(&o, 10, DeviceState::Installing);
         o.close(10).expect("close");
         assert_eq!(o.pending().ok(), Some(0));
         assert!(o.delivered(10).expect("delivered"));
-        assert_eq!(o.enqueue(10, report(DeviceState::Failed)).ok(), Some(None));
+        assert_eq!(seq(&o, 10, DeviceState::Failed), None);
     }
 
     #[test]
@@ -401,14 +397,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let o = Outbox::open(tmp.path()).expect("open");
         for d in [12, 3, 12, 3] {
-            o.enqueue(d, report(DeviceState::Installing))
-                .expect("enqueue");
+            seq(&o, d, DeviceState::Installing);
         }
-        let mut order = Vec::new();
-        while let Some(p) = o.next().expect("next") {
-            order.push((p.deployment, p.report.seq));
-            o.sent(&p).expect("sent");
-        }
-        assert_eq!(order, [(3, 1), (3, 2), (12, 1), (12, 2)]);
+        assert_eq!(send_all(&o), [(3, 1), (3, 2), (12, 1), (12, 2)]);
     }
 }

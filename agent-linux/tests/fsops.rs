@@ -222,10 +222,35 @@ struct Env {
     root: PathBuf,
 }
 
-fn env() -> Env {
+/// A temporary root for a test that needs root, or `None` (skipped) without it.
+fn env() -> Option<Env> {
+    if !root_or_skip() {
+        return None;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    Env { _tmp: tmp, root }
+    Some(Env { _tmp: tmp, root })
+}
+
+/// [`env`] with a directory `outside` beside the slots holding the host file `name`
+/// with `text`: what an escape would reach.
+fn env_with_outside(name: &str, text: &[u8]) -> Option<(Env, PathBuf)> {
+    let env = env()?;
+    let outside = env.root.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join(name), text).unwrap();
+    Some((env, outside))
+}
+
+/// The content of each file among `entries`, by path.
+fn file_contents(entries: &[E]) -> BTreeMap<&str, Vec<u8>> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            K::File(c) => Some((e.path.as_str(), c.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn slot(path: &Path, label: &str) -> SlotDir {
@@ -309,10 +334,9 @@ fn expected(e: &E) -> Option<Node> {
 /// temporary names are left.
 #[test]
 fn full_bundle_extracts_exactly() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let entries = full_tree();
     let (bundle, public) = build(&entries, true, all_specials());
     let s = slot(&env.root.join("b"), "slot b");
@@ -357,13 +381,9 @@ fn full_bundle_extracts_exactly() {
 /// to the outside is removed, not followed) and a missing path.
 #[test]
 fn patch_over_existing_tree() {
-    if !root_or_skip() {
+    let Some((env, outside)) = env_with_outside("keep", b"outside") else {
         return;
-    }
-    let env = env();
-    let outside = env.root.join("outside");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("keep"), b"outside").unwrap();
+    };
     let base = vec![
         dir("app"),
         file("app/conf", b"old conf"),
@@ -431,13 +451,9 @@ fn patch_over_existing_tree() {
 /// itself do so without following it.
 #[test]
 fn symlinks_in_the_slot_never_redirect_entries() {
-    if !root_or_skip() {
+    let Some((env, outside)) = env_with_outside("passwd", b"root:x:0:0\n") else {
         return;
-    }
-    let env = env();
-    let outside = env.root.join("outside");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("passwd"), b"root:x:0:0\n").unwrap();
+    };
     let sp = env.root.join("b");
     let s = slot(&sp, "slot b");
     let st = slot(&env.root.join("staging"), "staging");
@@ -508,10 +524,9 @@ fn hostile(path: &str) -> E {
 /// later entry outside.
 #[test]
 fn hostile_events_cannot_leave_the_slot() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let sp = env.root.join("slots/b");
     fs::create_dir_all(&sp).unwrap();
     fs::create_dir(sp.join("a")).unwrap();
@@ -581,10 +596,9 @@ fn hostile_events_cannot_leave_the_slot() {
 /// names are debris.
 #[test]
 fn interrupted_patch_never_leaves_a_half_file() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let base = vec![
         dir("d"),
         file("d/a", &noise(4, 50_000)),
@@ -599,20 +613,7 @@ fn interrupted_patch_never_leaves_a_half_file() {
     ];
     let (base_bundle, public) = build(&base, true, Specials::default());
     let (patch_bundle, _) = build(&patch, false, Specials::default());
-    let old: BTreeMap<&str, Vec<u8>> = base
-        .iter()
-        .filter_map(|e| match &e.kind {
-            K::File(c) => Some((e.path.as_str(), c.clone())),
-            _ => None,
-        })
-        .collect();
-    let new: BTreeMap<&str, Vec<u8>> = patch
-        .iter()
-        .filter_map(|e| match &e.kind {
-            K::File(c) => Some((e.path.as_str(), c.clone())),
-            _ => None,
-        })
-        .collect();
+    let (old, new) = (file_contents(&base), file_contents(&patch));
 
     let mut n = 0u64;
     loop {
@@ -771,14 +772,10 @@ fn make_active(active: &Path, outside: &Path) {
 /// slot) leaves the active file unchanged: no hardlinks between slots.
 #[test]
 fn clone_copies_everything_and_never_writes_the_active_slot() {
-    if !root_or_skip() {
+    let Some((env, outside)) = env_with_outside("keep", b"outside") else {
         return;
-    }
-    let env = env();
+    };
     let active = env.root.join("slots/a");
-    let outside = env.root.join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    fs::write(outside.join("keep"), b"outside").unwrap();
     make_active(&active, &outside);
     let shell = shell_files();
     if let Some(files) = &shell {
@@ -900,32 +897,33 @@ fn clone_copies_everything_and_never_writes_the_active_slot() {
 /// refuses the clone: the mounted filesystem is neither emptied nor copied.
 #[test]
 fn clone_refuses_to_cross_mount_points() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let active = env.root.join("a");
     let target_path = env.root.join("b");
     fs::create_dir_all(active.join("x")).unwrap();
     fs::write(active.join("x/f"), b"f").unwrap();
-    fs::create_dir_all(target_path.join("dev")).unwrap();
-    let m = Tmpfs::mount(&target_path.join("dev"), c"size=64k");
-    fs::write(target_path.join("dev/precious"), b"keep").unwrap();
-    {
+    // A small tmpfs mounted at `dir` (made here) holding the file `name`.
+    let tmpfs_with = |dir: &Path, name: &str, bytes: &[u8]| {
+        fs::create_dir_all(dir).unwrap();
+        let m = Tmpfs::mount(dir, c"size=64k");
+        fs::write(dir.join(name), bytes).unwrap();
+        m
+    };
+    let clone_is_refused = || {
         let target = slot(&target_path, "slot b");
         let err = clone_tree(&active, &target).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Escape, "{err}");
         println!("{err}");
-    }
+    };
+    let m = tmpfs_with(&target_path.join("dev"), "precious", b"keep");
+    clone_is_refused();
     assert_eq!(fs::read(target_path.join("dev/precious")).unwrap(), b"keep");
     drop(m);
 
-    fs::create_dir_all(active.join("proc")).unwrap();
-    let _m = Tmpfs::mount(&active.join("proc"), c"size=64k");
-    fs::write(active.join("proc/secret"), b"s").unwrap();
-    let target = slot(&target_path, "slot b");
-    let err = clone_tree(&active, &target).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Escape, "{err}");
+    let _m = tmpfs_with(&active.join("proc"), "secret", b"s");
+    clone_is_refused();
     assert!(!target_path.join("proc/secret").exists());
 }
 
@@ -945,10 +943,9 @@ fn data_dir(root: &Path) -> PathBuf {
 /// running the swap again afterwards completes it (a stale `current.new` included).
 #[test]
 fn swap_every_prefix_leaves_old_or_new() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let d = data_dir(&env.root);
     let old = Path::new("slots/a");
     let new = Path::new("slots/b");
@@ -1055,10 +1052,9 @@ fn swap_every_prefix_leaves_old_or_new() {
 /// and unmodified. The tmpfs is unmounted even if the test fails.
 #[test]
 fn no_space_is_reported_and_the_other_slot_is_untouched() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let d = data_dir(&env.root);
     let (bundle, public) = build(
         &[
@@ -1162,10 +1158,9 @@ fn clone_reflinks_where_the_filesystem_can() {
 /// still produces an identical tree with the fallback.
 #[test]
 fn clone_falls_back_across_filesystems() {
-    if !root_or_skip() {
+    let Some(env) = env() else {
         return;
-    }
-    let env = env();
+    };
     let active = env.root.join("a");
     fs::create_dir_all(active.join("d")).unwrap();
     fs::write(active.join("d/big"), noise(12, 1 << 20)).unwrap();

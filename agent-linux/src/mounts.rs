@@ -495,10 +495,7 @@ fn cleanup_stale_inner(record_file: &Path, slots_root: &Path) -> Result<Vec<Path
         bail!(
             "cleanup of chroot mounts below {}: still mounted: {} ({})",
             root.display(),
-            left.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            molt_mountinfo::describe(&left),
             failed.join("; ")
         );
     }

@@ -271,10 +271,14 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(sh_quote("jq"), "'jq'");
-        assert_eq!(sh_quote(""), "''");
-        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
-        assert_eq!(sh_quote("$(x) `y` \"z\""), "'$(x) `y` \"z\"'");
+        for (word, quoted) in [
+            ("jq", "'jq'"),
+            ("", "''"),
+            ("a'b", "'a'\\''b'"),
+            ("$(x) `y` \"z\"", "'$(x) `y` \"z\"'"),
+        ] {
+            assert_eq!(sh_quote(word), quoted, "{word:?}");
+        }
     }
 
     #[test]

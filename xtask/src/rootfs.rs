@@ -461,10 +461,7 @@ fn refuse_if_mounted(path: &Path) -> Result<()> {
         bail!(
             "{} still has mounts beneath it ({}): unmount them first",
             real.display(),
-            left.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            molt_mountinfo::describe(&left)
         );
     }
     Ok(())

@@ -25,6 +25,13 @@ pub fn parse(text: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Mount points as one comma-separated line, for a message that names what is
+/// still mounted.
+pub fn describe(points: &[PathBuf]) -> String {
+    let names: Vec<String> = points.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
 /// Undoes octal escapes as the kernel writes them in mountinfo: `\040` is a space,
 /// `\011` a tab, `\012` a newline, `\134` a backslash. A backslash not followed by
 /// three octal digits of a byte's value stays as it is.

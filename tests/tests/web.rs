@@ -161,25 +161,22 @@ impl Ui {
         let start = Instant::now();
         loop {
             let loaded = self
-                .c
-                .execute(
-                    "return window.__moltOld !== true && document.readyState === 'complete';",
-                    vec![],
-                )
+                .value_of("return window.__moltOld !== true && document.readyState === 'complete';")
                 .await
-                .ok()
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false);
             if loaded {
                 return;
             }
-            assert!(
-                start.elapsed() < LONG,
-                "clicking `{css}` loaded no new page; still on {}",
-                self.path().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let failed = format!("clicking `{css}` loaded no new page; still on ");
+            next_round(start, Duration::from_millis(100), &failed, self.path()).await;
         }
+    }
+
+    /// What the JavaScript `script` returns in the page, or `None` if it failed (the
+    /// callers then assume a default: not loaded yet, a usual page height).
+    async fn value_of(&self, script: &str) -> Option<serde_json::Value> {
+        self.c.execute(script, vec![]).await.ok()
     }
 
     /// Saves the page as `NN-name.png`.
@@ -188,13 +185,8 @@ impl Ui {
         // The whole page, not only the window: the window is made as tall as the
         // page for the shot (WebDriver screenshots show the viewport only).
         let height = self
-            .c
-            .execute(
-                "window.scrollTo(0, 0); return document.documentElement.scrollHeight;",
-                vec![],
-            )
+            .value_of("window.scrollTo(0, 0); return document.documentElement.scrollHeight;")
             .await
-            .ok()
             .and_then(|v| v.as_u64())
             .unwrap_or(1000);
         let height = u32::try_from(height).unwrap_or(4000).clamp(700, 4000);
@@ -217,14 +209,25 @@ impl Ui {
                     }
                 }
             }
-            assert!(
-                start.elapsed() < LONG,
-                "timed out waiting for {what}; page:\n{}",
-                self.source().await
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let failed = format!("timed out waiting for {what}; page:\n");
+            next_round(start, Duration::from_millis(250), &failed, self.source()).await;
         }
     }
+}
+
+/// Ends one round of a wait begun at `start`: past [`LONG`] it fails with `failed` and
+/// then what `shown` says (a future, so the page is read only then); else it sleeps
+/// `every` before the next look.
+async fn next_round(
+    start: Instant,
+    every: Duration,
+    failed: &str,
+    shown: impl std::future::Future<Output = String>,
+) {
+    if start.elapsed() >= LONG {
+        panic!("{failed}{}", shown.await);
+    }
+    tokio::time::sleep(every).await;
 }
 
 fn enrollment_token(ctl: &Controller, group: &str) -> String {

@@ -108,6 +108,14 @@ impl Fixture {
         Fixture { dir, key_id }
     }
 
+    /// A new workspace with [`RECIPE`] built into out/app.bundle.
+    fn built() -> Self {
+        let f = Fixture::new();
+        let o = f.build(RECIPE);
+        assert!(o.status.success(), "build failed: {}", stderr(&o));
+        f
+    }
+
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -483,8 +491,7 @@ fn keygen_prints_the_key_id_and_never_overwrites() {
 
 #[test]
 fn verify_with_the_wrong_key_fails_with_unknown_key() {
-    let f = Fixture::new();
-    assert!(f.build(RECIPE).status.success());
+    let f = Fixture::built();
     let other = f.path("other");
     assert!(molt(&["keygen", "-o", s(&other)]).status.success());
     let o = f.check("verify", &f.bundle(), &["other.pub"]);
@@ -502,8 +509,7 @@ fn verify_with_the_wrong_key_fails_with_unknown_key() {
 
 #[test]
 fn a_corrupted_byte_fails_verification() {
-    let f = Fixture::new();
-    assert!(f.build(RECIPE).status.success());
+    let f = Fixture::built();
     let good = fs::read(f.bundle()).unwrap();
 
     // In the payload: the chunk chain catches it.
@@ -593,8 +599,7 @@ destination = "/opt/app"
 
 #[test]
 fn a_failed_rebuild_keeps_the_previous_bundle() {
-    let f = Fixture::new();
-    assert!(f.build(RECIPE).status.success());
+    let f = Fixture::built();
     let before = fs::read(f.bundle()).unwrap();
     let o = f.build(&RECIPE.replace(r#"version = "1.4.2""#, r#"version = "1.4 .2""#));
     assert!(!o.status.success());
@@ -778,8 +783,7 @@ fn build_refuses_bad_commands_and_modes() {
 
 #[test]
 fn inspect_with_the_wrong_key_explains_and_fails() {
-    let f = Fixture::new();
-    assert!(f.build(RECIPE).status.success());
+    let f = Fixture::built();
     assert!(molt(&["keygen", "-o", s(&f.path("other"))])
         .status
         .success());
@@ -801,9 +805,7 @@ fn the_documented_example_recipe_builds() {
 #[test]
 fn a_closed_pipe_ends_molt_quietly() {
     // `molt bundle inspect … | head`: the reader goes away after one line.
-    let f = Fixture::new();
-    let o = f.build(RECIPE);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let f = Fixture::built();
     let mut child = Command::new(env!("CARGO_BIN_EXE_molt"))
         .args(["bundle", "inspect", s(&f.bundle())])
         .stdout(std::process::Stdio::piped())

@@ -58,11 +58,44 @@ fn bundle(
     })
 }
 
+/// A full bundle of `files` without scripts.
+fn plain_full(version: &str, release: u64, files: &[(&str, &str)]) -> Vec<u8> {
+    bundle(version, release, true, files, &[], &PLAIN)
+}
+
+/// A rooted device (see [`Device::rooted`]) on 1.0.0 (`app/a` = `A1`), and its `current`.
+fn on_a1() -> Option<(Device, PathBuf)> {
+    let d = Device::rooted()?;
+    d.install_ok("v1", "v1.molt", &plain_full("1.0.0", 1, &[("app/a", "A1")]));
+    let old = d.current();
+    Some((d, old))
+}
+
+/// Version 2.0.0 (`app/a` = `A2`) with the scripts of `stages`.
+fn v2_a2(stages: &Stages<'_>) -> Vec<u8> {
+    bundle("2.0.0", 2, true, &[("app/a", "A2")], &[], stages)
+}
+
+/// A full bundle whose `app/a` is a 60 000-character text cycling through the first
+/// `letters` letters (several chunks, for a download cut part-way): the text, the bundle.
+fn long_text_bundle(version: &str, release: u64, letters: u8) -> (String, Vec<u8>) {
+    let text: String = (0..60_000)
+        .map(|i| char::from(b'a' + (i % u32::from(letters)) as u8))
+        .collect();
+    let b = plain_full(version, release, &[("app/a", &text)]);
+    (text, b)
+}
+
 struct Device {
     dir: tempfile::TempDir,
 }
 
 impl Device {
+    /// A new device for a test that needs root, or `None` (skipped) without it.
+    fn rooted() -> Option<Device> {
+        root_or_skip().then(Device::new)
+    }
+
     fn new() -> Device {
         let dir = tempfile::tempdir().unwrap();
         let cfg = format!(
@@ -107,6 +140,39 @@ impl Device {
     fn read(&self, rel: &str) -> Option<String> {
         fs::read_to_string(self.data().join("current").join(rel)).ok()
     }
+    /// Installs `bytes` from the file `name`, expecting success; `what` names the case.
+    fn install_ok(&self, what: &str, name: &str, bytes: &[u8]) {
+        let (code, out) = self.install(name, bytes, None);
+        assert_eq!(code, 0, "{what}: installing {name}: {out}");
+    }
+    /// Installs `bytes` from the file `name`, expecting a failure (exit 1); the output.
+    fn install_fails(&self, name: &str, bytes: &[u8]) -> String {
+        let (code, out) = self.install(name, bytes, None);
+        assert_eq!(code, 1, "{out}");
+        out
+    }
+    /// Installs `bundle` from a local HTTP server that serves it twice, cutting the
+    /// first answer after `cut_after` bytes and honouring `Range` or not.
+    fn install_over_http(
+        &self,
+        bundle: Vec<u8>,
+        cut_after: usize,
+        honour_range: bool,
+    ) -> (i32, String) {
+        let url = serve(bundle, 2, Some(cut_after), honour_range);
+        self.agent(&["install", &url], None)
+    }
+    /// A marker file in the root, and a command that touches it.
+    fn marker(&self, name: &str) -> (PathBuf, String) {
+        let marker = self.root().join(name);
+        let touch = format!("touch {}", marker.display());
+        (marker, touch)
+    }
+    /// Asserts the device is still on the 1.0.0 of [`on_a1`], whose `current` was `old`.
+    fn assert_still_on_a1(&self, old: &Path) {
+        assert_eq!(self.current(), old);
+        assert_eq!(self.read("app/a").as_deref(), Some("A1"));
+    }
     /// `molt-agent recover`: settles an interrupted install, then prints the status.
     fn recover(&self) -> String {
         self.agent(&["recover"], None).1
@@ -115,38 +181,26 @@ impl Device {
 
 #[test]
 fn full_then_patch_install() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
-    let (code, out) = d.install(
-        "v1.molt",
-        &bundle(
-            "1.0.0",
-            1,
-            true,
-            &[("app/a", "A1"), ("app/b", "B1"), ("app/old", "x")],
-            &[],
-            &PLAIN,
-        ),
-        None,
+    };
+    let v1 = plain_full(
+        "1.0.0",
+        1,
+        &[("app/a", "A1"), ("app/b", "B1"), ("app/old", "x")],
     );
-    assert_eq!(code, 0, "{out}");
+    d.install_ok("v1", "v1.molt", &v1);
     let first = d.current();
     assert_eq!(d.read("app/a").as_deref(), Some("A1"));
-    let (code, out) = d.install(
-        "v2.molt",
-        &bundle(
-            "2.0.0",
-            2,
-            false,
-            &[("app/a", "A2"), ("app/c", "C2")],
-            &["app/old"],
-            &PLAIN,
-        ),
-        None,
+    let patch = bundle(
+        "2.0.0",
+        2,
+        false,
+        &[("app/a", "A2"), ("app/c", "C2")],
+        &["app/old"],
+        &PLAIN,
     );
-    assert_eq!(code, 0, "{out}");
+    d.install_ok("the patch", "v2.molt", &patch);
     assert_ne!(d.current(), first);
     assert_eq!(d.read("app/a").as_deref(), Some("A2"));
     assert_eq!(
@@ -174,37 +228,20 @@ fn full_then_patch_install() {
 
 #[test]
 fn failing_after_rolls_back_and_runs_the_policy() {
-    if !root_or_skip() {
+    let Some((d, old)) = on_a1() else {
         return;
-    }
-    let d = Device::new();
-    assert_eq!(
-        d.install(
-            "v1.molt",
-            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
-            None
-        )
-        .0,
-        0
-    );
-    let old = d.current();
-    let marker = d.root().join("rollback-ran");
-    let rb = format!("echo rolling back; touch {}", marker.display());
+    };
+    let (marker, touch) = d.marker("rollback-ran");
+    let rb = format!("echo rolling back; {touch}");
     let stages = Stages {
         before: Some("echo before"),
         after: Some("echo broken >&2; exit 3"),
         rollback: Some(&rb),
         reboot: true,
     };
-    let (code, out) = d.install(
-        "v2.molt",
-        &bundle("2.0.0", 2, true, &[("app/a", "A2")], &[], &stages),
-        None,
-    );
-    assert_eq!(code, 1, "{out}");
+    let out = d.install_fails("v2.molt", &v2_a2(&stages));
     assert!(out.contains("rolled back"), "{out}");
-    assert_eq!(d.current(), old);
-    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    d.assert_still_on_a1(&old);
     assert!(marker.exists(), "rollback command ran");
     assert!(d.root().join("rebooted").exists(), "reboot command ran");
     let log = fs::read_to_string(d.data().join("install.log")).unwrap();
@@ -216,52 +253,24 @@ fn failing_after_rolls_back_and_runs_the_policy() {
 
 #[test]
 fn a_failing_before_never_swaps() {
-    if !root_or_skip() {
+    let Some((d, old)) = on_a1() else {
         return;
-    }
-    let d = Device::new();
-    assert_eq!(
-        d.install(
-            "v1.molt",
-            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
-            None
-        )
-        .0,
-        0
-    );
-    let old = d.current();
+    };
     let stages = Stages {
         before: Some("exit 7"),
         ..PLAIN
     };
-    let (code, out) = d.install(
-        "v2.molt",
-        &bundle("2.0.0", 2, true, &[("app/a", "A2")], &[], &stages),
-        None,
-    );
-    assert_eq!(code, 1, "{out}");
+    d.install_fails("v2.molt", &v2_a2(&stages));
     assert_eq!(d.current(), old);
     assert!(d.recover().contains("status 7"), "{}", d.recover());
 }
 
 #[test]
 fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
-    if !root_or_skip() {
+    let Some((d, old)) = on_a1() else {
         return;
-    }
-    let d = Device::new();
-    assert_eq!(
-        d.install(
-            "v1.molt",
-            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
-            None
-        )
-        .0,
-        0
-    );
-    let old = d.current();
-    let marker = d.root().join("before-ran");
-    let before = format!("touch {}", marker.display());
+    };
+    let (marker, before) = d.marker("before-ran");
     let mut b = bundle(
         "2.0.0",
         2,
@@ -275,11 +284,9 @@ fn a_tampered_bundle_runs_no_script_and_changes_nothing() {
     );
     let n = b.len();
     b[n - 20] ^= 0x40;
-    let (code, out) = d.install("bad.molt", &b, None);
-    assert_eq!(code, 1, "{out}");
+    d.install_fails("bad.molt", &b);
     assert!(!marker.exists(), "no script may run for a bad bundle");
-    assert_eq!(d.current(), old);
-    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    d.assert_still_on_a1(&old);
     assert!(
         d.recover().contains("does not match its signed digest"),
         "{}",
@@ -322,35 +329,19 @@ fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
     ];
     for (stages, phases) in [(&ok, &phases_ok[..]), (&failing, &phases_fail[..])] {
         for phase in phases {
+            let what = format!("phase {phase}");
             let d = Device::new();
-            assert_eq!(
-                d.install(
-                    "v1.molt",
-                    &bundle(
-                        "1.0.0",
-                        1,
-                        true,
-                        &[("app/a", "A1"), ("app/b", "B1")],
-                        &[],
-                        &PLAIN
-                    ),
-                    None
-                )
-                .0,
-                0
+            let v1 = plain_full("1.0.0", 1, &[("app/a", "A1"), ("app/b", "B1")]);
+            d.install_ok(&what, "v1.molt", &v1);
+            let v2 = bundle(
+                "2.0.0",
+                2,
+                true,
+                &[("app/a", "A2"), ("app/b", "B2")],
+                &[],
+                stages,
             );
-            let (code, out) = d.install(
-                "v2.molt",
-                &bundle(
-                    "2.0.0",
-                    2,
-                    true,
-                    &[("app/a", "A2"), ("app/b", "B2")],
-                    &[],
-                    stages,
-                ),
-                Some(phase),
-            );
+            let (code, out) = d.install("v2.molt", &v2, Some(phase));
             assert_eq!(
                 code, -9,
                 "phase {phase}: the test hook should have killed the agent: {out}"
@@ -364,19 +355,8 @@ fn kill_9_in_every_phase_recovers_to_a_whole_snapshot() {
                 "phase {phase}: mixed snapshot {a} {b}"
             );
             // And the device takes the next update.
-            let (code, out) = d.install(
-                "v3.molt",
-                &bundle(
-                    "3.0.0",
-                    3,
-                    true,
-                    &[("app/a", "A3"), ("app/b", "B3")],
-                    &[],
-                    &PLAIN,
-                ),
-                None,
-            );
-            assert_eq!(code, 0, "phase {phase}: {out}");
+            let v3 = plain_full("3.0.0", 3, &[("app/a", "A3"), ("app/b", "B3")]);
+            d.install_ok(&what, "v3.molt", &v3);
             assert_eq!(d.read("app/a").as_deref(), Some("A3"));
         }
     }
@@ -396,16 +376,11 @@ fn serve(
 
 #[test]
 fn http_download_resumes_after_a_drop() {
-    if !root_or_skip() {
+    let Some(d) = Device::rooted() else {
         return;
-    }
-    let d = Device::new();
-    let big: String = (0..60_000)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
-    let b = bundle("1.0.0", 1, true, &[("app/a", &big)], &[], &PLAIN);
-    let url = serve(b.clone(), 2, Some(b.len() / 2), true);
-    let (code, out) = d.agent(&["install", &url], None);
+    };
+    let (big, b) = long_text_bundle("1.0.0", 1, 26);
+    let (code, out) = d.install_over_http(b.clone(), b.len() / 2, true);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("dropped") || out.contains("retrying"),
@@ -416,32 +391,16 @@ fn http_download_resumes_after_a_drop() {
 
 #[test]
 fn http_server_that_ignores_range_is_refused() {
-    if !root_or_skip() {
+    let Some((d, old)) = on_a1() else {
         return;
-    }
-    let d = Device::new();
-    assert_eq!(
-        d.install(
-            "v1.molt",
-            &bundle("1.0.0", 1, true, &[("app/a", "A1")], &[], &PLAIN),
-            None
-        )
-        .0,
-        0
-    );
-    let old = d.current();
-    let big: String = (0..60_000)
-        .map(|i| char::from(b'a' + (i % 7) as u8))
-        .collect();
-    let b = bundle("2.0.0", 2, true, &[("app/a", &big)], &[], &PLAIN);
-    let url = serve(b.clone(), 2, Some(b.len() / 3), false);
-    let (code, out) = d.agent(&["install", &url], None);
+    };
+    let (_, b) = long_text_bundle("2.0.0", 2, 7);
+    let (code, out) = d.install_over_http(b.clone(), b.len() / 3, false);
     assert_eq!(code, 1, "{out}");
     assert!(
         d.recover().contains("ignored the Range request"),
         "{}",
         d.recover()
     );
-    assert_eq!(d.current(), old);
-    assert_eq!(d.read("app/a").as_deref(), Some("A1"));
+    d.assert_still_on_a1(&old);
 }

@@ -16,35 +16,12 @@ use proptest::prelude::*;
 const DEP: DeploymentId = DeploymentId([0xd0; 16]);
 const OTHER: DeploymentId = DeploymentId([0x0d; 16]);
 
-/// Every phase, in declaration order.
-const ALL_PHASES: [Phase; 14] = [
-    Phase::Idle,
-    Phase::Fetching,
-    Phase::Before,
-    Phase::Packages,
-    Phase::Sealing,
-    Phase::Swapping,
-    Phase::After,
-    Phase::HealthCheck,
-    Phase::Committing,
-    Phase::SwappingBack,
-    Phase::Reverting,
-    Phase::RollbackCommand,
-    Phase::Rebooting,
-    Phase::Done,
-];
-
-/// The install phases a full recipe goes through.
-const INSTALL: [Phase; 8] = [
-    Phase::Fetching,
-    Phase::Before,
-    Phase::Packages,
-    Phase::Sealing,
-    Phase::Swapping,
-    Phase::After,
-    Phase::HealthCheck,
-    Phase::Committing,
-];
+/// The install phases a full recipe goes through: `Fetching` to `Committing`, in
+/// declaration order (as [`Phase`] documents).
+fn install_phases() -> Vec<Phase> {
+    let at = |phase| Phase::ALL.iter().position(|p| *p == phase).unwrap();
+    Phase::ALL[at(Phase::Fetching)..=at(Phase::Committing)].to_vec()
+}
 
 /// A recipe with every stage.
 fn full(rollback: RollbackPolicy) -> Plan {
@@ -145,6 +122,22 @@ impl Device {
         let mut d = Device::new(plan);
         d.start();
         d
+    }
+
+    /// A device installing `DEP` under `plan` whose action in `phase` just failed with `kind`.
+    fn failed_in(plan: Plan, phase: Phase, kind: CauseKind) -> Device {
+        let mut d = Device::started(plan);
+        d.run_until(phase);
+        d.fail(kind);
+        d
+    }
+
+    /// An abort of `deployment` now is refused for `why`, and that refusal is all that happens.
+    fn assert_abort_refused(&mut self, deployment: DeploymentId, why: AbortRefusal) {
+        assert_eq!(
+            self.send(Event::Abort(deployment)),
+            vec![Action::AbortRefused { deployment, why }]
+        );
     }
 
     fn start(&mut self) -> Vec<Action> {
@@ -444,6 +437,33 @@ impl Device {
         finals[0]
     }
 
+    /// Does `what` (an event at the phase reached), then succeeds every outstanding
+    /// action to the end; the work that followed, from `what` on.
+    fn work_to_end<R>(&mut self, what: impl FnOnce(&mut Self) -> R) -> Vec<Action> {
+        let mark = self.actions.len();
+        what(self);
+        self.run_to_end();
+        self.work_since(mark)
+    }
+
+    /// `what`, done in `phase`, rolls the install back under `policy` with a cause
+    /// of `kind` in that phase, and the old slot stays on disk.
+    fn assert_rolls_back<R>(
+        &mut self,
+        what: impl FnOnce(&mut Self) -> R,
+        phase: Phase,
+        policy: RollbackPolicy,
+        kind: CauseKind,
+        context: &str,
+    ) {
+        assert_eq!(
+            self.work_to_end(what),
+            expected_rollback(phase, policy, Cause::new(phase, kind)),
+            "{context}"
+        );
+        assert_eq!(self.disk, Slot::A, "{context}");
+    }
+
     /// The actions of this install that are not progress reports, from index `from`.
     fn work_since(&self, from: usize) -> Vec<Action> {
         self.actions[from..]
@@ -512,7 +532,7 @@ fn happy_path_runs_every_phase_in_order_and_commits() {
             final_of(Outcome::Succeeded, None, None),
         ]
     );
-    assert_eq!(d.progress(), INSTALL.to_vec());
+    assert_eq!(d.progress(), install_phases());
     assert_eq!(
         report,
         Report::Final {
@@ -617,29 +637,26 @@ fn expected_rollback(phase: Phase, policy: RollbackPolicy, cause: Cause) -> Vec<
 #[test]
 fn a_failure_in_every_phase_runs_every_rollback_policy_in_order() {
     for policy in policies() {
-        for phase in INSTALL.into_iter().filter(|p| *p != Phase::Swapping) {
+        for phase in install_phases()
+            .into_iter()
+            .filter(|p| *p != Phase::Swapping)
+        {
             let mut d = Device::started(full(policy));
             d.run_until(phase);
-            let mark = d.actions.len();
             let kind = CauseKind::Exit(3);
-            d.fail(kind);
-            d.run_to_end();
-            let cause = Cause::new(phase, kind);
-            assert_eq!(
-                d.work_since(mark),
-                expected_rollback(phase, policy, cause),
-                "{phase:?} {policy:?}"
-            );
-            assert_eq!(d.disk, Slot::A, "{phase:?} {policy:?}");
+            let context = format!("{phase:?} {policy:?}");
+            d.assert_rolls_back(|d| d.fail(kind), phase, policy, kind, &context);
         }
     }
 }
 
 #[test]
 fn a_command_timeout_is_a_failure_naming_the_phase() {
-    let mut d = Device::started(full(RollbackPolicy::default()));
-    d.run_until(Phase::After);
-    d.fail(CauseKind::Timeout);
+    let mut d = Device::failed_in(
+        full(RollbackPolicy::default()),
+        Phase::After,
+        CauseKind::Timeout,
+    );
     let report = d.run_to_end();
     assert_eq!(
         report,
@@ -658,24 +675,20 @@ fn a_failed_swap_is_reconciled_before_deciding_whether_to_swap_back() {
         // The rename never happened: a failure before the swap.
         let mut d = Device::started(full(policy));
         d.run_until(Phase::Swapping);
-        let mark = d.actions.len();
-        assert_eq!(d.fail(CauseKind::Io), vec![Action::Reconcile]);
-        d.run_to_end();
+        let work = d.work_to_end(|d| assert_eq!(d.fail(CauseKind::Io), vec![Action::Reconcile]));
         let cause = Cause::new(Phase::Swapping, CauseKind::Io);
         let mut want = vec![Action::Reconcile];
         want.extend(expected_rollback(Phase::Sealing, policy, cause));
-        assert_eq!(d.work_since(mark), want, "{policy:?}");
+        assert_eq!(work, want, "{policy:?}");
 
         // The rename happened and the fsync after it failed: swap back first.
         let mut d = Device::started(full(policy));
         d.run_until(Phase::Swapping);
-        let mark = d.actions.len();
         d.set_disk(Slot::B);
-        assert_eq!(d.fail(CauseKind::Io), vec![Action::Reconcile]);
-        d.run_to_end();
+        let work = d.work_to_end(|d| assert_eq!(d.fail(CauseKind::Io), vec![Action::Reconcile]));
         let mut want = vec![Action::Reconcile];
         want.extend(expected_rollback(Phase::After, policy, cause));
-        assert_eq!(d.work_since(mark), want, "{policy:?}");
+        assert_eq!(work, want, "{policy:?}");
         assert_eq!(d.state.outcome(), Some(Outcome::RolledBack));
     }
 }
@@ -683,15 +696,10 @@ fn a_failed_swap_is_reconciled_before_deciding_whether_to_swap_back() {
 #[test]
 fn failing_rollback_steps_do_not_stop_the_rollback() {
     // The rollback command fails: the reboot still happens, the report names both.
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::HealthCheck);
-    d.fail(CauseKind::Unhealthy);
+    let mut d = Device::failed_in(full(all_on()), Phase::HealthCheck, CauseKind::Unhealthy);
     d.run_until(Phase::RollbackCommand);
-    let mark = d.actions.len();
-    d.fail(CauseKind::Exit(1));
-    d.run_to_end();
     assert_eq!(
-        d.work_since(mark),
+        d.work_to_end(|d| d.fail(CauseKind::Exit(1))),
         vec![
             Action::Reboot,
             final_of(
@@ -704,15 +712,10 @@ fn failing_rollback_steps_do_not_stop_the_rollback() {
 
     // The swap back fails: the new slot may still be current, so it is not
     // reverted; the command and reboot run; the outcome is Failed.
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::After);
-    d.fail(CauseKind::Exit(2));
+    let mut d = Device::failed_in(full(all_on()), Phase::After, CauseKind::Exit(2));
     assert_eq!(d.state.phase(), Phase::SwappingBack);
-    let mark = d.actions.len();
-    d.fail(CauseKind::Io);
-    d.run_to_end();
     assert_eq!(
-        d.work_since(mark),
+        d.work_to_end(|d| d.fail(CauseKind::Io)),
         vec![
             Action::RunRollbackCommand,
             Action::Reboot,
@@ -725,13 +728,15 @@ fn failing_rollback_steps_do_not_stop_the_rollback() {
     );
 
     // Revert and reboot fail: the first rollback error is the one reported.
-    let mut d = Device::started(full(RollbackPolicy {
-        revert: true,
-        command: false,
-        reboot: true,
-    }));
-    d.run_until(Phase::Packages);
-    d.fail(CauseKind::NoSpace);
+    let mut d = Device::failed_in(
+        full(RollbackPolicy {
+            revert: true,
+            command: false,
+            reboot: true,
+        }),
+        Phase::Packages,
+        CauseKind::NoSpace,
+    );
     d.fail(CauseKind::Io);
     assert_eq!(d.state.phase(), Phase::Rebooting);
     d.fail(CauseKind::Exit(1));
@@ -777,7 +782,7 @@ fn abort_before_commit_is_honoured_in_every_phase() {
         Phase::HealthCheck,
     ];
     for policy in policies() {
-        for phase in INSTALL.into_iter().filter(|p| p.abortable()) {
+        for phase in install_phases().into_iter().filter(|p| p.abortable()) {
             // The outstanding action reports back successfully, or as cancelled.
             for cancelled in [false, true] {
                 let mut d = Device::started(full(policy));
@@ -792,13 +797,13 @@ fn abort_before_commit_is_honoured_in_every_phase() {
                 // A repeated abort changes nothing.
                 assert_eq!(d.send(Event::Abort(DEP)), vec![]);
 
-                let mark = d.actions.len();
-                if cancelled {
-                    d.fail(CauseKind::Cancelled);
-                } else {
-                    d.succeed();
-                }
-                d.run_to_end();
+                let work = d.work_to_end(|d| {
+                    if cancelled {
+                        d.fail(CauseKind::Cancelled)
+                    } else {
+                        d.succeed()
+                    }
+                });
                 let mut want = expected_rollback(
                     // A swap that completed before the abort applied is swapped back.
                     if phase == Phase::Swapping && !cancelled {
@@ -813,11 +818,7 @@ fn abort_before_commit_is_honoured_in_every_phase() {
                     // A failed swap is reconciled first; the rename never happened.
                     want.insert(0, Action::Reconcile);
                 }
-                assert_eq!(
-                    d.work_since(mark),
-                    want,
-                    "{phase:?} {policy:?} cancelled={cancelled}"
-                );
+                assert_eq!(work, want, "{phase:?} {policy:?} cancelled={cancelled}");
                 assert_eq!(d.state.outcome(), Some(Outcome::Aborted));
                 assert_eq!(d.disk, Slot::A);
             }
@@ -827,67 +828,42 @@ fn abort_before_commit_is_honoured_in_every_phase() {
 
 #[test]
 fn abort_after_commit_is_refused_and_says_why() {
-    let refused = |why| {
-        vec![Action::AbortRefused {
-            deployment: DEP,
-            why,
-        }]
-    };
-
     let mut d = Device::started(full(all_on()));
     d.run_until(Phase::Committing);
     let before = d.state;
-    assert_eq!(d.send(Event::Abort(DEP)), refused(AbortRefusal::Committed));
+    d.assert_abort_refused(DEP, AbortRefusal::Committed);
     assert_eq!(d.state, before);
     d.run_to_end();
     assert_eq!(d.state.outcome(), Some(Outcome::Succeeded));
-    assert_eq!(d.send(Event::Abort(DEP)), refused(AbortRefusal::Committed));
+    d.assert_abort_refused(DEP, AbortRefusal::Committed);
 }
 
 #[test]
 fn abort_is_refused_when_there_is_nothing_to_abort() {
-    let refused = |deployment, why| vec![Action::AbortRefused { deployment, why }];
     let mut d = Device::new(full(all_on()));
-    assert_eq!(
-        d.send(Event::Abort(DEP)),
-        refused(DEP, AbortRefusal::NotRunning)
-    );
+    d.assert_abort_refused(DEP, AbortRefusal::NotRunning);
 
     d.start();
-    assert_eq!(
-        d.send(Event::Abort(OTHER)),
-        refused(OTHER, AbortRefusal::NotRunning)
-    );
+    d.assert_abort_refused(OTHER, AbortRefusal::NotRunning);
     assert!(!d.state.abort_requested());
 
     // Already failing: rolling back, and done.
     d.run_until(Phase::Packages);
     d.fail(CauseKind::Exit(1));
     assert!(d.state.phase().is_rolling_back());
-    assert_eq!(
-        d.send(Event::Abort(DEP)),
-        refused(DEP, AbortRefusal::AlreadyEnding)
-    );
+    d.assert_abort_refused(DEP, AbortRefusal::AlreadyEnding);
     d.run_to_end();
-    assert_eq!(
-        d.send(Event::Abort(DEP)),
-        refused(DEP, AbortRefusal::AlreadyEnding)
-    );
+    d.assert_abort_refused(DEP, AbortRefusal::AlreadyEnding);
     assert_eq!(d.state.outcome(), Some(Outcome::Failed));
 
     // A swap that failed and is being reconciled is already ending.
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::Swapping);
-    d.fail(CauseKind::Io);
-    assert_eq!(
-        d.send(Event::Abort(DEP)),
-        refused(DEP, AbortRefusal::AlreadyEnding)
-    );
+    let mut d = Device::failed_in(full(all_on()), Phase::Swapping, CauseKind::Io);
+    d.assert_abort_refused(DEP, AbortRefusal::AlreadyEnding);
 }
 
 #[test]
 fn an_abort_pending_across_a_restart_is_still_honoured() {
-    for phase in INSTALL.into_iter().filter(|p| p.abortable()) {
+    for phase in install_phases().into_iter().filter(|p| p.abortable()) {
         let mut d = Device::started(full(RollbackPolicy::default()));
         d.run_until(phase);
         d.send(Event::Abort(DEP));
@@ -945,11 +921,8 @@ fn a_download_interrupted_too_often_fails() {
             [Action::Fetch { resume: true, .. }]
         ));
     }
-    let mark = d.actions.len();
-    d.crash(false);
-    d.run_to_end();
     assert_eq!(
-        d.work_since(mark),
+        d.work_to_end(|d| d.crash(false)),
         expected_rollback(
             Phase::Fetching,
             all_on(),
@@ -964,15 +937,14 @@ fn restart_before_the_swap_fails_the_install_cleanly() {
         for phase in [Phase::Before, Phase::Packages, Phase::Sealing] {
             let mut d = Device::started(full(policy));
             d.run_until(phase);
-            let mark = d.actions.len();
-            d.crash(true);
-            d.run_to_end();
-            assert_eq!(
-                d.work_since(mark),
-                expected_rollback(phase, policy, Cause::new(phase, CauseKind::Interrupted)),
-                "{phase:?} {policy:?}"
+            let context = format!("{phase:?} {policy:?}");
+            d.assert_rolls_back(
+                |d| d.crash(true),
+                phase,
+                policy,
+                CauseKind::Interrupted,
+                &context,
             );
-            assert_eq!(d.disk, Slot::A);
         }
     }
 }
@@ -995,15 +967,15 @@ fn restart_while_swapping_reconciles_with_the_disk() {
     for policy in policies() {
         let mut d = Device::started(full(policy));
         d.run_until(Phase::Swapping);
-        let mark = d.actions.len();
-        assert_eq!(d.crash(false), vec![Action::Reconcile]);
-        // A second crash before the answer asks again.
-        assert_eq!(d.crash(false), vec![Action::Reconcile]);
-        d.run_to_end();
+        let work = d.work_to_end(|d| {
+            assert_eq!(d.crash(false), vec![Action::Reconcile]);
+            // A second crash before the answer asks again.
+            assert_eq!(d.crash(false), vec![Action::Reconcile]);
+        });
         let cause = Cause::new(Phase::Swapping, CauseKind::Interrupted);
         let mut want = vec![Action::Reconcile, Action::Reconcile];
         want.extend(expected_rollback(Phase::Sealing, policy, cause));
-        assert_eq!(d.work_since(mark), want, "{policy:?}");
+        assert_eq!(work, want, "{policy:?}");
     }
 }
 
@@ -1040,15 +1012,14 @@ fn an_exhausted_trial_counter_rolls_back_automatically() {
                     assert_eq!(d.state.phase(), phase);
                 }
                 assert_eq!(d.state.trials_left(), 0);
-                let mark = d.actions.len();
-                d.crash(true);
-                d.run_to_end();
-                assert_eq!(
-                    d.work_since(mark),
-                    expected_rollback(phase, policy, Cause::new(phase, CauseKind::TrialsExhausted)),
-                    "{trials} {phase:?} {policy:?}"
+                let context = format!("{trials} {phase:?} {policy:?}");
+                d.assert_rolls_back(
+                    |d| d.crash(true),
+                    phase,
+                    policy,
+                    CauseKind::TrialsExhausted,
+                    &context,
                 );
-                assert_eq!(d.disk, Slot::A);
             }
         }
     }
@@ -1086,9 +1057,7 @@ fn restart_while_committing_commits_again() {
 #[test]
 fn restart_while_rolling_back_continues_rolling_back() {
     // Swapping back and reverting are idempotent: they run again.
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::After);
-    d.fail(CauseKind::Exit(1));
+    let mut d = Device::failed_in(full(all_on()), Phase::After, CauseKind::Exit(1));
     assert_eq!(d.crash(true), vec![Action::SwapBack { slot: Slot::A }]);
     d.run_until(Phase::Reverting);
     assert_eq!(d.crash(false), vec![Action::Revert { slot: Slot::B }]);
@@ -1116,9 +1085,7 @@ fn restart_while_rolling_back_continues_rolling_back() {
 
 #[test]
 fn a_reboot_that_returns_finishes_the_rollback() {
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::Before);
-    d.fail(CauseKind::Exit(1));
+    let mut d = Device::failed_in(full(all_on()), Phase::Before, CauseKind::Exit(1));
     d.run_until(Phase::Rebooting);
     d.outstanding = None;
     d.send(Event::Completed(Phase::Rebooting));
@@ -1127,9 +1094,7 @@ fn a_reboot_that_returns_finishes_the_rollback() {
 
 #[test]
 fn restart_when_done_sends_the_same_final_report_again() {
-    let mut d = Device::started(full(all_on()));
-    d.run_until(Phase::HealthCheck);
-    d.fail(CauseKind::Unhealthy);
+    let mut d = Device::failed_in(full(all_on()), Phase::HealthCheck, CauseKind::Unhealthy);
     let report = d.run_to_end();
     assert_eq!(d.crash(true), vec![Action::Report(report)]);
     assert_eq!(d.crash(false), vec![Action::Report(report)]);
@@ -1141,7 +1106,7 @@ fn restart_when_done_sends_the_same_final_report_again() {
 #[test]
 fn restart_is_accepted_in_every_phase() {
     // Reach every phase and restart there: the machine always has an answer.
-    for target in ALL_PHASES {
+    for target in Phase::ALL {
         let mut d = Device::started(full(all_on()));
         if target == Phase::Idle {
             d = Device::new(full(all_on()));
@@ -1273,7 +1238,7 @@ fn sample_events() -> Vec<Event> {
         Event::Restarted { rebooted: false },
         Event::Reported(DEP),
     ];
-    for p in ALL_PHASES {
+    for p in Phase::ALL {
         v.push(Event::Completed(p));
         v.push(Event::Failed(Cause::new(p, CauseKind::Io)));
     }
@@ -1338,7 +1303,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<bool>().prop_map(|ours| Op::Abort { ours }),
         2 => (0u8..3, 0u8..3).prop_map(|(fetch_resumes, trials)| Op::Start { fetch_resumes, trials }),
         1 => any::<bool>().prop_map(|ours| Op::Reported { ours }),
-        2 => (0u8..4, 0usize..ALL_PHASES.len(), any::<bool>())
+        2 => (0u8..4, 0usize..Phase::ALL.len(), any::<bool>())
             .prop_map(|(kind, phase, slot)| Op::Stale { kind, phase, slot }),
     ]
 }
@@ -1450,7 +1415,7 @@ impl Device {
             }
             Op::Stale { kind, phase, slot } => {
                 let current = self.state.phase();
-                let p = ALL_PHASES[phase];
+                let p = Phase::ALL[phase];
                 let event = match kind {
                     0 if p != current => Event::Completed(p),
                     1 if p != current => Event::Failed(Cause::new(p, CauseKind::Io)),

@@ -84,7 +84,39 @@ pub enum Phase {
     Done,
 }
 
+// `Phase::ALL` holds every variant once, in declaration order, which is also
+// their encoding; a variant appended without extending it fails the build.
+const _: () = {
+    let mut rest: &[Phase] = &Phase::ALL;
+    let mut index = 0;
+    while let [phase, tail @ ..] = rest {
+        assert!(*phase as usize == index);
+        index += 1;
+        rest = tail;
+    }
+    assert!(Phase::Done as usize + 1 == Phase::ALL.len());
+};
+
 impl Phase {
+    /// Every phase, in declaration order: the order the install phases and the
+    /// rollback phases each run in.
+    pub const ALL: [Phase; 14] = [
+        Phase::Idle,
+        Phase::Fetching,
+        Phase::Before,
+        Phase::Packages,
+        Phase::Sealing,
+        Phase::Swapping,
+        Phase::After,
+        Phase::HealthCheck,
+        Phase::Committing,
+        Phase::SwappingBack,
+        Phase::Reverting,
+        Phase::RollbackCommand,
+        Phase::Rebooting,
+        Phase::Done,
+    ];
+
     /// Whether this is one of the install phases, [`Phase::Fetching`] to [`Phase::Committing`].
     pub fn is_install(self) -> bool {
         matches!(

@@ -337,35 +337,14 @@ fn reported(s: State, deployment: DeploymentId) -> Result<Transition, Rejected> 
     Ok(none(State::IDLE))
 }
 
-/// The install phases in order, then `Done`.
-const INSTALL: [Phase; 9] = [
-    Phase::Fetching,
-    Phase::Before,
-    Phase::Packages,
-    Phase::Sealing,
-    Phase::Swapping,
-    Phase::After,
-    Phase::HealthCheck,
-    Phase::Committing,
-    Phase::Done,
-];
-
-/// The rollback phases in order, then `Done`.
-const ROLLBACK: [Phase; 5] = [
-    Phase::SwappingBack,
-    Phase::Reverting,
-    Phase::RollbackCommand,
-    Phase::Rebooting,
-    Phase::Done,
-];
-
 /// The install phase after `from` that the plan has work for.
 fn next_install(plan: &Plan, from: Phase) -> Phase {
-    INSTALL
-        .iter()
-        .copied()
+    // Install phases run in declaration order (see `Phase`).
+    Phase::ALL
+        .into_iter()
         .skip_while(|p| *p != from)
         .skip(1)
+        .take_while(|p| p.is_install())
         .find(|p| match p {
             Phase::Before => plan.before,
             Phase::Packages => plan.packages,
@@ -378,14 +357,14 @@ fn next_install(plan: &Plan, from: Phase) -> Phase {
 
 /// The rollback phase after the current one that applies (from an install phase: the first).
 fn next_rollback(s: &State) -> Phase {
-    let skip = ROLLBACK
-        .iter()
-        .position(|p| *p == s.phase)
+    // Rollback phases run in declaration order too.
+    let rollback = Phase::ALL.into_iter().filter(|p| p.is_rolling_back());
+    let skip = rollback
+        .clone()
+        .position(|p| p == s.phase)
         .map_or(0, |i| i.saturating_add(1));
     let on_new = s.current == s.target;
-    ROLLBACK
-        .iter()
-        .copied()
+    rollback
         .skip(skip)
         .find(|p| match p {
             // Swap back only if `current` (as far as we know) names the new slot.

@@ -174,20 +174,24 @@ impl Fixture {
     }
 
     /// Asserts the build failed with a message containing every one of `needles`, and
-    /// left nothing in the output directory (no bundle, no temporary file).
-    fn build_fails(&self, recipe: &str, needles: &[&str]) {
+    /// left nothing in the output directory (no bundle, no temporary file); `case` names
+    /// the recipe in the failure messages.
+    fn build_fails(&self, case: &str, recipe: &str, needles: &[&str]) {
         let o = self.build(recipe);
         let err = stderr(&o);
         assert!(
             !o.status.success(),
-            "build should fail; stdout: {}",
+            "{case}: build should fail; stdout: {}",
             stdout(&o)
         );
         for n in needles {
-            assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+            assert!(err.contains(n), "{case}: stderr lacks {n:?}: {err}");
         }
         let left: Vec<_> = fs::read_dir(self.path("out")).unwrap().collect();
-        assert!(left.is_empty(), "output directory not empty: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{case}: output directory not empty: {left:?}"
+        );
     }
 
     fn key_id(&self) -> String {
@@ -611,114 +615,136 @@ fn a_failed_rebuild_keeps_the_previous_bundle() {
     assert_eq!(names, ["app.bundle"], "temporary files left behind");
 }
 
+/// Recipes the build refuses, each for one reason, and what the message must say.
 #[test]
-fn build_refuses_a_missing_source() {
+fn build_refuses_a_bad_recipe() {
     let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace(r#"source = "app.env""#, r#"source = "nope.env""#),
-        &["[[files]] #2", "nope.env"],
-    );
-}
-
-#[test]
-fn build_refuses_a_missing_script_and_package_file() {
-    let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace(r#"script = "after.sh""#, r#"script = "gone.sh""#),
-        &["[after]", "gone.sh"],
-    );
-    f.build_fails(
-        &RECIPE.replace("acme-tools_2.0_all.deb", "missing_1.0_all.deb"),
-        &["packages.apt #3", "missing_1.0_all.deb"],
-    );
-}
-
-#[test]
-fn build_refuses_an_unknown_field() {
-    let f = Fixture::new();
-    f.build_fails(
-        &format!("colour = \"blue\"\n{RECIPE}"),
-        &["unknown field `colour`"],
-    );
-    f.build_fails(
-        &RECIPE.replace("attempts = 4", "atempts = 4"),
-        &["unknown field `atempts`"],
-    );
-    f.build_fails(
-        &RECIPE.replace(
-            r#"version = "2.0", file"#,
-            r#"version = "2.0", sha = "x", file"#,
+    let swap = |from: &str, to: &str| RECIPE.replace(from, to);
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "missing source",
+            swap(r#"source = "app.env""#, r#"source = "nope.env""#),
+            &["[[files]] #2", "nope.env"],
         ),
-        &["unknown field `sha`"],
-    );
-}
-
-#[test]
-fn build_refuses_a_bad_version() {
-    let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace(r#"version = "1.4.2""#, r#"version = "1.4 beta""#),
-        &["version", "must be"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"base_version = "1.4.1""#, r#"base_version = "../x""#),
-        &["base_version"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"version = "1.4.2""#, ""),
-        &["missing field `version`"],
-    );
-}
-
-#[test]
-fn build_refuses_a_duplicate_destination() {
-    let f = Fixture::new();
-    let recipe =
-        format!("{RECIPE}\n[[files]]\nsource = \"app.env\"\ndestination = \"/opt/app/main.js\"\n");
-    f.build_fails(
-        &recipe,
-        &[
-            "same destination `opt/app/main.js`",
-            "[[files]] #1 (source `app`)",
-            "[[files]] #3 (source `app.env`)",
-        ],
-    );
-}
-
-#[test]
-fn build_refuses_writing_what_it_deletes() {
-    let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace(
-            r#"delete = ["/opt/app/old.js"]"#,
-            r#"delete = ["/opt/app/main.js"]"#,
+        (
+            "missing script",
+            swap(r#"script = "after.sh""#, r#"script = "gone.sh""#),
+            &["[after]", "gone.sh"],
         ),
-        &["same destination `opt/app/main.js`", "delete #1"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"delete = ["/opt/app/old.js"]"#, r#"delete = ["/opt"]"#),
-        &["lies beneath `opt`", "delete #1"],
-    );
-}
-
-#[test]
-fn build_refuses_a_deletion_in_a_full_bundle() {
-    let f = Fixture::new();
-    let recipe = RECIPE.replace(r#"base_version = "1.4.1""#, r#"kind = "full""#);
-    f.build_fails(&recipe, &["`delete`", "patch"]);
-}
-
-#[test]
-fn build_refuses_a_package_name_the_engine_refuses() {
-    let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace(r#""curl""#, r#""../curl""#),
-        &["packages.apt #1", "name `../curl`", "plain word"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#""requests==2.31.0""#, r#""requests>=2""#),
-        &["packages.pip3 #1", "exact version"],
-    );
+        (
+            "missing package file",
+            swap("acme-tools_2.0_all.deb", "missing_1.0_all.deb"),
+            &["packages.apt #3", "missing_1.0_all.deb"],
+        ),
+        (
+            "unknown top-level field",
+            format!("colour = \"blue\"\n{RECIPE}"),
+            &["unknown field `colour`"],
+        ),
+        (
+            "unknown health_check field",
+            swap("attempts = 4", "atempts = 4"),
+            &["unknown field `atempts`"],
+        ),
+        (
+            "unknown package field",
+            swap(
+                r#"version = "2.0", file"#,
+                r#"version = "2.0", sha = "x", file"#,
+            ),
+            &["unknown field `sha`"],
+        ),
+        (
+            "bad version",
+            swap(r#"version = "1.4.2""#, r#"version = "1.4 beta""#),
+            &["version", "must be"],
+        ),
+        (
+            "bad base_version",
+            swap(r#"base_version = "1.4.1""#, r#"base_version = "../x""#),
+            &["base_version"],
+        ),
+        (
+            "no version",
+            swap(r#"version = "1.4.2""#, ""),
+            &["missing field `version`"],
+        ),
+        (
+            "duplicate destination",
+            format!(
+                "{RECIPE}\n[[files]]\nsource = \"app.env\"\ndestination = \"/opt/app/main.js\"\n"
+            ),
+            &[
+                "same destination `opt/app/main.js`",
+                "[[files]] #1 (source `app`)",
+                "[[files]] #3 (source `app.env`)",
+            ],
+        ),
+        (
+            "deletes what it writes",
+            swap(
+                r#"delete = ["/opt/app/old.js"]"#,
+                r#"delete = ["/opt/app/main.js"]"#,
+            ),
+            &["same destination `opt/app/main.js`", "delete #1"],
+        ),
+        (
+            "deletes a parent of what it writes",
+            swap(r#"delete = ["/opt/app/old.js"]"#, r#"delete = ["/opt"]"#),
+            &["lies beneath `opt`", "delete #1"],
+        ),
+        (
+            "deletion in a full bundle",
+            swap(r#"base_version = "1.4.1""#, r#"kind = "full""#),
+            &["`delete`", "patch"],
+        ),
+        (
+            "apt package name the engine refuses",
+            swap(r#""curl""#, r#""../curl""#),
+            &["packages.apt #1", "name `../curl`", "plain word"],
+        ),
+        (
+            "pip3 package without an exact version",
+            swap(r#""requests==2.31.0""#, r#""requests>=2""#),
+            &["packages.pip3 #1", "exact version"],
+        ),
+        (
+            "zero timeout",
+            swap("timeout = 60", "timeout = 0"),
+            &["[before]", "timeout"],
+        ),
+        (
+            "empty command",
+            swap(r#"run = "systemctl stop app""#, r#"run = "  ""#),
+            &["[before]", "empty script"],
+        ),
+        (
+            "zero health check attempts",
+            swap("attempts = 4", "attempts = 0"),
+            &["health_check.attempts"],
+        ),
+        (
+            "mode not octal",
+            swap(r#"mode = "0640""#, r#"mode = "0987""#),
+            &["[[files]] #2", "mode `0987`"],
+        ),
+        (
+            "mode as a TOML number",
+            swap(r#"mode = "0640""#, "mode = 0o640"),
+            &["mode"],
+        ),
+        (
+            "destination climbing out",
+            swap(
+                r#"destination = "etc/app.env""#,
+                r#"destination = "etc/../../app.env""#,
+            ),
+            &["[[files]] #2", "destination", "`..`"],
+        ),
+    ];
+    for (case, recipe, needles) in &cases {
+        f.build_fails(case, recipe, needles);
+    }
 }
 
 #[test]
@@ -727,6 +753,7 @@ fn build_refuses_an_escaping_symlink_and_special_files() {
     // opt/app/lib/evil: three levels up is the snapshot root, four leave it.
     symlink("../../../../etc/shadow", f.path("app/lib/evil")).unwrap();
     f.build_fails(
+        "escaping symlink",
         RECIPE,
         &[
             "app/lib/evil",
@@ -739,6 +766,7 @@ fn build_refuses_an_escaping_symlink_and_special_files() {
 
     let sock = std::os::unix::net::UnixListener::bind(f.path("app/sock")).unwrap();
     f.build_fails(
+        "socket",
         RECIPE,
         &[
             "app/sock",
@@ -747,38 +775,6 @@ fn build_refuses_an_escaping_symlink_and_special_files() {
         ],
     );
     drop(sock);
-}
-
-#[test]
-fn build_refuses_bad_commands_and_modes() {
-    let f = Fixture::new();
-    f.build_fails(
-        &RECIPE.replace("timeout = 60", "timeout = 0"),
-        &["[before]", "timeout"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"run = "systemctl stop app""#, r#"run = "  ""#),
-        &["[before]", "empty script"],
-    );
-    f.build_fails(
-        &RECIPE.replace("attempts = 4", "attempts = 0"),
-        &["health_check.attempts"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"mode = "0640""#, r#"mode = "0987""#),
-        &["[[files]] #2", "mode `0987`"],
-    );
-    f.build_fails(
-        &RECIPE.replace(r#"mode = "0640""#, "mode = 0o640"),
-        &["mode"],
-    );
-    f.build_fails(
-        &RECIPE.replace(
-            r#"destination = "etc/app.env""#,
-            r#"destination = "etc/../../app.env""#,
-        ),
-        &["[[files]] #2", "destination", "`..`"],
-    );
 }
 
 #[test]

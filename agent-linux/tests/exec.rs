@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use molt_agent::exec::{self, CommandSpec, Status, Stream, LINE_MAX};
+use molt_agent::exec::{self, CommandOutcome, CommandSpec, Status, Stream, LINE_MAX};
 use molt_test_support::root_or_skip;
 
 /// Reads a pid a script wrote to `file`.
@@ -33,6 +33,30 @@ fn is_dead(pid: i32) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs the command `name` with a timeout and a kill grace (in milliseconds); its
+/// `script` writes the pid of a process it starts to the file `{pidfile}`. The
+/// outcome, how long the run took, and that pid.
+fn run_leaving_a_process(
+    name: &str,
+    script: &str,
+    timeout_ms: u64,
+    kill_grace_ms: u64,
+) -> (CommandOutcome, Duration, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = script.replace("{pidfile}", &pidfile.display().to_string());
+    let mut spec = CommandSpec::new(name, script).with_timeout(Duration::from_millis(timeout_ms));
+    spec.kill_grace = Duration::from_millis(kill_grace_ms);
+    let t = Instant::now();
+    let out = exec::run(&spec).unwrap();
+    let took = t.elapsed();
+    let pid = read_pid(&pidfile);
+    (out, took, pid)
+}
+
+/// [`exec::DEFAULT_KILL_GRACE`] in milliseconds.
+const DEFAULT_GRACE_MS: u64 = exec::DEFAULT_KILL_GRACE.as_millis() as u64;
 
 /// Kills a process a test left outside the runner's reach (best effort).
 fn cleanup(pid: i32) {
@@ -157,21 +181,8 @@ fn a_missing_working_directory_is_an_error() {
 
 #[test]
 fn timeout_kills_the_whole_group_including_a_background_grandchild() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("grandchild");
-    let mut spec = CommandSpec::new(
-        "before",
-        format!(
-            "sleep 100 & echo $! > {}; echo waiting; sleep 100",
-            pidfile.display()
-        ),
-    )
-    .with_timeout(Duration::from_secs(1));
-    spec.kill_grace = Duration::from_secs(2);
-    let t = Instant::now();
-    let out = exec::run(&spec).unwrap();
-    let took = t.elapsed();
-    let grandchild = read_pid(&pidfile);
+    let script = "sleep 100 & echo $! > {pidfile}; echo waiting; sleep 100";
+    let (out, took, grandchild) = run_leaving_a_process("before", script, 1000, 2000);
     assert!(
         matches!(out.status, Status::TimedOut { limit, .. } if limit == Duration::from_secs(1)),
         "{out}"
@@ -195,22 +206,10 @@ fn timeout_kills_the_whole_group_including_a_background_grandchild() {
 
 #[test]
 fn sigkill_follows_when_the_group_ignores_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("grandchild");
     // An ignored signal stays ignored across fork and exec, so the background
     // sleep ignores SIGTERM too.
-    let mut spec = CommandSpec::new(
-        "stubborn",
-        format!(
-            "trap '' TERM; sleep 100 & echo $! > {}; while :; do sleep 0.05; done",
-            pidfile.display()
-        ),
-    )
-    .with_timeout(Duration::from_millis(500));
-    spec.kill_grace = Duration::from_millis(500);
-    let t = Instant::now();
-    let out = exec::run(&spec).unwrap();
-    let took = t.elapsed();
+    let script = "trap '' TERM; sleep 100 & echo $! > {pidfile}; while :; do sleep 0.05; done";
+    let (out, took, grandchild) = run_leaving_a_process("stubborn", script, 500, 500);
     assert!(
         matches!(out.status, Status::TimedOut { sigkill: true, .. }),
         "{out}"
@@ -218,7 +217,6 @@ fn sigkill_follows_when_the_group_ignores_sigterm() {
     assert!(took >= Duration::from_secs(1), "{took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(out.to_string().contains("killed with SIGKILL"), "{out}");
-    let grandchild = read_pid(&pidfile);
     assert!(
         is_dead(grandchild),
         "grandchild {grandchild} survived SIGKILL"
@@ -227,22 +225,10 @@ fn sigkill_follows_when_the_group_ignores_sigterm() {
 
 #[test]
 fn a_daemon_holding_stdout_does_not_hold_up_a_finished_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("daemon");
     // `setsid` puts the sleep in its own session: out of the group, still
     // holding the pipes the command's stdout and stderr are.
-    let spec = CommandSpec::new(
-        "after",
-        format!(
-            "setsid sleep 100 & echo $! > {}; echo started",
-            pidfile.display()
-        ),
-    )
-    .with_timeout(Duration::from_secs(60));
-    let t = Instant::now();
-    let out = exec::run(&spec).unwrap();
-    let took = t.elapsed();
-    let daemon = read_pid(&pidfile);
+    let script = "setsid sleep 100 & echo $! > {pidfile}; echo started";
+    let (out, took, daemon) = run_leaving_a_process("after", script, 60_000, DEFAULT_GRACE_MS);
     cleanup(daemon);
     assert_eq!(out.status, Status::Exited(0), "{out}");
     assert!(out.output_left_open, "{out}");
@@ -256,21 +242,8 @@ fn a_daemon_holding_stdout_does_not_hold_up_a_finished_command() {
 
 #[test]
 fn a_daemon_outside_the_group_does_not_hold_up_a_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("daemon");
-    let mut spec = CommandSpec::new(
-        "before",
-        format!(
-            "setsid sleep 100 & echo $! > {}; sleep 100",
-            pidfile.display()
-        ),
-    )
-    .with_timeout(Duration::from_secs(1));
-    spec.kill_grace = Duration::from_secs(1);
-    let t = Instant::now();
-    let out = exec::run(&spec).unwrap();
-    let took = t.elapsed();
-    let daemon = read_pid(&pidfile);
+    let script = "setsid sleep 100 & echo $! > {pidfile}; sleep 100";
+    let (out, took, daemon) = run_leaving_a_process("before", script, 1000, 1000);
     // Out of the group, the daemon is out of reach of the kill: that is the point
     // of the test (the runner must not wait for it), and the test cleans it up.
     let survived = !is_dead(daemon);

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 pub use molt_engine::protocol::{ApiError, DeviceState};
 
+pub mod plan;
+
 /// `GET /api/v1/groups` item; also the answer to `POST /api/v1/groups`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {

@@ -52,6 +52,17 @@ fn install_killed_at(d: &Device, source: &str, at: u64) -> Run {
     )
 }
 
+/// The bundle of [`spec`] and the fingerprint of its uninterrupted install, for a test
+/// that needs root (`None`, skipped, without it).
+fn bundle_and_reference() -> Option<(Vec<u8>, String)> {
+    if !root_or_skip() {
+        return None;
+    }
+    let bundle = build(&spec());
+    let want = reference(&bundle);
+    Some((bundle, want))
+}
+
 /// The byte offset the log says the download resumed at.
 fn resumed_at(log: &str) -> Option<u64> {
     let rest = log.split("resuming the download at byte ").nth(1)?;
@@ -60,11 +71,9 @@ fn resumed_at(log: &str) -> Option<u64> {
 
 #[test]
 fn kill_9_anywhere_in_the_download_resumes_to_the_same_snapshot() {
-    if !root_or_skip() {
+    let Some((bundle, want)) = bundle_and_reference() else {
         return;
-    }
-    let bundle = build(&spec());
-    let want = reference(&bundle);
+    };
     let len = bundle.len() as u64;
     let mut resumed = 0;
     for pct in [3u64, 20, 37, 52, 68, 83, 96] {
@@ -126,19 +135,27 @@ fn serve(body: Vec<u8>, honour_range: bool) -> (String, Arc<Mutex<Vec<u64>>>) {
     (s.url, s.starts)
 }
 
-#[test]
-fn http_download_resumes_with_range_after_a_restart() {
-    if !root_or_skip() {
-        return;
-    }
-    let bundle = build(&spec());
-    let want = reference(&bundle);
-    let (url, seen) = serve(bundle.clone(), true);
+/// A new device installing `bundle` over HTTP (Range honoured or not), killed once `at`
+/// bytes were read, then restarted (`recover`); the Range starts the server saw.
+fn killed_over_http_then_recovered(
+    bundle: &[u8],
+    honour_range: bool,
+    at: u64,
+) -> (Device, Arc<Mutex<Vec<u64>>>) {
+    let (url, seen) = serve(bundle.to_vec(), honour_range);
     let d = Device::new();
-    let at = bundle.len() as u64 * 6 / 10;
     let cut = install_killed_at(&d, &url, at);
     assert!(cut.killed(), "{}", cut.out);
     d.recover();
+    (d, seen)
+}
+
+#[test]
+fn http_download_resumes_with_range_after_a_restart() {
+    let Some((bundle, want)) = bundle_and_reference() else {
+        return;
+    };
+    let (d, seen) = killed_over_http_then_recovered(&bundle, true, bundle.len() as u64 * 6 / 10);
     assert!(
         d.last_result().contains("succeeded"),
         "{}\n{}",
@@ -157,17 +174,10 @@ fn http_download_resumes_with_range_after_a_restart() {
 
 #[test]
 fn a_server_that_ignores_range_after_a_restart_means_starting_over() {
-    if !root_or_skip() {
+    let Some((bundle, want)) = bundle_and_reference() else {
         return;
-    }
-    let bundle = build(&spec());
-    let want = reference(&bundle);
-    let (url, seen) = serve(bundle.clone(), false);
-    let d = Device::new();
-    let at = bundle.len() as u64 / 2;
-    let cut = install_killed_at(&d, &url, at);
-    assert!(cut.killed(), "{}", cut.out);
-    d.recover();
+    };
+    let (d, seen) = killed_over_http_then_recovered(&bundle, false, bundle.len() as u64 / 2);
     let log = d.log();
     assert!(log.contains("cannot resume the download"), "{log}");
     assert!(log.contains("ignored the Range request"), "{log}");

@@ -34,6 +34,19 @@ fn error_about(text: &str, field: &str) -> String {
     msg
 }
 
+/// [`error_about`] for [`minimal`] plus the lines `extra`.
+fn error_about_extra(extra: &str, field: &str) -> String {
+    error_about(&format!("{}{extra}", minimal()), field)
+}
+
+/// [`error_about_extra`], whose message also says each of `words`.
+fn error_saying(extra: &str, field: &str, words: &[&str]) {
+    let msg = error_about_extra(extra, field);
+    for w in words {
+        assert!(msg.contains(w), "no `{w}` in: {msg}");
+    }
+}
+
 #[test]
 fn the_example_file_parses_and_shows_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
@@ -176,98 +189,60 @@ fn an_empty_key_list_is_refused() {
 
 #[test]
 fn a_bad_revoked_key_id_is_named() {
-    error_about(
-        &format!("{}revoked_keys = [\"abc\"]\n", minimal()),
-        "revoked_keys[0]",
-    );
+    error_about_extra("revoked_keys = [\"abc\"]\n", "revoked_keys[0]");
 }
 
 #[test]
 fn revoking_every_trusted_key_is_refused() {
     let id = hex::encode(key_id(&hex32(KEY1)));
-    let msg = error_about(
-        &format!("{}revoked_keys = [\"{id}\"]\n", minimal()),
-        "revoked_keys",
-    );
-    assert!(msg.contains("every trusted key is revoked"), "{msg}");
+    let revoked = format!("revoked_keys = [\"{id}\"]\n");
+    error_saying(&revoked, "revoked_keys", &["every trusted key is revoked"]);
 }
 
 #[test]
 fn an_unknown_field_is_named_with_its_line() {
-    let msg = error_about(&format!("{}colour = \"blue\"\n", minimal()), "colour");
-    assert!(msg.contains("line 3"), "{msg}");
-    assert!(msg.contains("unknown field"), "{msg}");
+    error_saying(
+        "colour = \"blue\"\n",
+        "colour",
+        &["line 3", "unknown field"],
+    );
 }
 
 #[test]
 fn an_unknown_field_in_a_table_is_named() {
-    let msg = error_about(
-        &format!("{}[timeouts]\ncommand = 5\n", minimal()),
-        "command",
-    );
-    assert!(msg.contains("line 4"), "{msg}");
-    let msg = error_about(
-        &format!("{}[limits]\nmax_files = 5\n", minimal()),
-        "max_files",
-    );
-    assert!(msg.contains("line 4"), "{msg}");
+    error_saying("[timeouts]\ncommand = 5\n", "command", &["line 4"]);
+    error_saying("[limits]\nmax_files = 5\n", "max_files", &["line 4"]);
 }
 
 #[test]
 fn a_wrong_type_is_named() {
-    let msg = error_about(
-        &format!("{}trial_boots = \"three\"\n", minimal()),
-        "trial_boots",
-    );
-    assert!(msg.contains("line 3"), "{msg}");
+    error_saying("trial_boots = \"three\"\n", "trial_boots", &["line 3"]);
 }
 
 #[test]
 fn out_of_range_values_are_named() {
-    error_about(&format!("{}trial_boots = 0\n", minimal()), "trial_boots");
-    error_about(
-        &format!("{}log_capture_bytes = 10\n", minimal()),
-        "log_capture_bytes",
-    );
-    error_about(
-        &format!("{}poll_interval_secs = 0\n", minimal()),
-        "poll_interval_secs",
-    );
-    error_about(
-        &format!("{}[timeouts]\ncommand_secs = 0\n", minimal()),
-        "timeouts.command_secs",
-    );
-    let msg = error_about(
-        &format!("{}[limits]\nmax_path_len = 5000\n", minimal()),
+    error_about_extra("trial_boots = 0\n", "trial_boots");
+    error_about_extra("log_capture_bytes = 10\n", "log_capture_bytes");
+    error_about_extra("poll_interval_secs = 0\n", "poll_interval_secs");
+    error_about_extra("[timeouts]\ncommand_secs = 0\n", "timeouts.command_secs");
+    error_saying(
+        "[limits]\nmax_path_len = 5000\n",
         "limits.max_path_len",
+        &["4096"],
     );
-    assert!(msg.contains("4096"), "{msg}");
-    error_about(
-        &format!("{}[limits]\nmax_entries = 0\n", minimal()),
-        "limits.max_entries",
-    );
+    error_about_extra("[limits]\nmax_entries = 0\n", "limits.max_entries");
 }
 
 #[test]
 fn paths_stay_below_the_root() {
-    let msg = error_about(
-        &format!("{}data_dir = \"../escape\"\n", minimal()),
-        "data_dir",
-    );
-    assert!(msg.contains(".."), "{msg}");
-    error_about(&format!("{}root = \"relative/dir\"\n", minimal()), "root");
+    error_saying("data_dir = \"../escape\"\n", "data_dir", &[".."]);
+    error_about_extra("root = \"relative/dir\"\n", "root");
 }
 
 #[test]
 fn other_values_are_checked() {
-    error_about(
-        &format!("{}controller = \"ftp://x\"\n", minimal()),
-        "controller",
-    );
-    error_about(
-        &format!("{}reboot_command = \" \"\n", minimal()),
-        "reboot_command",
-    );
+    error_about_extra("controller = \"ftp://x\"\n", "controller");
+    error_about_extra("reboot_command = \" \"\n", "reboot_command");
     error_about(
         &format!("compatible = \"\"\ntrusted_keys = [\"{KEY1}\"]\n"),
         "compatible",

@@ -8,26 +8,15 @@
 #![no_std]
 #![no_main]
 
-use core::mem::MaybeUninit;
-use core::panic::PanicInfo;
+mod firmware;
 
 use cortex_m_rt::entry;
-use embedded_alloc::LlffHeap as Heap;
+use firmware::{init_heap, report, INPUT_ADDR, PUBLIC_KEY};
 use molt_engine::bundle::zstd::RuZstd;
 use molt_engine::bundle::{Buffers, Decoder, Event, Trust, TrustedKey};
 use molt_engine::Limits;
 
-#[global_allocator]
-static HEAP: Heap = Heap::empty();
-
-/// The release key pinned in this firmware.
-const PUBLIC_KEY: [u8; 32] = [
-    0xea, 0x4a, 0x6c, 0x63, 0xe2, 0x9c, 0x52, 0x0a, 0xbe, 0xf5, 0x50, 0x7b, 0x13, 0x2e, 0xc5, 0xf9,
-    0x95, 0x47, 0x76, 0xae, 0xbe, 0xbd, 0xe1, 0x42, 0x64, 0x05, 0xfc, 0xbc, 0x15, 0x54, 0xe7, 0x11,
-];
-
-/// Where the bundle sits in memory-mapped external flash (first 4 bytes: its length).
-const BUNDLE_ADDR: usize = 0x9000_0000;
+// The input at INPUT_ADDR: the bundle's length (u32), then the bundle.
 
 const LIMITS: Limits = Limits {
     max_manifest_len: 4096,
@@ -47,27 +36,17 @@ static mut RAW: [u8; 16 * 1024] = [0; 16 * 1024];
 
 #[entry]
 fn main() -> ! {
-    {
-        const HEAP_SIZE: usize = 96 * 1024;
-        static mut HEAP_MEM: [MaybeUninit<u8>; HEAP_SIZE] = [MaybeUninit::uninit(); HEAP_SIZE];
-        // SAFETY: called once, before any allocation.
-        unsafe { HEAP.init(core::ptr::addr_of_mut!(HEAP_MEM) as usize, HEAP_SIZE) }
-    }
-    // SAFETY: the external flash is mapped read-only at BUNDLE_ADDR for the firmware's lifetime.
+    init_heap();
+    // SAFETY: the external flash is mapped read-only at INPUT_ADDR for the firmware's lifetime.
     let bundle = unsafe {
-        let len = core::ptr::read_volatile(BUNDLE_ADDR as *const u32) as usize;
-        core::slice::from_raw_parts((BUNDLE_ADDR + 4) as *const u8, len)
+        let len = core::ptr::read_volatile(INPUT_ADDR as *const u32) as usize;
+        core::slice::from_raw_parts((INPUT_ADDR + 4) as *const u8, len)
     };
     let ok = match TrustedKey::from_bytes(&PUBLIC_KEY) {
         Ok(key) => run(key, bundle),
         Err(_) => false,
     };
-    // Report through a register a test harness could read; then idle.
-    // SAFETY: a scratch word in RAM the linker leaves free.
-    unsafe { core::ptr::write_volatile(0x2003_FFF0 as *mut u32, ok as u32) };
-    loop {
-        cortex_m::asm::wfi();
-    }
+    report(ok)
 }
 
 fn run(key: TrustedKey, bundle: &[u8]) -> bool {
@@ -111,9 +90,4 @@ fn run(key: TrustedKey, bundle: &[u8]) -> bool {
     }
     core::hint::black_box(sink);
     d.finish().is_ok()
-}
-
-#[panic_handler]
-fn panic(_: &PanicInfo) -> ! {
-    loop {}
 }

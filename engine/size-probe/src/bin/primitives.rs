@@ -9,37 +9,23 @@
 #![no_std]
 #![no_main]
 
-use core::mem::MaybeUninit;
-use core::panic::PanicInfo;
+// The probe's heap, key, report and panic handler, so that only the work differs.
+#[path = "../firmware.rs"]
+mod firmware;
 
 use cortex_m_rt::entry;
 use ed25519_dalek::{Signature, VerifyingKey};
-use embedded_alloc::LlffHeap as Heap;
+use firmware::{init_heap, report, INPUT_ADDR, PUBLIC_KEY};
 
-#[global_allocator]
-static HEAP: Heap = Heap::empty();
-
-/// The release key pinned in this firmware (the probe's).
-const PUBLIC_KEY: [u8; 32] = [
-    0xea, 0x4a, 0x6c, 0x63, 0xe2, 0x9c, 0x52, 0x0a, 0xbe, 0xf5, 0x50, 0x7b, 0x13, 0x2e, 0xc5, 0xf9,
-    0x95, 0x47, 0x76, 0xae, 0xbe, 0xbd, 0xe1, 0x42, 0x64, 0x05, 0xfc, 0xbc, 0x15, 0x54, 0xe7, 0x11,
-];
-
-/// Where the input sits in memory-mapped external flash: a 64-byte signature, the
-/// signed message's length (u32 LE) and bytes, then a zstd frame's length and bytes.
-const INPUT_ADDR: usize = 0x9000_0000;
+// The input at INPUT_ADDR: a 64-byte signature, the signed message's length
+// (u32 LE) and bytes, then a zstd frame's length and bytes.
 
 /// The decompressed frame (a small buffer: one chunk).
 static mut RAW: [u8; 16 * 1024] = [0; 16 * 1024];
 
 #[entry]
 fn main() -> ! {
-    {
-        const HEAP_SIZE: usize = 96 * 1024;
-        static mut HEAP_MEM: [MaybeUninit<u8>; HEAP_SIZE] = [MaybeUninit::uninit(); HEAP_SIZE];
-        // SAFETY: called once, before any allocation.
-        unsafe { HEAP.init(core::ptr::addr_of_mut!(HEAP_MEM) as usize, HEAP_SIZE) }
-    }
+    init_heap();
     // SAFETY: the external flash is mapped read-only at INPUT_ADDR for the firmware's lifetime.
     let (sig, message, frame) = unsafe {
         let sig = &*(INPUT_ADDR as *const [u8; 64]);
@@ -56,12 +42,7 @@ fn main() -> ! {
     // SAFETY: main runs once; RAW is only borrowed here.
     let raw = unsafe { &mut *core::ptr::addr_of_mut!(RAW) };
     let ok = run(sig, message, frame, raw);
-    // Report through a register a test harness could read; then idle.
-    // SAFETY: a scratch word in RAM the linker leaves free.
-    unsafe { core::ptr::write_volatile(0x2003_FFF0 as *mut u32, ok as u32) };
-    loop {
-        cortex_m::asm::wfi();
-    }
+    report(ok)
 }
 
 /// What the engine's primitives do for one bundle: a strict signature check
@@ -88,9 +69,4 @@ fn run(sig: &[u8; 64], message: &[u8], frame: &[u8], raw: &mut [u8]) -> bool {
     let file = blake3::hash(raw.get(..n).unwrap_or(&[]));
     core::hint::black_box((key_id, digest, file));
     true
-}
-
-#[panic_handler]
-fn panic(_: &PanicInfo) -> ! {
-    loop {}
 }

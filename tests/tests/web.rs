@@ -198,6 +198,14 @@ impl Ui {
         println!("screenshot {}", path.display());
     }
 
+    /// Waits until deployment `id`'s row in the recent-updates table (app.js refreshes
+    /// it) has a `data-state` that satisfies `ok`; returns the row's selector.
+    async fn wait_row(&self, id: u64, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let row = format!("#recent tr[data-deployment=\"{id}\"]");
+        self.wait_attr(&row, "data-state", what, ok).await;
+        row
+    }
+
     /// Waits until `css` matches an element whose `attr` satisfies `ok`.
     async fn wait_attr(&self, css: &str, attr: &str, what: &str, ok: impl Fn(&str) -> bool) {
         let start = Instant::now();
@@ -213,6 +221,13 @@ impl Ui {
             next_round(start, Duration::from_millis(250), &failed, self.source()).await;
         }
     }
+}
+
+/// Asserts the controller says deployment `id` is in `state`; a failure shows the
+/// deployment and what `device`'s agent printed.
+fn assert_state(ctl: &Controller, id: u64, state: &str, device: &Device) {
+    let d = ctl.get(&format!("/api/v1/deployments/{id}"));
+    assert_eq!(d["state"], state, "{d:#}\n{}", device.output());
 }
 
 /// Ends one round of a wait begun at `start`: past [`LONG`] it fails with `failed` and
@@ -401,13 +416,10 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
         .await
         .contains(&format!("Deployment {first} created")));
     // The table refreshes by itself (app.js): no reload until it shows Success.
-    let row = format!("#recent tr[data-deployment=\"{first}\"]");
-    ui.wait_attr(&row, "data-state", "the deployment to finish", |s| {
-        s != "in_progress"
-    })
-    .await;
-    let d = ctl.get(&format!("/api/v1/deployments/{first}"));
-    assert_eq!(d["state"], "success", "{d:#}\n{}", devices[0].output());
+    let row = ui
+        .wait_row(first, "the deployment to finish", |s| s != "in_progress")
+        .await;
+    assert_state(&ctl, first, "success", &devices[0]);
     let cell = ui
         .css(&format!("{row} td.status"))
         .await
@@ -460,13 +472,9 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
     ui.click("main form.inline button").await;
     let second = ui.created("deploy to others").await;
     assert_ne!(second, first);
-    let row2 = format!("#recent tr[data-deployment=\"{second}\"]");
-    ui.wait_attr(&row2, "data-state", "deploy to others to finish", |s| {
-        s != "in_progress"
-    })
-    .await;
-    let d = ctl.get(&format!("/api/v1/deployments/{second}"));
-    assert_eq!(d["state"], "success", "{d:#}\n{}", devices[1].output());
+    ui.wait_row(second, "deploy to others to finish", |s| s != "in_progress")
+        .await;
+    assert_state(&ctl, second, "success", &devices[1]);
     ui.shot("recent-updates-deployed-to-others").await;
     assert_eq!(
         devices[1].read("opt/app/hello.txt").as_deref(),
@@ -517,18 +525,14 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
     // Full speed again only now: the download must not finish before the device
     // hears the abort on its next poll.
     link.throttle.store(false, Ordering::Relaxed);
-    let d = ctl.get(&format!("/api/v1/deployments/{third}"));
-    assert_eq!(d["state"], "aborted", "{d:#}\n{}", devices[2].output());
+    assert_state(&ctl, third, "aborted", &devices[2]);
     ui.shot("deployment-aborted").await;
     assert_eq!(devices[2].read("opt/app/data.bin"), None);
     assert_eq!(devices[2].current().as_deref(), Some(Path::new("slots/a")));
 
     ui.goto("/").await;
-    let row3 = format!("#recent tr[data-deployment=\"{third}\"]");
-    ui.wait_attr(&row3, "data-state", "the table to show the abort", |s| {
-        s == "aborted"
-    })
-    .await;
+    ui.wait_row(third, "the table to show the abort", |s| s == "aborted")
+        .await;
     ui.shot("recent-updates-final").await;
 
     // Logging out ends the session: the pages lead to the login form again.

@@ -25,6 +25,7 @@ mod rollout;
 mod seen;
 mod store;
 mod updates_api;
+pub mod waves;
 mod web;
 
 use std::fs::{self, DirBuilder};

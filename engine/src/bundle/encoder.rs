@@ -549,6 +549,7 @@ fn read_frame<S: Read + Seek>(spool: &mut S, c: &ChunkMeta, buf: &mut Vec<u8>) -
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::bundle::format::plain_entry as header;
     use crate::bundle::format::{BundleKind, Recipe};
 
     fn manifest() -> Manifest<'static> {
@@ -588,17 +589,6 @@ mod tests {
             (format!("d/f{i}"), data)
         })
         .collect()
-    }
-
-    fn header<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
-        EntryHeader {
-            path,
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-        }
     }
 
     /// One bundle through every path: compressor threads (0, 1 or several) or not,

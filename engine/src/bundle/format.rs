@@ -621,6 +621,19 @@ pub struct EntryHeader<'a> {
     pub mtime: i64,
 }
 
+/// `kind` at `path` with plain metadata (mode `0o644`, owned by root, time 0): the unit tests' entries.
+#[cfg(test)]
+pub(crate) fn plain_entry<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
+    EntryHeader {
+        path,
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    }
+}
+
 impl EntryHeader<'_> {
     /// The content length that follows the header (non-zero only for files).
     pub fn content_len(&self) -> u64 {

@@ -101,17 +101,7 @@ impl Hardlinks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry<'a>(path: &'a str, kind: EntryKind<'a>) -> EntryHeader<'a> {
-        EntryHeader {
-            path,
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-        }
-    }
+    use crate::bundle::format::plain_entry as entry;
 
     fn file(path: &str) -> EntryHeader<'_> {
         entry(

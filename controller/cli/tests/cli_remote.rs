@@ -336,6 +336,13 @@ fn scripted() -> Fake {
     })
 }
 
+/// The scripted controller and a home logged in to it: where most tests start.
+fn scripted_and_logged_in() -> (Fake, Home) {
+    let fake = scripted();
+    let home = logged_in(&fake);
+    (fake, home)
+}
+
 /// A home logged in to `fake` (token `good`).
 fn logged_in(fake: &Fake) -> Home {
     let home = Home::new();
@@ -404,8 +411,7 @@ fn not_logged_in_says_how_to_log_in() {
 
 #[test]
 fn flags_and_environment_override_the_saved_login() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     // A wrong token in the environment beats the saved good one.
     let err = home.fails_env(&["groups"], &[("MOLT_TOKEN", "wrong")]);
     assert!(
@@ -449,8 +455,7 @@ fn an_unreachable_controller_is_named() {
 
 #[test]
 fn server_errors_show_the_servers_message() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (_fake, home) = scripted_and_logged_in();
     let err = home.fails(&["status", "99"]);
     assert!(err.contains("no deployment 99 (HTTP 404)"), "{err}");
     let err = home.fails(&["groups", "create", "test"]);
@@ -469,8 +474,7 @@ fn server_errors_show_the_servers_message() {
 
 #[test]
 fn groups_devices_and_updates_print_tables_or_json() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     let out = home.ok(&["groups"]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "GROUP  DEVICES  ENROLLMENT TOKEN");
@@ -512,8 +516,7 @@ fn groups_devices_and_updates_print_tables_or_json() {
 
 #[test]
 fn deploy_resolves_versions_and_status_shows_counts_and_devices() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     let out = home.ok(&["deploy", "1.4.1", "--group", "test", "--comment", "try it"]);
     assert!(
         out.contains("deployment 7: update 3 (version 1.5.0) to group test, 3 device(s)"),
@@ -567,8 +570,7 @@ fn deploy_resolves_versions_and_status_shows_counts_and_devices() {
 
 #[test]
 fn abort_and_logs_name_the_devices() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (_fake, home) = scripted_and_logged_in();
     let out = home.ok(&["abort", "7"]);
     assert!(
         out.starts_with("deployment 7: 1 device(s) aborted, 1 not\n"),
@@ -669,8 +671,7 @@ impl Release {
 
 #[test]
 fn push_streams_a_bundle_as_it_is() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     let rel = Release::new();
     let bundle = rel.bundle("1.6.0");
     let out = home.ok(&["update", "push", s(&bundle), "--comment", "fix #2 & more"]);
@@ -753,8 +754,7 @@ fn parse_form(content_type: &str, body: &[u8]) -> Vec<(String, HashMap<String, S
 
 #[test]
 fn push_sends_a_recipe_with_every_file_it_names() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     let rel = Release::new();
     let recipe = rel.recipe("1.6.0");
     let out = home.ok(&["update", "push", s(&recipe)]);
@@ -1403,8 +1403,7 @@ fn hostile_strings_from_the_controller_are_escaped_everywhere() {
 
 #[test]
 fn devices_remove_finds_the_device_by_name_and_says_what_it_did() {
-    let fake = scripted();
-    let home = logged_in(&fake);
+    let (fake, home) = scripted_and_logged_in();
     let out = home.ok(&["devices", "remove", "gw-1"]);
     assert_eq!(
         out,

@@ -1410,67 +1410,95 @@ fn malicious_manifest_fields_are_refused() {
         s
     };
     let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
-    let mut add = |name: &str, s: Spec, want: &'static str| {
+    // A case: the base bundle with `edit` applied.
+    let mut add = |name: &str, want: &'static str, edit: &dyn Fn(&mut Spec)| {
+        let mut s = base();
+        edit(&mut s);
         cases.push((name.to_string(), build(&s), want));
     };
-    let mut s = base();
-    s.version = "1".repeat(100);
-    add("100-character version", s, "manifest field `version`");
-    let mut s = base();
-    s.version = "../../evil".into();
-    add("version with `..` and `/`", s, "manifest field `version`");
-    let mut s = base();
-    s.compatible = "b".repeat(300);
-    add("300-character compatible", s, "manifest field `compatible`");
-    let mut s = base();
-    s.comment = "c".repeat(5000);
-    add("5000-character comment", s, "manifest field `comment`");
-    let mut s = base();
-    s.comment = "nul\0here".into();
-    add("NUL in the comment", s, "manifest field `comment`");
-    let mut s = base();
-    s.before = Some(sh(format!(
-        "touch {}; # {}",
-        d.marker("before").display(),
-        "x".repeat(40_000)
-    )));
-    add("40 KiB before script", s, "manifest field `recipe.before`");
-    let mut s = base();
-    s.before.as_mut().unwrap().timeout_secs = 0;
-    add("zero timeout", s, "manifest field `recipe.before`");
-    let mut s = base();
-    s.after.as_mut().unwrap().timeout_secs = u32::MAX;
-    add("timeout of 136 years", s, "manifest field `recipe.after`");
-    let mut s = base();
-    s.health.as_mut().unwrap().1 = 0;
+    // Text fields too long, or holding what the field may not.
+    let version: fn(&mut Spec, String) = |s, v| s.version = v;
+    let compatible: fn(&mut Spec, String) = |s, v| s.compatible = v;
+    let comment: fn(&mut Spec, String) = |s, v| s.comment = v;
+    for (name, field, value, want) in [
+        (
+            "100-character version",
+            version,
+            "1".repeat(100),
+            "manifest field `version`",
+        ),
+        (
+            "version with `..` and `/`",
+            version,
+            "../../evil".into(),
+            "manifest field `version`",
+        ),
+        (
+            "300-character compatible",
+            compatible,
+            "b".repeat(300),
+            "manifest field `compatible`",
+        ),
+        (
+            "5000-character comment",
+            comment,
+            "c".repeat(5000),
+            "manifest field `comment`",
+        ),
+        (
+            "NUL in the comment",
+            comment,
+            "nul\0here".into(),
+            "manifest field `comment`",
+        ),
+    ] {
+        add(name, want, &|s| field(s, value.clone()));
+    }
+    add(
+        "40 KiB before script",
+        "manifest field `recipe.before`",
+        &|s| {
+            s.before = Some(sh(format!(
+                "touch {}; # {}",
+                d.marker("before").display(),
+                "x".repeat(40_000)
+            )));
+        },
+    );
+    add("zero timeout", "manifest field `recipe.before`", &|s| {
+        s.before.as_mut().unwrap().timeout_secs = 0;
+    });
+    add(
+        "timeout of 136 years",
+        "manifest field `recipe.after`",
+        &|s| {
+            s.after.as_mut().unwrap().timeout_secs = u32::MAX;
+        },
+    );
     add(
         "zero health-check attempts",
-        s,
         "manifest field `recipe.health_check.attempts`",
+        &|s| s.health.as_mut().unwrap().1 = 0,
     );
-    let mut s = base();
-    s.health.as_mut().unwrap().2 = u32::MAX;
     add(
         "huge health-check interval",
-        s,
         "manifest field `recipe.health_check.interval_secs`",
+        &|s| s.health.as_mut().unwrap().2 = u32::MAX,
     );
     for name in ["../evil", "a/b", "-rf", "two words", ""] {
-        let mut s = base();
-        s.packages = vec![(PackageManager::Apt, name.into())];
         add(
             &format!("package name {name:?}"),
-            s,
             "manifest field `recipe.packages.name`",
+            &|s| s.packages = vec![(PackageManager::Apt, name.into())],
         );
     }
-    let mut s = base();
-    s.comment = "c".repeat(70_000);
-    s.limits = Limits {
-        max_manifest_len: 1 << 20,
-        ..Limits::DEFAULT
-    };
-    add("70 KB manifest", s, "limit max_manifest_len exceeded");
+    add("70 KB manifest", "limit max_manifest_len exceeded", &|s| {
+        s.comment = "c".repeat(70_000);
+        s.limits = Limits {
+            max_manifest_len: 1 << 20,
+            ..Limits::DEFAULT
+        };
+    });
 
     // Numbers and bytes no encoder writes: re-sign an edited manifest.
     let good = build(&base());
@@ -1480,36 +1508,40 @@ fn malicious_manifest_fields_are_refused() {
         edit(&mut m);
         assemble(&m, &p.chunks, &[key()])
     };
-    cases.push((
-        "u32::MAX entries".into(),
-        resign(&|m| m.entries.count = u32::MAX),
-        "limit max_entries exceeded",
-    ));
-    cases.push((
-        "u64::MAX file bytes".into(),
-        resign(&|m| m.entries.file_bytes = u64::MAX),
-        "limit max_total_size exceeded",
-    ));
-    cases.push((
-        "u32::MAX chunk size".into(),
-        resign(&|m| m.payload.chunk_size = u32::MAX),
-        "limit max_chunk_size exceeded",
-    ));
-    cases.push((
-        "u64::MAX wire length".into(),
-        resign(&|m| m.payload.wire_len = u64::MAX),
-        "limit max_payload_len exceeded",
-    ));
-    cases.push((
-        "u64::MAX raw length".into(),
-        resign(&|m| m.payload.raw_len = u64::MAX),
-        "manifest field `payload`",
-    ));
-    cases.push((
-        "u32::MAX chunks".into(),
-        resign(&|m| m.payload.chunk_count = u32::MAX),
-        "manifest field `payload`",
-    ));
+    for (name, field, want) in [
+        (
+            "u32::MAX entries",
+            "entries.count",
+            "limit max_entries exceeded",
+        ),
+        (
+            "u64::MAX file bytes",
+            "entries.file_bytes",
+            "limit max_total_size exceeded",
+        ),
+        (
+            "u32::MAX chunk size",
+            "payload.chunk_size",
+            "limit max_chunk_size exceeded",
+        ),
+        (
+            "u64::MAX wire length",
+            "payload.wire_len",
+            "limit max_payload_len exceeded",
+        ),
+        (
+            "u64::MAX raw length",
+            "payload.raw_len",
+            "manifest field `payload`",
+        ),
+        (
+            "u32::MAX chunks",
+            "payload.chunk_count",
+            "manifest field `payload`",
+        ),
+    ] {
+        cases.push((name.into(), resign(&|m| at_its_maximum(m, field)), want));
+    }
     // Invalid UTF-8 in the version (the manifest's first field: a length byte, then text).
     let mut mb = p.manifest.clone();
     assert_eq!(&mb[1..6], b"2.0.0");
@@ -1531,6 +1563,19 @@ fn malicious_manifest_fields_are_refused() {
         "bundle refused",
     ));
     refuse_all(&d, cases);
+}
+
+/// Sets the manifest's number `field` to its type's maximum.
+fn at_its_maximum(m: &mut Manifest<'_>, field: &str) {
+    match field {
+        "entries.count" => m.entries.count = u32::MAX,
+        "entries.file_bytes" => m.entries.file_bytes = u64::MAX,
+        "payload.chunk_size" => m.payload.chunk_size = u32::MAX,
+        "payload.wire_len" => m.payload.wire_len = u64::MAX,
+        "payload.raw_len" => m.payload.raw_len = u64::MAX,
+        "payload.chunk_count" => m.payload.chunk_count = u32::MAX,
+        _ => unreachable!("no manifest number {field}"),
+    }
 }
 
 /// A decompression bomb: a 4 MiB chunk of zeros (a few hundred bytes on the wire), validly
@@ -1836,11 +1881,10 @@ fn an_http_server_that_ignores_or_misanswers_range_is_refused() {
 
 #[test]
 fn manual_rollback_after_two_installs_switches_back_and_current_follows() {
-    let Some(d) = Device::rooted() else {
+    let Some(d) = rooted_on_v1() else {
         return;
     };
     let s1 = v1();
-    d.install_ok(&s1);
     let slot1 = d.current_link();
     let s2 = v2_full();
     d.install_ok(&s2);
@@ -1889,11 +1933,9 @@ fn manual_rollback_after_two_installs_switches_back_and_current_follows() {
 #[test]
 
 fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
-    let Some(d) = Device::rooted() else {
+    let Some(d) = rooted_on_v1() else {
         return;
     };
-    let s1 = v1();
-    d.install_ok(&s1);
     let slot1 = d.current_link();
     d.install_ok(&v2_full());
     let mut other = good_v2(&d);
@@ -1909,7 +1951,7 @@ fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
     if r.code == Some(0) {
         // The record offered the previous snapshot: it must be there, whole.
         assert_eq!(d.current_link(), slot1);
-        assert_tree(&d, &s1.tree(), "manual rollback after refused bundles");
+        assert_tree(&d, &v1().tree(), "manual rollback after refused bundles");
     } else {
         // Or the agent knows the slot is gone and refuses; the device stays on v2.
         assert_tree(&d, &v2_full().tree(), "refused manual rollback");
@@ -1922,17 +1964,15 @@ fn a_refused_bundle_leaves_the_previous_snapshot_for_a_manual_rollback() {
 #[test]
 
 fn a_lost_journal_during_a_trial_does_not_wedge_the_device() {
-    let Some(d) = Device::rooted() else {
+    let Some(d) = rooted_on_v1() else {
         return;
     };
-    let s1 = v1();
-    d.install_ok(&s1);
     let s2 = v2_killed_in(&d, "after", "true");
     fs::write(d.data().join("journal"), b"").unwrap();
     let st = assert_settled(&d, "lost journal");
     let got = d.tree();
     assert!(
-        got == s1.tree() || got == s2.tree(),
+        got == v1().tree() || got == s2.tree(),
         "a mixed snapshot:\n{st}"
     );
     let s3 = v3_full();
@@ -2237,6 +2277,18 @@ fn hostile_paths_and_script_output_reach_logs_and_status_escaped() {
     assert_inert("status", &d.status());
 }
 
+/// The v3 bundle, and two copies refused only near their end: one zero byte appended,
+/// and one bit flipped in the last chunk.
+fn v3_spoilt_at_the_end() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let good = build(&v3_full());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut flipped = good.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 1;
+    (good, trailing, flipped)
+}
+
 #[test]
 fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
     let Some(d) = rooted_on_v1() else {
@@ -2244,12 +2296,7 @@ fn a_local_file_refused_anywhere_in_its_chain_keeps_the_rollback_target() {
     };
     d.install_ok(&v2_full());
     // v1 is now the inactive slot: the rollback target.
-    let good = build(&v3_full());
-    let mut trailing = good.clone();
-    trailing.push(0);
-    let mut flipped = good.clone();
-    let at = flipped.len() - 10;
-    flipped[at] ^= 1;
+    let (good, trailing, flipped) = v3_spoilt_at_the_end();
     let cut = good[..good.len() - 1].to_vec();
     for (name, bad) in [("trailing", trailing), ("flipped", flipped), ("cut", cut)] {
         let r = d.install_bytes(&format!("{name}.molt"), &bad, None);
@@ -2465,12 +2512,7 @@ fn a_download_refused_part_way_says_the_rollback_target_was_overwritten() {
     if !root_or_skip() {
         return;
     }
-    let good = build(&v3_full());
-    let mut trailing = good.clone();
-    trailing.push(0);
-    let mut flipped = good.clone();
-    let at = flipped.len() - 10;
-    flipped[at] ^= 1;
+    let (_, trailing, flipped) = v3_spoilt_at_the_end();
     for (name, bad) in [
         ("one byte appended", trailing),
         ("last chunk flipped", flipped),

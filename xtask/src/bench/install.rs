@@ -11,6 +11,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,10 +19,10 @@ use anyhow::{bail, Context, Result};
 use super::servers::{Controller, Nginx};
 use super::slot::{empty_target, reset, same_tree, LoopMount};
 use super::util::{
-    gnu_time, interleave, is_root, median, quiet, require, throughput_table, time, Side,
+    gnu_time, interleave, is_root, median, quiet, require, throughput_table, time, Side, Stats,
 };
-use super::workload::{file_mib, mib, Workload};
-use super::{Ctx, Outcome, Row, Verdict};
+use super::workload::{file_mib, mib, Built, Workload};
+use super::{Bins, Ctx, Outcome, Row, Verdict};
 use crate::display;
 
 /// Agent runs per bundle for the peak-RSS figure (the largest is reported), and
@@ -57,6 +58,15 @@ impl Device {
     pub(crate) fn variant(&self, name: &str, wl: &Workload, extra: &str) -> Result<PathBuf> {
         let path = self.cfg.with_file_name(format!("agent-{name}.toml"));
         config(&path, &self.target.mnt, &wl.public, extra)
+    }
+
+    /// Removes var/ and `others` (untimed, as before every run) and unmounts the
+    /// file system; its description, for the report.
+    pub(crate) fn close(self, others: &[&Path]) -> Result<String> {
+        let mut clear = vec![self.var.as_path()];
+        clear.extend_from_slice(others);
+        reset(&clear)?;
+        Ok(self.target.describe())
     }
 
     /// `molt-agent -c agent.toml install SOURCE`.
@@ -139,36 +149,106 @@ pub(crate) fn checked_side<'a>(
     }
 }
 
+/// The programs a device and the check of its tree need, after a benchmark's own.
+pub(crate) const DEVICE_TOOLS: [(&str, &str); 3] = [
+    ("mkfs.ext4", "e2fsprogs"),
+    ("losetup", "mount"),
+    ("diff", "diffutils"),
+];
+
+/// What an install benchmark starts from: the binaries, the workload, benchmark
+/// `id`'s work directory, and a fresh device in it (or why none could be set up).
+pub(crate) fn open(
+    ctx: &mut Ctx,
+    id: &str,
+) -> Result<(Bins, Rc<Workload>, PathBuf, Result<Device>)> {
+    let bins = ctx.bins()?;
+    let wl = ctx.workload()?;
+    let work = ctx.work(id)?;
+    let dev = Device::create(&work, &wl, "");
+    Ok((bins, wl, work, dev))
+}
+
+/// The device, or the outcome that skips install benchmark `id` (its row's `what`,
+/// `base` and `target`) because no loop-mounted ext4 could be set up.
+pub(crate) fn device_or_skip(
+    dev: Result<Device>,
+    (id, what, base, target): (&str, &str, &str, &str),
+) -> Result<Device, Outcome> {
+    dev.map_err(|e| {
+        let why = format!("cannot set up a loop-mounted ext4: {e:#}");
+        Outcome::skipped(id, what, base, target, &why)
+    })
+}
+
+/// `ctx.rounds` interleaved rounds of benchmark `id`: molt installing the `big`
+/// bundle on `dev` against the baseline `(name, dir, command)`, which runs
+/// `command` into `dir` on the same file system; each side is checked once to
+/// leave the whole `big` tree. Molt's and the baseline's times.
+pub(crate) fn molt_against(
+    ctx: &Ctx,
+    id: &str,
+    (dev, agent): (&Device, &Path),
+    big: &Built,
+    (name, dir, mut command): (&str, &Path, impl FnMut() -> Command),
+) -> Result<(Stats, Stats)> {
+    let bundle = big.bundle.to_string_lossy().into_owned();
+    let stats = interleave(
+        id,
+        ctx.rounds,
+        &mut [
+            dev.molt_side(agent, &bundle, &big.tree.dir, dir),
+            checked_side(
+                name,
+                &big.tree.dir,
+                dir,
+                || empty_target(&dev.var, dir),
+                || time(&mut command()),
+            ),
+        ],
+    )?;
+    Ok((stats[0], stats[1]))
+}
+
+/// The throughput table of molt installing the `big` bundle (`m`) against a
+/// baseline (`label`, reading `input` of `kind`, `b`), then the sentence on the
+/// tree and the file system (`fs_desc`) that opens a comparison's details.
+pub(crate) fn install_table(
+    big: &Built,
+    fs_desc: &str,
+    m: Stats,
+    (label, input, kind): (&str, &Path, &str),
+    b: Stats,
+) -> String {
+    let tree_mib = mib(big.tree.bytes);
+    let table = throughput_table(
+        tree_mib,
+        &[
+            ("`molt-agent install`", &big.bundle, "bundle", m),
+            (label, input, kind, b),
+        ],
+    );
+    format!(
+        "{table}\nTree {tree_mib:.0} MiB in {} files; {fs_desc}.",
+        big.tree.files
+    )
+}
+
 const LOCAL_WHAT: &str = "`molt-agent install FILE`: full verification, durable, atomic swap";
 const LOCAL_BASE: &str = "`zstd -dc tree.tar.zst \\| tar -x -C slot && sync`";
 
 /// `bench install-local`.
 pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
-    let skipped = |why: &str| {
-        Ok(Outcome::skipped(
-            "install-local",
-            LOCAL_WHAT,
-            LOCAL_BASE,
-            "≤ 0.90×",
-            why,
-        ))
-    };
-    if let Some(why) = cannot_install() {
-        return skipped(&why);
+    let row = ("install-local", LOCAL_WHAT, LOCAL_BASE, "≤ 0.90×");
+    if let Some(skipped) = install_skipped(row.0, row.1, row.2, row.3) {
+        return Ok(skipped);
     }
-    require(&[
-        ("zstd", "zstd"),
-        ("tar", "tar"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("losetup", "mount"),
-        ("diff", "diffutils"),
-    ])?;
-    let bins = ctx.bins()?;
-    let wl = ctx.workload()?;
-    let work = ctx.work("install-local")?;
-    let dev = match Device::create(&work, &wl, "") {
+    require(&[("zstd", "zstd"), ("tar", "tar")])?;
+    require(&DEVICE_TOOLS)?;
+    let (bins, wl, _, dev) = open(ctx, row.0)?;
+    let dev = match device_or_skip(dev, row) {
         Ok(d) => d,
-        Err(e) => return skipped(&format!("cannot set up a loop-mounted ext4: {e:#}")),
+        Err(skipped) => return Ok(skipped),
     };
     let big = &wl.big;
     let base_dir = dev.target.mnt.join("baseline");
@@ -178,21 +258,18 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
         big.tarzst.display(),
         base_dir.display()
     );
-    let stats = interleave(
-        "install-local",
-        ctx.rounds,
-        &mut [
-            dev.molt_side(&bins.agent, &bundle, &big.tree.dir, &base_dir),
-            checked_side(
-                "baseline",
-                &big.tree.dir,
-                &base_dir,
-                || empty_target(&dev.var, &base_dir),
-                || time(Command::new("sh").arg("-c").arg(&baseline_sh)),
-            ),
-        ],
+    let baseline = || {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(&baseline_sh);
+        c
+    };
+    let (m, b) = molt_against(
+        ctx,
+        row.0,
+        (&dev, &bins.agent),
+        big,
+        ("baseline", &base_dir, baseline),
     )?;
-    let (m, b) = (stats[0], stats[1]);
 
     // Where the agent's time goes: per-phase medians over a few extra runs.
     let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
@@ -210,22 +287,16 @@ pub fn local(ctx: &mut Ctx) -> Result<Outcome> {
             }
         }
     }
-    reset(&[&dev.var, &base_dir])?;
-    let fs_desc = dev.target.describe();
-    drop(dev);
+    let fs_desc = dev.close(&[&base_dir])?;
 
-    let tree_mib = mib(big.tree.bytes);
-    let table = throughput_table(
-        tree_mib,
-        &[
-            ("`molt-agent install`", &big.bundle, "bundle", m),
-            ("`zstd -dc \\| tar -x && sync`", &big.tarzst, "tar.zst", b),
-        ],
+    let table = install_table(
+        big,
+        &fs_desc,
+        m,
+        ("`zstd -dc \\| tar -x && sync`", &big.tarzst, "tar.zst"),
+        b,
     );
-    let mut details = format!(
-        "{table}\nTree {tree_mib:.0} MiB in {} files; {fs_desc}.\n\n",
-        big.tree.files,
-    );
+    let mut details = format!("{table}\n\n");
     let _ = write!(
         details,
         "Where the agent's time goes (median of {RSS_RUNS} extra runs, from when each \
@@ -279,10 +350,8 @@ pub fn memory(ctx: &mut Ctx) -> Result<Outcome> {
         return Ok(skipped);
     }
     require(&[("/usr/bin/time", "time")])?;
-    let bins = ctx.bins()?;
-    let wl = ctx.workload()?;
-    let work = ctx.work("memory")?;
-    let dev = Device::create(&work, &wl, "")?;
+    let (bins, wl, work, dev) = open(ctx, "memory")?;
+    let dev = dev?;
     let out = work.join("rss.txt");
     let mut peaks = Vec::new();
     for built in [&wl.small, &wl.big] {
@@ -389,10 +458,8 @@ pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(skipped) = install_skipped("durability", DURABLE_WHAT, DURABLE_BASE, "≤ 1.25×") {
         return Ok(skipped);
     }
-    let bins = ctx.bins()?;
-    let wl = ctx.workload()?;
-    let work = ctx.work("durability")?;
-    let dev = Device::create(&work, &wl, "")?;
+    let (bins, wl, _, dev) = open(ctx, "durability")?;
+    let dev = dev?;
     let volatile = dev.variant("volatile", &wl, "durable = false\n")?;
     let bundle = wl.big.bundle.to_string_lossy().into_owned();
     // The floor: what flushing the same tree costs a plain `tar -x` on the same file
@@ -441,9 +508,7 @@ pub fn durability(ctx: &mut Ctx) -> Result<Outcome> {
             },
         ],
     )?;
-    reset(&[&dev.var, &tar_dir])?;
-    let fs_desc = dev.target.describe();
-    drop(dev);
+    let fs_desc = dev.close(&[&tar_dir])?;
     let (d, v, ts, t) = (stats[0], stats[1], stats[2], stats[3]);
     let details = format!(
         "| what | median s (min–max) |\n|---|---:|\n\
@@ -515,10 +580,8 @@ pub fn http(ctx: &mut Ctx) -> Result<Outcome> {
         ("curl", "curl"),
         ("diff", "diffutils"),
     ])?;
-    let bins = ctx.bins()?;
-    let wl = ctx.workload()?;
-    let work = ctx.work("install-http")?;
-    let dev = Device::create(&work, &wl, "")?;
+    let (bins, wl, work, dev) = open(ctx, "install-http")?;
+    let dev = dev?;
     // Neither server is pinned: each side gets the machine as it would in the field.
     let ctl = Controller::start(
         &bins,

@@ -23,10 +23,11 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::install::{checked_side, install_skipped, Device};
+use super::install::{
+    device_or_skip, install_skipped, install_table, molt_against, open, DEVICE_TOOLS,
+};
 use super::slot::{empty_target, reset};
-use super::util::{gnu_time, interleave, quiet, require, throughput_table, time, Stats};
-use super::workload::mib;
+use super::util::{gnu_time, quiet, require, Stats};
 use super::{Ctx, Outcome, Row};
 
 const ID: &str = "install-peer";
@@ -57,22 +58,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     if Command::new("openssl").arg("version").output().is_err() {
         bail!("`openssl` is missing: `apt-get install openssl`");
     }
-    require(&[
-        ("cpio", "cpio"),
-        ("sync", "coreutils"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("losetup", "mount"),
-        ("diff", "diffutils"),
-    ])?;
-    let bins = ctx.bins()?;
-    let wl = ctx.workload()?;
-    let work = ctx.work(ID)?;
-    let dev = match Device::create(&work, &wl, "") {
+    require(&[("cpio", "cpio"), ("sync", "coreutils")])?;
+    require(&DEVICE_TOOLS)?;
+    let (bins, wl, work, dev) = open(ctx, ID)?;
+    let dev = match device_or_skip(dev, (ID, WHAT, BASE, TARGET)) {
         Ok(d) => d,
-        Err(e) => {
-            let why = format!("cannot set up a loop-mounted ext4: {e:#}");
-            return Ok(Outcome::skipped(ID, WHAT, BASE, TARGET, &why));
-        }
+        Err(skipped) => return Ok(skipped),
     };
     let big = &wl.big;
     // SWUpdate's slot: a directory on the same file system as molt's slots.
@@ -92,21 +83,13 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         c
     };
     let load_before = loadavg();
-    let stats = interleave(
+    let (m, b) = molt_against(
+        ctx,
         ID,
-        ctx.rounds,
-        &mut [
-            dev.molt_side(&bins.agent, &bundle, &big.tree.dir, &slot),
-            checked_side(
-                "swupdate",
-                &big.tree.dir,
-                &slot,
-                || empty_target(&dev.var, &slot),
-                || time(&mut baseline()),
-            ),
-        ],
+        (&dev, &bins.agent),
+        big,
+        ("swupdate", &slot, baseline),
     )?;
-    let (m, b) = (stats[0], stats[1]);
     let load_after = loadavg();
 
     // CPU seconds (user + system, children included) of a few extra runs: unlike
@@ -124,28 +107,24 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             cpu[1].push(cpu_run(&baseline(), &out)?);
         }
     }
-    reset(&[&dev.var, &slot])?;
-    let fs_desc = dev.target.describe();
-    drop(dev);
+    let fs_desc = dev.close(&[&slot])?;
 
     // The report names paths relative to the workspace, not this machine's checkout.
     let shown = |p: &Path| {
         p.to_string_lossy()
             .replace(&*ctx.root.to_string_lossy(), "<workspace>")
     };
-    let tree_mib = mib(big.tree.bytes);
-    let table = throughput_table(
-        tree_mib,
-        &[
-            ("`molt-agent install`", &big.bundle, "bundle", m),
-            ("`swupdate -i && sync -f`", &swu.image, ".swu", b),
-        ],
+    let table = install_table(
+        big,
+        &fs_desc,
+        m,
+        ("`swupdate -i && sync -f`", &swu.image, ".swu"),
+        b,
     );
     let mut details = format!(
-        "{table}\nTree {tree_mib:.0} MiB in {} files; {fs_desc}. Both sides end durable: the agent \
-         `syncfs(2)`s the slot before it swaps `current`; SWUpdate does not sync, so `sync -f` \
-         (`syncfs(2)` of the slot's file system, not a global `sync`) follows it.\n\n",
-        big.tree.files,
+        "{table} Both sides end durable: the agent `syncfs(2)`s the slot before it swaps \
+         `current`; SWUpdate does not sync, so `sync -f` (`syncfs(2)` of the slot's file system, \
+         not a global `sync`) follows it.\n\n"
     );
     let _ = write!(
         details,

@@ -1085,6 +1085,11 @@ fn path_link_and_special_file_attacks_are_refused() {
             want,
         )
     };
+    // A declared hardlink `link` (path, target) beneath `app/`, after the entries `before`.
+    let hardlinked = |name, before: Vec<(&str, Node)>, link: (&str, &str), want| -> Case<'_> {
+        let entries = [before, vec![(link.0, hardlink(link.1))]].concat();
+        in_app(name, entries, linked, want)
+    };
     // The cases run in this order, each changing the final status line.
     let mut cases: Vec<Case<'_>> = Vec::new();
     // A file at a path no entry may have (beneath `app/` where the path says so).
@@ -1127,40 +1132,34 @@ fn path_link_and_special_file_attacks_are_refused() {
             none,
             "hardlink not declared",
         ),
-        in_app(
+        hardlinked(
             "hardlink to the host",
-            vec![("app/evil", hardlink("../etc/passwd"))],
-            linked,
+            vec![],
+            ("app/evil", "../etc/passwd"),
             "hardlink target is not a valid path",
         ),
-        in_app(
+        hardlinked(
             "hardlink to a missing file",
-            vec![("app/evil", hardlink("app/a"))],
-            linked,
+            vec![],
+            ("app/evil", "app/a"),
             "the hardlink's target does not exist",
         ),
-        in_app(
+        hardlinked(
             "hardlink to a directory",
-            vec![("app/d", dir()), ("app/evil", hardlink("app/d"))],
-            linked,
+            vec![("app/d", dir())],
+            ("app/evil", "app/d"),
             "the hardlink's target is not a regular file",
         ),
-        in_app(
+        hardlinked(
             "hardlink to a symlink",
-            vec![
-                ("app/a", symlink("/etc/shadow")),
-                ("app/evil", hardlink("app/a")),
-            ],
-            linked,
+            vec![("app/a", symlink("/etc/shadow"))],
+            ("app/evil", "app/a"),
             "the hardlink's target is not a regular file",
         ),
-        in_app(
+        hardlinked(
             "hardlink through a symlink of the bundle",
-            vec![
-                ("app/l", symlink("/")),
-                ("app/m", hardlink("app/l/etc/passwd")),
-            ],
-            linked,
+            vec![("app/l", symlink("/"))],
+            ("app/m", "app/l/etc/passwd"),
             "passes through a symlink",
         ),
         in_app(
@@ -1540,7 +1539,11 @@ fn malicious_manifest_fields_are_refused() {
             "manifest field `payload`",
         ),
     ] {
-        cases.push((name.into(), resign(&|m| at_its_maximum(m, field)), want));
+        cases.push((
+            name.into(),
+            resign(&|m| edit_number(m, field, |_| u64::MAX)),
+            want,
+        ));
     }
     // Invalid UTF-8 in the version (the manifest's first field: a length byte, then text).
     let mut mb = p.manifest.clone();
@@ -1565,15 +1568,18 @@ fn malicious_manifest_fields_are_refused() {
     refuse_all(&d, cases);
 }
 
-/// Sets the manifest's number `field` to its type's maximum.
-fn at_its_maximum(m: &mut Manifest<'_>, field: &str) {
+/// Sets the manifest's number `field` to `to` of its value (a 32-bit field saturates at
+/// its maximum).
+fn edit_number(m: &mut Manifest<'_>, field: &str, to: impl Fn(u64) -> u64) {
+    let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let (e, p) = (&mut m.entries, &mut m.payload);
     match field {
-        "entries.count" => m.entries.count = u32::MAX,
-        "entries.file_bytes" => m.entries.file_bytes = u64::MAX,
-        "payload.chunk_size" => m.payload.chunk_size = u32::MAX,
-        "payload.wire_len" => m.payload.wire_len = u64::MAX,
-        "payload.raw_len" => m.payload.raw_len = u64::MAX,
-        "payload.chunk_count" => m.payload.chunk_count = u32::MAX,
+        "entries.count" => e.count = narrow(to(e.count.into())),
+        "entries.file_bytes" => e.file_bytes = to(e.file_bytes),
+        "payload.chunk_size" => p.chunk_size = narrow(to(p.chunk_size.into())),
+        "payload.wire_len" => p.wire_len = to(p.wire_len),
+        "payload.raw_len" => p.raw_len = to(p.raw_len),
+        "payload.chunk_count" => p.chunk_count = narrow(to(p.chunk_count.into())),
         _ => unreachable!("no manifest number {field}"),
     }
 }
@@ -1636,42 +1642,54 @@ fn the_signed_manifest_binds_length_entries_and_size() {
             [good.as_slice(), good.as_slice()].concat(),
             "data beyond the signed end",
         ),
+    ];
+    // Counts and lengths one off what the bundle holds.
+    for (name, field, by, want) in [
         (
-            "manifest lists one entry more".into(),
-            resign(&|m| m.entries.count += 1),
+            "manifest lists one entry more",
+            "entries.count",
+            1,
             "entries do not match the signed manifest",
         ),
         (
-            "manifest lists one entry fewer".into(),
-            resign(&|m| m.entries.count -= 1),
+            "manifest lists one entry fewer",
+            "entries.count",
+            -1,
             "data after the last entry",
         ),
         (
-            "entry table digest differs".into(),
-            resign(&|m| m.entries.digest[0] ^= 1),
-            "entries do not match the signed manifest",
-        ),
-        (
-            "one file byte more signed".into(),
-            resign(&|m| m.entries.file_bytes += 1),
+            "one file byte more signed",
+            "entries.file_bytes",
+            1,
             "total file size differs",
         ),
         (
-            "raw length one byte short".into(),
-            resign(&|m| m.payload.raw_len -= 1),
+            "raw length one byte short",
+            "payload.raw_len",
+            -1,
             "more data than the signed raw length",
         ),
         (
-            "wire length one byte short".into(),
-            resign(&|m| m.payload.wire_len -= 1),
+            "wire length one byte short",
+            "payload.wire_len",
+            -1,
             "runs past the signed payload length",
         ),
         (
-            "one chunk fewer signed".into(),
-            resign(&|m| m.payload.chunk_count -= 1),
+            "one chunk fewer signed",
+            "payload.chunk_count",
+            -1,
             "manifest field `payload`",
         ),
-    ];
+    ] {
+        let edit = |m: &mut Manifest<'_>| edit_number(m, field, |v| v.wrapping_add_signed(by));
+        cases.push((name.into(), resign(&edit), want));
+    }
+    cases.push((
+        "entry table digest differs".into(),
+        resign(&|m| m.entries.digest[0] ^= 1),
+        "entries do not match the signed manifest",
+    ));
 
     // A stream longer than signed: a valid chunk after the last one; and a chunk more than
     // the signed chain (re-chained, so the first chunk no longer matches the manifest).

@@ -362,6 +362,30 @@ impl Cx {
         Ok(vm)
     }
 
+    /// A fresh copy of unit `u`'s golden disk, `NAME.qcow2` in the work directory,
+    /// and the id of a deployment of `update` to its device.
+    fn deployed_disk(&self, u: &Unit, name: &str, update: u64) -> Result<(PathBuf, u64)> {
+        let disk = self.work.join(format!("{name}.qcow2"));
+        disk::overlay(&u.golden, &disk)?;
+        let id = self.ctl.deploy(update, &u.device)?;
+        Ok((disk, id))
+    }
+
+    /// Deployment `id` ends in `state` on the controller, which then shows unit
+    /// `u`'s device running `active`.
+    fn expect_deployment(&self, id: u64, u: &Unit, state: &str, active: &str) -> Result<()> {
+        let got = self
+            .ctl
+            .wait_final(id, &u.device, Duration::from_secs(30))?;
+        ensure!(
+            got == state,
+            "the controller shows deployment {id} as `{got}`"
+        );
+        let d = self.ctl.device(&u.device)?.context("device gone")?;
+        ensure!(d["active_version"] == active, "the controller shows {d}");
+        Ok(())
+    }
+
     /// Boots `disk` and waits until the guest stops by itself; how, and its console.
     fn boot_to_end(
         &self,
@@ -409,23 +433,17 @@ fn provision(cx: &Cx, u: &Unit, token: &str, logs: &mut Vec<PathBuf>) -> Result<
             "the guest could reach {p} (or did not try): networking is not restricted to the controller"
         );
     }
-    ensure!(
-        c.value("MOLT-ENROLL rc=").as_deref() == Some("0"),
-        "molt-agent enroll failed"
-    );
+    c.expect_ok("MOLT-ENROLL rc=", "molt-agent enroll failed")?;
     c.expect_clean("boot")?;
     c.expect_clean("final")?;
-    ensure!(
-        c.value("MOLT-AGENT-EXIT rc=").as_deref() == Some("0"),
-        "molt-agent run --once failed"
-    );
-    let snap = c.snapshot("final")?;
-    ensure!(
-        snap.current == "slots/a",
-        "a new device is on {}, not slots/a",
-        snap.current
-    );
-    expect_tree("the factory snapshot", &cx.factory, &snap.tree)?;
+    c.expect_ok("MOLT-AGENT-EXIT rc=", "molt-agent run --once failed")?;
+    expect_snapshot(
+        &c,
+        "final",
+        "slots/a",
+        |at| format!("a new device is on {at}, not slots/a"),
+        ("the factory snapshot", &cx.factory),
+    )?;
     let d = cx
         .ctl
         .device(&u.device)?
@@ -436,53 +454,40 @@ fn provision(cx: &Cx, u: &Unit, token: &str, logs: &mut Vec<PathBuf>) -> Result<
 
 /// A deployment installs and reports success; after a reboot the disk holds it.
 fn success(cx: &Cx, u: &Unit, update: u64, logs: &mut Vec<PathBuf>) -> Result<()> {
-    let disk = cx.work.join("success.qcow2");
-    disk::overlay(&u.golden, &disk)?;
-    let id = cx.ctl.deploy(update, &u.device)?;
+    let (disk, id) = cx.deployed_disk(u, "success", update)?;
     let (end, c) = cx.boot_to_end("success-install", &disk, &[], logs)?;
     ensure!(
         end == End::PowerOff,
         "the guest ended with {end:?}, not a power-off"
     );
-    ensure!(
-        c.value("MOLT-AGENT-EXIT rc=").as_deref() == Some("0"),
-        "molt-agent run --once failed"
-    );
+    c.expect_ok("MOLT-AGENT-EXIT rc=", "molt-agent run --once failed")?;
     c.expect_clean("final")?;
-    let state = cx.ctl.wait_final(id, &u.device, Duration::from_secs(30))?;
-    ensure!(
-        state == "success",
-        "the controller shows deployment {id} as `{state}`"
-    );
-    let d = cx.ctl.device(&u.device)?.context("device gone")?;
-    ensure!(d["active_version"] == "1.0.0", "the controller shows {d}");
-    let snap = c.snapshot("final")?;
-    ensure!(
-        snap.current == "slots/b",
-        "the update is not active: current -> {}",
-        snap.current
-    );
-    expect_tree("the installed update", &cx.good, &snap.tree)?;
+    cx.expect_deployment(id, u, "success", "1.0.0")?;
+    expect_snapshot(
+        &c,
+        "final",
+        "slots/b",
+        |at| format!("the update is not active: current -> {at}"),
+        ("the installed update", &cx.good),
+    )?;
     ensure!(c.rss_kib().is_some(), "/init printed no MOLT-RSS line");
 
     let (end, c) = cx.boot_to_end("success-reboot", &disk, &[], logs)?;
     ensure!(end == End::PowerOff, "the reboot ended with {end:?}");
     c.expect_clean("boot")?;
-    let snap = c.snapshot("raw")?;
-    ensure!(
-        snap.current == "slots/b",
-        "after a reboot current -> {}",
-        snap.current
-    );
-    expect_tree("the update after a reboot", &cx.good, &snap.tree)?;
+    expect_snapshot(
+        &c,
+        "raw",
+        "slots/b",
+        |at| format!("after a reboot current -> {at}"),
+        ("the update after a reboot", &cx.good),
+    )?;
     host_check(cx, &disk, "slots/b", &cx.good.clone(), "success")
 }
 
 /// A failing health check with `reboot = true`: the guest reboots and comes back on the factory snapshot.
 fn rollback(cx: &Cx, u: &Unit, update: u64, logs: &mut Vec<PathBuf>) -> Result<()> {
-    let disk = cx.work.join("rollback.qcow2");
-    disk::overlay(&u.golden, &disk)?;
-    let id = cx.ctl.deploy(update, &u.device)?;
+    let (disk, id) = cx.deployed_disk(u, "rollback", update)?;
     let (end, c) = cx.boot_to_end("rollback-install", &disk, &[], logs)?;
     ensure!(
         end == End::Reboot,
@@ -504,25 +509,15 @@ fn rollback(cx: &Cx, u: &Unit, update: u64, logs: &mut Vec<PathBuf>) -> Result<(
     );
     c.expect_clean("boot")?;
     for tag in ["raw", "final"] {
-        let snap = c.snapshot(tag)?;
-        ensure!(
-            snap.current == "slots/a",
-            "after the rollback ({tag}) current -> {}",
-            snap.current
-        );
-        expect_tree(
-            "the factory snapshot after the rollback",
-            &cx.factory,
-            &snap.tree,
+        expect_snapshot(
+            &c,
+            tag,
+            "slots/a",
+            |at| format!("after the rollback ({tag}) current -> {at}"),
+            ("the factory snapshot after the rollback", &cx.factory),
         )?;
     }
-    let state = cx.ctl.wait_final(id, &u.device, Duration::from_secs(30))?;
-    ensure!(
-        state == "rolled_back",
-        "the controller shows deployment {id} as `{state}`"
-    );
-    let d = cx.ctl.device(&u.device)?.context("device gone")?;
-    ensure!(d["active_version"] == "factory", "the controller shows {d}");
+    cx.expect_deployment(id, u, "rolled_back", "factory")?;
     host_check(cx, &disk, "slots/a", &cx.factory.clone(), "rollback")
 }
 
@@ -600,6 +595,20 @@ fn print_measures(cx: &Cx, total: Duration) {
         );
     }
     println!("  qemu-test total: {:.1}s", total.as_secs_f64());
+}
+
+/// Snapshot `tag` on console `c` has `current` on `slot` (else fails with what
+/// `misplaced` says of where it points) and holds the tree `want`, named `what`.
+fn expect_snapshot(
+    c: &Console,
+    tag: &str,
+    slot: &str,
+    misplaced: impl FnOnce(&str) -> String,
+    (what, want): (&str, &Tree),
+) -> Result<()> {
+    let snap = c.snapshot(tag)?;
+    ensure!(snap.current == slot, "{}", misplaced(&snap.current));
+    expect_tree(what, want, &snap.tree)
 }
 
 fn expect_tree(what: &str, want: &Tree, got: &Tree) -> Result<()> {

@@ -1,6 +1,6 @@
 //! What /init's `MOLT-...` marker lines on the guest's console say (qemu/init prints them): snapshots with a digest per file, e2fsck results, values such as the agent's exit code and peak RSS.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::qemu::disk::Tree;
 
@@ -24,6 +24,12 @@ impl Console {
             let rest = l.split(prefix).nth(1)?;
             Some(rest.split_whitespace().next().unwrap_or("").to_string())
         })
+    }
+
+    /// Fails with `failed` unless the last `marker` (such as `MOLT-AGENT-EXIT rc=`) says 0.
+    pub(super) fn expect_ok(&self, marker: &str, failed: &str) -> Result<()> {
+        ensure!(self.value(marker).as_deref() == Some("0"), "{failed}");
+        Ok(())
     }
 
     pub(super) fn expect_clean(&self, tag: &str) -> Result<()> {

@@ -90,9 +90,7 @@ pub(super) fn round(
     logs: &mut Vec<PathBuf>,
 ) -> Result<RoundResult> {
     let t = Instant::now();
-    let disk = cx.work.join(format!("{name}.qcow2"));
-    disk::overlay(&u.golden, &disk)?;
-    let id = cx.ctl.deploy(update, &u.device)?;
+    let (disk, id) = cx.deployed_disk(u, name, update)?;
     let mut args = vec![("molt_checkpoint", CHECKPOINT_BYTES.to_string())];
     if let Some(p) = cut.pause {
         args.push(("molt_pause", p.to_string()));
@@ -115,10 +113,10 @@ pub(super) fn round(
     );
     c.expect_clean("boot")?;
     c.expect_clean("final")?;
-    ensure!(
-        c.value("MOLT-AGENT-EXIT rc=").as_deref() == Some("0"),
-        "molt-agent run --once failed after the cut"
-    );
+    c.expect_ok(
+        "MOLT-AGENT-EXIT rc=",
+        "molt-agent run --once failed after the cut",
+    )?;
     let mut seen = Vec::new();
     for tag in ["raw", "settled"] {
         let snap = c.snapshot(tag)?;

@@ -56,40 +56,24 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         "bundle-build",
         ctx.rounds,
         &mut [
-            Side {
-                name: "molt bundle build",
-                run: Box::new(|| {
-                    remove(&bundle)?;
-                    let secs = time(&mut build(false))?;
-                    molt_sizes.push(len(&bundle)?);
-                    Ok(secs)
-                }),
-            },
-            Side {
-                name: "tar | zstd -3 -T1",
-                run: Box::new(|| {
-                    remove(&tarzst)?;
-                    let secs = time(
-                        Command::new("sh")
-                            .current_dir(&wl.dir)
-                            .arg("-c")
-                            .arg(TAR_ZSTD.replace("{out}", &quote(&tarzst))),
-                    )?;
-                    tar_sizes.push(len(&tarzst)?);
-                    Ok(secs)
-                }),
-            },
-            Side {
-                name: "molt bundle build --verify",
-                run: Box::new(|| {
-                    // `time` fails if the full decode refuses the bundle, so every round
-                    // also checks a built bundle as a device would.
-                    remove(&bundle)?;
-                    let secs = time(&mut build(true))?;
-                    verify_sizes.push(len(&bundle)?);
-                    Ok(secs)
-                }),
-            },
+            output_side("molt bundle build", &bundle, &mut molt_sizes, || {
+                build(false)
+            }),
+            output_side("tar | zstd -3 -T1", &tarzst, &mut tar_sizes, || {
+                let mut c = Command::new("sh");
+                c.current_dir(&wl.dir)
+                    .arg("-c")
+                    .arg(TAR_ZSTD.replace("{out}", &quote(&tarzst)));
+                c
+            }),
+            // `time` fails if the full decode refuses the bundle, so every round
+            // also checks a built bundle as a device would.
+            output_side(
+                "molt bundle build --verify",
+                &bundle,
+                &mut verify_sizes,
+                || build(true),
+            ),
         ],
     )?;
     let (m, t, v) = (stats[0], stats[1], stats[2]);
@@ -168,6 +152,25 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 }
 
 /// Removes `p` if it exists, so the next run writes a new file.
+/// A side that writes `out` afresh each round with the timed `command`, and
+/// records the size `out` came to in `sizes`.
+fn output_side<'a>(
+    name: &'a str,
+    out: &'a Path,
+    sizes: &'a mut Vec<u64>,
+    mut command: impl FnMut() -> Command + 'a,
+) -> Side<'a> {
+    Side {
+        name,
+        run: Box::new(move || {
+            remove(out)?;
+            let secs = time(&mut command())?;
+            sizes.push(len(out)?);
+            Ok(secs)
+        }),
+    }
+}
+
 fn remove(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

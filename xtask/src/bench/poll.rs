@@ -80,6 +80,19 @@ fn wrk(script: &Path, url: &str, args: &[&str]) -> Command {
 }
 
 /// Runs wrk and parses the script's `BENCH` line; fails on any error or non-2xx answer.
+/// A side that runs wrk's `cmd` each round and reports its requests per second,
+/// keeping each whole run (its p99 too) in `runs`.
+fn wrk_side<'a>(name: &'a str, cmd: &'a mut Command, runs: &'a mut Vec<WrkRun>) -> Side<'a> {
+    Side {
+        name,
+        run: Box::new(move || {
+            let r = run_wrk(cmd)?;
+            runs.push(r);
+            Ok(r.rps)
+        }),
+    }
+}
+
 fn run_wrk(cmd: &mut Command) -> Result<WrkRun> {
     let out = quiet(cmd)?;
     let line = out
@@ -171,22 +184,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         "poll (req/s)",
         ctx.rounds,
         &mut [
-            Side {
-                name: "molt",
-                run: Box::new(|| {
-                    let r = run_wrk(&mut molt_cmd)?;
-                    molt_runs.push(r);
-                    Ok(r.rps)
-                }),
-            },
-            Side {
-                name: "nginx",
-                run: Box::new(|| {
-                    let r = run_wrk(&mut nginx_cmd)?;
-                    nginx_runs.push(r);
-                    Ok(r.rps)
-                }),
-            },
+            wrk_side("molt", &mut molt_cmd, &mut molt_runs),
+            wrk_side("nginx", &mut nginx_cmd, &mut nginx_runs),
         ],
     )?;
     let mut ctl = ctl;

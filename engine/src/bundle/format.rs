@@ -347,18 +347,11 @@ impl<'a> Manifest<'a> {
             }
         }
         let p = &self.payload;
-        if p.chunk_size < MIN_CHUNK_SIZE || p.chunk_size > limits.max_chunk_size {
-            return Err(Error::Limit {
-                limit: LimitKind::ChunkSize,
-                at: 0,
-            });
-        }
-        if p.wire_len > limits.max_payload_len {
-            return Err(Error::Limit {
-                limit: LimitKind::PayloadLen,
-                at: 0,
-            });
-        }
+        within(
+            (MIN_CHUNK_SIZE..=limits.max_chunk_size).contains(&p.chunk_size),
+            LimitKind::ChunkSize,
+        )?;
+        within(p.wire_len <= limits.max_payload_len, LimitKind::PayloadLen)?;
         let max_wire = u64::from(p.chunk_count)
             .saturating_mul(u64::from(max_wire_chunk(p.chunk_size)) + CHUNK_HEADER_LEN as u64);
         let max_raw = u64::from(p.chunk_count).saturating_mul(u64::from(p.chunk_size));
@@ -372,18 +365,8 @@ impl<'a> Manifest<'a> {
             });
         }
         let e = &self.entries;
-        if e.count > limits.max_entries {
-            return Err(Error::Limit {
-                limit: LimitKind::Entries,
-                at: 0,
-            });
-        }
-        if e.file_bytes > limits.max_total_size {
-            return Err(Error::Limit {
-                limit: LimitKind::TotalSize,
-                at: 0,
-            });
-        }
+        within(e.count <= limits.max_entries, LimitKind::Entries)?;
+        within(e.file_bytes <= limits.max_total_size, LimitKind::TotalSize)?;
         if e.file_bytes > p.raw_len || (e.count > 0 && p.chunk_count == 0) {
             return Err(Error::Field {
                 field: "entries",
@@ -457,26 +440,31 @@ impl fmt::Display for WrongBase<'_> {
     }
 }
 
-fn field_len(s: &str, max: usize, field: &'static str) -> Result<(), Error> {
-    if s.len() > max {
-        Err(Error::Field {
-            field,
-            why: "too long",
-        })
-    } else {
+/// `Ok` when the manifest keeps to `limit` (`ok`), else [`Error::Limit`] for it,
+/// at byte 0 because it is the manifest as a whole that asks for too much.
+fn within(ok: bool, limit: LimitKind) -> Result<(), Error> {
+    if ok {
         Ok(())
+    } else {
+        Err(Error::Limit { limit, at: 0 })
     }
 }
 
-fn no_nul(s: &str, field: &'static str) -> Result<(), Error> {
-    if s.contains('\0') {
-        Err(Error::Field {
-            field,
-            why: "contains a NUL byte",
-        })
-    } else {
+/// `Ok` when `field` is `ok`, else [`Error::Field`] naming it and `why` it is refused.
+fn field_ok(ok: bool, field: &'static str, why: &'static str) -> Result<(), Error> {
+    if ok {
         Ok(())
+    } else {
+        Err(Error::Field { field, why })
     }
+}
+
+fn field_len(s: &str, max: usize, field: &'static str) -> Result<(), Error> {
+    field_ok(s.len() <= max, field, "too long")
+}
+
+fn no_nul(s: &str, field: &'static str) -> Result<(), Error> {
+    field_ok(!s.contains('\0'), field, "contains a NUL byte")
 }
 
 /// Whether `s` contains `..`: a byte scan, because `str::contains` with a string
@@ -493,33 +481,23 @@ fn check_version(v: &str, field: &'static str) -> Result<(), Error> {
         && !has_dot_dot(v)
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'~' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Field {
-            field,
-            why: "must be 1-64 characters of A-Z a-z 0-9 . _ + ~ -, not starting with . or -",
-        })
-    }
+    field_ok(
+        ok,
+        field,
+        "must be 1-64 characters of A-Z a-z 0-9 . _ + ~ -, not starting with . or -",
+    )
 }
 
 fn check_command(c: Option<&Command<'_>>, field: &'static str) -> Result<(), Error> {
     let Some(c) = c else { return Ok(()) };
     field_len(c.script, MAX_SCRIPT_LEN, field)?;
     no_nul(c.script, field)?;
-    if c.script.trim().is_empty() {
-        return Err(Error::Field {
-            field,
-            why: "empty script",
-        });
-    }
-    if c.timeout_secs == 0 || c.timeout_secs > MAX_TIMEOUT_SECS {
-        return Err(Error::Field {
-            field,
-            why: "timeout must be 1 second to 1 day",
-        });
-    }
-    Ok(())
+    field_ok(!c.script.trim().is_empty(), field, "empty script")?;
+    field_ok(
+        (1..=MAX_TIMEOUT_SECS).contains(&c.timeout_secs),
+        field,
+        "timeout must be 1 second to 1 day",
+    )
 }
 
 /// Package names and versions reach a package manager's command line: refuse anything
@@ -549,14 +527,11 @@ fn check_package_word(w: &str, field: &'static str) -> Result<(), Error> {
                         | b','
                 )
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Field {
-            field,
-            why: "must be a plain word (no `/`, `..`, whitespace or leading `-`)",
-        })
-    }
+    field_ok(
+        ok,
+        field,
+        "must be a plain word (no `/`, `..`, whitespace or leading `-`)",
+    )
 }
 
 /// What an entry is.

@@ -8,6 +8,8 @@ pub use molt_engine::protocol::{ApiError, DeviceState};
 
 pub mod plan;
 
+use plan::RolloutPlan;
+
 /// `GET /api/v1/groups` item; also the answer to `POST /api/v1/groups`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
@@ -177,6 +179,10 @@ pub struct NewDeployment {
     /// plain request reads as it always did.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub again: bool,
+    /// How the deployment reaches its devices (default: all at once). Left out of
+    /// the JSON when it is the default.
+    #[serde(default, skip_serializing_if = "RolloutPlan::is_default")]
+    pub plan: RolloutPlan,
 }
 
 /// `POST /api/v1/deployments/{id}/deploy-to-others` body.
@@ -184,6 +190,34 @@ pub struct NewDeployment {
 pub struct DeployToOthers {
     /// The other group.
     pub group: String,
+    /// The new deployment's plan (default: all at once).
+    #[serde(default, skip_serializing_if = "RolloutPlan::is_default")]
+    pub plan: RolloutPlan,
+}
+
+/// `POST /api/v1/deployments/{id}/resume` body: go on after a halt, with the same
+/// plan or a new one for the devices not started yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Replaces the plan; the devices started so far become its first wave.
+    #[serde(default)]
+    pub plan: Option<RolloutPlan>,
+}
+
+/// Where a deployment's plan stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The plan.
+    pub plan: RolloutPlan,
+    /// The wave in progress: 0 is the canaries' (empty when the plan names none),
+    /// then the plan's waves from 1.
+    pub wave: u32,
+    /// The plan's waves, the canaries' not counted.
+    pub waves: u32,
+    /// Why the plan halted the deployment, if it did and no operator resumed it.
+    pub halted: Option<String>,
+    /// When the wave in progress ends its soak (RFC 3339, UTC), when only the soak is left.
+    pub soak_until: Option<String>,
 }
 
 /// How many devices of a deployment are in each state.
@@ -253,7 +287,7 @@ pub struct Deployment {
     pub version: String,
     /// The target group (empty for a device list).
     pub group: String,
-    /// `in_progress`, `success`, `failed` or `aborted`.
+    /// `in_progress`, `halted`, `success`, `failed` or `aborted`.
     pub state: String,
     /// Devices per state.
     pub counts: Counts,
@@ -263,6 +297,9 @@ pub struct Deployment {
     pub created_by: String,
     /// The operator's comment.
     pub comment: String,
+    /// Its plan and where it stands.
+    #[serde(default)]
+    pub rollout: Rollout,
 }
 
 /// One device's line in a deployment's details.
@@ -282,6 +319,9 @@ pub struct DeploymentDevice {
     pub message: Option<String>,
     /// When it last changed (RFC 3339, UTC).
     pub updated: String,
+    /// Its wave: 0 for a canary, then the plan's waves from 1.
+    #[serde(default)]
+    pub wave: u32,
 }
 
 /// `GET /api/v1/deployments/{id}`.

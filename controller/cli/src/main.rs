@@ -1,6 +1,7 @@
 //! The operator CLI `molt`: arguments, terminal output and progress bars; bundles are built and read by the `molt_bundle` library, and the controller is reached through `client`.
 
 mod client;
+mod plan;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use molt_bundle::{build, keys, recipe};
 use molt_engine::bundle::TrustedKey;
 use molt_engine::text::Escaped;
 use molt_engine::Error;
+use plan::PlanArgs;
 use serde_json::Value;
 use termion::input::TermRead;
 
@@ -150,6 +152,8 @@ enum Top {
         /// targets (refused otherwise: they would install it twice).
         #[arg(long)]
         again: bool,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// Print the controller's JSON.
         #[arg(long)]
         json: bool,
@@ -161,6 +165,19 @@ enum Top {
         /// The other group.
         #[arg(long, value_name = "GROUP")]
         group: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go on with a deployment its plan halted; plan flags replace the plan for the
+    /// devices not started yet (those started become its first wave).
+    Resume {
+        /// The deployment.
+        deployment: u64,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// Print the controller's JSON.
         #[arg(long)]
         json: bool,
@@ -643,6 +660,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             devices,
             comment,
             again,
+            plan,
             json,
         } => {
             let updates: Vec<Update> = c.updates()?;
@@ -658,18 +676,30 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 devices,
                 comment: comment.unwrap_or_default(),
                 again,
+                plan: plan.plan().unwrap_or_default(),
             })?;
             show(made, json, "the new deployment", deployment_made)
         }
         Top::DeployToOthers {
             deployment,
             group,
+            plan,
             json,
         } => show(
-            c.deploy_to_others(deployment, &group)?,
+            c.deploy_to_others(deployment, &group, plan.plan().unwrap_or_default())?,
             json,
             "the new deployment",
             deployment_made,
+        ),
+        Top::Resume {
+            deployment,
+            plan,
+            json,
+        } => show(
+            c.resume(deployment, plan.plan())?,
+            json,
+            "the deployment",
+            |d: Deployment| render::deployment_made(&d),
         ),
         Top::Status {
             deployment: None,

@@ -120,6 +120,21 @@ CREATE INDEX sessions_by_expiry ON sessions(expires);
 -- past deployments stay, so their history and counts do not change.
 ALTER TABLE devices ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Rollout plans (waves.rs, gates.rs). A deployment's devices start wave by wave:
+-- a target may start once its wave is at most the deployment's `wave`. Rows
+-- written before plans have the default plan with every device released.
+ALTER TABLE deployments ADD COLUMN plan TEXT NOT NULL DEFAULT '';   -- JSON; '' is the default plan
+ALTER TABLE deployments ADD COLUMN wave INTEGER NOT NULL DEFAULT 1; -- the wave in progress, from 0
+ALTER TABLE deployments ADD COLUMN halted INTEGER;                  -- when the plan halted it
+ALTER TABLE deployments ADD COLUMN halt_reason TEXT;
+-- Failures before the last resume, which the halt threshold no longer counts.
+ALTER TABLE deployments ADD COLUMN halt_base INTEGER NOT NULL DEFAULT 0;
+-- When the wave in progress ends its soak: the gate is looked at again then.
+ALTER TABLE deployments ADD COLUMN gate_at INTEGER;
+ALTER TABLE targets ADD COLUMN wave INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX deployments_by_gate ON deployments(gate_at) WHERE gate_at IS NOT NULL;
+"#,
 ];
 
 /// The database handle, cheap to clone: the connection every change goes

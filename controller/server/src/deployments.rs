@@ -1,4 +1,4 @@
-//! The operator API's deployments (docs/api.md): deploy to a group or a device list, deploy to others, abort, recent updates, details, per-device logs.
+//! The operator API's deployments (docs/api.md): deploy to a group or a device list with a rollout plan, deploy to others, abort, resume after a halt, recent updates, details, per-device logs.
 //!
 //! A deployment's devices are chosen and written in the transaction that creates
 //! it, so a crash can neither leave a deployment without its devices nor give a
@@ -21,31 +21,30 @@ use super::auth::Operator;
 use super::db::{now, rfc3339, signed, unsigned};
 use super::device_api::{parse_state, MAX_LOG};
 use super::error::{AppError, JsonBody, PathParams, QueryParams};
+use super::gates;
 use super::operator_api::group_id;
 use super::rollout::{self, AbortAction};
+use super::waves::{self, CANARY_WAVE};
 use super::AppState;
+use molt_api::plan::RolloutPlan;
 use molt_api::{
     AbortResult, Counts, DeployToOthers, Deployment, DeploymentDetails, DeploymentDevice,
-    DeviceState, NewDeployment, NotAborted,
+    DeviceState, NewDeployment, NotAborted, Resume, Rollout,
 };
 use molt_engine::protocol::Progress;
 
 /// Who made a deployment (one operator token for now).
 const OPERATOR: &str = "operator";
 
-/// Makes a deployment of `update` to `group` or `devices`, each device `pending`.
-/// Without a comment of its own it takes the update's (the recipe's), which is
-/// what recent updates should show for it. Unless `again`, a device that an
-/// unfinished deployment of the same update already targets makes it a 409: two
+/// Makes the deployment `req` asks for, each device `pending` in the wave its plan
+/// gives it. Without a comment of its own it takes the update's (the recipe's),
+/// which is what recent updates should show for it. Unless `again`, a device that
+/// an unfinished deployment of the same update already targets makes it a 409: two
 /// deploys of one update made every device install it twice.
-pub fn create(
-    tx: &Transaction<'_>,
-    update: u64,
-    group: Option<&str>,
-    devices: Option<&[String]>,
-    comment: &str,
-    again: bool,
-) -> Result<Deployment, AppError> {
+pub fn create(tx: &Transaction<'_>, req: &NewDeployment) -> Result<Deployment, AppError> {
+    let (update, comment) = (req.update, req.comment.as_str());
+    let (group, devices) = (req.group.as_deref(), req.devices.as_deref());
+    req.plan.check().map_err(AppError::bad_request)?;
     let uid = signed(update, "update")?;
     let (compatible, update_comment): (String, String) = tx
         .query_row(
@@ -123,7 +122,7 @@ pub fn create(
             wrong.join(", ")
         )));
     }
-    if !again {
+    if !req.again {
         let mut busy = tx.prepare(
             "SELECT t.deployment_id FROM targets t JOIN deployments d ON d.id = t.deployment_id
              WHERE d.update_id = ?1 AND t.device_id = ?2
@@ -150,23 +149,37 @@ pub fn create(
             )));
         }
     }
+    let named: Vec<(String, String)> = members.iter().map(|m| (m.0.clone(), m.1.clone())).collect();
+    let canaries = gates::canary_ids(&req.plan, &named)?;
     let t = now();
     tx.execute(
-        "INSERT INTO deployments (update_id, group_name, comment, created, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![uid, group_name, comment, t, OPERATOR],
+        "INSERT INTO deployments (update_id, group_name, comment, created, created_by, plan, wave)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            uid,
+            group_name,
+            comment,
+            t,
+            OPERATOR,
+            gates::stored(&req.plan)?,
+            CANARY_WAVE
+        ],
     )?;
     let id = tx.last_insert_rowid();
+    let ids: Vec<String> = named.into_iter().map(|m| m.0).collect();
+    let assigned = waves::assign(&req.plan, &ids, &canaries, unsigned(id));
     let mut ins = tx.prepare(
-        "INSERT INTO targets (deployment_id, device_id, state, updated) VALUES (?1, ?2, 'pending', ?3)",
+        "INSERT INTO targets (deployment_id, device_id, state, updated, wave)
+         VALUES (?1, ?2, 'pending', ?3, ?4)",
     )?;
-    for m in &members {
-        ins.execute(params![id, m.0, t])?;
+    for (device, wave) in ids.iter().zip(assigned) {
+        ins.execute(params![id, device, t, wave])?;
     }
     tracing::info!(
         "deployment {id}: update {update} to {} device(s)",
         members.len()
     );
+    gates::advance(tx, id, t)?;
     row(tx, id)
 }
 
@@ -176,19 +189,7 @@ pub async fn deploy(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<NewDeployment>,
 ) -> Result<(StatusCode, Json<Deployment>), AppError> {
-    let d = state
-        .db
-        .write(move |tx| {
-            create(
-                tx,
-                req.update,
-                req.group.as_deref(),
-                req.devices.as_deref(),
-                &req.comment,
-                req.again,
-            )
-        })
-        .await?;
+    let d = state.db.write(move |tx| create(tx, &req)).await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
@@ -201,16 +202,17 @@ pub async fn deploy_to_others(
 ) -> Result<(StatusCode, Json<Deployment>), AppError> {
     let d = state
         .db
-        .write(move |tx| deploy_to_others_in(tx, id, &req.group))
+        .write(move |tx| deploy_to_others_in(tx, id, &req.group, &req.plan))
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
-/// Deploys deployment `id`'s update, with its comment, to `group`.
+/// Deploys deployment `id`'s update, with its comment, to `group` with `plan`.
 pub fn deploy_to_others_in(
     tx: &Transaction<'_>,
     id: u64,
     group: &str,
+    plan: &RolloutPlan,
 ) -> Result<Deployment, AppError> {
     let dep = signed(id, "deployment")?;
     let (update, comment): (i64, String) = tx
@@ -221,7 +223,34 @@ pub fn deploy_to_others_in(
         )
         .optional()?
         .ok_or_else(|| AppError::not_found(format!("deployment {id} does not exist")))?;
-    create(tx, unsigned(update), Some(group), None, &comment, false)
+    create(
+        tx,
+        &NewDeployment {
+            update: unsigned(update),
+            group: Some(group.to_owned()),
+            devices: None,
+            comment,
+            again: false,
+            plan: plan.clone(),
+        },
+    )
+}
+
+/// `POST /deployments/{id}/resume`.
+pub async fn resume(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<u64>,
+    JsonBody(req): JsonBody<Resume>,
+) -> Result<Json<Deployment>, AppError> {
+    let d = state
+        .db
+        .write(move |tx| {
+            gates::resume_in(tx, id, req.plan, now())?;
+            row(tx, signed(id, "deployment")?)
+        })
+        .await?;
+    Ok(Json(d))
 }
 
 /// `POST /deployments/{id}/abort`.
@@ -305,9 +334,9 @@ fn states(tx: &Transaction<'_>, dep: i64) -> Result<Vec<(String, DeviceState)>, 
 
 /// The columns [`from_row`] reads, over `deployments d JOIN updates u`.
 const COLUMNS: &str = "d.id, d.update_id, u.version, d.group_name, d.created, d.created_by,
-     d.comment, d.aborted IS NOT NULL";
+     d.comment, d.aborted IS NOT NULL, d.halted IS NOT NULL";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(Deployment, bool)> {
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(Deployment, bool, bool)> {
     Ok((
         Deployment {
             id: unsigned(r.get(0)?),
@@ -319,21 +348,24 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Deployment, bool)> {
             created: rfc3339(r.get(4)?),
             created_by: r.get(5)?,
             comment: r.get(6)?,
+            rollout: Rollout::default(),
         },
         r.get(7)?,
+        r.get(8)?,
     ))
 }
 
 /// Fills in a deployment's counts and state.
 fn complete(
     tx: &Transaction<'_>,
-    (mut d, aborted): (Deployment, bool),
+    (mut d, aborted, halted): (Deployment, bool, bool),
 ) -> Result<Deployment, AppError> {
     let dep = signed(d.id, "deployment")?;
     for (_, s) in states(tx, dep)? {
         d.counts.add(s);
     }
-    d.state = rollout::deployment_state(&d.counts, aborted).to_owned();
+    d.state = rollout::deployment_state(&d.counts, aborted, halted).to_owned();
+    d.rollout = gates::rollout(tx, dep)?;
     Ok(d)
 }
 
@@ -396,7 +428,7 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
     let deployment = row(tx, dep)?;
     let mut st = tx.prepare(
         "SELECT t.device_id, d.name, t.state, t.phase, t.progress_done, t.progress_total,
-                t.message, t.updated
+                t.message, t.updated, t.wave
          FROM targets t JOIN devices d ON d.id = t.device_id
          WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
     )?;
@@ -410,11 +442,12 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
             r.get::<_, Option<i64>>(5)?,
             r.get::<_, Option<String>>(6)?,
             r.get::<_, i64>(7)?,
+            r.get::<_, i64>(8)?,
         ))
     })?;
     let mut devices = Vec::new();
     for r in rows {
-        let (id, name, s, phase, done, total, message, updated) = r?;
+        let (id, name, s, phase, done, total, message, updated, wave) = r?;
         devices.push(DeploymentDevice {
             id,
             name,
@@ -426,6 +459,7 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
             }),
             message,
             updated: rfc3339(updated),
+            wave: u32::try_from(wave).unwrap_or(u32::MAX),
         });
     }
     Ok(DeploymentDetails {

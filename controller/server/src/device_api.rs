@@ -13,6 +13,7 @@ use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use super::auth::{hash, new_secret, random_hex, Device};
 use super::db::{now, signed, unsigned};
 use super::error::{AppError, JsonBody, PathParams};
+use super::gates;
 use super::rollout::{self, Decision, Judgement, Open, WORK_INTERVAL_SECS};
 use super::seen::Versions;
 use super::{range, AppState};
@@ -112,14 +113,17 @@ pub async fn enroll(
     ))
 }
 
-/// The device's open deployments, oldest first.
+/// The device's open deployments, oldest first. A pending one is held while its
+/// wave has not started or its plan halted the deployment.
 fn open_targets(tx: &Transaction<'_>, device: &str) -> Result<Vec<Open>, AppError> {
     let mut st = tx.prepare_cached(
-        "SELECT deployment_id, state, abort_requested, final_reported FROM targets
-         WHERE device_id = ?1
-           AND (state IN ('pending', 'downloading', 'installing')
-                OR (abort_requested = 1 AND final_reported = 0))
-         ORDER BY deployment_id",
+        "SELECT t.deployment_id, t.state, t.abort_requested, t.final_reported,
+                t.state = 'pending' AND (t.wave > d.wave OR d.halted IS NOT NULL)
+         FROM targets t JOIN deployments d ON d.id = t.deployment_id
+         WHERE t.device_id = ?1
+           AND (t.state IN ('pending', 'downloading', 'installing')
+                OR (t.abort_requested = 1 AND t.final_reported = 0))
+         ORDER BY t.deployment_id",
     )?;
     let rows = st.query_map([device], |r| {
         Ok((
@@ -127,16 +131,18 @@ fn open_targets(tx: &Transaction<'_>, device: &str) -> Result<Vec<Open>, AppErro
             r.get::<_, String>(1)?,
             r.get::<_, bool>(2)?,
             r.get::<_, bool>(3)?,
+            r.get::<_, bool>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (d, s, abort_requested, final_reported) = row?;
+        let (d, s, abort_requested, final_reported, held) = row?;
         out.push(Open {
             deployment: unsigned(d),
             state: parse_state(&s)?,
             abort_requested,
             final_reported,
+            held,
         });
     }
     Ok(out)
@@ -376,6 +382,8 @@ pub async fn report(
                     "device {device} finished deployment {dep}: {}",
                     rep.state.name()
                 );
+                // A final state may open the wave's gate or reach the halt threshold.
+                gates::advance(tx, dep, t)?;
             }
             Ok(ReportResponse {
                 accepted: true,

@@ -19,6 +19,7 @@ mod db;
 mod deployments;
 mod device_api;
 mod error;
+mod gates;
 mod operator_api;
 mod range;
 mod rollout;
@@ -169,6 +170,7 @@ impl Server {
             max_bundle_bytes: config.max_bundle_bytes,
         });
         seen::start_flusher(Arc::downgrade(&state));
+        gates::start_ticker(Arc::downgrade(&state));
         Ok(Server {
             state,
             new_operator_token,
@@ -213,6 +215,7 @@ impl Server {
                 post(deployments::deploy_to_others),
             )
             .route("/deployments/{id}/abort", post(deployments::abort))
+            .route("/deployments/{id}/resume", post(deployments::resume))
             .route(
                 "/deployments/{id}/devices/{device}/log",
                 get(deployments::log),

@@ -21,6 +21,9 @@ pub struct Open {
     pub abort_requested: bool,
     /// The device reported a final state.
     pub final_reported: bool,
+    /// Pending, but its wave has not started or the deployment is halted: not
+    /// offered yet, and nothing newer is offered before it.
+    pub held: bool,
 }
 
 /// What a poll tells the device.
@@ -55,6 +58,7 @@ pub fn decide(in_progress: Option<u64>, open: &[Open]) -> Decision {
         }
     }
     match open.iter().find(|t| !t.state.is_final()) {
+        Some(t) if t.held => Decision::Nothing { busy: false },
         Some(t) if t.state == DeviceState::Pending => Decision::Install(t.deployment),
         Some(_) => Decision::Nothing { busy: true },
         None => Decision::Nothing { busy: false },
@@ -112,15 +116,17 @@ pub fn abort_action(state: DeviceState) -> AbortAction {
 }
 
 /// A deployment's state for "recent updates": `in_progress` while any device is not
-/// final, then `success` (every device succeeded), `aborted` (an operator aborted
-/// it) or `failed`.
-pub fn deployment_state(counts: &Counts, aborted: bool) -> &'static str {
+/// final (`halted` when its plan halted it), then `success` (every device
+/// succeeded), `aborted` (an operator aborted it) or `failed`.
+pub fn deployment_state(counts: &Counts, aborted: bool, halted: bool) -> &'static str {
     let open = DeviceState::ALL
         .iter()
         .filter(|s| !s.is_final())
         .map(|s| counts.get(*s))
         .sum::<u64>();
-    if open > 0 {
+    if open > 0 && halted && !aborted {
+        "halted"
+    } else if open > 0 {
         "in_progress"
     } else if counts.success == counts.total() {
         "success"
@@ -178,7 +184,23 @@ mod tests {
             state,
             abort_requested: false,
             final_reported: state.is_final(),
+            held: false,
         }
+    }
+
+    #[test]
+    fn a_held_deployment_is_not_offered_and_holds_back_newer_ones() {
+        let mut held = open(3, Pending);
+        held.held = true;
+        assert_eq!(
+            decide(None, &[held, open(4, Pending)]),
+            Decision::Nothing { busy: false }
+        );
+        // A device already installing it goes on (a halt stops only new starts).
+        assert_eq!(
+            decide(Some(3), &[open(3, Installing)]),
+            Decision::Nothing { busy: true }
+        );
     }
 
     #[test]
@@ -242,13 +264,15 @@ mod tests {
         let mut c = Counts::default();
         c.add(Success);
         c.add(Downloading);
-        assert_eq!(deployment_state(&c, false), "in_progress");
+        assert_eq!(deployment_state(&c, false, false), "in_progress");
+        assert_eq!(deployment_state(&c, false, true), "halted");
+        assert_eq!(deployment_state(&c, true, true), "in_progress");
         let mut c = Counts::default();
         c.add(Success);
-        assert_eq!(deployment_state(&c, true), "success");
+        assert_eq!(deployment_state(&c, true, false), "success");
         c.add(Aborted);
-        assert_eq!(deployment_state(&c, true), "aborted");
-        assert_eq!(deployment_state(&c, false), "failed");
+        assert_eq!(deployment_state(&c, true, false), "aborted");
+        assert_eq!(deployment_state(&c, false, false), "failed");
     }
 
     #[test]

@@ -50,6 +50,15 @@ pub fn assign(plan: &RolloutPlan, devices: &[String], canaries: &[String], seed:
     waves
 }
 
+/// How messages name a wave: the canaries', then the plan's waves from 1.
+pub fn wave_name(wave: u32) -> String {
+    if wave == CANARY_WAVE {
+        "the canaries' wave".to_owned()
+    } else {
+        format!("wave {wave}")
+    }
+}
+
 /// A stable pseudo-random key for `id` within deployment `seed`.
 fn spread(seed: u64, id: &str) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
@@ -96,15 +105,15 @@ pub enum Gate {
 /// whole deployment's in `overall`) at time `now`.
 ///
 /// In order: a halt threshold reached halts, whatever the wave; a wave with
-/// devices not final waits; a finished wave whose successes fall below the plan's
-/// share halts; a wave whose last success is younger than the soak waits; else
-/// the next wave starts (or, after the last one, the plan is complete). A wave
+/// devices not final waits; a finished last wave completes the plan; a finished
+/// wave whose successes fall below the plan's share halts; a wave whose last
+/// success is younger than the soak waits; else the next wave starts. A wave
 /// with no devices passes at once.
 pub fn gate(plan: &RolloutPlan, wave: u32, current: &Tally, overall: &Tally, now: u64) -> Gate {
     if let Some(t) = plan.halt_at {
         let (counted, failed, total) = match plan.halt_scope {
             HaltScope::Wave => (
-                format!("of wave {}", wave + 1),
+                format!("of {}", wave_name(wave)),
                 current.failed,
                 current.total,
             ),
@@ -119,11 +128,16 @@ pub fn gate(plan: &RolloutPlan, wave: u32, current: &Tally, overall: &Tally, now
     if current.unfinished > 0 {
         return Gate::Wait { until: None };
     }
+    // After the last wave nothing is left to start: neither its share of successes
+    // nor a soak would change anything.
+    if wave + 1 >= wave_count(plan) {
+        return Gate::Complete;
+    }
     let finished = current.success + current.failed;
     if finished > 0 && current.success * 100 < u64::from(plan.success_percent) * finished {
         return Gate::Halt(format!(
-            "wave {} succeeded on {} of {finished} devices, below the {}% the plan asks",
-            wave + 1,
+            "{} succeeded on {} of {finished} devices, below the {}% the plan asks",
+            wave_name(wave),
             current.success,
             plan.success_percent
         ));
@@ -134,11 +148,7 @@ pub fn gate(plan: &RolloutPlan, wave: u32, current: &Tally, overall: &Tally, now
             return Gate::Wait { until: Some(until) };
         }
     }
-    if wave + 1 < wave_count(plan) {
-        Gate::Release
-    } else {
-        Gate::Complete
-    }
+    Gate::Release
 }
 
 #[cfg(test)]
@@ -239,6 +249,13 @@ mod tests {
             gate(&p, 2, &tally(90, 0, 0, Some(1000)), &all, 1600),
             Gate::Complete
         );
+        // The last wave neither soaks nor halts on its share: nothing is left to start.
+        p.success_percent = 100;
+        assert_eq!(
+            gate(&p, 2, &tally(1, 89, 0, Some(1599)), &all, 1600),
+            Gate::Complete
+        );
+        p.success_percent = 0;
         // An empty wave (no canaries) passes at once.
         assert_eq!(
             gate(&p, CANARY_WAVE, &Tally::default(), &all, 0),
@@ -252,7 +269,7 @@ mod tests {
         p.success_percent = 95;
         let all = tally(0, 0, 100, None);
         assert_eq!(gate(&p, 1, &tally(9, 1, 0, Some(9)), &all, 10), {
-            Gate::Halt("wave 2 succeeded on 9 of 10 devices, below the 95% the plan asks".into())
+            Gate::Halt("wave 1 succeeded on 9 of 10 devices, below the 95% the plan asks".into())
         });
         assert_eq!(
             gate(&p, 1, &tally(19, 1, 0, Some(9)), &all, 10),
@@ -285,7 +302,7 @@ mod tests {
         p.halt_at = Some(Threshold::Percent(20));
         assert_eq!(
             gate(&p, 1, &wave, &all, 10),
-            Gate::Halt("2 of 10 devices of wave 2 failed; the plan halts at 20%".into())
+            Gate::Halt("2 of 10 devices of wave 1 failed; the plan halts at 20%".into())
         );
     }
 

@@ -12,6 +12,8 @@ mod api;
 mod build;
 #[path = "server/conn.rs"]
 mod conn;
+#[path = "server/phased.rs"]
+mod phased;
 #[path = "server/rollout.rs"]
 mod rollout;
 #[path = "server/tls.rs"]

@@ -42,7 +42,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use login::Target;
-use molt_api::{encode_component, DeployToOthers, NewDeployment, NewGroup};
+use molt_api::plan::RolloutPlan;
+use molt_api::{encode_component, DeployToOthers, NewDeployment, NewGroup, Resume};
 use molt_bundle::inspect::human;
 use multipart::Multipart;
 use tls::CertRefusal;
@@ -302,12 +303,26 @@ impl Client {
         &self,
         deployment: u64,
         group: &str,
+        plan: RolloutPlan,
     ) -> Result<T, RequestError> {
         self.post(
             &format!("/deployments/{deployment}/deploy-to-others"),
             &DeployToOthers {
                 group: group.to_owned(),
+                plan,
             },
+        )
+    }
+
+    /// `POST /deployments/{id}/resume`.
+    pub fn resume<T: DeserializeOwned>(
+        &self,
+        deployment: u64,
+        plan: Option<RolloutPlan>,
+    ) -> Result<T, RequestError> {
+        self.post(
+            &format!("/deployments/{deployment}/resume"),
+            &Resume { plan },
         )
     }
 

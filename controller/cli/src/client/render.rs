@@ -6,7 +6,10 @@ use std::time::UNIX_EPOCH;
 use molt_engine::protocol::DeviceState;
 use molt_engine::text::Escaped;
 
-use molt_api::{AbortResult, Counts, Deployment, DeploymentDetails, Device, Group, Update};
+use molt_api::plan::HaltScope;
+use molt_api::{
+    AbortResult, Counts, Deployment, DeploymentDetails, Device, Group, Rollout, Update,
+};
 use molt_bundle::inspect::human;
 
 /// Lays out rows under a header, columns padded to their widest cell (the last column
@@ -293,32 +296,86 @@ pub fn deployment_details(d: &DeploymentDetails) -> String {
     if !dep.comment.is_empty() {
         let _ = writeln!(out, "comment  {}", Escaped::new(&dep.comment));
     }
+    let phased = !dep.rollout.plan.is_default();
+    if let Some(r) = rollout_text(&dep.rollout) {
+        let _ = writeln!(out, "rollout  {r}");
+    }
+    if let Some(why) = &dep.rollout.halted {
+        let _ = writeln!(
+            out,
+            "halted   {}\n         molt resume {} (or molt abort {})",
+            Escaped::new(why),
+            dep.id,
+            dep.id
+        );
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = d
         .devices
         .iter()
         .map(|v| {
-            vec![
-                v.id.clone(),
-                v.name.clone(),
-                v.state.name().to_owned(),
-                if v.phase.is_empty() {
-                    "-".to_owned()
-                } else {
-                    v.phase.clone()
-                },
-                percent(v.progress),
-                v.message
-                    .as_deref()
-                    .map_or(String::new(), |m| shorten(m, 80)),
-            ]
+            let wave = phased.then(|| v.wave.to_string());
+            wave.into_iter()
+                .chain([
+                    v.id.clone(),
+                    v.name.clone(),
+                    v.state.name().to_owned(),
+                    if v.phase.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        v.phase.clone()
+                    },
+                    percent(v.progress),
+                    v.message
+                        .as_deref()
+                        .map_or(String::new(), |m| shorten(m, 80)),
+                ])
+                .collect()
         })
         .collect();
-    out.push_str(&table(
-        &["DEVICE", "NAME", "STATE", "PHASE", "PROGRESS", "MESSAGE"],
-        &rows,
-    ));
+    let headers = [
+        "WAVE", "DEVICE", "NAME", "STATE", "PHASE", "PROGRESS", "MESSAGE",
+    ];
+    out.push_str(&table(&headers[usize::from(!phased)..], &rows));
     out
+}
+
+/// Where a phased deployment stands: `wave 2 of 3 (2 canaries, 1%, 10%, 100%); soak 10m,
+/// ends 12:30:00 UTC`; `None` for a deployment to every device at once.
+pub fn rollout_text(r: &Rollout) -> Option<String> {
+    let p = &r.plan;
+    if p.is_default() {
+        return None;
+    }
+    let mut sizes: Vec<String> = Vec::new();
+    if !p.canaries.is_empty() {
+        sizes.push(format!("{} canaries", p.canaries.len()));
+    }
+    sizes.extend(p.waves.iter().map(ToString::to_string));
+    let now = if r.wave == 0 {
+        "the canaries".to_owned()
+    } else {
+        format!("wave {} of {}", r.wave, r.waves)
+    };
+    let mut text = format!("{now} ({})", sizes.join(", "));
+    if p.success_percent > 0 {
+        let _ = write!(text, "; next wave at {}% success", p.success_percent);
+    }
+    if p.soak_secs > 0 {
+        let soak = humantime::format_duration(std::time::Duration::from_secs(p.soak_secs));
+        let _ = write!(text, "; soak {soak}");
+        if let Some(until) = &r.soak_until {
+            let _ = write!(text, ", ends {}", show_time(until));
+        }
+    }
+    if let Some(t) = p.halt_at {
+        let scope = match p.halt_scope {
+            HaltScope::Wave => "in a wave",
+            HaltScope::Overall => "in all",
+        };
+        let _ = write!(text, "; halts at {t} failures {scope}");
+    }
+    Some(text)
 }
 
 /// One line for a deployment just made: `deployment 7: version 1.5.0 to group test, 2 devices pending`.
@@ -328,14 +385,21 @@ pub fn deployment_made(d: &Deployment) -> String {
     } else {
         format!("group {}", Escaped::new(&d.group))
     };
-    format!(
+    let mut line = format!(
         "deployment {}: update {} (version {}) to {to}, {} device(s): {}",
         d.id,
         d.update,
         Escaped::new(&d.version),
         d.counts.total(),
         counts_text(&d.counts)
-    )
+    );
+    if let Some(r) = rollout_text(&d.rollout) {
+        let _ = write!(line, "\n  {r}");
+    }
+    if let Some(why) = &d.rollout.halted {
+        let _ = write!(line, "\n  halted: {}", Escaped::new(why));
+    }
+    line
 }
 
 /// `molt abort`'s report; `names` maps device ids to names where known.
@@ -427,6 +491,7 @@ mod tests {
             created: "2026-11-26T10:00:00Z".into(),
             created_by: "operator".into(),
             comment: "first try".into(),
+            rollout: Rollout::default(),
         }
     }
 
@@ -485,6 +550,7 @@ mod tests {
                     }),
                     message: None,
                     updated: "2026-11-26T10:00:00Z".into(),
+                    wave: 1,
                 },
                 DeploymentDevice {
                     id: "dev_b".into(),
@@ -494,6 +560,7 @@ mod tests {
                     progress: None,
                     message: Some("after: exit status 3".into()),
                     updated: "2026-11-26T10:00:00Z".into(),
+                    wave: 1,
                 },
             ],
         };

@@ -23,7 +23,8 @@ use super::super::operator_api;
 use super::super::AppState;
 use super::layout::{self, Nav};
 use super::session::{self, Session};
-use molt_api::Group;
+use molt_api::plan::RolloutPlan;
+use molt_api::{Group, NewDeployment};
 
 /// File rows on the form.
 pub const ROWS: usize = 3;
@@ -626,7 +627,17 @@ async fn build_and_deploy(
     let comment = update.comment.clone();
     let made = state
         .db
-        .write(move |tx| deployments::create(tx, update.id, Some(&group), None, &comment, false))
+        .write(move |tx| {
+            let req = NewDeployment {
+                update: update.id,
+                group: Some(group),
+                devices: None,
+                comment,
+                again: false,
+                plan: RolloutPlan::default(),
+            };
+            deployments::create(tx, &req)
+        })
         .await;
     match made {
         Ok(d) => Ok(d.id),

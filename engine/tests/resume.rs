@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use molt_engine::bundle::zstd::LibZstd;
-use molt_engine::bundle::{Decoder, Event, Trust, CHECKPOINT_MAX};
+use molt_engine::bundle::{Decoder, Event, Resume, Trust, CHECKPOINT_MAX};
 use molt_engine::Error;
 
 /// A decoder that has been fed `head` (the bundle's first bytes, through its manifest).
@@ -57,6 +57,17 @@ fn run(
         }
     }
     d.finish()
+}
+
+/// Feeds the rest of `bytes` from a resumed decoder's offset `r` to the end, in
+/// pieces of 4096 bytes, recording events and taking no checkpoints.
+fn run_rest(
+    d: &mut Decoder<'_, '_, LibZstd>,
+    bytes: &[u8],
+    r: &Resume,
+    evs: &mut Vec<Ev>,
+) -> Result<(), Error> {
+    run(d, &bytes[r.offset as usize..], 4096, evs, |_, _| {})
 }
 
 /// The bytes of the file being written when `evs` stops (the caller's "disk").
@@ -129,14 +140,7 @@ fn resuming_from_every_chunk_boundary_reproduces_the_stream() {
             }
         }
         let mut tail = Vec::new();
-        run(
-            &mut d,
-            &bytes[r.offset as usize..],
-            4096,
-            &mut tail,
-            |_, _| {},
-        )
-        .unwrap();
+        run_rest(&mut d, &bytes, &r, &mut tail).unwrap();
         let mut joined = full[..*seen].to_vec();
         joined.extend(tail);
         assert_eq!(files(&joined), files(&full), "resumed at byte {}", r.offset);
@@ -224,14 +228,7 @@ fn damaged_foreign_or_misfed_checkpoints_are_refused() {
     wrong[0] ^= 1;
     d.rehash_prefix(&wrong).unwrap();
     let mut sink = Vec::new();
-    let e = run(
-        &mut d,
-        &bytes[r.offset as usize..],
-        4096,
-        &mut sink,
-        |_, _| {},
-    )
-    .unwrap_err();
+    let e = run_rest(&mut d, &bytes, &r, &mut sink).unwrap_err();
     assert!(matches!(e, Error::EntryDigest { .. }), "{e}");
     // And more prefix than the checkpoint says is refused.
     let mut bufs = Bufs::new();

@@ -78,6 +78,18 @@ fn reseal(copy: &mut [u8]) {
     copy[CRC_AT..RECORD_LEN].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Writes `bytes` at `at` in copy `copy` of `store` and reseals the copy.
+fn set_resealed(store: &mut RecordStore, copy: usize, at: usize, bytes: &[u8]) {
+    let c = copy_mut(store, copy);
+    c[at..at + bytes.len()].copy_from_slice(bytes);
+    reseal(c);
+}
+
+/// Gives copy `copy` of `store` the sequence number `seq` (bytes 8..12), resealed.
+fn set_seq(store: &mut RecordStore, copy: usize, seq: u32) {
+    set_resealed(store, copy, 8, &seq.to_le_bytes());
+}
+
 fn copy_mut(store: &mut RecordStore, copy: usize) -> &mut [u8] {
     &mut store.bytes_mut()[copy * RECORD_LEN..(copy + 1) * RECORD_LEN]
 }
@@ -228,9 +240,7 @@ mod layout {
         let new = lifecycle()[1].clone();
         for &(what, at, value) in edits {
             let mut store = saved(&[old.clone(), new.clone()]);
-            let copy = copy_mut(&mut store, 1);
-            copy[at] = value;
-            reseal(copy);
+            set_resealed(&mut store, 1, at, &[value]);
             assert_eq!(
                 found(&mut store),
                 old,
@@ -333,12 +343,8 @@ mod copies {
     fn sequence_numbers_compare_across_the_wrap() {
         let (old, new, mut store) = two_saves();
         // Copy A holds `old`, copy B holds `new`: make B's number wrap past A's.
-        let a = copy_mut(&mut store, 0);
-        a[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        reseal(a);
-        let b = copy_mut(&mut store, 1);
-        b[8..12].copy_from_slice(&0u32.to_le_bytes());
-        reseal(b);
+        set_seq(&mut store, 0, u32::MAX);
+        set_seq(&mut store, 1, 0);
         assert_eq!(found(&mut store), new, "0 comes after u32::MAX");
 
         // The next save overwrites copy A with number 1.
@@ -348,30 +354,22 @@ mod copies {
 
         // The other way round: u32::MAX in copy B is older than 0 in copy A.
         let mut store = saved(&[old.clone(), new.clone()]);
-        let a = copy_mut(&mut store, 0);
-        a[8..12].copy_from_slice(&0u32.to_le_bytes());
-        reseal(a);
-        let b = copy_mut(&mut store, 1);
-        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        reseal(b);
+        set_seq(&mut store, 0, 0);
+        set_seq(&mut store, 1, u32::MAX);
         assert_eq!(found(&mut store), old, "u32::MAX comes before 0");
     }
 
     #[test]
     fn equal_sequence_numbers_pick_copy_a() {
         let (old, _, mut store) = two_saves();
-        let b = copy_mut(&mut store, 1);
-        b[8..12].copy_from_slice(&0u32.to_le_bytes());
-        reseal(b);
+        set_seq(&mut store, 1, 0);
         assert_eq!(found(&mut store), old);
     }
 
     #[test]
     fn a_newer_unknown_format_is_refused_not_skipped() {
         let (old, _, mut store) = two_saves();
-        let b = copy_mut(&mut store, 1);
-        b[4] = 2;
-        reseal(b);
+        set_resealed(&mut store, 1, 4, &[2]); // format 2
         assert_eq!(
             SlotRecord::load(&mut store),
             Err(Error::Record(RecordError::UnsupportedFormat { format: 2 }))
@@ -387,9 +385,7 @@ mod copies {
     #[test]
     fn an_older_unknown_format_is_superseded() {
         let (_, new, mut store) = two_saves();
-        let a = copy_mut(&mut store, 0);
-        a[4] = 0;
-        reseal(a);
+        set_resealed(&mut store, 0, 4, &[0]); // format 0
         assert_eq!(found(&mut store), new);
         factory().save(&mut store).unwrap();
         assert_eq!(
@@ -950,17 +946,27 @@ mod logic {
 
     #[test]
     fn confirm_refuses_a_slot_that_is_neither_trial_nor_good() {
-        let mut r = crafted(|copy| copy[24] = 4); // Slot A (active) Bad, B Empty.
+        let mut r = crafted(&[(A_STATUS, 4)]); // Slot A (active) Bad, B Empty.
         assert_eq!(r.confirm(), Err(Error::NotOnTrial));
         assert_eq!(r.reject(), Err(Error::NotOnTrial));
     }
 
-    /// A record that the API never produces, written by editing a saved copy;
-    /// the boot decision must still do something sensible with it.
-    fn crafted(edit: impl FnOnce(&mut [u8])) -> SlotRecord {
+    // Bytes of a copy that `crafted` sets (see the layout test); statuses are
+    // 0 Empty, 2 Trial, 3 Good, 4 Bad.
+    const ACTIVE: usize = 5;
+    const TRIALS_LEFT: usize = 6;
+    const A_STATUS: usize = 24;
+    const B_STATUS: usize = 136;
+
+    /// A record that the API never produces, written by setting bytes `(at, value)`
+    /// of the factory record's saved copy; the boot decision must still do
+    /// something sensible with it.
+    fn crafted(edits: &[(usize, u8)]) -> SlotRecord {
         let mut store = saved(&[factory()]);
         let copy = copy_mut(&mut store, 0);
-        edit(copy);
+        for &(at, value) in edits {
+            copy[at] = value;
+        }
         reseal(copy);
         found(&mut store)
     }
@@ -968,12 +974,7 @@ mod logic {
     #[test]
     fn with_no_good_slot_left_the_active_one_boots_as_a_last_resort() {
         // B on trial with no boots left, and A (its fallback) Bad.
-        let mut r = crafted(|copy| {
-            copy[5] = 1;
-            copy[6] = 0;
-            copy[24] = 4;
-            copy[136] = 2;
-        });
+        let mut r = crafted(&[(ACTIVE, 1), (TRIALS_LEFT, 0), (A_STATUS, 4), (B_STATUS, 2)]);
         let before = r.clone();
         let boot = r.on_boot();
         assert_eq!(boot, Boot::LastResort(Slot::B));
@@ -988,10 +989,7 @@ mod logic {
     #[test]
     fn an_unbootable_active_slot_falls_back_to_a_good_one() {
         // Active A is Bad, B Good.
-        let mut r = crafted(|copy| {
-            copy[24] = 4;
-            copy[136] = 3;
-        });
+        let mut r = crafted(&[(A_STATUS, 4), (B_STATUS, 3)]);
         assert_eq!(
             r.on_boot(),
             Boot::Fallback {
@@ -1007,12 +1005,7 @@ mod logic {
     fn a_trial_after_an_unconfirmed_trial_leaves_it_bad() {
         // B on trial with no Good fallback (A Empty): staging into A is allowed
         // since nothing Good is overwritten, and B becomes Bad when A takes over.
-        let mut r = crafted(|copy| {
-            copy[5] = 1;
-            copy[6] = 2;
-            copy[24] = 0;
-            copy[136] = 2;
-        });
+        let mut r = crafted(&[(ACTIVE, 1), (TRIALS_LEFT, 2), (A_STATUS, 0), (B_STATUS, 2)]);
         assert_eq!(r.begin_staging("1.3.0", 13, digest(7), false), Ok(Slot::A));
         assert_eq!(r.mark_trial(1), Ok(Slot::A));
         assert_eq!(r.slot(Slot::B).status, Status::Bad);

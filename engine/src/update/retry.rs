@@ -197,6 +197,24 @@ mod tests {
         }
     }
 
+    /// A call on a [`Retry`], made at the time it carries.
+    #[derive(Clone, Copy, Debug)]
+    enum Call {
+        Timeout(Millis),
+        Record(Attempt, Millis),
+    }
+
+    /// Makes each call on `retry` in turn and checks what it answers.
+    fn expect_answers(retry: &mut Retry, calls: &[(Call, RetryAction)]) {
+        for (i, &(call, want)) in calls.iter().enumerate() {
+            let got = match call {
+                Call::Timeout(now) => retry.handle_timeout(now),
+                Call::Record(attempt, now) => retry.record(attempt, now),
+            };
+            assert_eq!(got, want, "call {i}: {call:?}");
+        }
+    }
+
     #[test]
     fn once_runs_one_attempt_and_reports_its_end() {
         let (starts, end) = drive(&mut Retry::once(), 50, &[Attempt::Failed]);
@@ -261,13 +279,17 @@ mod tests {
 
     #[test]
     fn without_an_interval_the_next_attempt_is_due_at_once() {
-        let mut retry = Retry::new(2, 0);
-        assert_eq!(retry.handle_timeout(7), RetryAction::Run { attempt: 1 });
-        assert_eq!(
-            retry.record(Attempt::Failed, 9),
-            RetryAction::Wait { until: 9 }
+        expect_answers(
+            &mut Retry::new(2, 0),
+            &[
+                (Call::Timeout(7), RetryAction::Run { attempt: 1 }),
+                (
+                    Call::Record(Attempt::Failed, 9),
+                    RetryAction::Wait { until: 9 },
+                ),
+                (Call::Timeout(9), RetryAction::Run { attempt: 2 }),
+            ],
         );
-        assert_eq!(retry.handle_timeout(9), RetryAction::Run { attempt: 2 });
     }
 
     #[test]
@@ -278,24 +300,29 @@ mod tests {
 
     #[test]
     fn a_record_without_a_running_attempt_changes_nothing() {
-        let mut retry = Retry::new(2, 1_000);
-        assert_eq!(
-            retry.record(Attempt::Passed, 0),
-            RetryAction::Wait { until: 0 }
+        expect_answers(
+            &mut Retry::new(2, 1_000),
+            &[
+                (
+                    Call::Record(Attempt::Passed, 0),
+                    RetryAction::Wait { until: 0 },
+                ),
+                (Call::Timeout(0), RetryAction::Run { attempt: 1 }),
+            ],
         );
-        assert_eq!(retry.handle_timeout(0), RetryAction::Run { attempt: 1 });
     }
 
     #[test]
     fn times_near_the_end_of_the_clock_saturate() {
-        let mut retry = Retry::new(2, 10_000);
-        assert_eq!(
-            retry.handle_timeout(u64::MAX - 5),
-            RetryAction::Run { attempt: 1 }
-        );
-        assert_eq!(
-            retry.record(Attempt::Failed, u64::MAX - 5),
-            RetryAction::Wait { until: u64::MAX }
+        expect_answers(
+            &mut Retry::new(2, 10_000),
+            &[
+                (Call::Timeout(u64::MAX - 5), RetryAction::Run { attempt: 1 }),
+                (
+                    Call::Record(Attempt::Failed, u64::MAX - 5),
+                    RetryAction::Wait { until: u64::MAX },
+                ),
+            ],
         );
     }
 

@@ -220,6 +220,54 @@ pub struct Rollout {
     pub soak_until: Option<String>,
 }
 
+impl Rollout {
+    /// Where a phased deployment stands, for people: `wave 2 of 3 (2 canaries, 1%,
+    /// 10%, 100%); next wave at 95% success; soak 10m; halts at 2 failures in all`.
+    /// Only numbers and fixed words: a canary's name is not in it.
+    /// `None` for a deployment to every device at once. The soak's end is left to
+    /// the caller, which shows times its own way.
+    pub fn summary(&self) -> Option<String> {
+        use std::fmt::Write as _;
+        let p = &self.plan;
+        if p.is_default() {
+            return None;
+        }
+        let mut sizes: Vec<String> = Vec::new();
+        match p.canaries.len() {
+            0 => {}
+            1 => sizes.push("1 canary".to_owned()),
+            n => sizes.push(format!("{n} canaries")),
+        }
+        sizes.extend(p.waves.iter().map(ToString::to_string));
+        let mut text = if self.wave == 0 {
+            "the canaries".to_owned()
+        } else {
+            format!("wave {} of {}", self.wave, self.waves)
+        };
+        let _ = write!(text, " ({})", sizes.join(", "));
+        if p.success_percent > 0 {
+            let _ = write!(text, "; next wave at {}% success", p.success_percent);
+        }
+        if p.soak_secs > 0 {
+            let soak = humantime::format_duration(std::time::Duration::from_secs(p.soak_secs));
+            let _ = write!(text, "; soak {soak}");
+        }
+        if let Some(t) = p.halt_at {
+            let scope = match p.halt_scope {
+                plan::HaltScope::Wave => "in a wave",
+                plan::HaltScope::Overall => "in all",
+            };
+            let s = if t == plan::Threshold::Count(1) {
+                ""
+            } else {
+                "s"
+            };
+            let _ = write!(text, "; halts at {t} failure{s} {scope}");
+        }
+        Some(text)
+    }
+}
+
 /// How many devices of a deployment are in each state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -367,4 +415,43 @@ pub fn encode_component(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::{parse_waves, HaltScope, Threshold};
+
+    #[test]
+    fn a_summary_says_where_the_plan_stands_in_words() {
+        assert_eq!(Rollout::default().summary(), None);
+        let mut r = Rollout {
+            plan: RolloutPlan {
+                waves: parse_waves("1%,10%,100%").unwrap(),
+                canaries: vec!["gw-\u{1b}[2J".into()],
+                success_percent: 95,
+                soak_secs: 600,
+                halt_at: Some(Threshold::Count(1)),
+                halt_scope: HaltScope::Wave,
+                abort_in_flight: false,
+            },
+            wave: 0,
+            waves: 3,
+            halted: None,
+            soak_until: None,
+        };
+        assert_eq!(
+            r.summary().unwrap(),
+            "the canaries (1 canary, 1%, 10%, 100%); next wave at 95% success; soak 10m; \
+             halts at 1 failure in a wave"
+        );
+        r.wave = 2;
+        r.plan.halt_at = Some(Threshold::Percent(5));
+        r.plan.canaries.push("gw-2".into());
+        assert_eq!(
+            r.summary().unwrap(),
+            "wave 2 of 3 (2 canaries, 1%, 10%, 100%); next wave at 95% success; soak 10m; \
+             halts at 5% failures in a wave"
+        );
+    }
 }

@@ -26,7 +26,7 @@ mod rollout;
 mod seen;
 mod store;
 mod updates_api;
-pub mod waves;
+mod waves;
 mod web;
 
 use std::fs::{self, DirBuilder};

@@ -772,3 +772,58 @@ fn a_long_comment_is_clipped_in_the_list_and_whole_on_its_page() {
         "the details page lacks the whole comment"
     );
 }
+
+#[test]
+fn a_halted_deployment_shows_its_waves_and_why_and_resumes_from_its_page() {
+    let f = Fixture::new();
+    let (k, public) = key(f.dir.path(), "k");
+    let (c, token) = f.start(&["--trusted-key", &public]);
+    let u = upload(&c, &token, &bundle(f.dir.path(), "3.0.0", &k)).json();
+    let t = group(&c, &token, "fleet");
+    let devs: Vec<Dev> = (0..3)
+        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
+        .collect();
+    let d = post_ok(
+        &c.api("/deployments"),
+        &token,
+        json!({"update": u["id"], "group": "fleet",
+               "plan": {"canaries": ["gw-1"], "waves": ["100%"], "halt_at": "1",
+                        "soak_secs": 600}}),
+        201,
+    );
+    let dep = d["id"].as_u64().unwrap();
+    assert_eq!(poll(&c, &devs[1], None)["action"], "install");
+    assert_eq!(
+        report(&c, &devs[1], dep, 1, "failed", "<b>boom</b>\n").status,
+        200
+    );
+
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let path = format!("/deployments/{dep}");
+    let page = b.get(&path);
+    page.assert_says(
+        200,
+        &[
+            "badge s-halted",
+            "the canaries (1 canary, 100%); soak 10m; halts at 1 failure in all",
+            "Halted by its plan: </strong>1 of 3 devices in all failed; the plan halts at 1",
+            &format!("action=\"/deployments/{dep}/resume\""),
+            "<th scope=\"col\">Wave</th>",
+            "<td class=\"wave\">canary</td>",
+        ],
+    );
+    assert!(!page.body.contains("<b>boom</b>"), "logs are escaped");
+    // The form token is required, as for every form.
+    assert_eq!(b.post(&format!("{path}/resume"), &[]).status, 403);
+    let csrf = b.csrf();
+    let done = b.post(&format!("{path}/resume"), &[("csrf", &csrf)]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some(path.as_str()));
+    let after = b.get(&path);
+    after.assert_says(200, &["wave 1 of 1"]);
+    assert!(!after.body.contains("Halted by its plan"), "{}", after.body);
+    // Resuming what is not halted says so on a page, not in a raw error.
+    b.post(&format!("{path}/resume"), &[("csrf", &csrf)])
+        .assert_says(409, &["is not halted"]);
+}

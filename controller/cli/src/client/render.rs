@@ -6,7 +6,6 @@ use std::time::UNIX_EPOCH;
 use molt_engine::protocol::DeviceState;
 use molt_engine::text::Escaped;
 
-use molt_api::plan::HaltScope;
 use molt_api::{
     AbortResult, Counts, Deployment, DeploymentDetails, Device, Group, Rollout, Update,
 };
@@ -340,40 +339,12 @@ pub fn deployment_details(d: &DeploymentDetails) -> String {
     out
 }
 
-/// Where a phased deployment stands: `wave 2 of 3 (2 canaries, 1%, 10%, 100%); soak 10m,
-/// ends 12:30:00 UTC`; `None` for a deployment to every device at once.
+/// Where a phased deployment stands ([`Rollout::summary`]), with the soak's end in
+/// this machine's time; `None` for a deployment to every device at once.
 pub fn rollout_text(r: &Rollout) -> Option<String> {
-    let p = &r.plan;
-    if p.is_default() {
-        return None;
-    }
-    let mut sizes: Vec<String> = Vec::new();
-    if !p.canaries.is_empty() {
-        sizes.push(format!("{} canaries", p.canaries.len()));
-    }
-    sizes.extend(p.waves.iter().map(ToString::to_string));
-    let now = if r.wave == 0 {
-        "the canaries".to_owned()
-    } else {
-        format!("wave {} of {}", r.wave, r.waves)
-    };
-    let mut text = format!("{now} ({})", sizes.join(", "));
-    if p.success_percent > 0 {
-        let _ = write!(text, "; next wave at {}% success", p.success_percent);
-    }
-    if p.soak_secs > 0 {
-        let soak = humantime::format_duration(std::time::Duration::from_secs(p.soak_secs));
-        let _ = write!(text, "; soak {soak}");
-        if let Some(until) = &r.soak_until {
-            let _ = write!(text, ", ends {}", show_time(until));
-        }
-    }
-    if let Some(t) = p.halt_at {
-        let scope = match p.halt_scope {
-            HaltScope::Wave => "in a wave",
-            HaltScope::Overall => "in all",
-        };
-        let _ = write!(text, "; halts at {t} failures {scope}");
+    let mut text = r.summary()?;
+    if let Some(until) = &r.soak_until {
+        let _ = write!(text, ", ends {}", show_time(until));
     }
     Some(text)
 }

@@ -1,4 +1,4 @@
-//! Recent updates (one row per deployment, refreshed live), a deployment's details (per-device status, progress, logs), Abort with a confirmation, and Deploy to others.
+//! Recent updates (one row per deployment, refreshed live), a deployment's details (per-device status, wave, progress, logs; its plan and a halt with Resume), Abort with a confirmation, and Deploy to others.
 //!
 //! The live parts are fragments (`/deployments/table`, `/deployments/{id}/live`)
 //! that app.js fetches every two seconds and swaps in; without JavaScript the
@@ -14,6 +14,7 @@ use super::super::deployments as api;
 use super::super::error::AppError;
 use super::super::operator_api;
 use super::super::AppState;
+use super::super::{db, gates};
 use super::layout::{self, badge, counts, Nav};
 use super::session::{self, Session};
 use molt_api::plan::RolloutPlan;
@@ -118,6 +119,7 @@ pub async fn recent_table(State(state): State<AppState>, _: Session) -> Response
 /// `aborted` is when an operator aborted it.
 fn live(session: &Session, d: &DeploymentDetails, aborted: Option<&str>) -> Markup {
     let dep = &d.deployment;
+    let phased = !dep.rollout.plan.is_default();
     html! {
         dl.summary {
             dt { "Status" } dd.status { (badge(&dep.state)) " " (counts(&dep.counts)) }
@@ -125,6 +127,22 @@ fn live(session: &Session, d: &DeploymentDetails, aborted: Option<&str>) -> Mark
             dt { "Group" } dd { @if dep.group.is_empty() { "device list" } @else { (dep.group) } }
             dt { "Created" } dd { (layout::time(&dep.created)) " by " (dep.created_by) }
             dt { "Comment" } dd.comment { (dep.comment) }
+            @if let Some(r) = dep.rollout.summary() {
+                dt { "Rollout" } dd.rollout {
+                    (r)
+                    @if let Some(t) = &dep.rollout.soak_until { "; soak ends " (layout::time(t)) }
+                }
+            }
+        }
+        @if let Some(why) = &dep.rollout.halted {
+            div.notice.error role="alert" {
+                p { strong { "Halted by its plan: " } (why) }
+                p { "No device starts any more. Resume to go on (the failures so far no longer count toward the halt), or abort." }
+                form.resume method="post" action={ "/deployments/" (dep.id) "/resume" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Resume" }
+                }
+            }
         }
         @if let (Some(t), true) = (aborted, abortable(dep)) {
             p.notice.ok role="status" {
@@ -139,12 +157,14 @@ fn live(session: &Session, d: &DeploymentDetails, aborted: Option<&str>) -> Mark
         }
         table #devices {
             thead { tr {
+                @if phased { th scope="col" { "Wave" } }
                 th scope="col" { "Device" } th scope="col" { "Status" } th scope="col" { "Phase" }
                 th scope="col" { "Progress" } th scope="col" { "Message" } th scope="col" { "Updated" }
             } }
             tbody {
                 @for t in &d.devices {
                     tr data-device=(t.id) data-state=(t.state.name()) {
+                        @if phased { td.wave { @if t.wave == 0 { "canary" } @else { (t.wave) } } }
                         th scope="row" { (t.name) br; small.muted { code { (t.id) } } }
                         td { (badge(t.state.name())) }
                         td { (t.phase) }
@@ -285,6 +305,33 @@ fn abort_outcome(d: &DeploymentDetails) -> AbortResult {
         });
     }
     r
+}
+
+/// The resume form: the token.
+#[derive(Deserialize)]
+pub struct ResumeForm {
+    csrf: Option<String>,
+}
+
+/// `POST /deployments/{id}/resume`: the API's own function, with the same plan; back
+/// to the details page.
+pub async fn resume(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<u64>,
+    Form(form): Form<ResumeForm>,
+) -> Response {
+    if let Err(e) = session.check_token(form.csrf.as_deref()) {
+        return session::refused(Some(&session), &e);
+    }
+    let resumed = state
+        .db
+        .write(move |tx| gates::resume_in(tx, id, None, db::now()))
+        .await;
+    match resumed {
+        Ok(()) => Redirect::to(&format!("/deployments/{id}")).into_response(),
+        Err(e) => layout::error_page(Some(&session), e.status, &e.message),
+    }
 }
 
 /// `GET /deployments/{id}/abort` (a reload, a typed address): the details page.

@@ -53,6 +53,10 @@ pub fn routes() -> Router<AppState> {
             get(deployments::abort_get).post(deployments::abort),
         )
         .route(
+            "/deployments/{id}/resume",
+            axum::routing::post(deployments::resume),
+        )
+        .route(
             "/deployments/{id}/deploy-to-others",
             get(deployments::others_form).post(deployments::deploy_to_others),
         )

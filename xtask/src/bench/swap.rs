@@ -105,9 +105,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             }
         }
     }
-    reset(&[&dev.var])?;
-    let fs_desc = dev.target.describe();
-    drop(dev);
+    let fs_desc = dev.close(&[])?;
     let stats: Vec<Stats> = swaps.iter().map(|v| Stats::of(v)).collect();
     let phase: Vec<Stats> = spans.iter().map(|v| Stats::of(v)).collect();
     let mut details = String::from(

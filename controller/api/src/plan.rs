@@ -174,19 +174,27 @@ impl FromStr for WaveSize {
     }
 }
 
-impl TryFrom<String> for WaveSize {
-    type Error = String;
+/// Serde reads and writes these as their text (`"10%"`), through `FromStr` and `Display`.
+macro_rules! as_text {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
 
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
 }
 
-impl From<WaveSize> for String {
-    fn from(w: WaveSize) -> String {
-        w.to_string()
-    }
-}
+as_text!(WaveSize);
+as_text!(Threshold);
 
 /// How many failures halt a deployment: a number of devices, or a share of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,20 +236,6 @@ impl FromStr for Threshold {
             )),
             Amount::Count(c) => Ok(Threshold::Count(c)),
         }
-    }
-}
-
-impl TryFrom<String> for Threshold {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Threshold> for String {
-    fn from(t: Threshold) -> String {
-        t.to_string()
     }
 }
 

@@ -321,9 +321,7 @@ fn states(tx: &Transaction<'_>, dep: i64) -> Result<Vec<(String, DeviceState)>, 
     let mut st = tx.prepare(
         "SELECT device_id, state FROM targets WHERE deployment_id = ?1 ORDER BY device_id",
     )?;
-    let rows = st.query_map([dep], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let rows = st.query_map([dep], |r| <(String, String)>::try_from(r))?;
     let mut out = Vec::new();
     for r in rows {
         let (d, s) = r?;
@@ -432,19 +430,18 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
          FROM targets t JOIN devices d ON d.id = t.device_id
          WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
     )?;
-    let rows = st.query_map([dep], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, i64>(7)?,
-            r.get::<_, i64>(8)?,
-        ))
-    })?;
+    type DeviceRow = (
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        i64,
+        i64,
+    );
+    let rows = st.query_map([dep], |r| DeviceRow::try_from(r))?;
     let mut devices = Vec::new();
     for r in rows {
         let (id, name, s, phase, done, total, message, updated, wave) = r?;

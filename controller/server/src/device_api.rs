@@ -125,15 +125,7 @@ fn open_targets(tx: &Transaction<'_>, device: &str) -> Result<Vec<Open>, AppErro
                 OR (t.abort_requested = 1 AND t.final_reported = 0))
          ORDER BY t.deployment_id",
     )?;
-    let rows = st.query_map([device], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, bool>(2)?,
-            r.get::<_, bool>(3)?,
-            r.get::<_, bool>(4)?,
-        ))
-    })?;
+    let rows = st.query_map([device], |r| <(i64, String, bool, bool, bool)>::try_from(r))?;
     let mut out = Vec::new();
     for row in rows {
         let (d, s, abort_requested, final_reported, held) = row?;

@@ -49,17 +49,7 @@ fn load(tx: &Transaction<'_>, dep: i64) -> Result<Option<PlanRow>, AppError> {
                     gate_at
              FROM deployments WHERE id = ?1",
             [dep],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                ))
-            },
+            |r| <(String, i64, bool, Option<String>, bool, i64, Option<i64>)>::try_from(r),
         )
         .optional()?;
     let Some((plan, wave, halted, reason, aborted, halt_base, gate_at)) = row else {
@@ -129,14 +119,7 @@ fn tallies(tx: &Transaction<'_>, dep: i64) -> Result<(Vec<Tally>, Tally), AppErr
         "SELECT wave, state, COUNT(*), MAX(updated) FROM targets WHERE deployment_id = ?1
          GROUP BY wave, state",
     )?;
-    let rows = st.query_map([dep], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
+    let rows = st.query_map([dep], |r| <(i64, String, i64, i64)>::try_from(r))?;
     let mut per_wave: Vec<Tally> = Vec::new();
     let mut overall = Tally::default();
     for row in rows {
@@ -271,13 +254,7 @@ pub fn resume_in(
         "SELECT t.device_id, d.name, t.wave FROM targets t JOIN devices d ON d.id = t.device_id
          WHERE t.deployment_id = ?1 ORDER BY t.device_id",
     )?;
-    let rows = st.query_map([dep], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
+    let rows = st.query_map([dep], |r| <(String, String, i64)>::try_from(r))?;
     let mut members = Vec::new();
     let mut started = Vec::new();
     for r in rows {

@@ -19,6 +19,29 @@ pub struct Group {
     pub devices: u64,
     /// The token devices enroll with (`molt-agent enroll --token`).
     pub enrollment_token: String,
+    /// The plan of a deployment to the group that names none.
+    #[serde(default)]
+    pub default_plan: RolloutPlan,
+    /// A device that joins the group (enrolls, or is moved in) gets the group's
+    /// latest deployment, unless it was aborted.
+    #[serde(default = "yes")]
+    pub pick_up_joiners: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /api/v1/groups/{name}` body; what is left out stays.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    /// The plan of a deployment to the group that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_plan: Option<RolloutPlan>,
+    /// Whether devices joining the group get its latest deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pick_up_joiners: Option<bool>,
 }
 
 /// `POST /api/v1/groups` body.
@@ -179,10 +202,10 @@ pub struct NewDeployment {
     /// plain request reads as it always did.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub again: bool,
-    /// How the deployment reaches its devices (default: all at once). Left out of
-    /// the JSON when it is the default.
-    #[serde(default, skip_serializing_if = "RolloutPlan::is_default")]
-    pub plan: RolloutPlan,
+    /// How the deployment reaches its devices; left out, the group's default plan
+    /// (all at once for a device list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RolloutPlan>,
 }
 
 /// `POST /api/v1/deployments/{id}/deploy-to-others` body.
@@ -190,9 +213,9 @@ pub struct NewDeployment {
 pub struct DeployToOthers {
     /// The other group.
     pub group: String,
-    /// The new deployment's plan (default: all at once).
-    #[serde(default, skip_serializing_if = "RolloutPlan::is_default")]
-    pub plan: RolloutPlan,
+    /// The new deployment's plan; left out, the other group's default plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RolloutPlan>,
 }
 
 /// `POST /api/v1/deployments/{id}/resume` body: go on after a halt, with the same
@@ -227,44 +250,19 @@ impl Rollout {
     /// `None` for a deployment to every device at once. The soak's end is left to
     /// the caller, which shows times its own way.
     pub fn summary(&self) -> Option<String> {
-        use std::fmt::Write as _;
-        let p = &self.plan;
-        if p.is_default() {
+        if self.plan.is_default() {
             return None;
         }
-        let mut sizes: Vec<String> = Vec::new();
-        match p.canaries.len() {
-            0 => {}
-            1 => sizes.push("1 canary".to_owned()),
-            n => sizes.push(format!("{n} canaries")),
-        }
-        sizes.extend(p.waves.iter().map(ToString::to_string));
-        let mut text = if self.wave == 0 {
+        let at = if self.wave == 0 {
             "the canaries".to_owned()
         } else {
             format!("wave {} of {}", self.wave, self.waves)
         };
-        let _ = write!(text, " ({})", sizes.join(", "));
-        if p.success_percent > 0 {
-            let _ = write!(text, "; next wave at {}% success", p.success_percent);
-        }
-        if p.soak_secs > 0 {
-            let soak = humantime::format_duration(std::time::Duration::from_secs(p.soak_secs));
-            let _ = write!(text, "; soak {soak}");
-        }
-        if let Some(t) = p.halt_at {
-            let scope = match p.halt_scope {
-                plan::HaltScope::Wave => "in a wave",
-                plan::HaltScope::Overall => "in all",
-            };
-            let s = if t == plan::Threshold::Count(1) {
-                ""
-            } else {
-                "s"
-            };
-            let _ = write!(text, "; halts at {t} failure{s} {scope}");
-        }
-        Some(text)
+        Some(format!(
+            "{at} ({}){}",
+            self.plan.sizes().join(", "),
+            self.plan.terms()
+        ))
     }
 }
 

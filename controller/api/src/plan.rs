@@ -118,6 +118,53 @@ impl RolloutPlan {
     pub fn is_default(&self) -> bool {
         *self == RolloutPlan::default()
     }
+
+    /// The plan in words: `2 canaries, 1%, 10%, 100%; next wave at 95% success;
+    /// soak 10m; halts at 2 failures in all`, or `all at once`. Only numbers and
+    /// fixed words: a canary's name is not in it.
+    pub fn describe(&self) -> String {
+        if self.is_default() {
+            return "all at once".to_owned();
+        }
+        format!("{}{}", self.sizes().join(", "), self.terms())
+    }
+
+    /// The waves' sizes in words, the canaries first (`1 canary`, `10%`, …).
+    pub(crate) fn sizes(&self) -> Vec<String> {
+        let mut sizes = Vec::new();
+        match self.canaries.len() {
+            0 => {}
+            1 => sizes.push("1 canary".to_owned()),
+            n => sizes.push(format!("{n} canaries")),
+        }
+        sizes.extend(self.waves.iter().map(ToString::to_string));
+        sizes
+    }
+
+    /// The gate and the halt in words, each after `; `.
+    pub(crate) fn terms(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        if self.success_percent > 0 {
+            let _ = write!(text, "; next wave at {}% success", self.success_percent);
+        }
+        if self.soak_secs > 0 {
+            let soak = humantime::format_duration(std::time::Duration::from_secs(self.soak_secs));
+            let _ = write!(text, "; soak {soak}");
+        }
+        if let Some(t) = self.halt_at {
+            let s = if t == Threshold::Count(1) { "" } else { "s" };
+            let scope = match self.halt_scope {
+                HaltScope::Wave => "in a wave",
+                HaltScope::Overall => "in all",
+            };
+            let _ = write!(text, "; halts at {t} failure{s} {scope}");
+        }
+        if self.abort_in_flight {
+            text.push_str(", aborting what is installing");
+        }
+        text
+    }
 }
 
 /// One wave's cumulative size: a share of the deployment's devices, or a number of them.

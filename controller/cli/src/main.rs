@@ -220,6 +220,31 @@ enum GroupsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set what a deployment to the group does when it names no plan, and whether
+    /// devices joining the group get its latest deployment.
+    Set {
+        /// The group.
+        name: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Its deployments go to every device at once (the default plan).
+        #[arg(long, conflicts_with_all = ["waves", "canaries", "success", "soak", "halt_at", "halt_scope", "abort_in_flight"])]
+        all_at_once: bool,
+        /// Whether a device that joins the group gets its latest deployment.
+        #[arg(long, value_name = "yes|no", value_parser = yes_no)]
+        pick_up_joiners: Option<bool>,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("{s:?}: `yes` or `no`")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -632,6 +657,36 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 g.name, g.enrollment_token
             )
         }),
+        Top::Groups {
+            action:
+                Some(GroupsCmd::Set {
+                    name,
+                    plan,
+                    all_at_once,
+                    pick_up_joiners,
+                    json,
+                }),
+            ..
+        } => {
+            let default_plan = if all_at_once {
+                Some(molt_api::plan::RolloutPlan::default())
+            } else {
+                plan.plan()
+            };
+            if default_plan.is_none() && pick_up_joiners.is_none() {
+                bail!("say what to set: plan flags (--waves, --canary, …), --all-at-once or --pick-up-joiners");
+            }
+            let patch = molt_api::GroupPatch {
+                default_plan,
+                pick_up_joiners,
+            };
+            show(
+                c.patch_group(&name, &patch)?,
+                json,
+                "the group",
+                |g: Group| render::group_settings(&g),
+            )
+        }
         Top::Devices {
             action: Some(DevicesCmd::Remove { device }),
             ..
@@ -676,7 +731,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
                 devices,
                 comment: comment.unwrap_or_default(),
                 again,
-                plan: plan.plan().unwrap_or_default(),
+                plan: plan.plan(),
             })?;
             show(made, json, "the new deployment", deployment_made)
         }
@@ -686,7 +741,7 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             plan,
             json,
         } => show(
-            c.deploy_to_others(deployment, &group, plan.plan().unwrap_or_default())?,
+            c.deploy_to_others(deployment, &group, plan.plan())?,
             json,
             "the new deployment",
             deployment_made,

@@ -477,8 +477,9 @@ fn groups_devices_and_updates_print_tables_or_json() {
     let (fake, home) = scripted_and_logged_in();
     let out = home.ok(&["groups"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "GROUP  DEVICES  ENROLLMENT TOKEN");
-    assert_eq!(lines[1], "test   2        grp_test");
+    assert_eq!(lines[0], "GROUP  DEVICES  ENROLLMENT TOKEN  DEFAULT PLAN");
+    // A controller from before plans sends no default plan: all at once.
+    assert_eq!(lines[1], "test   2        grp_test          all at once");
     let v: Value = serde_json::from_str(&home.ok(&["groups", "--json"])).unwrap();
     assert_eq!(v[1]["name"], "prod");
 
@@ -1104,6 +1105,97 @@ fn real_controller_push_deploy_status_abort_logs() {
     assert_eq!(v.as_array().unwrap().len(), 2);
     let v: Value = serde_json::from_str(&home.ok(&["devices", "--json"])).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn real_controller_phased_deploy_halts_on_a_failing_canary_and_resumes() {
+    let rel = Release::new();
+    let (ctl, home) = real(&rel);
+    let out = home.ok(&["groups", "create", "prod"]);
+    let group_token = out.lines().nth(1).unwrap().to_owned();
+    home.ok(&["update", "push", s(&rel.bundle("2.0.0"))]);
+    let devices: Vec<(String, String)> = (0..4)
+        .map(|i| ctl.enroll(&group_token, &format!("gw-{i}")))
+        .collect();
+
+    // The group's default plan, then a deploy that names none.
+    let err = home.fails(&["groups", "set", "prod"]);
+    assert!(err.contains("say what to set"), "{err}");
+    let err = home.fails(&["groups", "set", "prod", "--waves", "10%,50%"]);
+    assert!(
+        err.contains("the last wave must be 100%") && err.contains("HTTP 400"),
+        "{err}"
+    );
+    let out = home.ok(&[
+        "groups",
+        "set",
+        "prod",
+        "--canary",
+        "gw-2",
+        "--waves",
+        "50%,100%",
+        "--halt-at",
+        "1",
+        "--soak",
+        "10m",
+    ]);
+    assert_eq!(
+        out,
+        "group prod: default plan 1 canary, 50%, 100%; soak 10m; halts at 1 failure in all; \
+         devices that join it get its latest deployment\n"
+    );
+    let out = home.ok(&["deploy", "2.0.0", "--group", "prod"]);
+    let dep = number_after(&out, "deployment ");
+    assert!(
+        out.contains("\n  the canaries (1 canary, 50%, 100%); soak 10m; halts at 1 failure in all"),
+        "{out}"
+    );
+
+    // Only the canary is offered; it fails and the deployment halts.
+    let poll = |cred: &str| {
+        ctl.device_post(
+            cred,
+            "poll",
+            json!({"active_version": "1.0.0", "agent_version": "0.1.0",
+                   "compatible": "acme-gw", "in_progress": null}),
+        )
+    };
+    let offered: Vec<usize> = (0..4)
+        .filter(|&i| poll(&devices[i].1)["action"] == "install")
+        .collect();
+    assert_eq!(offered, [2]);
+    ctl.device_post(
+        &devices[2].1,
+        &format!("deployments/{dep}/report"),
+        json!({"seq": 1, "state": "failed", "phase": "after", "progress": null,
+               "message": "after: exit status 1", "log": "", "active_version": "1.0.0"}),
+    );
+    let out = home.ok(&["status", &dep.to_string()]);
+    assert!(
+        out.contains("status   halted (3 pending, 1 failed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("halted   1 of 4 devices in all failed; the plan halts at 1"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("molt resume {dep}")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("WAVE ")), "{out}");
+    let out = home.ok(&["status"]);
+    assert!(out.contains("halted (3 pending, 1 failed)"), "{out}");
+
+    // Resumed with a new plan: the others go at once.
+    let out = home.ok(&["resume", &dep.to_string(), "--waves", "100%"]);
+    assert!(!out.contains("halted:"), "{out}");
+    let offered = (0..4)
+        .filter(|&i| poll(&devices[i].1)["action"] == "install")
+        .count();
+    assert_eq!(offered, 3);
+    let err = home.fails(&["resume", &dep.to_string()]);
+    assert!(
+        err.contains("is not halted") && err.contains("HTTP 409"),
+        "{err}"
+    );
 }
 
 /// `molt bundle inspect --json`'s entries: type, path, mode and content digest (or target).

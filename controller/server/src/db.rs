@@ -135,6 +135,13 @@ ALTER TABLE deployments ADD COLUMN gate_at INTEGER;
 ALTER TABLE targets ADD COLUMN wave INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX deployments_by_gate ON deployments(gate_at) WHERE gate_at IS NOT NULL;
 "#,
+    r#"
+-- A group's default rollout plan ('' = all at once), and whether a device that
+-- joins it gets its latest deployment.
+ALTER TABLE groups ADD COLUMN default_plan TEXT NOT NULL DEFAULT '';
+ALTER TABLE groups ADD COLUMN pick_up_joiners INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX deployments_by_group ON deployments(group_name, id);
+"#,
 ];
 
 /// The database handle, cheap to clone: the connection every change goes

@@ -22,7 +22,7 @@ use super::db::{now, rfc3339, signed, unsigned};
 use super::device_api::{parse_state, MAX_LOG};
 use super::error::{AppError, JsonBody, PathParams, QueryParams};
 use super::gates;
-use super::operator_api::group_id;
+use super::operator_api::{self, group_id};
 use super::rollout::{self, AbortAction};
 use super::waves::{self, CANARY_WAVE};
 use super::AppState;
@@ -44,7 +44,12 @@ const OPERATOR: &str = "operator";
 pub fn create(tx: &Transaction<'_>, req: &NewDeployment) -> Result<Deployment, AppError> {
     let (update, comment) = (req.update, req.comment.as_str());
     let (group, devices) = (req.group.as_deref(), req.devices.as_deref());
-    req.plan.check().map_err(AppError::bad_request)?;
+    let plan = match (&req.plan, group) {
+        (Some(p), _) => p.clone(),
+        (None, Some(g)) => operator_api::group(tx, g)?.default_plan,
+        (None, None) => RolloutPlan::default(),
+    };
+    plan.check().map_err(AppError::bad_request)?;
     let uid = signed(update, "update")?;
     let (compatible, update_comment): (String, String) = tx
         .query_row(
@@ -150,7 +155,7 @@ pub fn create(tx: &Transaction<'_>, req: &NewDeployment) -> Result<Deployment, A
         }
     }
     let named: Vec<(String, String)> = members.iter().map(|m| (m.0.clone(), m.1.clone())).collect();
-    let canaries = gates::canary_ids(&req.plan, &named)?;
+    let canaries = gates::canary_ids(&plan, &named)?;
     let t = now();
     tx.execute(
         "INSERT INTO deployments (update_id, group_name, comment, created, created_by, plan, wave)
@@ -161,13 +166,13 @@ pub fn create(tx: &Transaction<'_>, req: &NewDeployment) -> Result<Deployment, A
             comment,
             t,
             OPERATOR,
-            gates::stored(&req.plan)?,
+            gates::stored(&plan)?,
             CANARY_WAVE
         ],
     )?;
     let id = tx.last_insert_rowid();
     let ids: Vec<String> = named.into_iter().map(|m| m.0).collect();
-    let assigned = waves::assign(&req.plan, &ids, &canaries, unsigned(id));
+    let assigned = waves::assign(&plan, &ids, &canaries, unsigned(id));
     let mut ins = tx.prepare(
         "INSERT INTO targets (deployment_id, device_id, state, updated, wave)
          VALUES (?1, ?2, 'pending', ?3, ?4)",
@@ -202,7 +207,7 @@ pub async fn deploy_to_others(
 ) -> Result<(StatusCode, Json<Deployment>), AppError> {
     let d = state
         .db
-        .write(move |tx| deploy_to_others_in(tx, id, &req.group, &req.plan))
+        .write(move |tx| deploy_to_others_in(tx, id, &req.group, req.plan.as_ref()))
         .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
@@ -212,7 +217,7 @@ pub fn deploy_to_others_in(
     tx: &Transaction<'_>,
     id: u64,
     group: &str,
-    plan: &RolloutPlan,
+    plan: Option<&RolloutPlan>,
 ) -> Result<Deployment, AppError> {
     let dep = signed(id, "deployment")?;
     let (update, comment): (i64, String) = tx
@@ -231,9 +236,58 @@ pub fn deploy_to_others_in(
             devices: None,
             comment,
             again: false,
-            plan: plan.clone(),
+            plan: plan.cloned(),
         },
     )
+}
+
+/// Gives `device`, which just joined `group`, the group's latest deployment: unless
+/// the group does not pick up joiners, the deployment was aborted, the device
+/// already runs its version or is of other hardware, or already has it. The
+/// device comes last, in the plan's last wave, so it waits behind every gate.
+pub fn pick_up(tx: &Transaction<'_>, device: &str, group: &str, now: i64) -> Result<(), AppError> {
+    type Latest = (i64, bool, String, String, String, String, String, bool);
+    let latest: Option<Latest> = tx
+        .query_row(
+            "SELECT d.id, d.aborted IS NOT NULL, d.plan, u.version, u.compatible,
+                    v.compatible, v.active_version, g.pick_up_joiners
+             FROM deployments d JOIN updates u ON u.id = d.update_id
+                  JOIN groups g ON g.name = d.group_name
+                  JOIN devices v ON v.id = ?2
+             WHERE d.group_name = ?1 ORDER BY d.id DESC LIMIT 1",
+            params![group, device],
+            |r| Latest::try_from(r),
+        )
+        .optional()?;
+    let Some((dep, aborted, plan, version, compatible, hardware, active, pick_up)) = latest else {
+        return Ok(());
+    };
+    let why_not = if !pick_up {
+        Some("the group does not pick up joiners")
+    } else if aborted {
+        Some("it was aborted")
+    } else if hardware != compatible {
+        Some("the device is of other hardware")
+    } else if active == version {
+        Some("the device runs that version already")
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        tracing::info!("device {device} joined group {group}: not given deployment {dep}: {why}");
+        return Ok(());
+    }
+    let last = gates::parse(&plan)?.waves.len();
+    let added = tx.execute(
+        "INSERT OR IGNORE INTO targets (deployment_id, device_id, state, updated, wave)
+         VALUES (?1, ?2, 'pending', ?3, ?4)",
+        params![dep, device, now, i64::try_from(last).unwrap_or(i64::MAX)],
+    )?;
+    if added > 0 {
+        tracing::info!("device {device} joined group {group}: given deployment {dep}");
+        gates::advance(tx, dep, now)?;
+    }
+    Ok(())
 }
 
 /// `POST /deployments/{id}/resume`.

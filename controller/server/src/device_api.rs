@@ -13,9 +13,9 @@ use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use super::auth::{hash, new_secret, random_hex, Device};
 use super::db::{now, signed, unsigned};
 use super::error::{AppError, JsonBody, PathParams};
-use super::gates;
 use super::rollout::{self, Decision, Judgement, Open, WORK_INTERVAL_SECS};
 use super::seen::Versions;
+use super::{deployments, gates};
 use super::{range, AppState};
 use molt_api::DeviceState;
 
@@ -94,6 +94,7 @@ pub async fn enroll(
                     t
                 ],
             )?;
+            deployments::pick_up(tx, &device_id, &gname, t)?;
             Ok(gname)
         })
         .await?;

@@ -24,7 +24,8 @@ pub fn stored(plan: &RolloutPlan) -> Result<String, AppError> {
     serde_json::to_string(plan).map_err(|e| AppError::internal(format!("plan: {e}")))
 }
 
-fn parse(text: &str) -> Result<RolloutPlan, AppError> {
+/// A plan as stored, read back.
+pub fn parse(text: &str) -> Result<RolloutPlan, AppError> {
     if text.is_empty() {
         return Ok(RolloutPlan::default());
     }

@@ -190,6 +190,7 @@ impl Server {
                 "/groups",
                 get(operator_api::list_groups).post(operator_api::create_group),
             )
+            .route("/groups/{name}", patch(operator_api::patch_group))
             .route("/devices", get(operator_api::list_devices))
             .route(
                 "/devices/{id}",

@@ -1,4 +1,4 @@
-//! The operator API's groups and devices (docs/api.md): list and create groups, list devices, move a device to another group.
+//! The operator API's groups and devices (docs/api.md): list and create groups, a group's default plan, list devices, move a device to another group.
 //!
 //! The queries are plain functions over a transaction ([`groups`], [`devices`],
 //! [`group_compatibles`]) and group creation is [`new_group`], so the web UI shows
@@ -14,8 +14,9 @@ use super::auth::{random_hex, Operator};
 use super::db::{now, rfc3339, unsigned};
 use super::error::{AppError, JsonBody, PathParams, QueryParams};
 use super::rollout;
-use super::AppState;
-use molt_api::{Device, DevicePatch, DeviceRemoved, Group, NewGroup};
+use super::{deployments, gates, AppState};
+use molt_api::plan::RolloutPlan;
+use molt_api::{Device, DevicePatch, DeviceRemoved, Group, GroupPatch, NewGroup};
 
 /// Checks a group name: 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn check_group_name(name: &str) -> Result<(), AppError> {
@@ -51,19 +52,74 @@ pub async fn list_groups(
 
 /// Every group with its device count, by name.
 pub fn groups(tx: &Transaction<'_>) -> Result<Vec<Group>, AppError> {
-    let mut st = tx.prepare(
-        "SELECT g.name, g.enrollment_token,
-                (SELECT count(*) FROM devices d WHERE d.group_id = g.id AND d.removed = 0)
-         FROM groups g ORDER BY g.name",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok(Group {
-            name: r.get(0)?,
-            enrollment_token: r.get(1)?,
-            devices: unsigned(r.get(2)?),
+    let mut st = tx.prepare(&format!(
+        "SELECT {GROUP_COLUMNS} FROM groups g ORDER BY g.name"
+    ))?;
+    let rows = st.query_map([], |r| <(String, String, i64, String, bool)>::try_from(r))?;
+    rows.map(|r| group_from(r?)).collect()
+}
+
+/// The columns [`group_from`] reads, over `groups g`.
+const GROUP_COLUMNS: &str = "g.name, g.enrollment_token,
+     (SELECT count(*) FROM devices d WHERE d.group_id = g.id AND d.removed = 0),
+     g.default_plan, g.pick_up_joiners";
+
+fn group_from(
+    (name, enrollment_token, devices, plan, pick_up_joiners): (String, String, i64, String, bool),
+) -> Result<Group, AppError> {
+    Ok(Group {
+        name,
+        enrollment_token,
+        devices: unsigned(devices),
+        default_plan: gates::parse(&plan)?,
+        pick_up_joiners,
+    })
+}
+
+/// One group, or 404 naming it.
+pub fn group(tx: &Transaction<'_>, name: &str) -> Result<Group, AppError> {
+    let row = tx
+        .query_row(
+            &format!("SELECT {GROUP_COLUMNS} FROM groups g WHERE g.name = ?1"),
+            [name],
+            |r| <(String, String, i64, String, bool)>::try_from(r),
+        )
+        .optional()?
+        .ok_or_else(|| AppError::not_found(format!("group `{name}` does not exist")))?;
+    group_from(row)
+}
+
+/// `PATCH /groups/{name}`: its default plan, and whether joiners get its latest deployment.
+pub async fn patch_group(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    JsonBody(patch): JsonBody<GroupPatch>,
+) -> Result<Json<Group>, AppError> {
+    if let Some(p) = &patch.default_plan {
+        p.check()
+            .map_err(|e| AppError::bad_request(format!("default_plan: {e}")))?;
+    }
+    let g = state
+        .db
+        .write(move |tx| {
+            let gid = group_id(tx, &name)?;
+            if let Some(p) = &patch.default_plan {
+                tx.execute(
+                    "UPDATE groups SET default_plan = ?2 WHERE id = ?1",
+                    params![gid, gates::stored(p)?],
+                )?;
+            }
+            if let Some(on) = patch.pick_up_joiners {
+                tx.execute(
+                    "UPDATE groups SET pick_up_joiners = ?2 WHERE id = ?1",
+                    params![gid, on],
+                )?;
+            }
+            group(tx, &name)
         })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        .await?;
+    Ok(Json(g))
 }
 
 /// The distinct `compatible` strings of a group's devices, sorted (404 for no such group).
@@ -118,6 +174,8 @@ pub async fn new_group(state: &AppState, name: String) -> Result<Group, AppError
         name,
         devices: 0,
         enrollment_token: token,
+        default_plan: RolloutPlan::default(),
+        pick_up_joiners: true,
     })
 }
 
@@ -270,11 +328,14 @@ pub async fn patch_device(
             device(tx, &id, interval)?;
             if let Some(g) = &patch.group {
                 let gid = group_id(tx, g)?;
-                tx.execute(
-                    "UPDATE devices SET group_id = ?2 WHERE id = ?1",
+                let moved = tx.execute(
+                    "UPDATE devices SET group_id = ?2 WHERE id = ?1 AND group_id != ?2",
                     params![id, gid],
                 )?;
-                tracing::info!("device {id} moved to group {g}");
+                if moved > 0 {
+                    tracing::info!("device {id} moved to group {g}");
+                    deployments::pick_up(tx, &id, g, now())?;
+                }
             }
             device(tx, &id, interval)
         })

@@ -43,7 +43,7 @@ use serde_json::Value;
 
 use login::Target;
 use molt_api::plan::RolloutPlan;
-use molt_api::{encode_component, DeployToOthers, NewDeployment, NewGroup, Resume};
+use molt_api::{encode_component, DeployToOthers, GroupPatch, NewDeployment, NewGroup, Resume};
 use molt_bundle::inspect::human;
 use multipart::Multipart;
 use tls::CertRefusal;
@@ -288,6 +288,21 @@ impl Client {
         )
     }
 
+    /// `PATCH /groups/{name}`.
+    pub fn patch_group<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        patch: &GroupPatch,
+    ) -> Result<T, RequestError> {
+        // The API's message types always serialize.
+        let body = serde_json::to_string(patch).unwrap_or_else(|_| "{}".to_owned());
+        self.json(
+            "PATCH",
+            &format!("/groups/{}", encode_component(name)),
+            Some(body),
+        )
+    }
+
     /// `GET /updates`.
     pub fn updates<T: DeserializeOwned>(&self) -> Result<T, RequestError> {
         self.get("/updates")
@@ -303,7 +318,7 @@ impl Client {
         &self,
         deployment: u64,
         group: &str,
-        plan: RolloutPlan,
+        plan: Option<RolloutPlan>,
     ) -> Result<T, RequestError> {
         self.post(
             &format!("/deployments/{deployment}/deploy-to-others"),

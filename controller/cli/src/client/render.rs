@@ -152,14 +152,29 @@ pub fn groups_table(groups: &[Group]) -> String {
     table_or(
         groups,
         "no groups yet: molt groups create NAME\n",
-        &["GROUP", "DEVICES", "ENROLLMENT TOKEN"],
+        &["GROUP", "DEVICES", "ENROLLMENT TOKEN", "DEFAULT PLAN"],
         |g| {
             vec![
                 g.name.clone(),
                 g.devices.to_string(),
                 g.enrollment_token.clone(),
+                g.default_plan.describe(),
             ]
         },
+    )
+}
+
+/// What `molt groups set` leaves a group with.
+pub fn group_settings(g: &Group) -> String {
+    format!(
+        "group {}: default plan {}; devices that join it {}\n",
+        Escaped::new(&g.name),
+        g.default_plan.describe(),
+        if g.pick_up_joiners {
+            "get its latest deployment"
+        } else {
+            "wait for the next deployment"
+        }
     )
 }
 

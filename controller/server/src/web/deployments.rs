@@ -17,7 +17,6 @@ use super::super::AppState;
 use super::super::{db, gates};
 use super::layout::{self, badge, counts, Nav};
 use super::session::{self, Session};
-use molt_api::plan::RolloutPlan;
 use molt_api::{AbortResult, Deployment, DeploymentDetails, DeviceState, NotAborted};
 
 /// How many deployments the recent-updates table shows.
@@ -481,7 +480,7 @@ pub async fn deploy_to_others(
     let group = form.group;
     let made = state
         .db
-        .write(move |tx| api::deploy_to_others_in(tx, id, &group, &RolloutPlan::default()))
+        .write(move |tx| api::deploy_to_others_in(tx, id, &group, None))
         .await;
     match made {
         Ok(d) => Redirect::to(&format!("/?created={}", d.id)).into_response(),

@@ -23,7 +23,6 @@ use super::super::operator_api;
 use super::super::AppState;
 use super::layout::{self, Nav};
 use super::session::{self, Session};
-use molt_api::plan::RolloutPlan;
 use molt_api::{Group, NewDeployment};
 
 /// File rows on the form.
@@ -634,7 +633,7 @@ async fn build_and_deploy(
                 devices: None,
                 comment,
                 again: false,
-                plan: RolloutPlan::default(),
+                plan: None,
             };
             deployments::create(tx, &req)
         })

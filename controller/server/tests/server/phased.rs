@@ -280,3 +280,124 @@ fn plans_are_checked_before_anything_is_written() {
         "nothing was made: {list}"
     );
 }
+
+/// `PATCH /groups/{name}` with `body`.
+fn patch_group(fl: &Fleet, name: &str, body: Value) -> Answer {
+    request(
+        "PATCH",
+        &fl.c.api(&format!("/groups/{name}")),
+        Some(&fl.token),
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+#[test]
+fn a_group_default_plan_applies_when_a_deployment_names_none() {
+    let fl = fleet(3);
+    let g = patch_group(
+        &fl,
+        "fleet",
+        json!({"default_plan": {"waves": ["1", "100%"], "halt_at": "1"}}),
+    );
+    assert_eq!(g.status, 200, "{}", g.text());
+    assert_eq!(g.json()["default_plan"]["waves"], json!(["1", "100%"]));
+    assert_eq!(g.json()["pick_up_joiners"], true);
+    let d = post_ok(
+        &fl.c.api("/deployments"),
+        &fl.token,
+        json!({"update": fl.update, "group": "fleet"}),
+        201,
+    );
+    assert_eq!(d["rollout"]["plan"]["halt_at"], "1", "{d}");
+    assert_eq!(fl.offered(id(&d)).len(), 1);
+    // A plan given explicitly wins; the default one is checked when it is set.
+    let e = post_ok(
+        &fl.c.api("/deployments"),
+        &fl.token,
+        json!({"update": fl.update, "group": "fleet", "again": true, "plan": {"waves": ["100%"]}}),
+        201,
+    );
+    assert_eq!(e["rollout"]["plan"]["halt_at"], Value::Null, "{e}");
+    patch_group(&fl, "fleet", json!({"default_plan": {"waves": ["50%"]}}))
+        .refused(400, "default_plan: waves: the last wave must be 100%");
+    patch_group(&fl, "nowhere", json!({"pick_up_joiners": false})).refused(404, "nowhere");
+    patch_group(&fl, "fleet", json!({"pickup": false})).refused(400, "unknown field");
+}
+
+#[test]
+fn devices_that_join_a_group_mid_rollout_get_its_latest_deployment() {
+    let fl = fleet(2);
+    let d = fl.deploy(json!({"waves": ["50%", "100%"], "soak_secs": 600}));
+    let dep = id(&d);
+    let first = fl.offered(dep);
+    assert_eq!(first.len(), 1);
+    let token = get_ok(&fl.c.api("/groups"), &fl.token)[0]["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A new device joins: it is a target, in the last wave, so it waits its turn.
+    let late = enroll(&fl.c, &token, "gw-late", "acme-gw");
+    let details = fl.details(dep);
+    assert_eq!(state_of(&details, &late.id), "pending");
+    let wave = |details: &Value, dev: &str| {
+        details["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == dev)
+            .unwrap()["wave"]
+            .clone()
+    };
+    assert_eq!(wave(&details, &late.id), 2);
+    assert_eq!(
+        poll(&fl.c, &late, None)["action"],
+        "none",
+        "its wave has not started"
+    );
+    // A device of other hardware, or one already running the version, is left out.
+    let other = enroll(&fl.c, &token, "gw-other", "other-board");
+    let current = request(
+        "POST",
+        &fl.c.api("/device/enroll"),
+        None,
+        &[],
+        Some(
+            json!({"token": token, "name": "gw-current", "compatible": "acme-gw",
+                   "agent_version": "0.1.0", "active_version": "2.0.0"})
+            .to_string()
+            .as_bytes(),
+        ),
+    )
+    .json();
+    let ids: Vec<String> = fl.details(dep)["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !ids.contains(&other.id)
+            && !ids.contains(&current["device_id"].as_str().unwrap().to_owned())
+    );
+    // Moved in from another group: picked up too; with pick-up off: not.
+    let lab = group(&fl.c, &fl.token, "lab");
+    let moved = enroll(&fl.c, &lab, "gw-moved", "acme-gw");
+    let patch = |dev: &Dev, to: &str| {
+        request(
+            "PATCH",
+            &fl.c.api(&format!("/devices/{}", dev.id)),
+            Some(&fl.token),
+            &[("Content-Type", "application/json")],
+            Some(json!({"group": to}).to_string().as_bytes()),
+        )
+    };
+    assert_eq!(patch(&moved, "fleet").status, 200);
+    assert_eq!(state_of(&fl.details(dep), &moved.id), "pending");
+    assert_eq!(
+        patch_group(&fl, "fleet", json!({"pick_up_joiners": false})).status,
+        200
+    );
+    let ignored = enroll(&fl.c, &token, "gw-ignored", "acme-gw");
+    assert!(!fl.details(dep).to_string().contains(&ignored.id));
+}

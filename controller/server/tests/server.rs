@@ -12,6 +12,8 @@ mod api;
 mod build;
 #[path = "server/conn.rs"]
 mod conn;
+#[path = "server/fleet_sim.rs"]
+mod fleet_sim;
 #[path = "server/phased.rs"]
 mod phased;
 #[path = "server/rollout.rs"]

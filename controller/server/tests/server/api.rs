@@ -198,11 +198,13 @@ fn an_upload_over_the_limit_is_refused() {
 
 #[test]
 fn deployments_refuse_what_cannot_be_deployed() {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let u = upload(&c, &token, &bundle(f.dir.path(), "1.0.0", &k)).json();
-    let update = u["id"].as_u64().unwrap();
+    let Stored {
+        f: _data,
+        c,
+        token,
+        update,
+        ..
+    } = stored("1.0.0");
     let test = group(&c, &token, "test");
     group(&c, &token, "empty");
     let deps = c.api("/deployments");

@@ -61,10 +61,13 @@ fn round(c: &Controller, devices: &[Dev], scripts: &[Script], dep: u64) -> Vec<u
 
 #[test]
 fn a_thousand_devices_with_ten_percent_failing_halt_after_the_first_wave() {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let u = upload(&c, &token, &bundle(f.dir.path(), "4.0.0", &k)).json();
+    let Stored {
+        f: _data,
+        c,
+        token,
+        update,
+        ..
+    } = stored("4.0.0");
     let t = group(&c, &token, "fleet");
     let devices = on_threads(DEVICES, |i| {
         enroll(&c, &t, &format!("sim-{i:04}"), "acme-gw")
@@ -72,7 +75,7 @@ fn a_thousand_devices_with_ten_percent_failing_halt_after_the_first_wave() {
     let d = post_ok(
         &c.api("/deployments"),
         &token,
-        json!({"update": u["id"], "group": "fleet",
+        json!({"update": update, "group": "fleet",
                "plan": {"waves": ["10%", "50%", "100%"], "success_percent": 95}}),
         201,
     );

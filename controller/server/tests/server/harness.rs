@@ -351,6 +351,37 @@ pub fn upload(c: &Controller, token: &str, bundle: &[u8]) -> Answer {
     )
 }
 
+/// A controller that trusts a fresh key and holds one update signed with it:
+/// where the deployment tests start.
+pub struct Stored {
+    pub f: Fixture,
+    pub c: Controller,
+    pub token: String,
+    /// The bundle as uploaded.
+    pub bundle: Vec<u8>,
+    /// The update's id.
+    pub update: u64,
+}
+
+/// Starts a controller and uploads version `version` of the test bundle to it.
+pub fn stored(version: &str) -> Stored {
+    let f = Fixture::new();
+    let (k, public) = key(f.dir.path(), "k");
+    let (c, token) = f.start(&["--trusted-key", &public]);
+    let bundle = bundle(f.dir.path(), version, &k);
+    let u = upload(&c, &token, &bundle).json();
+    let update = u["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no update id in {u}"));
+    Stored {
+        f,
+        c,
+        token,
+        bundle,
+        update,
+    }
+}
+
 /// An enrolled device.
 pub struct Dev {
     pub id: String,

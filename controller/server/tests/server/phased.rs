@@ -17,10 +17,13 @@ struct Fleet {
 }
 
 fn fleet(n: usize) -> Fleet {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let u = upload(&c, &token, &bundle(f.dir.path(), "2.0.0", &k)).json();
+    let Stored {
+        f,
+        c,
+        token,
+        update,
+        ..
+    } = stored("2.0.0");
     let t = group(&c, &token, "fleet");
     let devices = (0..n)
         .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
@@ -29,7 +32,7 @@ fn fleet(n: usize) -> Fleet {
         f,
         c,
         token,
-        update: u["id"].as_u64().unwrap(),
+        update,
         devices,
     }
 }

@@ -20,11 +20,13 @@ struct Rollout {
 }
 
 fn rollout() -> Rollout {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let bundle = bundle(f.dir.path(), "1.5.0", &k);
-    let u = upload(&c, &token, &bundle).json();
+    let Stored {
+        f,
+        c,
+        token,
+        bundle,
+        update,
+    } = stored("1.5.0");
     let test = group(&c, &token, "test");
     let prod = group(&c, &token, "production");
     let a = enroll(&c, &test, "gw-a", "acme-gw");
@@ -33,7 +35,7 @@ fn rollout() -> Rollout {
     let d = post_ok(
         &c.api("/deployments"),
         &token,
-        json!({"update": u["id"], "group": "test", "comment": "first"}),
+        json!({"update": update, "group": "test", "comment": "first"}),
         201,
     );
     assert_eq!(d["state"], "in_progress");

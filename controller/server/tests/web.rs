@@ -827,3 +827,385 @@ fn a_halted_deployment_shows_its_waves_and_why_and_resumes_from_its_page() {
     b.post(&format!("{path}/resume"), &[("csrf", &csrf)])
         .assert_says(409, &["is not halted"]);
 }
+
+#[test]
+fn the_forms_rollout_fields_make_a_phased_deployment_and_bad_ones_build_nothing() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    let devs: Vec<Dev> = (1..=3)
+        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
+        .collect();
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let form = b.get("/updates/new");
+    form.assert_says(
+        200,
+        &[
+            "Rollout (optional)",
+            "name=\"plan_waves\"",
+            "name=\"plan_canaries\"",
+            "name=\"plan_halt_scope\"",
+            "the target group's default plan",
+        ],
+    );
+    let send = |b: &mut Browser, plan: &[(&str, Option<&str>, &[u8])]| {
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![
+            ("version", None, b"1.0.0"),
+            ("group", None, b"test"),
+            ("comment", None, b"phased from the form"),
+            ("dest1", None, b"/opt/app/hello.txt"),
+            ("files1", Some("hello.txt"), b"hello\n"),
+        ];
+        parts.extend_from_slice(plan);
+        b.submit_update(&csrf, &parts)
+    };
+
+    // Each bad value comes back as typed, with the field named, and builds nothing.
+    let hostile = "<script>alert('waves')</script>";
+    for (field, value, says) in [
+        ("plan_waves", hostile, "rollout plan, waves: "),
+        (
+            "plan_waves",
+            "10%,50%",
+            "rollout plan, waves: the last wave must be 100%",
+        ),
+        (
+            "plan_success",
+            "101%",
+            "rollout plan, success_percent: 101 is more than 100",
+        ),
+        ("plan_soak", "soon", "rollout plan, soak: &quot;soon&quot;"),
+        ("plan_halt_at", "0", "rollout plan, halt at: &quot;0&quot;"),
+        (
+            "plan_halt_scope",
+            "group",
+            "rollout plan, halt scope: &quot;group&quot;",
+        ),
+        (
+            "plan_canaries",
+            "gw-9",
+            "canaries: &quot;gw-9&quot; is not a device of this deployment",
+        ),
+    ] {
+        let page = send(&mut b, &[(field, None, value.as_bytes())]);
+        page.assert_says(400, &[says, "phased from the form"]);
+        if field != "plan_halt_scope" {
+            let kept = format!("name=\"{field}\" value=\"{}\"", html_escape(value));
+            assert!(page.body.contains(&kept), "{field} not kept: {}", page.body);
+        }
+        assert!(!page.body.contains(hostile), "{field}: not escaped");
+        assert_eq!(
+            get_ok(&c.api("/updates"), &token),
+            json!([]),
+            "{field}: an update was built"
+        );
+    }
+
+    // Good values: a phased deployment, the canary by name.
+    let ok = send(
+        &mut b,
+        &[
+            ("plan_waves", None, b"50%, 100%"),
+            ("plan_canaries", None, b"gw-2"),
+            ("plan_success", None, b"95%"),
+            ("plan_soak", None, b"10m"),
+            ("plan_halt_at", None, b"1"),
+            ("plan_halt_scope", None, b"wave"),
+            ("plan_abort_in_flight", None, b"on"),
+        ],
+    );
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let deps = get_ok(&c.api("/deployments"), &token);
+    let plan = &deps[0]["rollout"]["plan"];
+    assert_eq!(
+        plan,
+        &json!({"waves": ["50%", "100%"], "canaries": ["gw-2"], "success_percent": 95,
+                "soak_secs": 600, "halt_at": "1", "halt_scope": "wave",
+                "abort_in_flight": true}),
+        "{deps}"
+    );
+    // Only the canary is offered the update first.
+    assert_eq!(poll(&c, &devs[1], None)["action"], "install");
+    assert_ne!(poll(&c, &devs[0], None)["action"], "install");
+    let dep = deps[0]["id"].as_u64().unwrap();
+    b.get(&format!("/deployments/{dep}")).assert_says(
+        200,
+        &[
+            "the canaries (1 canary, 50%, 100%)",
+            "<td class=\"wave\">canary</td>",
+        ],
+    );
+}
+
+/// What maud makes of a value inside an attribute.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[test]
+fn the_forms_empty_rollout_fields_take_the_groups_default_plan() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    let t = group(&c, &token, "test");
+    for i in 1..=2 {
+        enroll(&c, &t, &format!("gw-{i}"), "acme-gw");
+    }
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let set_canary = |b: &mut Browser, canary: &str| {
+        let saved = b.post(
+            "/groups",
+            &[
+                ("csrf", &csrf),
+                ("set", "plan"),
+                ("name", "test"),
+                ("plan_canaries", canary),
+                ("pick_up_joiners", "on"),
+            ],
+        );
+        assert_eq!(saved.status, 303, "{}", saved.body);
+    };
+    let send = |b: &mut Browser| {
+        b.submit_update(
+            &csrf,
+            &[
+                ("version", None, b"1.0.0"),
+                ("group", None, b"test"),
+                ("dest1", None, b"/opt/app/hello.txt"),
+                ("files1", Some("hello.txt"), b"hello\n"),
+                // The select's default alone is no plan of the form's own.
+                ("plan_halt_scope", None, b"overall"),
+            ],
+        )
+    };
+    // The group's default plan names a canary no longer in it: refused before the
+    // build, like a canary typed into the form.
+    set_canary(&mut b, "gw-9");
+    send(&mut b).assert_says(
+        400,
+        &["canaries: &quot;gw-9&quot; is not a device of this deployment: nothing was built"],
+    );
+    assert_eq!(get_ok(&c.api("/updates"), &token), json!([]));
+    set_canary(&mut b, "gw-1");
+    let sent = send(&mut b);
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let deps = get_ok(&c.api("/deployments"), &token);
+    assert_eq!(
+        deps[0]["rollout"]["plan"]["canaries"],
+        json!(["gw-1"]),
+        "{deps}"
+    );
+}
+
+#[test]
+fn deploy_to_others_from_a_halted_deployment_asks_first() {
+    let f = Fixture::new();
+    let (k, public) = key(f.dir.path(), "k");
+    let (c, token) = f.start(&["--trusted-key", &public]);
+    let u = upload(&c, &token, &bundle(f.dir.path(), "3.0.0", &k)).json();
+    let t = group(&c, &token, "fleet");
+    let devs: Vec<Dev> = (0..2)
+        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
+        .collect();
+    let p = group(&c, &token, "production");
+    for i in 0..3 {
+        enroll(&c, &p, &format!("prod-{i}"), "acme-gw");
+    }
+    let d = post_ok(
+        &c.api("/deployments"),
+        &token,
+        json!({"update": u["id"], "group": "fleet",
+               "plan": {"canaries": ["gw-1"], "waves": ["100%"], "halt_at": "1"}}),
+        201,
+    );
+    let dep = d["id"].as_u64().unwrap();
+    poll(&c, &devs[1], None);
+    assert_eq!(report(&c, &devs[1], dep, 1, "failed", "boom\n").status, 200);
+
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    let path = format!("/deployments/{dep}/deploy-to-others");
+    b.get(&path).assert_says(
+        200,
+        &[
+            &format!("Deployment {dep} halted: 1 of 2 devices in all failed; the plan halts at 1."),
+            "Deploy its update to another group anyway?",
+            "name=\"confirmed\" value=\"yes\" required",
+            "production (3 devices; default plan: all at once)",
+            "name=\"plan_waves\"",
+        ],
+    );
+    // Not confirmed: refused, the form as typed, nothing deployed.
+    let refused = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("group", "production"),
+            ("plan_waves", "34%,100%"),
+        ],
+    );
+    refused.assert_says(
+        409,
+        &[
+            "Tick “Yes, deploy it anyway”",
+            "nothing was deployed",
+            "value=\"production\" selected",
+            "name=\"plan_waves\" value=\"34%,100%\"",
+        ],
+    );
+    assert_eq!(
+        get_ok(&c.api("/deployments"), &token)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Without the form token: 403, as for every form.
+    assert_eq!(
+        b.post(&path, &[("group", "production"), ("confirmed", "yes")])
+            .status,
+        403
+    );
+    // A bad plan, confirmed: refused with the field named.
+    b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("group", "production"),
+            ("confirmed", "yes"),
+            ("plan_halt_at", "-1"),
+        ],
+    )
+    .assert_says(400, &["rollout plan, halt at: &quot;-1&quot;"]);
+    assert_eq!(
+        get_ok(&c.api("/deployments"), &token)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Confirmed, with a plan: deployed in waves.
+    let sent = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("group", "production"),
+            ("confirmed", "yes"),
+            ("plan_waves", "34%,100%"),
+        ],
+    );
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let deps = get_ok(&c.api("/deployments"), &token);
+    assert_eq!(deps[0]["group"], "production");
+    assert_eq!(deps[0]["rollout"]["plan"]["waves"], json!(["34%", "100%"]));
+
+    // From a deployment that neither failed nor halted, no question.
+    let other = deps[0]["id"].as_u64().unwrap();
+    let page = b.get(&format!("/deployments/{other}/deploy-to-others"));
+    assert!(!page.body.contains("name=\"confirmed\""), "{}", page.body);
+}
+
+#[test]
+fn a_groups_default_plan_is_set_from_the_groups_page() {
+    let f = Fixture::new();
+    let (c, token) = f.start(&[]);
+    one_test_device(&c, &token, "gw-1");
+    let mut b = Browser::new(&c);
+    b.login(&token);
+    let csrf = b.csrf();
+    b.get("/groups").assert_says(
+        200,
+        &[
+            "<td class=\"plan\">all at once</td>",
+            "picked up",
+            "Save test",
+        ],
+    );
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("set", "plan"),
+        ("name", "test"),
+        ("plan_canaries", "gw-1"),
+        ("plan_waves", "10%,100%"),
+        ("plan_soak", "10m"),
+        ("plan_halt_at", "2"),
+    ];
+    // The form token is required.
+    assert_eq!(b.post("/groups", &fields[1..]).status, 403);
+    let saved = b.post("/groups", &fields);
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(saved.location.as_deref(), Some("/groups?saved=test"));
+    let g = &get_ok(&c.api("/groups"), &token)[0];
+    assert_eq!(
+        g["default_plan"],
+        json!({"waves": ["10%", "100%"], "canaries": ["gw-1"], "success_percent": 0,
+               "soak_secs": 600, "halt_at": "2", "halt_scope": "overall",
+               "abort_in_flight": false}),
+        "{g}"
+    );
+    // Unticked: joiners are no longer picked up.
+    assert_eq!(g["pick_up_joiners"], false, "{g}");
+    b.get("/groups?saved=test").assert_says(
+        200,
+        &[
+            "default plan and joiners saved",
+            "1 canary, 10%, 100%; soak 10m; halts at 2 failures in all",
+            "not picked up",
+            // The form shows the stored plan to edit.
+            "name=\"plan_waves\" value=\"10%,100%\"",
+            "name=\"plan_soak\" value=\"10m\"",
+        ],
+    );
+
+    // A bad value: the page again with the form as typed and open, nothing saved.
+    let bad = b.post(
+        "/groups",
+        &[
+            ("csrf", &csrf),
+            ("set", "plan"),
+            ("name", "test"),
+            ("plan_waves", "100%,10%"),
+            ("plan_success", "<b>lots</b>"),
+            ("pick_up_joiners", "on"),
+        ],
+    );
+    bad.assert_says(
+        400,
+        &[
+            "group `test`: rollout plan, success: &quot;&lt;b&gt;lots&lt;/b&gt;&quot;: a share",
+            "name=\"plan_waves\" value=\"100%,10%\"",
+            "value=\"&lt;b&gt;lots&lt;/b&gt;\"",
+            "<details class=\"group-plan\" open",
+        ],
+    );
+    assert!(!bad.body.contains("<b>lots</b>"));
+    let g = &get_ok(&c.api("/groups"), &token)[0];
+    assert_eq!(g["default_plan"]["waves"], json!(["10%", "100%"]), "{g}");
+    // A group that does not exist: 404 on the page, not a raw error.
+    b.post(
+        "/groups",
+        &[("csrf", &csrf), ("set", "plan"), ("name", "nope")],
+    )
+    .assert_says(404, &["group `nope`"]);
+    // All empty and ticked: back to all at once, joiners picked up.
+    let reset = b.post(
+        "/groups",
+        &[
+            ("csrf", &csrf),
+            ("set", "plan"),
+            ("name", "test"),
+            ("pick_up_joiners", "on"),
+        ],
+    );
+    assert_eq!(reset.status, 303, "{}", reset.body);
+    let g = &get_ok(&c.api("/groups"), &token)[0];
+    assert_eq!(g["default_plan"]["waves"], json!(["100%"]), "{g}");
+    assert_eq!(g["pick_up_joiners"], true, "{g}");
+}

@@ -407,12 +407,46 @@ pub async fn abort(
     }
 }
 
+/// Why deploying `d`'s update further deserves a second thought: it failed or its
+/// plan halted it. `None` for any other state.
+fn warning(d: &Deployment) -> Option<String> {
+    let c = &d.counts;
+    match d.state.as_str() {
+        "halted" => Some(format!(
+            "Deployment {} halted: {}.",
+            d.id,
+            d.rollout
+                .halted
+                .as_deref()
+                .unwrap_or("its plan stopped it")
+                .trim_end_matches('.')
+        )),
+        "failed" => Some(format!(
+            "Deployment {} failed: {} of its {} devices did not install the update.",
+            d.id,
+            c.failed + c.rolled_back,
+            c.total()
+        )),
+        _ => None,
+    }
+}
+
+/// The deploy-to-others form as typed (the group chosen and the plan fields).
+#[derive(Default)]
+struct OthersTyped<'a> {
+    group: &'a str,
+    plan: Option<&'a layout::PlanFields>,
+}
+
 fn others_page(
     session: &Session,
     d: &Deployment,
     groups: &[molt_api::Group],
+    typed: OthersTyped<'_>,
     error: Option<&str>,
 ) -> Markup {
+    let blank = layout::PlanFields::default();
+    let plan = typed.plan.unwrap_or(&blank);
     let body = html! {
         p.crumbs { a href="/" { "Recent updates" } " › " a href={ "/deployments/" (d.id) } { "deployment " (d.id) } " › deploy to others" }
         h1 { "Deploy " (d.version) " to another group" }
@@ -421,15 +455,33 @@ fn others_page(
             " (" (badge(&d.state)) "). The new deployment keeps its comment."
         }
         @if let Some(e) = error { (layout::notice("error", e)) }
-        form.inline method="post" action={ "/deployments/" (d.id) "/deploy-to-others" } {
+        @if let Some(w) = warning(d) {
+            div.notice.error.warn role="alert" {
+                p { strong { (w) } }
+                p { "Deploy its update to another group anyway?" }
+            }
+        }
+        form.others method="post" action={ "/deployments/" (d.id) "/deploy-to-others" } {
             input type="hidden" name="csrf" value=(session.csrf);
-            label for="other-group" { "Group" }
-            select #other-group name="group" required {
-                @for g in groups.iter().filter(|g| g.name != d.group) {
-                    option value=(g.name) { (g.name) " (" (layout::devices_count(g.devices)) ")" }
+            div.field {
+                label for="other-group" { "Group" }
+                select #other-group name="group" required {
+                    @for g in groups.iter().filter(|g| g.name != d.group) {
+                        option value=(g.name) selected[typed.group == g.name] {
+                            (g.name) " (" (layout::devices_count(g.devices)) "; default plan: " (g.default_plan.describe()) ")"
+                        }
+                    }
                 }
             }
-            button type="submit" { "Deploy" }
+            (layout::plan_fieldset(plan, "", "Rollout (optional)",
+                "Leave every field empty for the chosen group's default plan."))
+            @if warning(d).is_some() {
+                div.check.confirm {
+                    input #confirmed type="checkbox" name="confirmed" value="yes" required;
+                    label for="confirmed" { "Yes, deploy it anyway: I have read why deployment " (d.id) " stopped" }
+                }
+            }
+            div.submit { button type="submit" { "Deploy" } }
         }
     };
     layout::page("Deploy to others", Some(session), Nav::None, body)
@@ -448,26 +500,36 @@ async fn others_data(
         .await
 }
 
-/// `GET /deployments/{id}/deploy-to-others`: choose the group.
+/// `GET /deployments/{id}/deploy-to-others`: choose the group (and, optionally, a plan).
 pub async fn others_form(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<u64>,
 ) -> Response {
     match others_data(&state, id).await {
-        Ok((d, groups)) => others_page(&session, &d, &groups, None).into_response(),
+        Ok((d, groups)) => {
+            others_page(&session, &d, &groups, OthersTyped::default(), None).into_response()
+        }
         Err(e) => layout::error_page(Some(&session), e.status, &e.message),
     }
 }
 
-/// The deploy-to-others form.
+/// The deploy-to-others form: the token, the group, the optional plan, and
+/// `confirmed=yes` when the deployment it starts from failed or halted.
 #[derive(Deserialize)]
 pub struct OthersForm {
     csrf: Option<String>,
+    #[serde(default)]
     group: String,
+    #[serde(default)]
+    confirmed: String,
+    #[serde(flatten)]
+    plan: layout::PlanFields,
 }
 
-/// `POST /deployments/{id}/deploy-to-others`: the API's own function; back to recent updates.
+/// `POST /deployments/{id}/deploy-to-others`: the API's own function; back to recent
+/// updates. From a failed or halted deployment only once confirmed; a refusal shows
+/// the form again as typed, nothing deployed.
 pub async fn deploy_to_others(
     State(state): State<AppState>,
     session: Session,
@@ -477,20 +539,37 @@ pub async fn deploy_to_others(
     if let Err(e) = session.check_token(form.csrf.as_deref()) {
         return session::refused(Some(&session), &e);
     }
-    let group = form.group;
+    let (d, groups) = match others_data(&state, id).await {
+        Ok(v) => v,
+        Err(e) => return layout::error_page(Some(&session), e.status, &e.message),
+    };
+    let refuse = |e: AppError| {
+        let typed = OthersTyped {
+            group: &form.group,
+            plan: Some(&form.plan),
+        };
+        (
+            e.status,
+            others_page(&session, &d, &groups, typed, Some(&e.message)),
+        )
+            .into_response()
+    };
+    if let (Some(w), false) = (warning(&d), form.confirmed == "yes") {
+        return refuse(AppError::conflict(format!(
+            "{w} Tick \u{201c}Yes, deploy it anyway\u{201d} to deploy its update to another group: nothing was deployed."
+        )));
+    }
+    let plan = match form.plan.plan() {
+        Ok(p) => p,
+        Err(e) => return refuse(AppError::bad_request(e)),
+    };
+    let group = form.group.clone();
     let made = state
         .db
-        .write(move |tx| api::deploy_to_others_in(tx, id, &group, None))
+        .write(move |tx| api::deploy_to_others_in(tx, id, &group, plan.as_ref()))
         .await;
     match made {
-        Ok(d) => Redirect::to(&format!("/?created={}", d.id)).into_response(),
-        Err(e) => match others_data(&state, id).await {
-            Ok((d, groups)) => (
-                e.status,
-                others_page(&session, &d, &groups, Some(&e.message)),
-            )
-                .into_response(),
-            Err(e2) => layout::error_page(Some(&session), e2.status, &e2.message),
-        },
+        Ok(made) => Redirect::to(&format!("/?created={}", made.id)).into_response(),
+        Err(e) => refuse(e),
     }
 }

@@ -7,32 +7,95 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::super::error::AppError;
+use super::super::auth::Operator;
+use super::super::error::{AppError, JsonBody, PathParams};
 use super::super::operator_api;
 use super::super::AppState;
-use super::layout::{self, badge, Nav};
+use super::layout::{self, badge, Nav, PlanFields};
 use super::session::{self, Session};
 use molt_api::encode_component;
-use molt_api::Group;
+use molt_api::{Group, GroupPatch};
 
-fn groups_page(session: &Session, groups: &[Group], name: &str, error: Option<&str>) -> Markup {
+/// A group's default-plan form as typed, with why it was refused.
+struct Editing<'a> {
+    group: &'a str,
+    fields: &'a PlanFields,
+    pick_up_joiners: bool,
+    error: &'a str,
+}
+
+/// The groups page. `name` and `error` are the new-group form's; `editing` a
+/// refused default-plan form; `saved` the group whose plan was just saved.
+fn groups_page(
+    session: &Session,
+    groups: &[Group],
+    name: &str,
+    error: Option<&str>,
+    editing: Option<&Editing<'_>>,
+    saved: Option<&str>,
+) -> Markup {
     let body = html! {
         h1 { "Groups" }
         p.lead {
             "Devices enroll into a group with its token ("
             code { "molt-agent enroll --token …" } "); updates are deployed to a group."
         }
+        @if let Some(g) = saved.filter(|g| groups.iter().any(|x| x.name == *g)) {
+            p.notice.ok role="status" { "Group " strong { (g) } ": default plan and joiners saved." }
+        }
+        // A refused plan for a group that is not listed (removed meanwhile, or a
+        // crafted post) has no form to show its error in.
+        @if let Some(e) = editing.filter(|e| !groups.iter().any(|g| g.name == e.group)) {
+            (layout::notice("error", e.error))
+        }
         @if groups.is_empty() {
             p.empty { "No groups yet: create one below." }
         } @else {
-            table {
-                thead { tr { th scope="col" { "Group" } th scope="col" { "Devices" } th scope="col" { "Enrollment token" } } }
-                tbody {
-                    @for g in groups {
-                        tr {
-                            th scope="row" { (g.name) }
-                            td { a href={ "/devices?group=" (g.name) } { (g.devices) } }
-                            td { code { (g.enrollment_token) } }
+            div.scroll {
+                table #groups {
+                    thead { tr {
+                        th scope="col" { "Group" } th scope="col" { "Devices" }
+                        th scope="col" { "Default plan" } th scope="col" { "Joiners" }
+                        th scope="col" { "Enrollment token" }
+                    } }
+                    tbody {
+                        @for g in groups {
+                            tr data-group=(g.name) {
+                                th scope="row" { (g.name) }
+                                td { a href={ "/devices?group=" (encode_component(&g.name)) } { (g.devices) } }
+                                td.plan { (g.default_plan.describe()) }
+                                td { @if g.pick_up_joiners { "picked up" } @else { "not picked up" } }
+                                td { code { (g.enrollment_token) } }
+                            }
+                        }
+                    }
+                }
+            }
+            section.plans {
+                h2 { "Default plans" }
+                p.help {
+                    "A deployment to a group that names no plan (the new-update form's rollout fields left empty, Deploy to others, "
+                    code { "molt deploy" } " without plan flags) takes the group's. Every field empty: all at once. "
+                    "A device that joins the group during its latest deployment gets it too, in the last wave, when joiners are picked up."
+                }
+                @for g in groups {
+                    @let edit = editing.filter(|e| e.group == g.name);
+                    @let shown = PlanFields::of(&g.default_plan);
+                    details.group-plan open[edit.is_some()] {
+                        summary { strong { (g.name) } ": " (g.default_plan.describe()) }
+                        @if let Some(e) = edit { (layout::notice("error", e.error)) }
+                        form.recipe method="post" action="/groups" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            input type="hidden" name="set" value="plan";
+                            input type="hidden" name="name" value=(g.name);
+                            (layout::plan_fieldset(edit.map_or(&shown, |e| e.fields), &format!("g-{}-", g.name),
+                                &format!("Default plan of {}", g.name), "Empty fields take the defaults: one wave of 100%, no gate, no halt."))
+                            @let joiners = edit.map_or(g.pick_up_joiners, |e| e.pick_up_joiners);
+                            div.check {
+                                input id={ "joiners-" (g.name) } type="checkbox" name="pick_up_joiners" value="on" checked[joiners];
+                                label for={ "joiners-" (g.name) } { "Devices that join during the latest deployment get it" }
+                            }
+                            div.submit { button type="submit" { "Save " (g.name) } }
                         }
                     }
                 }
@@ -55,42 +118,112 @@ fn groups_page(session: &Session, groups: &[Group], name: &str, error: Option<&s
     layout::page("Groups", Some(session), Nav::Groups, body)
 }
 
+/// `?saved=` after a group's default plan was saved.
+#[derive(Deserialize)]
+pub struct Saved {
+    saved: Option<String>,
+}
+
 /// `GET /groups`.
-pub async fn groups(State(state): State<AppState>, session: Session) -> Response {
+pub async fn groups(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<Saved>,
+) -> Response {
     match state.db.read(operator_api::groups).await {
-        Ok(list) => groups_page(&session, &list, "", None).into_response(),
+        Ok(list) => {
+            groups_page(&session, &list, "", None, None, q.saved.as_deref()).into_response()
+        }
         Err(e) => layout::error_page(Some(&session), e.status, &e.message),
     }
 }
 
-/// The new-group form.
+/// The groups page's forms: a new group (`name`), or with `set=plan` a group's
+/// default plan and whether it picks up joiners.
 #[derive(Deserialize)]
-pub struct NewGroupForm {
+pub struct GroupForm {
     csrf: Option<String>,
+    #[serde(default)]
     name: String,
+    #[serde(default)]
+    set: String,
+    #[serde(default)]
+    pick_up_joiners: String,
+    #[serde(flatten)]
+    plan: PlanFields,
 }
 
-/// `POST /groups`: creates the group through the API's own function.
+async fn group_list(state: &AppState) -> Vec<Group> {
+    state
+        .db
+        .read(operator_api::groups)
+        .await
+        .unwrap_or_default()
+}
+
+/// `POST /groups`: creates the group, or sets a group's default plan, through the
+/// API's own functions (the plan checked as `PATCH /groups/{name}` checks it).
 pub async fn create_group(
     State(state): State<AppState>,
     session: Session,
-    Form(form): Form<NewGroupForm>,
+    Form(form): Form<GroupForm>,
 ) -> Response {
     if let Err(e) = session.check_token(form.csrf.as_deref()) {
         return session::refused(Some(&session), &e);
+    }
+    if form.set == "plan" {
+        return set_plan(state, session, form).await;
     }
     let name = form.name.trim().to_owned();
     match operator_api::new_group(&state, name.clone()).await {
         Ok(_) => Redirect::to("/groups").into_response(),
         Err(e) => {
-            let list = state
-                .db
-                .read(operator_api::groups)
-                .await
-                .unwrap_or_default();
+            let list = group_list(&state).await;
             (
                 e.status,
-                groups_page(&session, &list, &name, Some(&e.message)),
+                groups_page(&session, &list, &name, Some(&e.message), None, None),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A group's default plan and joiners; the page again with the form as typed on a refusal.
+async fn set_plan(state: AppState, session: Session, form: GroupForm) -> Response {
+    let joiners = form.pick_up_joiners == "on";
+    let saved = match form.plan.plan() {
+        Err(e) => Err(AppError::bad_request(e)),
+        Ok(plan) => {
+            let patch = GroupPatch {
+                default_plan: Some(plan.unwrap_or_default()),
+                pick_up_joiners: Some(joiners),
+            };
+            operator_api::patch_group(
+                Operator,
+                State(state.clone()),
+                PathParams(form.name.clone()),
+                JsonBody(patch),
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    match saved {
+        Ok(()) => {
+            Redirect::to(&format!("/groups?saved={}", encode_component(&form.name))).into_response()
+        }
+        Err(e) => {
+            let list = group_list(&state).await;
+            let message = format!("group `{}`: {}", form.name, e.message);
+            let editing = Editing {
+                group: &form.name,
+                fields: &form.plan,
+                pick_up_joiners: joiners,
+                error: &message,
+            };
+            (
+                e.status,
+                groups_page(&session, &list, "", None, Some(&editing), None),
             )
                 .into_response()
         }

@@ -20,9 +20,10 @@ use super::super::build_dir::{BuildDir, Kind, PartMeta};
 use super::super::deployments;
 use super::super::error::AppError;
 use super::super::operator_api;
-use super::super::AppState;
+use super::super::{gates, AppState};
 use super::layout::{self, Nav};
 use super::session::{self, Session};
+use molt_api::plan::RolloutPlan;
 use molt_api::{Group, NewDeployment};
 
 /// File rows on the form.
@@ -53,6 +54,8 @@ pub struct Fields {
     rollback_revert: bool,
     rollback_run: String,
     rollback_reboot: bool,
+    /// The optional rollout plan (empty: the group's default plan).
+    plan: layout::PlanFields,
 }
 
 impl Fields {
@@ -94,7 +97,7 @@ impl Fields {
             }
             _ => match row_of(name, "dest") {
                 Some(i) => &mut self.dest[i],
-                None => return false,
+                None => return self.plan.set(name, value),
             },
         };
         *slot = value;
@@ -160,6 +163,8 @@ fn form_page(session: &Session, groups: &[Group], f: &Fields, error: Option<&str
                         }
                     }
                 }
+                (layout::plan_fieldset(&f.plan, "", "Rollout (optional)",
+                    "Leave every field empty for the target group's default plan (shown on the Groups page). Otherwise: waves, then the gate before each next wave and when to halt."))
                 (text("compatible", "Hardware (compatible)", &f.compatible, "Leave empty to use the target group's devices' own."))
                 div.field {
                     label for="kind" { "Kind" }
@@ -585,6 +590,36 @@ async fn compatible_for(state: &AppState, f: &Fields) -> Result<String, AppError
     Ok(want)
 }
 
+/// The plan the deployment gets (`None`: the group's default), checked before the
+/// build like the hardware: its fields, and its canaries against the group's devices.
+async fn plan_for(state: &AppState, f: &Fields) -> Result<Option<RolloutPlan>, AppError> {
+    let typed = f.plan.plan().map_err(AppError::bad_request)?;
+    let group = f.group.clone();
+    let plan = typed.clone();
+    let interval = state.poll_interval;
+    state
+        .db
+        .read(move |tx| {
+            let plan = match plan {
+                Some(p) => p,
+                None => operator_api::group(tx, &group)?.default_plan,
+            };
+            if !plan.canaries.is_empty() {
+                let members: Vec<(String, String)> =
+                    operator_api::devices(tx, Some(&group), interval)?
+                        .into_iter()
+                        .map(|d| (d.id, d.name))
+                        .collect();
+                gates::canary_ids(&plan, &members).map_err(|e| {
+                    AppError::bad_request(format!("rollout plan, {}: nothing was built", e.message))
+                })?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(typed)
+}
+
 /// Receives, builds, stores and deploys; the new deployment's id.
 async fn build_and_deploy(
     state: &AppState,
@@ -614,9 +649,16 @@ async fn build_and_deploy(
     .await;
     // Checked before building: a group the update cannot go to is refused before
     // a version number is used up.
+    let mut plan = None;
     let recipe = match received {
         Ok(()) => match compatible_for(state, fields).await {
-            Ok(c) => recipe(fields, &rows, &c),
+            Ok(c) => match plan_for(state, fields).await {
+                Ok(p) => {
+                    plan = p;
+                    recipe(fields, &rows, &c)
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -633,7 +675,7 @@ async fn build_and_deploy(
                 devices: None,
                 comment,
                 again: false,
-                plan: None,
+                plan,
             };
             deployments::create(tx, &req)
         })

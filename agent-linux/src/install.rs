@@ -908,8 +908,9 @@ impl Device {
                 Report::Final {
                     deployment,
                     outcome,
+                    cause,
                     ..
-                } => rep.finished(deployment, outcome, &line, &version),
+                } => rep.finished(deployment, outcome, cause.map(|c| c.kind), &line, &version),
                 _ => {}
             }
         }

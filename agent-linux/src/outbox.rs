@@ -322,6 +322,7 @@ mod tests {
             message: None,
             log: String::new(),
             active_version: "1".into(),
+            failure: None,
         }
     }
 

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use molt_engine::protocol::{
-    DeviceState, EnrollResponse, Offer, PollAction, PollRequest, PollResponse, Report,
+    DeviceState, EnrollResponse, Failure, Offer, PollAction, PollRequest, PollResponse, Report,
     ReportResponse,
 };
+use molt_engine::update::FailureClass;
 
 const TOKEN: &str = "grp_good";
 const CREDENTIAL: &str = "cred-secret-1";
@@ -482,6 +483,13 @@ fn final_state(reports: &[Report]) -> DeviceState {
         reports.last().unwrap().state.is_final(),
         "the final report is the last"
     );
+    // A failure says its cause and class for the controller's retries; a success or
+    // an abort carries none.
+    let failed = matches!(
+        finals[0].state,
+        DeviceState::Failed | DeviceState::RolledBack
+    );
+    assert_eq!(finals[0].failure.is_some(), failed, "{:#?}", finals[0]);
     finals[0].state
 }
 
@@ -787,6 +795,14 @@ fn a_bundle_refused_part_way_reports_that_the_rollback_target_was_overwritten() 
         );
     }
     assert_eq!(reports.last().unwrap().active_version, "2.0.0");
+    assert_eq!(
+        reports.last().unwrap().failure,
+        Some(Failure {
+            cause: "bad-bundle".into(),
+            class: FailureClass::Deterministic
+        }),
+        "a refused bundle ends the same however often it is tried"
+    );
     assert_eq!(d.fingerprint(), before);
 }
 

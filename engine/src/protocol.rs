@@ -13,7 +13,7 @@ use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
 
-use crate::update::{DeploymentId, Outcome, Phase};
+use crate::update::{CauseKind, DeploymentId, FailureClass, Outcome, Phase};
 
 /// Every route's prefix.
 pub const API_PREFIX: &str = "/api/v1";
@@ -225,6 +225,29 @@ pub struct Report {
     pub log: String,
     /// The version of the active snapshot now.
     pub active_version: String,
+    /// A final report of a failure: its cause, and whether another try could
+    /// pass, for the controller's retry policy. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// Why an install failed, as a final report says it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// [`CauseKind::name`](crate::update::CauseKind::name): `network`, `exit`, …
+    pub cause: String,
+    /// [`CauseKind::class`](crate::update::CauseKind::class).
+    pub class: FailureClass,
+}
+
+impl Failure {
+    /// The failure a report names for `cause`; `None` for an abort.
+    pub fn of(cause: CauseKind) -> Option<Failure> {
+        Some(Failure {
+            cause: cause.name().into(),
+            class: cause.class()?,
+        })
+    }
 }
 
 /// The answer to a report (200).

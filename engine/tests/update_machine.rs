@@ -1502,3 +1502,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn failures_are_classed_for_the_controllers_retries() {
+    use molt_engine::protocol::Failure;
+    use molt_engine::update::FailureClass::{Deterministic, Transient};
+    use CauseKind::*;
+    let all = [
+        (Network, Some(Transient)),
+        (NoSpace, Some(Transient)),
+        (Io, Some(Transient)),
+        (Timeout, Some(Transient)),
+        (Cancelled, Some(Transient)),
+        (Interrupted, Some(Transient)),
+        (ResumesExhausted, Some(Transient)),
+        (TrialsExhausted, Some(Transient)),
+        (BadBundle, Some(Deterministic)),
+        (Incompatible, Some(Deterministic)),
+        (Downgrade, Some(Deterministic)),
+        (Exit(3), Some(Deterministic)),
+        (Unhealthy, Some(Deterministic)),
+        (WrongBase, Some(Deterministic)),
+        (Aborted, None),
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for (kind, class) in all {
+        assert_eq!(kind.class(), class, "{kind:?}");
+        assert!(names.insert(kind.name()), "{kind:?}: a name used twice");
+        assert_eq!(Failure::of(kind).map(|f| f.class), class, "{kind:?}");
+    }
+    assert_eq!(Failure::of(Exit(1)).unwrap().cause, "exit");
+}

@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex};
 
 use molt_engine::protocol::{
-    deployment_number, DeviceState, Progress, Report, MAX_REPORT_LOG, MAX_REPORT_MESSAGE,
+    deployment_number, DeviceState, Failure, Progress, Report, MAX_REPORT_LOG, MAX_REPORT_MESSAGE,
 };
-use molt_engine::update::{AbortRefusal, DeploymentId, Outcome, Phase};
+use molt_engine::update::{AbortRefusal, CauseKind, DeploymentId, Outcome, Phase};
 
 use crate::backoff::Wake;
 use crate::install::Reporter;
@@ -134,6 +134,7 @@ impl OutboxReporter {
             message: message.map(|m| shorten(m, MAX_REPORT_MESSAGE)),
             log,
             active_version: cur.active_version.clone(),
+            failure: None,
         }
     }
 
@@ -186,6 +187,7 @@ impl Reporter for OutboxReporter {
         &self,
         deployment: DeploymentId,
         outcome: Outcome,
+        cause: Option<CauseKind>,
         message: &str,
         active_version: &str,
     ) {
@@ -198,7 +200,8 @@ impl Reporter for OutboxReporter {
         cur.state = DeviceState::of_outcome(outcome);
         cur.phase = Phase::Done.name();
         let log = Self::take_chunk(&mut cur);
-        let r = Self::report(&cur, None, Some(message.to_owned()), log);
+        let mut r = Self::report(&cur, None, Some(message.to_owned()), log);
+        r.failure = cause.and_then(Failure::of);
         self.queue(n, r);
         cur.deployment = None;
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use molt_engine::update::{AbortRefusal, DeploymentId, Outcome, Phase};
+use molt_engine::update::{AbortRefusal, CauseKind, DeploymentId, Outcome, Phase};
 
 use crate::fetch::Bearer;
 
@@ -18,11 +18,13 @@ pub trait Reporter: Send {
     fn phase(&self, deployment: DeploymentId, phase: Phase, active_version: &str);
     /// Download progress: `done` bytes of the bundle of `total` (if known).
     fn progress(&self, deployment: DeploymentId, done: u64, total: Option<u64>);
-    /// The install ended; `message` says how (the cause and the failure's details).
+    /// The install ended; `cause` is why it failed (`None` when it succeeded), and
+    /// `message` says how in words (the cause and the failure's details).
     fn finished(
         &self,
         deployment: DeploymentId,
         outcome: Outcome,
+        cause: Option<CauseKind>,
         message: &str,
         active_version: &str,
     );

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-pub use molt_engine::protocol::{ApiError, DeviceState};
+pub use molt_engine::protocol::{ApiError, DeviceState, Failure};
 
 pub mod plan;
 
@@ -368,6 +368,9 @@ pub struct DeploymentDevice {
     /// Its wave: 0 for a canary, then the plan's waves from 1.
     #[serde(default)]
     pub wave: u32,
+    /// Why it failed, as its final report named it, and whether another try could pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
 }
 
 /// `GET /api/v1/deployments/{id}`.

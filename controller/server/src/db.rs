@@ -141,6 +141,10 @@ CREATE INDEX deployments_by_gate ON deployments(gate_at) WHERE gate_at IS NOT NU
 ALTER TABLE groups ADD COLUMN default_plan TEXT NOT NULL DEFAULT '';
 ALTER TABLE groups ADD COLUMN pick_up_joiners INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX deployments_by_group ON deployments(group_name, id);
+-- A failed device's cause as its final report names it (`network`, `exit`, …) and
+-- whether another try could pass ('transient' or 'deterministic').
+ALTER TABLE targets ADD COLUMN failure_cause TEXT;
+ALTER TABLE targets ADD COLUMN failure_class TEXT;
 "#,
 ];
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::auth::Operator;
 use super::db::{now, rfc3339, signed, unsigned};
-use super::device_api::{parse_state, MAX_LOG};
+use super::device_api::{parse_class, parse_state, MAX_LOG};
 use super::error::{AppError, JsonBody, PathParams, QueryParams};
 use super::gates;
 use super::operator_api::{self, group_id};
@@ -31,7 +31,7 @@ use molt_api::{
     AbortResult, Counts, DeployToOthers, Deployment, DeploymentDetails, DeploymentDevice,
     DeviceState, NewDeployment, NotAborted, Resume, Rollout,
 };
-use molt_engine::protocol::Progress;
+use molt_engine::protocol::{Failure, Progress};
 
 /// Who made a deployment (one operator token for now).
 const OPERATOR: &str = "operator";
@@ -480,7 +480,7 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
     let deployment = row(tx, dep)?;
     let mut st = tx.prepare(
         "SELECT t.device_id, d.name, t.state, t.phase, t.progress_done, t.progress_total,
-                t.message, t.updated, t.wave
+                t.message, t.updated, t.wave, t.failure_cause, t.failure_class
          FROM targets t JOIN devices d ON d.id = t.device_id
          WHERE t.deployment_id = ?1 ORDER BY d.name, d.id",
     )?;
@@ -494,11 +494,20 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
         Option<String>,
         i64,
         i64,
+        Option<String>,
+        Option<String>,
     );
     let rows = st.query_map([dep], |r| DeviceRow::try_from(r))?;
     let mut devices = Vec::new();
     for r in rows {
-        let (id, name, s, phase, done, total, message, updated, wave) = r?;
+        let (id, name, s, phase, done, total, message, updated, wave, cause, class) = r?;
+        let failure = match (cause, class) {
+            (Some(cause), Some(class)) => Some(Failure {
+                cause,
+                class: parse_class(&class)?,
+            }),
+            _ => None,
+        };
         devices.push(DeploymentDevice {
             id,
             name,
@@ -511,6 +520,7 @@ pub fn details_in(tx: &Transaction<'_>, id: u64) -> Result<DeploymentDetails, Ap
             message,
             updated: rfc3339(updated),
             wave: u32::try_from(wave).unwrap_or(u32::MAX),
+            failure,
         });
     }
     Ok(DeploymentDetails {

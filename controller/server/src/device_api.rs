@@ -18,6 +18,7 @@ use super::seen::Versions;
 use super::{deployments, gates};
 use super::{range, AppState};
 use molt_api::DeviceState;
+use molt_engine::update::FailureClass;
 
 /// Most bytes of log kept per device and deployment; older text is dropped first.
 pub const MAX_LOG: u64 = 1024 * 1024;
@@ -139,6 +140,25 @@ fn open_targets(tx: &Transaction<'_>, device: &str) -> Result<Vec<Open>, AppErro
         });
     }
     Ok(out)
+}
+
+/// A failure class as stored.
+pub fn class_name(c: FailureClass) -> &'static str {
+    match c {
+        FailureClass::Transient => "transient",
+        FailureClass::Deterministic => "deterministic",
+    }
+}
+
+/// A failure class read from the database.
+pub fn parse_class(s: &str) -> Result<FailureClass, AppError> {
+    match s {
+        "transient" => Ok(FailureClass::Transient),
+        "deterministic" => Ok(FailureClass::Deterministic),
+        _ => Err(AppError::internal(format!(
+            "database holds an unknown failure class `{s}`"
+        ))),
+    }
 }
 
 /// A state read from the database.
@@ -309,6 +329,9 @@ pub async fn report(
     }
     check_field("phase", &rep.phase, false)?;
     check_field("active_version", &rep.active_version, false)?;
+    if let Some(f) = &rep.failure {
+        check_field("failure.cause", &f.cause, true)?;
+    }
     let dep = signed(id, "deployment")?;
     let seq = signed(rep.seq, "seq")?;
     let st = state.clone();
@@ -348,10 +371,14 @@ pub async fn report(
                 None => (None, None),
             };
             let log_len = rep.log.len() as u64;
+            let (cause, class) = match &rep.failure {
+                Some(f) => (Some(f.cause.as_str()), Some(class_name(f.class))),
+                None => (None, None),
+            };
             tx.execute(
                 "UPDATE targets SET state = ?3, phase = ?4, progress_done = ?5,
                      progress_total = ?6, message = ?7, last_seq = ?8, final_reported = ?9,
-                     log_bytes = ?10, updated = ?11
+                     log_bytes = ?10, updated = ?11, failure_cause = ?12, failure_class = ?13
                  WHERE deployment_id = ?1 AND device_id = ?2",
                 params![
                     dep,
@@ -364,7 +391,9 @@ pub async fn report(
                     seq,
                     closes,
                     signed(log_bytes + log_len, "log size")?,
-                    t
+                    t,
+                    cause,
+                    class
                 ],
             )?;
             if log_len > 0 {

@@ -64,6 +64,7 @@ pub use event::Event;
 pub use orphan::{settle_orphaned_trial, OrphanedTrial};
 pub use retry::{Attempt, Millis, Retry, RetryAction};
 pub use state::{
-    Budget, Cause, CauseKind, DeploymentId, Outcome, Phase, Plan, RollbackPolicy, State,
+    Budget, Cause, CauseKind, DeploymentId, FailureClass, Outcome, Phase, Plan, RollbackPolicy,
+    State,
 };
 pub use step::{step, Actions, Rejected, Transition, MAX_ACTIONS};

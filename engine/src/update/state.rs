@@ -310,6 +310,64 @@ impl fmt::Display for CauseKind {
     }
 }
 
+impl CauseKind {
+    /// A short, stable name for machines (`network`, `exit`, …): what a report to
+    /// the controller carries.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CauseKind::BadBundle => "bad-bundle",
+            CauseKind::Incompatible => "incompatible",
+            CauseKind::Downgrade => "downgrade",
+            CauseKind::Network => "network",
+            CauseKind::NoSpace => "no-space",
+            CauseKind::Io => "io",
+            CauseKind::Exit(_) => "exit",
+            CauseKind::Timeout => "timeout",
+            CauseKind::Unhealthy => "unhealthy",
+            CauseKind::Cancelled => "cancelled",
+            CauseKind::Interrupted => "interrupted",
+            CauseKind::ResumesExhausted => "resumes-exhausted",
+            CauseKind::TrialsExhausted => "trials-exhausted",
+            CauseKind::Aborted => "aborted",
+            CauseKind::WrongBase => "wrong-base",
+        }
+    }
+
+    /// Whether trying the same update again could end otherwise: the network, the
+    /// disk, a timeout, a restart or power loss may pass; a refused bundle, a script
+    /// or health check that failed, or the wrong hardware or base will not. `None`
+    /// for an operator's abort, which is no failure of the update.
+    pub fn class(&self) -> Option<FailureClass> {
+        match self {
+            CauseKind::Network
+            | CauseKind::NoSpace
+            | CauseKind::Io
+            | CauseKind::Timeout
+            | CauseKind::Cancelled
+            | CauseKind::Interrupted
+            | CauseKind::ResumesExhausted
+            | CauseKind::TrialsExhausted => Some(FailureClass::Transient),
+            CauseKind::BadBundle
+            | CauseKind::Incompatible
+            | CauseKind::Downgrade
+            | CauseKind::Exit(_)
+            | CauseKind::Unhealthy
+            | CauseKind::WrongBase => Some(FailureClass::Deterministic),
+            CauseKind::Aborted => None,
+        }
+    }
+}
+
+/// Whether another try of the same update could end otherwise ([`CauseKind::class`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureClass {
+    /// It may pass: the network, the disk's free space, a timeout, a power loss.
+    Transient,
+    /// It will end the same: the bundle or the recipe itself.
+    Deterministic,
+}
+
 /// A failure and the phase it happened in: what a final report names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cause {

@@ -537,6 +537,7 @@ mod tests {
                     message: None,
                     updated: "2026-11-26T10:00:00Z".into(),
                     wave: 1,
+                    failure: None,
                 },
                 DeploymentDevice {
                     id: "dev_b".into(),
@@ -547,6 +548,7 @@ mod tests {
                     message: Some("after: exit status 3".into()),
                     updated: "2026-11-26T10:00:00Z".into(),
                     wave: 1,
+                    failure: None,
                 },
             ],
         };

@@ -404,3 +404,84 @@ fn devices_that_join_a_group_mid_rollout_get_its_latest_deployment() {
     let ignored = enroll(&fl.c, &token, "gw-ignored", "acme-gw");
     assert!(!fl.details(dep).to_string().contains(&ignored.id));
 }
+
+#[test]
+fn a_failed_device_says_whether_another_try_could_pass() {
+    let fl = fleet(3);
+    let dep = id(&fl.deploy(json!({})));
+    let url = fl.c.api(&format!("/device/deployments/{dep}/report"));
+    let send = |i: usize, failure: Value| {
+        post(
+            &url,
+            &fl.devices[i].cred,
+            json!({"seq": 1, "state": "failed", "phase": "fetching", "progress": null,
+                   "message": "download failed", "log": "", "active_version": "factory",
+                   "failure": failure}),
+        )
+    };
+    assert_eq!(
+        send(0, json!({"cause": "network", "class": "transient"})).status,
+        200
+    );
+    assert_eq!(
+        send(1, json!({"cause": "exit", "class": "deterministic"})).status,
+        200
+    );
+    // An agent from before the field sends none.
+    assert_eq!(
+        report(&fl.c, &fl.devices[2], dep, 1, "failed", "").status,
+        200
+    );
+    let details = fl.details(dep);
+    let failure = |i: usize| {
+        details["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == fl.devices[i].id.as_str())
+            .unwrap()["failure"]
+            .clone()
+    };
+    assert_eq!(
+        failure(0),
+        json!({"cause": "network", "class": "transient"})
+    );
+    assert_eq!(
+        failure(1),
+        json!({"cause": "exit", "class": "deterministic"})
+    );
+    assert_eq!(failure(2), Value::Null);
+    // Hostile values are refused, naming the field; nothing is recorded.
+    let dep2 = id(&post_ok(
+        &fl.c.api("/deployments"),
+        &fl.token,
+        json!({"update": fl.update, "group": "fleet", "again": true}),
+        201,
+    ));
+    let url2 = fl.c.api(&format!("/device/deployments/{dep2}/report"));
+    for (failure, says) in [
+        (
+            json!({"cause": "x".repeat(10_000), "class": "transient"}),
+            "`failure.cause` is 10000 bytes long",
+        ),
+        (
+            json!({"cause": "", "class": "transient"}),
+            "`failure.cause` is empty",
+        ),
+        (
+            json!({"cause": "network", "class": "maybe"}),
+            "unknown variant `maybe`",
+        ),
+    ] {
+        let a = post(
+            &url2,
+            &fl.devices[0].cred,
+            json!({"seq": 1, "state": "failed", "phase": "x", "progress": null,
+                   "message": null, "log": "", "active_version": "factory",
+                   "failure": failure}),
+        );
+        assert_eq!(a.status, 400, "{}", a.text());
+        assert!(a.error().contains(says), "{}", a.error());
+    }
+    assert_eq!(state_of(&fl.details(dep2), &fl.devices[0].id), "pending");
+}

@@ -266,6 +266,23 @@ async fn new_update(
     after: &str,
     shot: Option<&str>,
 ) -> u64 {
+    fill_update(ui, version, group, file, dest, after).await;
+    if let Some(name) = shot {
+        ui.shot(name).await;
+    }
+    ui.click("form.recipe .submit button").await;
+    ui.created("the new-update form").await
+}
+
+/// Fills the new-update form for one file, leaving it unsent.
+async fn fill_update(
+    ui: &mut Ui,
+    version: &str,
+    group: &str,
+    file: &Path,
+    dest: &str,
+    after: &str,
+) {
     ui.goto("/updates/new").await;
     ui.fill("#version", version).await;
     ui.css("#group")
@@ -289,11 +306,6 @@ async fn new_update(
         .await
         .expect("choose the file");
     ui.fill("#after_run", after).await;
-    if let Some(name) = shot {
-        ui.shot(name).await;
-    }
-    ui.click("form.recipe .submit button").await;
-    ui.created("the new-update form").await
 }
 
 #[test]
@@ -339,6 +351,18 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
         d.run();
         devices.push(d);
     }
+    // A group of two for the phased deployment: a canary that fails, and one that
+    // must never start.
+    ctl.molt(&["groups", "create", "fleet"]).ok();
+    let fleet_token = enrollment_token(&ctl, "fleet");
+    let fleet: Vec<Device> = (1..=2)
+        .map(|i| {
+            let mut d = Device::new(&format!("fleet-{i}"), &public);
+            d.enroll(&ctl.url, &fleet_token);
+            d.run();
+            d
+        })
+        .collect();
 
     let shots = workspace().join("target/web-screenshots");
     let _ = fs::remove_dir_all(&shots);
@@ -469,7 +493,7 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
         .await
         .unwrap();
     ui.shot("deploy-to-others").await;
-    ui.click("main form.inline button").await;
+    ui.click("form.others .submit button").await;
     let second = ui.created("deploy to others").await;
     assert_ne!(second, first);
     ui.wait_row(second, "deploy to others to finish", |s| s != "in_progress")
@@ -534,6 +558,89 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
     ui.wait_row(third, "the table to show the abort", |s| s == "aborted")
         .await;
     ui.shot("recent-updates-final").await;
+
+    // A phased deployment from the form: the canary's health check fails, the plan
+    // halts before the other wave, and the page shows the waves and why.
+    fill_update(
+        &mut ui,
+        "3.0.0",
+        "fleet",
+        &hello,
+        "/opt/app/hello.txt",
+        "echo phased",
+    )
+    .await;
+    ui.fill("#health_run", "false").await;
+    ui.fill("#health_attempts", "1").await;
+    ui.fill("#health_interval", "1").await;
+    ui.fill("#plan_waves", "50%,100%").await;
+    ui.fill("#plan_canaries", "fleet-1").await;
+    ui.fill("#plan_halt_at", "1").await;
+    ui.shot("new-update-rollout").await;
+    ui.click("form.recipe .submit button").await;
+    let phased = ui.created("the phased deployment").await;
+    ui.goto(&format!("/deployments/{phased}")).await;
+    // app.js refreshes the page's live part until the halt shows with its Resume.
+    ui.wait_attr(
+        "div.notice.error form.resume",
+        "action",
+        "the plan to halt",
+        |_| true,
+    )
+    .await;
+    assert_state(&ctl, phased, "halted", &fleet[0]);
+    let page = ui.source().await;
+    for needle in [
+        "the canaries (1 canary, 50%, 100%); halts at 1 failure in all",
+        "Halted by its plan",
+        "<td class=\"wave\">canary</td>",
+        "<td class=\"wave\">2</td>",
+    ] {
+        assert!(page.contains(needle), "lacks {needle:?}:\n{page}");
+    }
+    let never = ctl.get(&format!("/api/v1/deployments/{phased}"));
+    let states: Vec<&str> = never["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"pending"),
+        "the second wave started: {never:#}"
+    );
+    ui.shot("deployment-halted").await;
+    assert_eq!(fleet[1].read("opt/app/hello.txt"), None);
+
+    // Deploy to others from it asks first; the browser does not send the form unticked.
+    ui.navigate(&format!(
+        "a.button[href=\"/deployments/{phased}/deploy-to-others\"]"
+    ))
+    .await;
+    let page = ui.source().await;
+    assert!(
+        page.contains(&format!(
+            "Deployment {phased} halted: 1 of 2 devices in all failed"
+        )),
+        "{page}"
+    );
+    ui.css("#other-group")
+        .await
+        .select_by_value("production")
+        .await
+        .unwrap();
+    ui.click("form.others .submit button").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ui.path().await,
+        format!("/deployments/{phased}/deploy-to-others")
+    );
+    ui.shot("deploy-to-others-confirm").await;
+    assert_eq!(
+        ctl.get("/api/v1/deployments").as_array().map(Vec::len),
+        Some(4),
+        "deployed without the confirmation"
+    );
 
     // Logging out ends the session: the pages lead to the login form again.
     ui.navigate("form.logout button").await;

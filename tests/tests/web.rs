@@ -642,6 +642,34 @@ async fn flow(chromium: &Path, chromedriver: &Path) {
         "deployed without the confirmation"
     );
 
+    // A group's default plan, set on the groups page.
+    ui.goto("/groups").await;
+    ui.click("details.group-plan:has(input[name=\"name\"][value=\"fleet\"]) summary")
+        .await;
+    ui.fill("#g-fleet-plan_canaries", "fleet-1").await;
+    ui.fill("#g-fleet-plan_waves", "50%,100%").await;
+    ui.fill("#g-fleet-plan_soak", "10m").await;
+    ui.fill("#g-fleet-plan_halt_at", "1").await;
+    ui.navigate("details.group-plan[open] .submit button").await;
+    assert_eq!(ui.path().await, "/groups?saved=fleet");
+    let page = ui.source().await;
+    assert!(
+        page.contains("1 canary, 50%, 100%; soak 10m; halts at 1 failure in all"),
+        "{page}"
+    );
+    let plan = &ctl
+        .get("/api/v1/groups")
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["name"] == "fleet")
+        .expect("fleet")["default_plan"]
+        .clone();
+    assert_eq!(plan["canaries"], json!(["fleet-1"]), "{plan}");
+    ui.click("details.group-plan:has(input[name=\"name\"][value=\"fleet\"]) summary")
+        .await;
+    ui.shot("groups-default-plan").await;
+
     // Logging out ends the session: the pages lead to the login form again.
     ui.navigate("form.logout button").await;
     ui.goto("/groups").await;

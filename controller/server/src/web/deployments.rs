@@ -1,4 +1,4 @@
-//! Recent updates (one row per deployment, refreshed live), a deployment's details (per-device status, wave, progress, logs; its plan and a halt with Resume), Abort with a confirmation, and Deploy to others.
+//! Recent updates (one row per deployment, refreshed live), a deployment's details (per-device status, wave, progress, logs; its plan and a halt with Resume), Abort with a confirmation, and Deploy to others (with an optional plan, confirmed first from a failed or halted deployment).
 //!
 //! The live parts are fragments (`/deployments/table`, `/deployments/{id}/live`)
 //! that app.js fetches every two seconds and swaps in; without JavaScript the

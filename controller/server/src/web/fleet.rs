@@ -1,4 +1,4 @@
-//! The groups page (with their enrollment tokens and a form to create one) and the devices page (status, active version, agent version, last seen).
+//! The groups page (their enrollment tokens, default rollout plans and joiners, a form per group to set those, and one to create a group) and the devices page (status, active version, agent version, last seen).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! "New update": the six-stage recipe form (general details, before, files and directories, packages, after and health check, rollback), built and signed on the server and deployed to the chosen group in one step.
+//! "New update": the six-stage recipe form (general details, before, files and directories, packages, after and health check, rollback), built and signed on the server and deployed to the chosen group in one step, with an optional rollout plan.
 //!
 //! The form is one `multipart/form-data` POST. Its uploads are written into a
 //! build directory (build_dir.rs) as `u<row>/<name>`, the recipe TOML is made

@@ -109,6 +109,22 @@ pub struct Update {
     pub created: String,
     /// The signed recipe (`molt bundle inspect --json` shows the same shape).
     pub recipe: SignedRecipe,
+    /// The id (hex) of the key whose signature the controller verified; empty for
+    /// an update stored before the controller kept it.
+    #[serde(default)]
+    pub signer: String,
+    /// The deployments that used it, oldest first; one that none used can be deleted.
+    #[serde(default)]
+    pub deployments: Vec<u64>,
+}
+
+/// `DELETE /api/v1/updates/{id}` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateDeleted {
+    /// The deleted update.
+    pub id: u64,
+    /// Its version, free to be uploaded again.
+    pub version: String,
 }
 
 /// The recipe a bundle's manifest signed, as the controller stores it with the update

@@ -272,6 +272,11 @@ enum UpdateCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete an update no deployment used: its row and its bundle file.
+    Delete {
+        /// The update: its id or its version.
+        update: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -704,6 +709,17 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
         Top::Updates { json } => show(c.updates()?, json, "updates", |u: Vec<Update>| {
             render::updates_table(&u)
         }),
+        Top::Update(UpdateCmd::Delete { update }) => {
+            let updates: Vec<Update> = c.updates()?;
+            let u = lookup::find_update(&updates, &update)?;
+            let gone: molt_api::UpdateDeleted = c.delete_update(u.id)?;
+            outln!(
+                "deleted update {} (version {}); the version can be uploaded again",
+                gone.id,
+                Escaped::new(&gone.version)
+            );
+            Ok(())
+        }
         Top::Update(UpdateCmd::Push {
             file,
             comment,

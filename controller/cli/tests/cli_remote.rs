@@ -1196,6 +1196,19 @@ fn real_controller_phased_deploy_halts_on_a_failing_canary_and_resumes() {
         err.contains("is not halted") && err.contains("HTTP 409"),
         "{err}"
     );
+
+    // The stored updates say what used them; one nothing used can be deleted.
+    home.ok(&["update", "push", s(&rel.bundle("2.0.1"))]);
+    let out = home.ok(&["updates"]);
+    assert!(out.contains("USED BY"), "{out}");
+    let err = home.fails(&["update", "delete", "2.0.0"]);
+    assert!(
+        err.contains(&format!("is used by deployment(s) {dep}")),
+        "{err}"
+    );
+    let out = home.ok(&["update", "delete", "2.0.1"]);
+    assert!(out.starts_with("deleted update 2 (version 2.0.1)"), "{out}");
+    assert!(!home.ok(&["updates"]).contains("2.0.1"));
 }
 
 /// `molt bundle inspect --json`'s entries: type, path, mode and content digest (or target).

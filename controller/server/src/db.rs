@@ -145,6 +145,9 @@ CREATE INDEX deployments_by_group ON deployments(group_name, id);
 -- whether another try could pass ('transient' or 'deterministic').
 ALTER TABLE targets ADD COLUMN failure_cause TEXT;
 ALTER TABLE targets ADD COLUMN failure_class TEXT;
+-- The id (hex) of the key whose signature verified an update ('' before this column).
+ALTER TABLE updates ADD COLUMN signer TEXT NOT NULL DEFAULT '';
+CREATE INDEX deployments_by_update ON deployments(update_id);
 "#,
 ];
 

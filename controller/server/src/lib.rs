@@ -202,6 +202,7 @@ impl Server {
                     .post(updates_api::upload)
                     .layer(DefaultBodyLimit::disable()),
             )
+            .route("/updates/{id}", axum::routing::delete(updates_api::remove))
             .route(
                 "/updates/build",
                 post(build_api::build).layer(DefaultBodyLimit::max(max_bundle)),

@@ -194,6 +194,7 @@ pub fn ingest(state: &Shared, got: Received, comment: Option<String>) -> Result<
     let comment = comment.unwrap_or_else(|| m.comment.to_owned());
     let version = m.version.to_owned();
     let compatible = m.compatible.to_owned();
+    let signer = decoded.verified_by.map(hex::encode).unwrap_or_default();
     let created = now();
     let dest = state.store.bundle_path(&got.blake3);
 
@@ -225,8 +226,9 @@ pub fn ingest(state: &Shared, got: Received, comment: Option<String>) -> Result<
         )));
     }
     tx.execute(
-        "INSERT INTO updates (version, compatible, kind, size, blake3, comment, recipe, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO updates (version, compatible, kind, size, blake3, comment, recipe, created,
+             signer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             version,
             compatible,
@@ -235,7 +237,8 @@ pub fn ingest(state: &Shared, got: Received, comment: Option<String>) -> Result<
             got.blake3,
             comment,
             recipe_json,
-            created
+            created,
+            signer
         ],
     )?;
     let id = super::db::unsigned(tx.last_insert_rowid());
@@ -264,5 +267,7 @@ pub fn ingest(state: &Shared, got: Received, comment: Option<String>) -> Result<
         comment,
         created: super::db::rfc3339(created),
         recipe,
+        signer,
+        deployments: Vec::new(),
     })
 }

@@ -1,4 +1,4 @@
-//! The operator API's updates (docs/api.md): upload a signed bundle (streamed, verified, then stored) and list the stored ones.
+//! The operator API's updates (docs/api.md): upload a signed bundle (streamed, verified, then stored), list the stored ones with the deployments that used them, and delete one nothing used.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -7,12 +7,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, Transaction};
+
 use super::auth::Operator;
-use super::db::{rfc3339, unsigned};
-use super::error::{AppError, QueryParams};
+use super::db::{rfc3339, signed, unsigned};
+use super::error::{AppError, PathParams, QueryParams};
 use super::store;
 use super::AppState;
-use molt_api::Update;
+use molt_api::{Update, UpdateDeleted};
 
 /// `?comment=` of an upload.
 #[derive(Deserialize)]
@@ -62,29 +66,101 @@ pub async fn list(
     _: Operator,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Update>>, AppError> {
-    let updates = state
+    Ok(Json(state.db.read(updates).await?))
+}
+
+/// Every stored update, newest first, with the deployments that used it.
+pub fn updates(tx: &Transaction<'_>) -> Result<Vec<Update>, AppError> {
+    let mut used: HashMap<i64, Vec<u64>> = HashMap::new();
+    let mut st = tx.prepare("SELECT update_id, id FROM deployments ORDER BY id")?;
+    for r in st.query_map([], |r| <(i64, i64)>::try_from(r))? {
+        let (update, dep) = r?;
+        used.entry(update).or_default().push(unsigned(dep));
+    }
+    let mut st = tx.prepare(
+        "SELECT id, version, compatible, kind, size, blake3, comment, created, recipe, signer
+         FROM updates ORDER BY id DESC",
+    )?;
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        i64,
+        String,
+        String,
+    );
+    let rows = st.query_map([], |r| Row::try_from(r))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, version, compatible, kind, size, blake3, comment, created, recipe, signer) = r?;
+        out.push(Update {
+            id: unsigned(id),
+            version,
+            compatible,
+            kind,
+            size: unsigned(size),
+            blake3,
+            comment,
+            created: rfc3339(created),
+            recipe: serde_json::from_str(&recipe).unwrap_or_default(),
+            signer,
+            deployments: used.remove(&id).unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// `DELETE /updates/{id}`: the row first (one transaction), then the bundle file; a
+/// file left by a crash in between is removed at the next start (`Store::sweep`).
+pub async fn remove(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<u64>,
+) -> Result<Json<UpdateDeleted>, AppError> {
+    let uid = signed(id, "update")?;
+    let (version, blake3) = state
         .db
-        .read(|tx| {
-            let mut st = tx.prepare(
-                "SELECT id, version, compatible, kind, size, blake3, comment, created, recipe
-                 FROM updates ORDER BY id DESC",
-            )?;
-            let rows = st.query_map([], |r| {
-                let recipe: String = r.get(8)?;
-                Ok(Update {
-                    id: unsigned(r.get(0)?),
-                    version: r.get(1)?,
-                    compatible: r.get(2)?,
-                    kind: r.get(3)?,
-                    size: unsigned(r.get(4)?),
-                    blake3: r.get(5)?,
-                    comment: r.get(6)?,
-                    created: rfc3339(r.get(7)?),
-                    recipe: serde_json::from_str(&recipe).unwrap_or_default(),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        .write(move |tx| {
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT version, blake3 FROM updates WHERE id = ?1",
+                    [uid],
+                    |r| r.try_into(),
+                )
+                .optional()?;
+            let row =
+                row.ok_or_else(|| AppError::not_found(format!("update {id} does not exist")))?;
+            let mut st =
+                tx.prepare("SELECT id FROM deployments WHERE update_id = ?1 ORDER BY id")?;
+            let used = st
+                .query_map([uid], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            if !used.is_empty() {
+                let list: Vec<String> = used.iter().map(i64::to_string).collect();
+                return Err(AppError::conflict(format!(
+                    "update {id} (version {}) is used by deployment(s) {}: its history needs it",
+                    row.0,
+                    list.join(", ")
+                )));
+            }
+            tx.execute("DELETE FROM updates WHERE id = ?1", [uid])?;
+            Ok(row)
         })
         .await?;
-    Ok(Json(updates))
+    let path = state.store.bundle_path(&blake3);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            let _ = store::sync_dir(path.parent().unwrap_or(std::path::Path::new(".")));
+        }
+        Err(e) => tracing::warn!(
+            "update {id} deleted, but {} stays until the next start: {e}",
+            path.display()
+        ),
+    }
+    tracing::info!("update {id} (version {version}) deleted");
+    Ok(Json(UpdateDeleted { id, version }))
 }

@@ -60,6 +60,8 @@ mod tests {
             comment: String::new(),
             created: String::new(),
             recipe: Default::default(),
+            signer: String::new(),
+            deployments: Vec::new(),
         };
         let list = [u(1, "2"), u(2, "1.0.0")];
         assert_eq!(

@@ -303,6 +303,11 @@ impl Client {
         )
     }
 
+    /// `DELETE /updates/{id}`.
+    pub fn delete_update<T: DeserializeOwned>(&self, id: u64) -> Result<T, RequestError> {
+        self.json("DELETE", &format!("/updates/{id}"), None)
+    }
+
     /// `GET /updates`.
     pub fn updates<T: DeserializeOwned>(&self) -> Result<T, RequestError> {
         self.get("/updates")

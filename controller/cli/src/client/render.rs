@@ -220,9 +220,11 @@ pub fn updates_table(updates: &[Update]) -> String {
             "COMPATIBLE",
             "SIZE",
             "CREATED",
+            "USED BY",
             "COMMENT",
         ],
         |u| {
+            let used: Vec<String> = u.deployments.iter().map(u64::to_string).collect();
             vec![
                 u.id.to_string(),
                 u.version.clone(),
@@ -230,6 +232,11 @@ pub fn updates_table(updates: &[Update]) -> String {
                 u.compatible.clone(),
                 human(u.size),
                 show_time(&u.created),
+                if used.is_empty() {
+                    "-".to_owned()
+                } else {
+                    used.join(",")
+                },
                 shorten(&u.comment, 40),
             ]
         },

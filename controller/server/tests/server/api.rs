@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::*;
 
@@ -287,4 +287,54 @@ fn polls_move_last_seen_in_listings_at_once_and_a_graceful_stop_keeps_it() {
     let d = listed(&c, &token, &dev.id);
     assert_eq!(d["active_version"], "2.0", "{d}");
     assert_eq!(d["agent_version"], "0.2.0", "{d}");
+}
+
+#[test]
+fn updates_say_who_signed_them_and_what_used_them_and_unused_ones_can_be_deleted() {
+    let s = stored("1.0.0");
+    let (c, token) = (&s.c, &s.token);
+    let test = group(c, token, "test");
+    enroll(c, &test, "gw-1", "acme-gw");
+    let dep = post_ok(
+        &c.api("/deployments"),
+        token,
+        json!({"update": s.update, "group": "test"}),
+        201,
+    )["id"]
+        .clone();
+    let spare = upload(c, token, &bundle(s.f.dir.path(), "1.0.1", &s.key)).json();
+    let list = get_ok(&c.api("/updates"), token);
+    let used = &list[1];
+    assert_eq!(used["version"], "1.0.0");
+    assert_eq!(used["deployments"], json!([dep]));
+    assert_eq!(used["signer"].as_str().unwrap().len(), 16, "{used}");
+    assert_eq!(list[0]["deployments"], json!([]));
+
+    let url = |id: &Value| c.api(&format!("/updates/{id}"));
+    let del = |id: &Value| request("DELETE", &url(id), Some(token), &[], None);
+    del(&json!(s.update)).refused(409, &format!("is used by deployment(s) {dep}"));
+    del(&json!(999)).refused(404, "update 999 does not exist");
+    let file = s.f.data().join(format!(
+        "bundles/{}.bundle",
+        spare["blake3"].as_str().unwrap()
+    ));
+    assert!(file.exists());
+    let gone = del(&spare["id"]);
+    assert_eq!(gone.status, 200, "{}", gone.text());
+    assert_eq!(gone.json(), json!({"id": spare["id"], "version": "1.0.1"}));
+    assert!(!file.exists(), "the bundle file went with the row");
+    assert_eq!(
+        get_ok(&c.api("/updates"), token).as_array().unwrap().len(),
+        1
+    );
+    // The version is free again.
+    assert_eq!(
+        upload(c, token, &bundle(s.f.dir.path(), "1.0.1", &s.key)).status,
+        201
+    );
+    // Without the operator token: refused.
+    assert_eq!(
+        request("DELETE", &url(&json!(s.update)), None, &[], None).status,
+        401
+    );
 }

@@ -361,6 +361,8 @@ pub struct Stored {
     pub bundle: Vec<u8>,
     /// The update's id.
     pub update: u64,
+    /// The key the controller trusts, to sign more bundles with.
+    pub key: ed25519_dalek::SigningKey,
 }
 
 /// Starts a controller and uploads version `version` of the test bundle to it.
@@ -379,6 +381,7 @@ pub fn stored(version: &str) -> Stored {
         token,
         bundle,
         update,
+        key: k,
     }
 }
 

@@ -26,6 +26,7 @@ fn rollout() -> Rollout {
         token,
         bundle,
         update,
+        ..
     } = stored("1.5.0");
     let test = group(&c, &token, "test");
     let prod = group(&c, &token, "production");

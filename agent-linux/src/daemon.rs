@@ -62,6 +62,7 @@ struct Shared {
     /// The deployment in progress; the abort flag is set and cleared under this lock.
     in_progress: Mutex<Option<u64>>,
     active_version: Mutex<String>,
+    inactive_version: Mutex<Option<String>>,
     abort: Arc<AtomicBool>,
     answer: Mutex<Option<Answer>>,
     /// Raised after an install so answers from polls that started before are ignored.
@@ -88,6 +89,7 @@ impl Shared {
             *cur = now;
         }
         *lock(&self.active_version) = dev.active_version();
+        *lock(&self.inactive_version) = dev.inactive_version();
     }
 
     /// Starts `deployment`: later aborts name it.
@@ -160,6 +162,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     let shared = Arc::new(Shared {
         in_progress: Mutex::new(None),
         active_version: Mutex::new(String::new()),
+        inactive_version: Mutex::new(None),
         abort,
         answer: Mutex::new(None),
         epoch: AtomicU64::new(0),
@@ -272,6 +275,7 @@ fn poll_loop(client: &Client, shared: &Shared, cfg: &Config) {
         let in_progress = *lock(&shared.in_progress);
         let req = PollRequest {
             active_version: lock(&shared.active_version).clone(),
+            inactive_version: lock(&shared.inactive_version).clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             compatible: cfg.compatible.clone(),
             in_progress,

@@ -457,6 +457,13 @@ impl Device {
             .to_owned()
     }
 
+    /// The version in the inactive slot, when it holds a snapshot a rollback could
+    /// return to.
+    pub fn inactive_version(&self) -> Option<String> {
+        let info = self.record.slot(self.record.active().other());
+        (info.status == Status::Good).then(|| info.version.as_str().to_owned())
+    }
+
     /// The abort flag the daemon's poller sets.
     pub fn abort_flag(&self) -> Arc<AtomicBool> {
         self.hooks.abort.clone()

@@ -46,6 +46,8 @@ struct Req {
 #[derive(Default)]
 struct FakeState {
     requests: Vec<Req>,
+    /// Every poll received.
+    polls: Vec<PollRequest>,
     /// Every report received (duplicates included), with its deployment.
     reports: Vec<(u64, Report)>,
     /// The deployment offered: id, version, bundle.
@@ -234,7 +236,8 @@ fn serve(mut s: impl Read + Write, st: &Mutex<FakeState>) -> std::io::Result<()>
     }
     if path == "/api/v1/device/poll" {
         let req: PollRequest = serde_json::from_slice(&body).unwrap();
-        let g = st.lock().unwrap();
+        let mut g = st.lock().unwrap();
+        g.polls.push(req.clone());
         let action = match (req.in_progress, &g.offer) {
             (Some(d), _) if g.aborted.contains(&d) && !g.finals.contains(&d) => {
                 PollAction::Abort { deployment: d }
@@ -619,6 +622,15 @@ fn run_installs_an_offer_and_reports_every_phase() {
 
     run_once(&d, &[]);
     assert_eq!(d.tree(), spec.tree());
+    // Polls say what a rollback would return to: the snapshot the install replaced.
+    let polls = fake.with(|s| s.polls.clone());
+    let (first, last) = (&polls[0], polls.last().unwrap());
+    assert_eq!(last.active_version, "2.0.0");
+    assert_eq!(
+        last.inactive_version.as_deref(),
+        Some(first.active_version.as_str()),
+        "{polls:#?}"
+    );
 
     let got = fake.reports(DEPLOYMENT);
     assert_seqs(&got);

@@ -68,6 +68,10 @@ pub struct PollRequest {
     /// The deployment the device is installing and has not yet reported final, if any:
     /// the controller answers [`PollAction::Abort`] when it was aborted.
     pub in_progress: Option<u64>,
+    /// The version in the inactive slot when it is a snapshot a rollback could
+    /// return to; absent when the slot is empty or unusable, and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_version: Option<String>,
 }
 
 /// What the controller wants the device to do.

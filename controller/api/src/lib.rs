@@ -66,10 +66,40 @@ pub struct Device {
     pub compatible: String,
     /// The version of its active snapshot.
     pub active_version: String,
+    /// The version a rollback would return to (its inactive snapshot), when it has one.
+    #[serde(default)]
+    pub inactive_version: Option<String>,
     /// When it last polled (RFC 3339, UTC), if ever.
     pub last_seen: Option<String>,
     /// `idle`, `updating` or `offline` (not seen for three poll intervals).
     pub status: String,
+}
+
+/// `GET /api/v1/devices/{id}`: the device and every deployment it took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDetails {
+    /// The device as the list shows it.
+    #[serde(flatten)]
+    pub device: Device,
+    /// Its deployments, newest first.
+    pub deployments: Vec<DeviceDeployment>,
+}
+
+/// One deployment a device took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDeployment {
+    /// The deployment.
+    pub deployment: u64,
+    /// Its update's version.
+    pub version: String,
+    /// The device's state in it.
+    pub state: DeviceState,
+    /// The last phase it reported.
+    pub phase: String,
+    /// Its last message.
+    pub message: Option<String>,
+    /// When it last changed (RFC 3339, UTC).
+    pub updated: String,
 }
 
 /// `PATCH /api/v1/devices/{id}` body.

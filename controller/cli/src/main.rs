@@ -15,7 +15,8 @@ use client::push::{self, PushKind};
 use client::{lookup, render, Client, RequestError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use molt_api::{
-    AbortResult, Deployment, DeploymentDetails, Device, DeviceRemoved, Group, NewDeployment, Update,
+    AbortResult, Deployment, DeploymentDetails, Device, DeviceDetails, DeviceRemoved, Group,
+    NewDeployment, Update,
 };
 use molt_bundle::inspect::{self, human};
 use molt_bundle::{build, keys, recipe};
@@ -254,6 +255,15 @@ enum DevicesCmd {
     Remove {
         /// The device's id, or its name when that is unique.
         device: String,
+    },
+    /// One device: hardware, agent, active and inactive versions, last seen, and
+    /// every deployment it took.
+    Show {
+        /// The device's id, or its name when that is unique.
+        device: String,
+        /// Print the controller's JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -696,6 +706,15 @@ fn remote_run(c: &Client, command: Top) -> Result<()> {
             action: Some(DevicesCmd::Remove { device }),
             ..
         } => remove_device(c, &device),
+        Top::Devices {
+            action: Some(DevicesCmd::Show { device, json }),
+            ..
+        } => {
+            let id = device_ids(c, &[device])?.remove(0);
+            show(c.device(&id)?, json, "the device", |d: DeviceDetails| {
+                render::device_details(&d, now())
+            })
+        }
         Top::Devices {
             action: None,
             group,

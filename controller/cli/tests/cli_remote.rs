@@ -1197,6 +1197,22 @@ fn real_controller_phased_deploy_halts_on_a_failing_canary_and_resumes() {
         "{err}"
     );
 
+    // A device's page: its versions and the deployments it took.
+    let out = home.ok(&["devices", "show", "gw-2"]);
+    assert!(
+        out.starts_with(&format!("device   gw-2 ({})", devices[2].0)),
+        "{out}"
+    );
+    assert!(
+        out.contains("inactive none (no snapshot to roll back to)"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{dep} ")))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("2.0.0") && line.contains("failed"), "{out}");
+
     // The stored updates say what used them; one nothing used can be deleted.
     home.ok(&["update", "push", s(&rel.bundle("2.0.1"))]);
     let out = home.ok(&["updates"]);

@@ -147,6 +147,8 @@ ALTER TABLE targets ADD COLUMN failure_cause TEXT;
 ALTER TABLE targets ADD COLUMN failure_class TEXT;
 -- The id (hex) of the key whose signature verified an update ('' before this column).
 ALTER TABLE updates ADD COLUMN signer TEXT NOT NULL DEFAULT '';
+-- The device's rollback target as its last poll said (NULL: none, or not said).
+ALTER TABLE devices ADD COLUMN inactive_version TEXT;
 CREATE INDEX deployments_by_update ON deployments(update_id);
 "#,
 ];

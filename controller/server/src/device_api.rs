@@ -66,6 +66,7 @@ pub async fn enroll(
         active_version: req.active_version.clone(),
         agent_version: req.agent_version.clone(),
         compatible: req.compatible.clone(),
+        inactive_version: None,
     };
     let group = state
         .db
@@ -180,11 +181,15 @@ pub async fn poll(
     check_field("compatible", &req.compatible, true)?;
     check_field("agent_version", &req.agent_version, false)?;
     check_field("active_version", &req.active_version, false)?;
+    if let Some(v) = &req.inactive_version {
+        check_field("inactive_version", v, false)?;
+    }
     let t = now();
     let versions = Versions {
         active_version: req.active_version,
         agent_version: req.agent_version,
         compatible: req.compatible,
+        inactive_version: req.inactive_version,
     };
     if !state.seen.poll(&device, &versions, t) {
         let st = state.clone();
@@ -195,14 +200,16 @@ pub async fn poll(
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?2),
-                         active_version = ?3, agent_version = ?4, compatible = ?5
+                         active_version = ?3, agent_version = ?4, compatible = ?5,
+                         inactive_version = ?6
                      WHERE id = ?1",
                     params![
                         dev,
                         t,
                         versions.active_version,
                         versions.agent_version,
-                        versions.compatible
+                        versions.compatible,
+                        versions.inactive_version
                     ],
                 )?;
                 tx.commit()?;

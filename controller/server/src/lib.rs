@@ -194,7 +194,9 @@ impl Server {
             .route("/devices", get(operator_api::list_devices))
             .route(
                 "/devices/{id}",
-                patch(operator_api::patch_device).delete(operator_api::remove_device),
+                get(operator_api::device_details)
+                    .patch(operator_api::patch_device)
+                    .delete(operator_api::remove_device),
             )
             .route(
                 "/updates",

@@ -16,7 +16,10 @@ use super::error::{AppError, JsonBody, PathParams, QueryParams};
 use super::rollout;
 use super::{deployments, gates, AppState};
 use molt_api::plan::RolloutPlan;
-use molt_api::{Device, DevicePatch, DeviceRemoved, Group, GroupPatch, NewGroup};
+use molt_api::{
+    Device, DeviceDeployment, DeviceDetails, DevicePatch, DeviceRemoved, Group, GroupPatch,
+    NewGroup,
+};
 
 /// Checks a group name: 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn check_group_name(name: &str) -> Result<(), AppError> {
@@ -183,7 +186,8 @@ pub async fn new_group(state: &AppState, name: String) -> Result<Group, AppError
 const DEVICE_COLUMNS: &str = "d.id, d.name, g.name, d.agent_version, d.compatible,
      d.active_version, d.last_seen,
      EXISTS (SELECT 1 FROM targets t WHERE t.device_id = d.id
-             AND t.state IN ('pending', 'downloading', 'installing'))";
+             AND t.state IN ('pending', 'downloading', 'installing')),
+     d.inactive_version";
 
 fn device_row(r: &Row<'_>, now: i64, interval: u32) -> rusqlite::Result<Device> {
     let last_seen: Option<i64> = r.get(6)?;
@@ -194,6 +198,7 @@ fn device_row(r: &Row<'_>, now: i64, interval: u32) -> rusqlite::Result<Device> 
         agent_version: r.get(3)?,
         compatible: r.get(4)?,
         active_version: r.get(5)?,
+        inactive_version: r.get(8)?,
         last_seen: last_seen.map(rfc3339),
         status: rollout::device_status(last_seen, now, interval, r.get(7)?).to_owned(),
     })
@@ -263,6 +268,54 @@ fn device(tx: &Transaction<'_>, id: &str, interval: u32) -> Result<Device, AppEr
     )
     .optional()?
     .ok_or_else(|| AppError::not_found(format!("device {id} does not exist")))
+}
+
+/// `GET /devices/{id}`: the device and every deployment it took, newest first.
+pub async fn device_details(
+    _: Operator,
+    State(state): State<AppState>,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<DeviceDetails>, AppError> {
+    let interval = state.poll_interval;
+    state.flush_seen().await?;
+    let d = state
+        .db
+        .read(move |tx| device_details_in(tx, &id, interval))
+        .await?;
+    Ok(Json(d))
+}
+
+/// Device `id` and every deployment it took, newest first, or 404.
+pub fn device_details_in(
+    tx: &Transaction<'_>,
+    id: &str,
+    interval: u32,
+) -> Result<DeviceDetails, AppError> {
+    let device = device(tx, id, interval)?;
+    let mut st = tx.prepare(
+        "SELECT t.deployment_id, u.version, t.state, t.phase, t.message, t.updated
+         FROM targets t JOIN deployments d ON d.id = t.deployment_id
+              JOIN updates u ON u.id = d.update_id
+         WHERE t.device_id = ?1 ORDER BY t.deployment_id DESC",
+    )?;
+    type Took = (i64, String, String, String, Option<String>, i64);
+    let rows = st.query_map([id], |r| Took::try_from(r))?;
+    let mut deployments = Vec::new();
+    for r in rows {
+        let (dep, version, state, phase, message, updated) = r?;
+        deployments.push(DeviceDeployment {
+            deployment: unsigned(dep),
+            version,
+            state: super::device_api::parse_state(&state)?,
+            phase,
+            message,
+            updated: rfc3339(updated),
+        });
+    }
+    Ok(DeviceDetails {
+        device,
+        deployments,
+    })
 }
 
 /// `DELETE /devices/{id}`: revokes the device at once (its credential gets 401 from

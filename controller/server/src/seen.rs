@@ -29,6 +29,7 @@ pub struct Versions {
     pub active_version: String,
     pub agent_version: String,
     pub compatible: String,
+    pub inactive_version: Option<String>,
 }
 
 #[derive(Default)]
@@ -175,6 +176,7 @@ mod tests {
             active_version: active.into(),
             agent_version: "0.1.0".into(),
             compatible: "c".into(),
+            inactive_version: None,
         }
     }
 

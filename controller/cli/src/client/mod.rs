@@ -279,6 +279,11 @@ impl Client {
         }
     }
 
+    /// `GET /devices/{id}`.
+    pub fn device<T: DeserializeOwned>(&self, id: &str) -> Result<T, RequestError> {
+        self.get(&format!("/devices/{}", encode_component(id)))
+    }
+
     /// `DELETE /devices/{id}`.
     pub fn remove_device<T: DeserializeOwned>(&self, id: &str) -> Result<T, RequestError> {
         self.json(

@@ -7,7 +7,8 @@ use molt_engine::protocol::DeviceState;
 use molt_engine::text::Escaped;
 
 use molt_api::{
-    AbortResult, Counts, Deployment, DeploymentDetails, Device, Group, Rollout, Update,
+    AbortResult, Counts, Deployment, DeploymentDetails, Device, DeviceDetails, Group, Rollout,
+    Update,
 };
 use molt_bundle::inspect::human;
 
@@ -206,6 +207,80 @@ pub fn devices_table(devices: &[Device], now: i64) -> String {
             ]
         },
     )
+}
+
+/// `molt devices show DEVICE`: the device, then one line per deployment it took.
+pub fn device_details(d: &DeviceDetails, now: i64) -> String {
+    let v = &d.device;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "device   {} ({})",
+        Escaped::new(&v.name),
+        Escaped::new(&v.id)
+    );
+    let _ = writeln!(out, "group    {}", Escaped::new(&v.group));
+    let _ = writeln!(out, "status   {}", Escaped::new(&v.status));
+    let _ = writeln!(out, "hardware {}", Escaped::new(&v.compatible));
+    let _ = writeln!(out, "agent    {}", Escaped::new(&v.agent_version));
+    let _ = writeln!(out, "active   {}", Escaped::new(&v.active_version));
+    let _ = writeln!(
+        out,
+        "inactive {}",
+        v.inactive_version
+            .as_deref()
+            .map_or("none (no snapshot to roll back to)".to_owned(), |i| {
+                Escaped::new(i).to_string()
+            })
+    );
+    let _ = writeln!(
+        out,
+        "seen     {}",
+        v.last_seen
+            .as_deref()
+            .map_or("never".to_owned(), |t| ago(t, now))
+    );
+    out.push('\n');
+    if d.deployments.is_empty() {
+        out.push_str("no deployments yet\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = d
+        .deployments
+        .iter()
+        .map(|t| {
+            vec![
+                t.deployment.to_string(),
+                t.version.clone(),
+                t.state.name().to_owned(),
+                if t.phase.is_empty() {
+                    "-".to_owned()
+                } else {
+                    t.phase.clone()
+                },
+                show_time(&t.updated),
+                t.message
+                    .as_deref()
+                    .map_or(String::new(), |m| shorten(m, 60)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "DEPLOYMENT",
+            "VERSION",
+            "STATE",
+            "PHASE",
+            "UPDATED",
+            "MESSAGE",
+        ],
+        &rows,
+    ));
+    out.push_str(&format!(
+        "its log of a deployment: molt logs DEPLOYMENT {}\n",
+        Escaped::new(&v.id)
+    ));
+    out
 }
 
 /// `molt updates`.

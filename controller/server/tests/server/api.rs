@@ -338,3 +338,54 @@ fn updates_say_who_signed_them_and_what_used_them_and_unused_ones_can_be_deleted
         401
     );
 }
+
+#[test]
+fn a_device_shows_its_versions_and_every_deployment_it_took() {
+    let s = stored("1.0.0");
+    let (c, token) = (&s.c, &s.token);
+    let dev = one_test_device(c, token, "gw-1");
+    let url = c.api(&format!("/devices/{}", dev.id));
+    let before = get_ok(&url, token);
+    assert_eq!(before["inactive_version"], Value::Null);
+    assert_eq!(before["deployments"], json!([]));
+    let dep = post_ok(
+        &c.api("/deployments"),
+        token,
+        json!({"update": s.update, "group": "test"}),
+        201,
+    )["id"]
+        .clone();
+    assert_eq!(
+        report(c, &dev, dep.as_u64().unwrap(), 1, "success", "").status,
+        200
+    );
+    // The next poll names its rollback target.
+    let polled = post(
+        &c.api("/device/poll"),
+        &dev.cred,
+        json!({"active_version": "1.0.0", "agent_version": "0.1.0", "compatible": "acme-gw",
+               "in_progress": null, "inactive_version": "factory"}),
+    );
+    assert_eq!(polled.status, 200, "{}", polled.text());
+    let after = get_ok(&url, token);
+    assert_eq!(
+        (&after["active_version"], &after["inactive_version"]),
+        (&json!("1.0.0"), &json!("factory"))
+    );
+    assert_eq!(after["deployments"][0]["deployment"], dep);
+    assert_eq!(after["deployments"][0]["version"], "1.0.0");
+    assert_eq!(after["deployments"][0]["state"], "success");
+    assert_eq!(
+        get_ok(&c.api("/devices"), token)[0]["inactive_version"],
+        "factory"
+    );
+    // Unknown, and hostile.
+    get(&c.api("/devices/dev_nope"), token).refused(404, "device dev_nope does not exist");
+    post(
+        &c.api("/device/poll"),
+        &dev.cred,
+        json!({"active_version": "1.0.0", "agent_version": "0.1.0", "compatible": "acme-gw",
+               "in_progress": null, "inactive_version": "v".repeat(5000)}),
+    )
+    .refused(400, "`inactive_version` is 5000 bytes long");
+}

@@ -99,30 +99,37 @@ pub async fn patch_group(
     PathParams(name): PathParams<String>,
     JsonBody(patch): JsonBody<GroupPatch>,
 ) -> Result<Json<Group>, AppError> {
+    let g = state
+        .db
+        .write(move |tx| patch_group_in(tx, &name, &patch))
+        .await?;
+    Ok(Json(g))
+}
+
+/// Changes group `name` as `patch` says (the plan checked first); the group after.
+pub fn patch_group_in(
+    tx: &Transaction<'_>,
+    name: &str,
+    patch: &GroupPatch,
+) -> Result<Group, AppError> {
     if let Some(p) = &patch.default_plan {
         p.check()
             .map_err(|e| AppError::bad_request(format!("default_plan: {e}")))?;
     }
-    let g = state
-        .db
-        .write(move |tx| {
-            let gid = group_id(tx, &name)?;
-            if let Some(p) = &patch.default_plan {
-                tx.execute(
-                    "UPDATE groups SET default_plan = ?2 WHERE id = ?1",
-                    params![gid, gates::stored(p)?],
-                )?;
-            }
-            if let Some(on) = patch.pick_up_joiners {
-                tx.execute(
-                    "UPDATE groups SET pick_up_joiners = ?2 WHERE id = ?1",
-                    params![gid, on],
-                )?;
-            }
-            group(tx, &name)
-        })
-        .await?;
-    Ok(Json(g))
+    let gid = group_id(tx, name)?;
+    if let Some(p) = &patch.default_plan {
+        tx.execute(
+            "UPDATE groups SET default_plan = ?2 WHERE id = ?1",
+            params![gid, gates::stored(p)?],
+        )?;
+    }
+    if let Some(on) = patch.pick_up_joiners {
+        tx.execute(
+            "UPDATE groups SET pick_up_joiners = ?2 WHERE id = ?1",
+            params![gid, on],
+        )?;
+    }
+    group(tx, name)
 }
 
 /// The distinct `compatible` strings of a group's devices, sorted (404 for no such group).

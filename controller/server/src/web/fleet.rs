@@ -7,8 +7,7 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::super::auth::Operator;
-use super::super::error::{AppError, JsonBody, PathParams};
+use super::super::error::AppError;
 use super::super::operator_api;
 use super::super::AppState;
 use super::layout::{self, badge, Nav, PlanFields};
@@ -198,14 +197,12 @@ async fn set_plan(state: AppState, session: Session, form: GroupForm) -> Respons
                 default_plan: Some(plan.unwrap_or_default()),
                 pick_up_joiners: Some(joiners),
             };
-            operator_api::patch_group(
-                Operator,
-                State(state.clone()),
-                PathParams(form.name.clone()),
-                JsonBody(patch),
-            )
-            .await
-            .map(|_| ())
+            let name = form.name.clone();
+            state
+                .db
+                .write(move |tx| operator_api::patch_group_in(tx, &name, &patch))
+                .await
+                .map(|_| ())
         }
     };
     match saved {

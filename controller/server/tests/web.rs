@@ -775,18 +775,18 @@ fn a_long_comment_is_clipped_in_the_list_and_whole_on_its_page() {
 
 #[test]
 fn a_halted_deployment_shows_its_waves_and_why_and_resumes_from_its_page() {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let u = upload(&c, &token, &bundle(f.dir.path(), "3.0.0", &k)).json();
-    let t = group(&c, &token, "fleet");
-    let devs: Vec<Dev> = (0..3)
-        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
-        .collect();
+    let Stored {
+        f: _data,
+        c,
+        token,
+        update,
+        ..
+    } = stored("3.0.0");
+    let devs = enrolled(&c, &token, "fleet", 3, "gw");
     let d = post_ok(
         &c.api("/deployments"),
         &token,
-        json!({"update": u["id"], "group": "fleet",
+        json!({"update": update, "group": "fleet",
                "plan": {"canaries": ["gw-1"], "waves": ["100%"], "halt_at": "1",
                         "soak_secs": 600}}),
         201,
@@ -1005,14 +1005,14 @@ fn the_forms_empty_rollout_fields_take_the_groups_default_plan() {
 
 #[test]
 fn deploy_to_others_from_a_halted_deployment_asks_first() {
-    let f = Fixture::new();
-    let (k, public) = key(f.dir.path(), "k");
-    let (c, token) = f.start(&["--trusted-key", &public]);
-    let u = upload(&c, &token, &bundle(f.dir.path(), "3.0.0", &k)).json();
-    let t = group(&c, &token, "fleet");
-    let devs: Vec<Dev> = (0..2)
-        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
-        .collect();
+    let Stored {
+        f: _data,
+        c,
+        token,
+        update,
+        ..
+    } = stored("3.0.0");
+    let devs = enrolled(&c, &token, "fleet", 2, "gw");
     let p = group(&c, &token, "production");
     for i in 0..3 {
         enroll(&c, &p, &format!("prod-{i}"), "acme-gw");
@@ -1020,7 +1020,7 @@ fn deploy_to_others_from_a_halted_deployment_asks_first() {
     let d = post_ok(
         &c.api("/deployments"),
         &token,
-        json!({"update": u["id"], "group": "fleet",
+        json!({"update": update, "group": "fleet",
                "plan": {"canaries": ["gw-1"], "waves": ["100%"], "halt_at": "1"}}),
         201,
     );

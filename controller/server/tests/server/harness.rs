@@ -385,6 +385,14 @@ pub fn stored(version: &str) -> Stored {
     }
 }
 
+/// Creates group `name` and enrolls `n` `acme-gw` devices in it, named `{prefix}-0`…
+pub fn enrolled(c: &Controller, token: &str, name: &str, n: usize, prefix: &str) -> Vec<Dev> {
+    let t = group(c, token, name);
+    (0..n)
+        .map(|i| enroll(c, &t, &format!("{prefix}-{i}"), "acme-gw"))
+        .collect()
+}
+
 /// An enrolled device.
 pub struct Dev {
     pub id: String,

@@ -24,10 +24,7 @@ fn fleet(n: usize) -> Fleet {
         update,
         ..
     } = stored("2.0.0");
-    let t = group(&c, &token, "fleet");
-    let devices = (0..n)
-        .map(|i| enroll(&c, &t, &format!("gw-{i}"), "acme-gw"))
-        .collect();
+    let devices = enrolled(&c, &token, "fleet", n, "gw");
     Fleet {
         f,
         c,
